@@ -1,0 +1,15 @@
+"""hessid — verification-first CG potentials with Hessian-vector-product supervision.
+
+Core modules (torch, numpy, scipy only):
+
+- :mod:`hessid.units`      — k_B, β(T), OpenMM (kJ/mol, nm) ↔ hessid (kcal/mol, Å) conversions
+- :mod:`hessid.maps`       — linear and nonlinear CG maps and their force projectors
+- :mod:`hessid.probes`     — deterministic per-frame probe vectors and estimator scales
+- :mod:`hessid.identities` — mean force, CG Hessian and HVP-target estimators (spec §2–§5)
+- :mod:`hessid.toy`        — systems with exact answers and a quadrature engine (spec §7)
+
+Subpackages: :mod:`hessid.verification` (exact checks, ``hessid verify``) and
+:mod:`hessid.training` (data, targets, models, losses, training, simulation, evaluation).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,78 @@
+"""Physical constants and unit conversions (spec §0, "Units").
+
+hessid works in kcal/mol, Å, K and ps. OpenMM works in kJ/mol and nm; every crossing of
+that boundary goes through the functions here, whose names say both unit systems.
+"""
+
+from __future__ import annotations
+
+#: Boltzmann constant, kcal/mol/K (CODATA 2018 R / 4184).
+KB_KCAL_PER_MOL_K = 0.0019872041
+#: Boltzmann constant, kJ/mol/K.
+KB_KJ_PER_MOL_K = 0.0083144626
+#: kJ per kcal (thermochemical calorie).
+KJ_PER_KCAL = 4.184
+#: Å per nm.
+ANGSTROM_PER_NM = 10.0
+
+
+def kT(temperature: float) -> float:
+    """Thermal energy k_B T in kcal/mol for ``temperature`` in K.
+
+    Raises:
+        ValueError: temperature is not positive.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive (K), got {temperature!r}")
+    return KB_KCAL_PER_MOL_K * float(temperature)
+
+
+def beta(temperature: float) -> float:
+    """Inverse temperature β = 1/(k_B T) in mol/kcal for ``temperature`` in K (spec §0).
+
+    ``beta(300.0) == 1.677399...`` mol/kcal.
+
+    Raises:
+        ValueError: temperature is not positive.
+    """
+    return 1.0 / kT(temperature)
+
+
+def energy_kj_to_kcal(x):
+    """Energy kJ/mol → kcal/mol (divide by 4.184). Works on floats, arrays and tensors."""
+    return x / KJ_PER_KCAL
+
+
+def energy_kcal_to_kj(x):
+    """Energy kcal/mol → kJ/mol (multiply by 4.184)."""
+    return x * KJ_PER_KCAL
+
+
+def length_nm_to_angstrom(x):
+    """Length nm → Å (multiply by 10)."""
+    return x * ANGSTROM_PER_NM
+
+
+def length_angstrom_to_nm(x):
+    """Length Å → nm (divide by 10)."""
+    return x / ANGSTROM_PER_NM
+
+
+def force_kj_nm_to_kcal_angstrom(x):
+    """Force kJ/mol/nm → kcal/mol/Å (divide by 41.84)."""
+    return x / (KJ_PER_KCAL * ANGSTROM_PER_NM)
+
+
+def force_kcal_angstrom_to_kj_nm(x):
+    """Force kcal/mol/Å → kJ/mol/nm (multiply by 41.84)."""
+    return x * (KJ_PER_KCAL * ANGSTROM_PER_NM)
+
+
+def hessian_kj_nm2_to_kcal_angstrom2(x):
+    """Hessian (or HVP per unit displacement) kJ/mol/nm² → kcal/mol/Å² (divide by 418.4)."""
+    return x / (KJ_PER_KCAL * ANGSTROM_PER_NM**2)
+
+
+def hessian_kcal_angstrom2_to_kj_nm2(x):
+    """Hessian kcal/mol/Å² → kJ/mol/nm² (multiply by 418.4)."""
+    return x * (KJ_PER_KCAL * ANGSTROM_PER_NM**2)

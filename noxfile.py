@@ -1,0 +1,42 @@
+"""Automation: `nox -s tests` (full test suite, CPU), `nox -s lint`, `nox -s demo`, `nox -s verify`."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+CONSTRAINTS = ["-c", "constraints-cpu.txt"]
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install hessid with every extra on CPU torch and run the whole test suite."""
+    _install(session, "all")
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check over the packages, tests and scripts."""
+    session.install("ruff")
+    session.run(
+        "ruff", "check", "hessid", "verification", "training", "tests", "benchmarks", "examples",
+        "noxfile.py",
+    )
+
+
+@nox.session
+def verify(session: nox.Session) -> None:
+    """Install the core + verification layer and run every built-in identity check."""
+    _install(session, "verification")
+    session.run("hessid", "verify", "--all", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job. Until the chignolin demo lands it is `hessid verify --all`."""
+    _install(session, "all")
+    session.run("hessid", "verify", "--all", *session.posargs)

@@ -1,0 +1,32 @@
+"""Hypothesis strategies shared by the tests: seeds, SPD matrices, full-rank maps, probes."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+probe_kinds = st.sampled_from(["gaussian", "rademacher", "unit_sphere", "one_hot", "orthonormal"])
+
+
+@st.composite
+def spd_matrices(draw, dim: int | None = None, min_dim: int = 2, max_dim: int = 6, cond: float = 50.0):
+    """A random symmetric positive-definite float64 matrix with condition number ≤ cond."""
+    n = dim if dim is not None else draw(st.integers(min_dim, max_dim))
+    rng = np.random.default_rng(draw(seeds))
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eig = np.exp(rng.uniform(0.0, np.log(cond), size=n))
+    return (q * eig) @ q.T
+
+
+@st.composite
+def full_rank_maps(draw, n_out: int | None = None, n_in: int | None = None):
+    """A random (d, D) float64 matrix of full row rank d < D (well conditioned)."""
+    D = n_in if n_in is not None else draw(st.integers(3, 7))
+    d = n_out if n_out is not None else draw(st.integers(1, D - 1))
+    rng = np.random.default_rng(draw(seeds))
+    while True:
+        m = rng.standard_normal((d, D))
+        s = np.linalg.svd(m, compute_uv=False)
+        if s[-1] / s[0] > 0.05:
+            return m
