@@ -1,0 +1,248 @@
+"""Dataset file: AA simulation (forces of saved positions, resume), validation, imports, CG map."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from hessid.training import data
+from hessid.training.aa_md import MDConfig, SimulationInterrupted, simulate
+from hessid.training.structures import build_structure
+
+MD = dict(steps=120, stride=10, platform="CPU", threads=1, chunk_frames=3, solvent="gbn2", seed=3)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """AAA tripeptide, GBn2, 12 frames in chunks of 3 (uninterrupted)."""
+    root = tmp_path_factory.mktemp("md")
+    build_structure("aaa", sequence="AAA", out_dir=root)
+    path = simulate("aaa", MDConfig(**MD), root=root, progress=False)
+    return root, path
+
+
+def test_simulation_writes_layout_units_and_attributes(simulated):
+    _, path = simulated
+    summary = data.validate_dataset(path)
+    assert summary["n_frames"] == 12 and summary["n_atoms"] == 33
+    ds = data.load_dataset(path)
+    np.testing.assert_allclose(ds.time, 0.02 * np.arange(1, 13))  # ps: stride 10 × 2 fs
+    np.testing.assert_array_equal(ds.frame_id, np.arange(12))
+    for key in ("temperature", "forcefield", "solvent", "platform", "seed", "versions", "name"):
+        assert key in ds.attrs
+    assert ds.attrs["length_unit"] == "angstrom" and ds.attrs["energy_unit"] == "kcal/mol"
+    assert ds.attrs["solvent"] == "gbn2" and ds.attrs["platform"] == "CPU"
+    assert (path.parent / "aaa.chk").exists()
+
+
+def test_saved_forces_are_forces_of_saved_positions(simulated):
+    """Recompute f(r_t) at the stored positions: equal up to single-precision force rounding
+    (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
+    import openmm
+    import openmm.unit as u
+    from hessid.training.aa_md import create_system
+
+    _, path = simulated
+    ds = data.load_dataset(path)
+    system = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))  # fmt: skip
+    for t in (0, 7):
+        ctx.setPositions(ds.coordinates[t] / 10.0)  # Å → nm
+        st = ctx.getState(getForces=True, getEnergy=True)
+        f = st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer) / 41.84
+        e = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / 4.184
+        rel = np.abs(f - ds.forces[t]).max() / np.abs(f).max()
+        assert rel < 1e-4, f"frame {t}: stored forces differ from f(r_t) by {rel:.2e}"
+        assert abs(e - ds.potential_energy[t]) < 1e-3 * max(1.0, abs(e))
+    neighbour = np.abs(ds.forces[1] - ds.forces[0]).max() / np.abs(ds.forces[0]).max()
+    assert neighbour > 1e-2
+
+
+def test_interrupted_simulation_resumes_without_lost_or_duplicated_frames(simulated, tmp_path):
+    root, ref_path = simulated
+    shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa.pdb")
+    (tmp_path / "aaa").mkdir()
+    shutil.move(tmp_path / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
+    with pytest.raises(SimulationInterrupted):
+        simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False, interrupt_after_chunks=2)
+    path = tmp_path / "aaa" / "aaa.h5"
+    # a crash between the HDF5 flush and the checkpoint leaves extra frames: emulate one
+    with h5py.File(path, "r+") as h5:
+        assert h5["coordinates"].shape[0] == 6
+        data.append_frames(h5, h5["coordinates"][-1:], h5["forces"][-1:], [99.0], [99],
+                           h5["potential_energy"][-1:])  # fmt: skip
+    with pytest.raises(FileExistsError):
+        simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
+    simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
+    a, b = data.load_dataset(ref_path), data.load_dataset(path)
+    np.testing.assert_array_equal(b.frame_id, a.frame_id)
+    np.testing.assert_array_equal(b.time, a.time)
+    # the OpenMM checkpoint restores the Langevin RNG: the continuation is bit-identical
+    np.testing.assert_array_equal(b.coordinates, a.coordinates)
+    np.testing.assert_array_equal(b.forces, a.forces)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.fixture()
+def small_file(simulated, tmp_path):
+    _, path = simulated
+    out = tmp_path / "copy.h5"
+    shutil.copy(path, out)
+    return out
+
+
+def _corrupt_nan(h5):
+    f = h5["forces"][()]
+    f[4, 2, 1] = np.nan
+    h5["forces"][...] = f
+
+
+def _corrupt_time(h5):
+    t = h5["time"][()]
+    t[5] = t[3]
+    h5["time"][...] = t
+
+
+def _corrupt_shape(h5):
+    del h5["forces"]
+    h5.create_dataset("forces", data=np.zeros((11, 33, 3)))
+
+
+def _corrupt_atoms(h5):
+    c = h5["coordinates"][()]
+    del h5["coordinates"]
+    h5.create_dataset("coordinates", data=c[:, :30])
+
+
+def _corrupt_units(h5):
+    del h5.attrs["length_unit"]
+
+
+def _corrupt_frame_ids(h5):
+    fid = h5["frame_id"][()]
+    fid[6] = fid[2]
+    h5["frame_id"][...] = fid
+
+
+@pytest.mark.parametrize(
+    "corrupt, dataset, frame, words",
+    [
+        (_corrupt_nan, "forces", 4, "NaN"),
+        (_corrupt_time, "time", 5, "not strictly increasing"),
+        (_corrupt_shape, "forces", None, "shape"),
+        (_corrupt_atoms, "coordinates", None, "30 atoms but the topology has 33"),
+        (_corrupt_units, "/", None, "missing units"),
+        (_corrupt_frame_ids, "frame_id", 6, "duplicate"),
+    ],
+)
+def test_bad_file_is_refused_with_file_dataset_and_frame(small_file, corrupt, dataset, frame, words):
+    with h5py.File(small_file, "r+") as h5:
+        corrupt(h5)
+    with pytest.raises(data.DatasetError) as info:
+        data.validate_dataset(small_file)
+    msg = str(info.value)
+    assert str(small_file) in msg and f"'{dataset}'" in msg and words in msg
+    assert info.value.frame == frame
+    if frame is not None:
+        assert f"frame {frame}" in msg
+
+
+def test_nan_in_cg_targets_of_finished_frames_is_refused(small_file):
+    data.write_cg(small_file)
+    with h5py.File(small_file, "r+") as h5:
+        g = h5["cg"]
+        ds = g.create_dataset("hvp_term1", data=np.zeros((12, 2, 3, 3)))
+        for a in ("probe_kind", "probe_seed", "epsilon_nm", "unit"):
+            ds.attrs[a] = 0
+        done = np.ones(12, np.uint8)
+        done[8] = 0
+        g.create_dataset("hvp_term1_done", data=done)
+        v = ds[()]
+        v[8] = np.nan  # unfinished frame: allowed (NaN fill)
+        ds[...] = v
+    assert data.validate_dataset(small_file)["n_probes"] == 2
+    with h5py.File(small_file, "r+") as h5:
+        v = h5["cg/hvp_term1"][()]
+        v[3, 1] = np.inf
+        h5["cg/hvp_term1"][...] = v
+    with pytest.raises(data.DatasetError, match=r"'cg/hvp_term1', frame 3: contains NaN"):
+        data.validate_dataset(small_file)
+
+
+# ----------------------------------------------------------------------------- imports
+
+
+def test_array_import_converts_declared_units(simulated, tmp_path):
+    _, path = simulated
+    ds = data.load_dataset(path)
+    np.savez(tmp_path / "x.npz", coordinates=ds.coordinates / 10.0, forces=ds.forces * 41.84)
+    pdb = tmp_path / "top.pdb"
+    pdb.write_text(ds.topology_pdb)
+    out = data.import_arrays(tmp_path / "x.npz", tmp_path / "x.npz", pdb, tmp_path / "imp.h5",
+                             length_unit="nm", force_unit="kJ/mol/nm", timestep_ps=0.02)  # fmt: skip
+    got = data.load_dataset(out)
+    np.testing.assert_allclose(got.coordinates, ds.coordinates, rtol=1e-12)
+    np.testing.assert_allclose(got.forces, ds.forces, rtol=1e-12)
+    np.testing.assert_allclose(got.time, ds.time)
+
+
+def test_import_without_units_is_an_error_never_a_guess(simulated, tmp_path):
+    _, path = simulated
+    ds = data.load_dataset(path)
+    src = tmp_path / "mdcath.h5"
+    with h5py.File(src, "w") as h5:
+        g = h5.create_group("dom/320/0")
+        g.create_dataset("coords", data=ds.coordinates)
+        g.create_dataset("forces", data=ds.forces)
+        h5.create_dataset("topology", data=ds.topology_pdb)
+    with pytest.raises(data.DatasetError, match="missing units"):
+        data.import_hdf5(src, tmp_path / "a.h5")
+    with h5py.File(src, "r+") as h5:  # mdCATH-style unit attributes are read
+        h5["dom/320/0/coords"].attrs["unit"] = "Angstrom"
+        h5["dom/320/0/forces"].attrs["unit"] = "kcal/mol/Angstrom"
+    got = data.load_dataset(data.import_hdf5(src, tmp_path / "b.h5"))
+    np.testing.assert_array_equal(got.forces, ds.forces)
+    with pytest.raises(data.DatasetError, match="30 atoms but the topology has 33"):
+        data.import_arrays(ds.coordinates[:, :30], ds.forces[:, :30], path.with_suffix(".pdb"),
+                           tmp_path / "c.h5", "angstrom", "kcal/mol/angstrom")  # fmt: skip
+    bad = ds.forces.copy()
+    bad[2, 0, 0] = np.inf
+    with pytest.raises(data.DatasetError, match="'forces', frame 2"):
+        data.import_arrays(ds.coordinates, bad, path.with_suffix(".pdb"), tmp_path / "d.h5",
+                           "angstrom", "kcal/mol/angstrom")  # fmt: skip
+
+
+def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
+    import mdtraj
+
+    _, path = simulated
+    ds = data.load_dataset(path)
+    top = mdtraj.load(str(path.with_suffix(".pdb"))).topology
+    traj = mdtraj.Trajectory(ds.coordinates / 10.0, top)  # nm
+    traj.save_dcd(str(tmp_path / "t.dcd"))
+    np.save(tmp_path / "f.npy", ds.forces)
+    out = data.import_trajectory(tmp_path / "t.dcd", tmp_path / "f.npy", tmp_path / "t.h5",
+                                 force_unit="kcal/mol/angstrom", topology=path.with_suffix(".pdb"))  # fmt: skip
+    got = data.load_dataset(out)
+    np.testing.assert_allclose(got.coordinates, ds.coordinates, atol=1e-3)  # DCD is float32
+
+
+# ----------------------------------------------------------------------------- CG map
+
+
+def test_ca_map_gives_projected_forces_types_and_chain_bonds(small_file):
+    cg = data.write_cg(small_file)
+    ds = data.load_dataset(small_file)
+    ca = [a.index for a in ds.topology.atoms() if a.name == "CA"]
+    np.testing.assert_array_equal(cg.coordinates, ds.coordinates[:, ca])
+    np.testing.assert_array_equal(cg.forces, ds.forces[:, ca])  # P = M for a selection
+    assert cg.vocabulary[cg.bead_types[0]] == "ALA" and cg.bead_types.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(cg.bonds, [[0, 1], [1, 2]])
+    assert data.validate_dataset(small_file)["n_beads"] == 3
+    with pytest.raises(data.DatasetError, match="exists"):
+        data.write_cg(small_file)

@@ -1,0 +1,276 @@
+"""Term-1 targets: FD against an exact autograd Hessian, negative controls, storage, resume, CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hessid.training import data
+from hessid.training.aa_md import MDConfig, create_system, simulate
+from hessid.training.structures import build_from_sequence, build_structure
+from hessid.training.targets import (
+    DEFAULT_EPSILON_NM,
+    TargetsInterrupted,
+    compute_targets,
+    load_probes,
+    make_executor,
+    term1_fd,
+)
+
+from hessid.maps import LinearMap
+from hessid.probes import draw_probes
+
+CPU1 = dict(platform="CPU", threads=1)
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+def _bond_angle_subset(topology):
+    """System holding only amber14's HarmonicBondForce and HarmonicAngleForce (no constraints),
+    and their parameters (OpenMM units: nm, rad, kJ/mol/nm², kJ/mol/rad²)."""
+    import openmm
+    import openmm.unit as u
+
+    full = create_system(topology, "amber14-all.xml", "vacuum", constraints="none")
+    sub = openmm.System()
+    for i in range(full.getNumParticles()):
+        sub.addParticle(full.getParticleMass(i))
+    bonds, angles = [], []
+    for force in full.getForces():
+        if isinstance(force, openmm.HarmonicBondForce):
+            for b in range(force.getNumBonds()):
+                i, j, r0, k = force.getBondParameters(b)
+                bonds.append((i, j, r0.value_in_unit(u.nanometer),
+                              k.value_in_unit(u.kilojoule_per_mole / u.nanometer**2)))  # fmt: skip
+        elif isinstance(force, openmm.HarmonicAngleForce):
+            for a in range(force.getNumAngles()):
+                i, j, k_, t0, k = force.getAngleParameters(a)
+                angles.append((i, j, k_, t0.value_in_unit(u.radian),
+                               k.value_in_unit(u.kilojoule_per_mole / u.radian**2)))  # fmt: skip
+        else:
+            continue
+        sub.addForce(openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(force)))
+    assert bonds and angles
+    return sub, bonds, angles
+
+
+def _exact_hessian_nm(x_nm: np.ndarray, bonds, angles) -> np.ndarray:
+    """Exact ∇²H of E = Σ ½k(r−r₀)² + Σ ½k(θ−θ₀)², float64 autograd; (3N, 3N) kJ/mol/nm²."""
+    def cols(rows, n_index):  # index columns int64, parameters float64 (not torch's float32)
+        c = list(zip(*rows, strict=True))
+        return [torch.tensor(x) for x in c[:n_index]] + [torch.tensor(x, dtype=torch.float64)
+                                                        for x in c[n_index:]]  # fmt: skip
+
+    bi, bj, br0, bk = cols(bonds, 2)
+    ai, aj, ak, at0, akk = cols(angles, 3)
+
+    def energy(flat):
+        x = flat.view(-1, 3)
+        r = (x[bi] - x[bj]).norm(dim=1)
+        e = 0.5 * (bk * (r - br0) ** 2).sum()
+        a, b = x[ai] - x[aj], x[ak] - x[aj]
+        theta = torch.acos((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)))
+        return e + 0.5 * (akk * (theta - at0) ** 2).sum()
+
+    x = torch.tensor(x_nm.reshape(-1), dtype=torch.float64)
+    return torch.autograd.functional.hessian(energy, x).numpy()
+
+
+@pytest.fixture(scope="module")
+def subset():
+    import openmm
+
+    s = build_from_sequence("AAA")
+    system, bonds, angles = _bond_angle_subset(s.topology)
+    rng = np.random.default_rng(0)
+    x = s.positions_nm() + 0.003 * rng.standard_normal((s.n_atoms, 3))  # off the minimum
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))  # fmt: skip
+    hess = _exact_hessian_nm(x, bonds, angles)  # (3N, 3N) kJ/mol/nm²
+    groups = [[a.index for a in r.atoms()] for r in s.topology.residues()]
+    masses = [system.getParticleMass(i)._value for i in range(s.n_atoms)]
+    ca = data.ca_map(s.topology)[0]
+    com = LinearMap.center_of_mass(groups, masses, s.n_atoms, projector="bead_sum")
+    return ctx, x, hess, ca, com
+
+
+def _exact_term1(hess_nm, cg_map, probes):
+    """P ∇²H Pᵀ v via LinearMap.project_hessian, kcal/mol/Å² (÷418.4); probes (k, n, 3)."""
+    block = cg_map.project_hessian(torch.from_numpy(hess_nm)).numpy() / 418.4  # (3n, 3n)
+    return np.einsum("ab,kb->ka", block, probes.reshape(len(probes), -1)).reshape(probes.shape)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+# Tolerance: the error study (benchmarks/term1_fd_error.py, docs/data.md) measured the
+# Reference-platform FD error at the default ε = 1e-5 nm as 3.6e-9 relative on chignolin
+# (truncation 3.4e-5·(ε/1e-3 nm)², round-off floor 1e-10). Here it is 4.0e-9 (Cα) and 6.1e-9
+# (COM, bead-sum P), the same O(ε²) truncation, so 1e-7 leaves a > 15× margin while every
+# wrong formula below (embedding Mᵀv, sign, units) errs by 1e-2 to O(1).
+EXACT_RTOL = 1e-7
+
+
+@pytest.mark.parametrize("which", ["ca", "com_bead_sum"])
+def test_fd_term1_matches_exact_hessian_of_bond_angle_subset(subset, which):
+    ctx, x, hess, ca, com = subset
+    cg_map = ca if which == "ca" else com
+    n = cg_map.n_beads
+    v = draw_probes("gaussian", 7, [0], 3, 3 * n).numpy().reshape(3, n, 3)
+    eps = DEFAULT_EPSILON_NM["double"]
+    fd = term1_fd(ctx, x, cg_map.projector.numpy(), v, eps)
+    exact = _exact_term1(hess, cg_map, v)
+    assert _rel(fd, exact) < EXACT_RTOL
+
+
+def test_embedding_with_m_transpose_instead_of_p_transpose_is_detected(subset):
+    """COM map with the bead-sum projector: u = Mᵀv is not Pᵀv (spec §5) and must fail."""
+    ctx, x, hess, _, com = subset
+    v = draw_probes("gaussian", 7, [0], 3, 3 * com.n_beads).numpy().reshape(3, com.n_beads, 3)
+    q, s = com.projector.numpy(), com.weights.numpy()
+    wrong = term1_fd(ctx, x, q, v, DEFAULT_EPSILON_NM["double"], embed=s)
+    exact = _exact_term1(hess, com, v)
+    assert _rel(wrong, exact) > 1e-2
+
+
+def test_sign_and_unit_errors_are_detected(subset):
+    ctx, x, hess, ca, _ = subset
+    v = draw_probes("gaussian", 7, [0], 2, 3 * ca.n_beads).numpy().reshape(2, ca.n_beads, 3)
+    fd = term1_fd(ctx, x, ca.projector.numpy(), v, DEFAULT_EPSILON_NM["double"])
+    exact = _exact_term1(hess, ca, v)
+    assert _rel(-fd, exact) > 1.0  # wrong sign (+[f(r+εu) − f(r−εu)]/2ε)
+    assert _rel(fd * 4.184, exact) > 1.0  # forgot kJ → kcal
+    assert _rel(fd * 100.0, exact) > 1.0  # forgot nm² → Å²
+
+
+def test_fd_error_is_second_order_in_epsilon(subset):
+    ctx, x, hess, ca, _ = subset
+    v = draw_probes("gaussian", 1, [0], 1, 3 * ca.n_beads).numpy().reshape(1, ca.n_beads, 3)
+    exact = _exact_term1(hess, ca, v)
+    q = ca.projector.numpy()
+    e1, e2 = (_rel(term1_fd(ctx, x, q, v, eps), exact) for eps in (4e-3, 2e-3))
+    assert 3.5 < e1 / e2 < 4.5  # O(ε²), spec §5
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """AAA tripeptide, GBn2, 7 frames (uneven last chunk with chunk_frames=2)."""
+    root = tmp_path_factory.mktemp("targets")
+    build_structure("aaa", sequence="AAA", out_dir=root)
+    cfg = MDConfig(steps=70, stride=10, platform="CPU", threads=1, chunk_frames=4, seed=1)
+    return simulate("aaa", cfg, root=root, progress=False)
+
+
+def _copy(path, tmp_path, name):
+    out = tmp_path / name
+    shutil.copy(path, out)
+    return out
+
+
+def test_targets_create_cg_group_and_store_attributes(dataset, tmp_path):
+    path = _copy(dataset, tmp_path, "a.h5")
+    res = compute_targets(path, n_probes=2, workers=0, chunk_frames=2, progress=False, **CPU1)
+    assert res.chunks_computed == 4 and res.n_frames == 7
+    cg = data.load_cg(path)
+    assert cg.hvp_term1.shape == (7, 2, 3, 3) and cg.term1_done.all()
+    a = cg.term1_attrs
+    assert a["probe_kind"] == "gaussian" and a["probe_seed"] == 0 and a["n_probes"] == 2
+    assert a["probe_scale"] == 1.0 and a["epsilon_nm"] == DEFAULT_EPSILON_NM["mixed"]
+    assert a["platform"] == "CPU" and a["precision"] == "mixed" and a["solvent"] == "gbn2"
+    assert a["unit"] == "kcal/mol/angstrom**2"
+    with h5py.File(path) as h5:
+        assert a["forcefield_hash"] == h5.attrs["forcefield_hash"]  # same potential as the MD
+    np.testing.assert_array_equal(
+        load_probes(path),
+        draw_probes("gaussian", 0, np.arange(7), 2, 9).numpy().reshape(7, 2, 3, 3),
+    )
+    assert data.validate_dataset(path)["n_probes"] == 2
+    with pytest.raises(FileExistsError, match="--resume or --overwrite"):
+        compute_targets(path, n_probes=2, workers=0, progress=False, **CPU1)
+
+
+def test_full_block_applied_to_the_probes_reproduces_hvp_term1(dataset, tmp_path):
+    path = _copy(dataset, tmp_path, "b.h5")
+    kw = dict(workers=0, chunk_frames=4, progress=False, platform="Reference", epsilon_nm=1e-5)
+    compute_targets(path, n_probes=2, **kw)
+    compute_targets(path, full_block=True, **kw)
+    with h5py.File(path) as h5:
+        block = h5["cg/hessian_block"][()]  # (T, 9, 9)
+        assert h5["cg/hessian_block_done"][()].all()
+    v = load_probes(path).reshape(7, 2, 9)
+    hv = np.einsum("tab,tkb->tka", block, v)
+    np.testing.assert_allclose(hv, data.load_cg(path).hvp_term1.reshape(7, 2, 9),
+                               rtol=0, atol=1e-6 * np.abs(hv).max())  # fmt: skip
+    sym = np.abs(block - block.transpose(0, 2, 1)).max() / np.abs(block).max()
+    assert sym < 1e-7  # Hessian symmetry at the Reference FD error level
+
+
+def test_killed_run_resumed_is_byte_identical(dataset, tmp_path):
+    ref = _copy(dataset, tmp_path, "ref.h5")
+    compute_targets(ref, n_probes=3, workers=0, chunk_frames=2, progress=False, **CPU1)
+    part = _copy(dataset, tmp_path, "part.h5")
+    with pytest.raises(TargetsInterrupted):
+        compute_targets(part, n_probes=3, workers=0, chunk_frames=2, progress=False,
+                        interrupt_after_chunks=2, **CPU1)  # fmt: skip
+    done = data.load_cg(part).term1_done
+    assert done.sum() == 4 and not done.all()
+    with pytest.raises(data.DatasetError, match="probe_seed"):
+        compute_targets(part, n_probes=3, seed=5, workers=0, chunk_frames=2, resume=True,
+                        progress=False, **CPU1)  # fmt: skip
+    res = compute_targets(part, n_probes=3, workers=0, chunk_frames=2, resume=True,
+                          progress=False, **CPU1)  # fmt: skip
+    assert res.chunks_skipped == 2 and res.chunks_computed == 2
+    with h5py.File(ref) as a, h5py.File(part) as b:
+        assert a["cg/hvp_term1"][()].tobytes() == b["cg/hvp_term1"][()].tobytes()
+        assert a["cg/hvp_term1_done"][()].tobytes() == b["cg/hvp_term1_done"][()].tobytes()
+
+
+def test_process_pool_workers_give_the_same_bytes_as_in_process(dataset, tmp_path):
+    a = _copy(dataset, tmp_path, "inline.h5")
+    b = _copy(dataset, tmp_path, "pool.h5")
+    compute_targets(a, n_probes=2, workers=0, chunk_frames=3, progress=False, **CPU1)
+    res = compute_targets(b, n_probes=2, workers=2, chunk_frames=3, progress=False, **CPU1)
+    assert res.workers == 2 and res.openmm_s > 0
+    assert np.array_equal(data.load_cg(a).hvp_term1, data.load_cg(b).hvp_term1)
+
+
+def test_scheduler_without_dask_fails_clearly(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"hessid\[dask\]"):
+        make_executor(1, scheduler="tcp://127.0.0.1:8786")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_build_simulate_targets_in_an_empty_folder(tmp_path, monkeypatch):
+    from hessid.training.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "build", "--sequence", "AG", "--name", "ag"]) == 0
+    assert main(["data", "simulate", "ag", "--steps", "40", "--stride", "10", "--platform",
+                 "CPU", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
+    assert main(["targets", "ag", "--probes", "2", "--workers", "0", "--platform", "CPU",
+                 "--threads", "1", "--no-progress"]) == 0  # fmt: skip
+    assert sorted(os.listdir("ag")) == ["ag.chk", "ag.h5", "ag.pdb"]
+    with h5py.File("ag/ag.h5") as h5:
+        assert {"topology", "coordinates", "forces", "cg"} <= set(h5)
+        assert h5["cg/hvp_term1"].shape == (4, 2, 2, 3)
+        attrs = h5["cg/hvp_term1"].attrs
+        for key in ("probe_kind", "probe_seed", "epsilon_nm", "forcefield", "solvent"):
+            assert key in attrs
+    assert main(["targets", "ag", "--probes", "2", "--workers", "0", "--resume",
+                 "--platform", "CPU", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
+    assert main(["data", "validate", "ag"]) == 0
+    assert main(["data", "simulate", "missing", "--steps", "10", "--stride", "5"]) == 1

@@ -1,0 +1,379 @@
+"""All-atom reference MD with OpenMM, written to the hessid dataset file (``hessid data simulate``).
+
+Amber14 (``amber14-all.xml``) with implicit solvent GBn2 by default (``obc2``; ``explicit`` =
+TIP3P-FB box with PME; ``vacuum`` for tests), HBond constraints, LangevinMiddle integrator,
+energy minimisation, equilibration, production with a stride. Every saved frame stores the
+positions *and the forces of those positions* (one ``getState`` after the step), converted at
+the OpenMM boundary: nm → Å (×10), kJ/mol/nm → kcal/mol/Å (÷41.84), kJ/mol → kcal/mol.
+
+Frames are written in chunks; after each chunk is flushed the OpenMM checkpoint
+``<name>.chk`` is replaced atomically. The checkpoint's step count fixes how many frames it
+stands for (``steps_done // stride``), so ``--resume`` cuts any frames flushed after the last
+checkpoint and continues bit-for-bit (the checkpoint restores the Langevin RNG).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hessid.units import (
+    energy_kj_to_kcal,
+    force_kj_nm_to_kcal_angstrom,
+    length_nm_to_angstrom,
+)
+
+from . import data as _data
+
+SOLVENTS = ("gbn2", "obc2", "explicit", "vacuum")
+_SOLVENT_FILES = {
+    "gbn2": ["implicit/gbn2.xml"],
+    "obc2": ["implicit/obc2.xml"],
+    "explicit": ["amber14/tip3pfb.xml"],
+    "vacuum": [],
+}
+
+
+class SimulationInterrupted(RuntimeError):
+    """Raised by :func:`simulate` when ``interrupt_after_chunks`` is reached (a test hook that
+    behaves like a killed run: frames and checkpoint of finished chunks are on disk)."""
+
+
+@dataclass
+class MDConfig:
+    """Settings of an AA simulation (units in the names' comments).
+
+    Attributes:
+        steps: production steps (frames = steps // stride).
+        stride: steps between saved frames.
+        temperature: K.  friction: 1/ps.  timestep: fs.
+        equilibration_steps: steps after minimisation, before production (not saved).
+        minimize: run OpenMM's L-BFGS minimiser first (tolerance 10 kJ/mol/nm).
+        solvent: one of :data:`SOLVENTS`.  forcefield: main force-field XML.
+        padding: explicit solvent box padding, nm (OpenMM boundary).
+        constraints: "HBonds" | "none".
+        platform: OpenMM platform name (default: CUDA if present, else CPU).
+        threads: CPU-platform threads (None: OpenMM's default).
+        seed: Langevin and velocity seed.
+        chunk_frames: frames per HDF5 write / checkpoint.
+    """
+
+    steps: int = 10_000
+    stride: int = 500
+    temperature: float = 300.0
+    friction: float = 1.0
+    timestep: float = 2.0
+    equilibration_steps: int = 0
+    minimize: bool = True
+    solvent: str = "gbn2"
+    forcefield: str = "amber14-all.xml"
+    padding: float = 1.0
+    constraints: str = "HBonds"
+    platform: str | None = None
+    threads: int | None = None
+    seed: int = 0
+    chunk_frames: int = 10
+
+
+def forcefield_files(forcefield: str = "amber14-all.xml", solvent: str = "gbn2") -> list[str]:
+    """Force-field XML files for ``solvent`` (see :data:`SOLVENTS`).
+
+    Raises:
+        ValueError: unknown solvent.
+    """
+    if solvent not in _SOLVENT_FILES:
+        raise ValueError(f"solvent {solvent!r} is not one of {SOLVENTS}")
+    return [forcefield, *_SOLVENT_FILES[solvent]]
+
+
+def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = "gbn2",
+                  constraints: str = "HBonds"):  # fmt: skip
+    """OpenMM ``System`` for a (possibly already solvated) topology.
+
+    Implicit/vacuum: ``NoCutoff``. Explicit: PME, 1.0 nm cutoff, rigid water.
+    Constrained bonds carry no ``HarmonicBondForce`` term (OpenMM's convention), so the
+    potential — and hence Term 1 computed from it — is that of the sampled, constrained
+    model.
+
+    Returns:
+        ``openmm.System`` (kJ/mol, nm inside).
+
+    Raises:
+        ValueError: unknown solvent or constraints; a residue without a template.
+    """
+    import openmm.app as app
+    import openmm.unit as u
+
+    files = forcefield_files(forcefield, solvent)
+    cons = {"hbonds": app.HBonds, "none": None}.get(str(constraints).lower(), "bad")
+    if cons == "bad":
+        raise ValueError(f"constraints {constraints!r} must be 'HBonds' or 'none'")
+    ff = app.ForceField(*files)
+    if solvent == "explicit":
+        return ff.createSystem(topology, nonbondedMethod=app.PME,
+                               nonbondedCutoff=1.0 * u.nanometer, constraints=cons)  # fmt: skip
+    return ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=cons)
+
+
+def system_hash(system) -> str:
+    """sha256 of the serialized ``System`` (all force-field parameters): the
+    ``forcefield_hash`` attribute that ties targets to the exact potential."""
+    import openmm
+
+    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
+
+
+def choose_platform(name: str | None = None, threads: int | None = None,
+                    precision: str | None = None):  # fmt: skip
+    """OpenMM platform and properties: ``name`` if given, else CUDA if present, else CPU.
+
+    Args:
+        name: "Reference" | "CPU" | "CUDA" | "OpenCL" | None.
+        threads: CPU threads (CPU platform only).
+        precision: "single" | "mixed" | "double" (CUDA/OpenCL only).
+
+    Returns:
+        ``(platform, properties)``.
+
+    Raises:
+        ValueError: the named platform is not available (message lists the available ones).
+    """
+    import openmm
+
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name is None:
+        name = "CUDA" if "CUDA" in names else "CPU"
+    if name not in names:
+        raise ValueError(f"OpenMM platform {name!r} not available; available: {names}")
+    props = {}
+    if name == "CPU" and threads:
+        props["Threads"] = str(int(threads))
+    if name in ("CUDA", "OpenCL") and precision:
+        props["Precision"] = precision
+    return openmm.Platform.getPlatformByName(name), props
+
+
+def platform_precision(platform_name: str, properties: dict | None = None) -> str:
+    """Floating-point model of a platform: Reference "double", CPU "mixed" (single-precision
+    forces, double accumulation), CUDA/OpenCL their ``Precision`` property (default single)."""
+    if platform_name == "Reference":
+        return "double"
+    if platform_name == "CPU":
+        return "mixed"
+    return (properties or {}).get("Precision", "single")
+
+
+def _write_checkpoint(context, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(context.createCheckpoint())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _state_arrays(context, periodic: bool):
+    import openmm.unit as u
+
+    st = context.getState(getPositions=True, getForces=True, getEnergy=True)
+    pos = length_nm_to_angstrom(st.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+    frc = force_kj_nm_to_kcal_angstrom(
+        st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+    )
+    ene = energy_kj_to_kcal(st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
+    box = None
+    if periodic:
+        box = length_nm_to_angstrom(
+            np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer))
+        )
+    return (np.asarray(pos, "f8"), np.asarray(frc, "f8"), float(ene),
+            st.getTime().value_in_unit(u.picosecond), box)  # fmt: skip
+
+
+def simulate(
+    name: str | Path,
+    config: MDConfig | None = None,
+    root: str | Path = ".",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    interrupt_after_chunks: int | None = None,
+) -> Path:
+    """Run (or resume) an AA simulation of ``<root>/<name>/<name>.pdb`` into ``<name>.h5``.
+
+    Writes the dataset layout of :mod:`hessid.training.data` (coordinates Å, forces of the saved
+    positions kcal/mol/Å, potential energy kcal/mol, time ps from the start of production,
+    frame_id = frame index) plus ``box`` for explicit solvent, and the checkpoint
+    ``<name>.chk``. With ``resume`` the run continues from the checkpoint up to
+    ``config.steps`` production steps (a larger ``steps`` extends a finished run).
+
+    Args:
+        name: dataset name or directory (see :func:`hessid.training.data.dataset_path`).
+        config: :class:`MDConfig` (on resume the stored settings are used; ``steps`` extends).
+        root: folder holding ``<name>/``.
+        resume: continue from ``<name>.chk``.
+        overwrite: replace an existing dataset when not resuming.
+        progress: tqdm progress bar with ns/day.
+        interrupt_after_chunks: test hook; raise :class:`SimulationInterrupted` after this many
+            chunks have been committed.
+
+    Returns:
+        path of the HDF5 dataset.
+
+    Raises:
+        FileNotFoundError: no ``<name>.pdb`` (run ``hessid data build``), or ``--resume`` without
+            a checkpoint.
+        FileExistsError: dataset exists and neither ``resume`` nor ``overwrite``.
+        ValueError: bad settings (stride < 1, unknown solvent/platform), or the stored file
+            disagrees with the checkpoint.
+    """
+    import openmm
+    import openmm.app as app
+    import openmm.unit as u
+
+    from .structures import structure_from_pdb_text
+
+    cfg = config or MDConfig()
+    h5_path = _data.dataset_path(name, root)
+    folder, stem = h5_path.parent, h5_path.stem
+    chk_path = folder / f"{stem}.chk"
+    if cfg.stride < 1 or cfg.steps < 0:
+        raise ValueError(f"need stride >= 1 and steps >= 0, got stride={cfg.stride}, steps={cfg.steps}")
+    import h5py
+
+    if resume:
+        if not (h5_path.exists() and chk_path.exists()):
+            raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
+        h5 = h5py.File(h5_path, "r+")
+        stored = json.loads(h5.attrs["md_config"])
+        stored["steps"] = cfg.steps
+        for k in ("platform", "threads", "chunk_frames"):  # execution, not physics: may change
+            if getattr(cfg, k) is not None and config is not None:
+                stored[k] = getattr(cfg, k)
+        cfg = MDConfig(**stored)
+        topology_text = _data._read_topology_text(h5)
+        top = _data.topology_from_pdb(topology_text, f"{h5_path}: topology")
+        positions = None
+    else:
+        pdb_path = folder / f"{stem}.pdb"
+        if not pdb_path.exists():
+            raise FileNotFoundError(f"{pdb_path}: no structure (run `hessid data build` first)")
+        s = structure_from_pdb_text(pdb_path.read_text(), str(pdb_path))
+        top, positions = s.topology, s.positions_nm() * u.nanometer
+        if cfg.solvent == "explicit":
+            modeller = app.Modeller(top, positions)
+            ff = app.ForceField(*forcefield_files(cfg.forcefield, cfg.solvent))
+            modeller.addSolvent(ff, model="tip3p", padding=cfg.padding * u.nanometer)
+            top, positions = modeller.topology, modeller.positions
+    periodic = cfg.solvent == "explicit"
+    system = create_system(top, cfg.forcefield, cfg.solvent, cfg.constraints)
+    integrator = openmm.LangevinMiddleIntegrator(
+        cfg.temperature * u.kelvin, cfg.friction / u.picosecond, cfg.timestep * u.femtosecond
+    )
+    integrator.setRandomNumberSeed(int(cfg.seed))
+    plat, props = choose_platform(cfg.platform, cfg.threads)
+    context = openmm.Context(system, integrator, plat, props)
+    n_target = cfg.steps // cfg.stride
+
+    if resume:
+        context.loadCheckpoint(chk_path.read_bytes())
+        if context.getStepCount() % cfg.stride:
+            raise ValueError(f"{chk_path}: step count {context.getStepCount()} is not a multiple of stride {cfg.stride}")
+        n_done = context.getStepCount() // cfg.stride
+        if h5["coordinates"].shape[0] < n_done:
+            raise ValueError(f"{h5_path}: dataset 'coordinates' has {h5['coordinates'].shape[0]} frames "
+                             f"but the checkpoint stands for {n_done}")  # fmt: skip
+        _data.truncate_frames(h5, n_done)  # frames flushed after the last checkpoint
+    else:
+        context.setPositions(positions)
+        if periodic:
+            context.setPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+        if cfg.minimize:
+            openmm.LocalEnergyMinimizer.minimize(context, 10.0)
+        context.setVelocitiesToTemperature(cfg.temperature * u.kelvin, int(cfg.seed))
+        if cfg.equilibration_steps:
+            integrator.step(int(cfg.equilibration_steps))
+        context.setTime(0.0)
+        context.setStepCount(0)
+        st = context.getState(getPositions=True)
+        if periodic:
+            top.setPeriodicBoxVectors(st.getPeriodicBoxVectors())
+        from .structures import Structure
+
+        pdb_text = Structure(top, length_nm_to_angstrom(
+            st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
+        attrs = {
+            "name": stem, "temperature": float(cfg.temperature), "forcefield": cfg.forcefield,
+            "forcefield_files": json.dumps(forcefield_files(cfg.forcefield, cfg.solvent)),
+            "solvent": cfg.solvent, "constraints": cfg.constraints, "platform": plat.getName(),
+            "precision": platform_precision(plat.getName(), props), "seed": int(cfg.seed),
+            "timestep_fs": float(cfg.timestep), "friction_per_ps": float(cfg.friction),
+            "stride": int(cfg.stride), "forcefield_hash": system_hash(system),
+            "md_config": json.dumps(asdict(cfg)), "time_unit": "ps",
+        }  # fmt: skip
+        h5 = _data.create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
+                                  overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
+        _write_checkpoint(context, chk_path)
+        n_done = 0
+
+    try:
+        _production(context, integrator, h5, chk_path, cfg, n_done, n_target, periodic,
+                    progress, interrupt_after_chunks)  # fmt: skip
+    finally:
+        h5.close()
+    return h5_path
+
+
+def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, periodic,
+                progress, interrupt_after_chunks):  # fmt: skip
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_target, initial=n_done, unit="frame", disable=not progress,
+               desc=f"{Path(h5.filename).stem} MD")  # fmt: skip
+    buf: list = []
+    chunks = 0
+    t_start, frames_run = _time.perf_counter(), 0
+    ns_per_frame = cfg.stride * cfg.timestep * 1e-6
+    n = n_done
+    try:
+        while n < n_target:
+            integrator.step(int(cfg.stride))
+            buf.append(_state_arrays(context, periodic))
+            n += 1
+            frames_run += 1
+            elapsed = _time.perf_counter() - t_start
+            bar.update(1)
+            bar.set_postfix(ns_per_day=f"{ns_per_frame * frames_run / elapsed * 86400:.1f}")
+            if len(buf) == cfg.chunk_frames or n == n_target:
+                pos, frc, ene, tim, box = zip(*buf, strict=True)
+                _data.append_frames(
+                    h5, np.stack(pos), np.stack(frc), np.asarray(tim, "f8"),
+                    np.arange(n - len(buf), n, dtype=np.int64), np.asarray(ene, "f8"),
+                    np.stack(box) if periodic else None,
+                )  # flushed before the checkpoint: the checkpoint never runs ahead of the file
+                h5.attrs["checkpoint_frames"] = n
+                h5.flush()
+                _write_checkpoint(context, chk_path)
+                buf.clear()
+                chunks += 1
+                if interrupt_after_chunks is not None and chunks >= interrupt_after_chunks and n < n_target:
+                    raise SimulationInterrupted(f"interrupted after {chunks} chunks ({n} frames)")
+    finally:
+        bar.close()
+
+
+def ns_per_day(steps: int, timestep_fs: float, seconds: float) -> float:
+    """Simulation speed in ns/day for ``steps`` of ``timestep_fs`` fs taking ``seconds``."""
+    return steps * timestep_fs * 1e-6 / seconds * 86400.0
+
+
+__all__ = [
+    "SOLVENTS", "MDConfig", "SimulationInterrupted", "choose_platform", "create_system",
+    "forcefield_files", "platform_precision", "simulate", "system_hash", "ns_per_day",
+]  # fmt: skip

@@ -1,0 +1,536 @@
+"""Term-1 HVP targets by central finite differences of OpenMM forces (``hessid targets``).
+
+For frame t with AA positions r and CG probe v (spec §5)::
+
+    u = Pᵀ v                                   (N, 3) — embedded probe, P = Q ⊗ I₃
+    ∇²H u ≈ −[f(r + s u) − f(r − s u)] / (2 s) error O(s² ∂³f), spec §5
+    Term1 = P ∇²H Pᵀ v = Q (∇²H u)             (n, 3)
+
+Units: OpenMM positions are nm and forces kJ/mol/nm, so the difference quotient is in
+kJ/mol/nm² per unit of u; u is a dimensionless direction (probes are dimensionless), hence the
+same vector in Å space and Term1 in kcal/mol/Å² is the nm result ÷ 418.4
+(:func:`hessid.units.hessian_kj_nm2_to_kcal_angstrom2`). The step is ``s = ε / max|u|``:
+ε (``epsilon_nm``) is the largest Cartesian displacement of any atom, whatever the probe's
+norm, so one ε suits every probe kind. Constraints are not applied to displaced positions
+(``getState`` evaluates forces at exactly the positions set).
+
+Storage (docs/architecture.md): ``cg/hvp_term1`` (T, k, n, 3) float64 kcal/mol/Å² with its
+probe and FD attributes, and ``cg/hvp_term1_done`` (T,) uint8. Work is chunked by frames; a
+chunk's values and its done flags are written in one flush, and ``resume`` skips done chunks,
+so an interrupted and resumed run gives the same bytes as an uninterrupted one. Probes are
+regenerated from ``(probe_kind, probe_seed, frame_id, k, 3n)`` with
+:func:`hessid.probes.draw_probes`, never stored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hessid.units import (
+    ANGSTROM_PER_NM,
+    hessian_kj_nm2_to_kcal_angstrom2,
+    length_angstrom_to_nm,
+)
+
+from . import data as _data
+
+#: default ε (nm, largest atomic displacement) per floating-point model, from
+#: benchmarks/term1_fd_error.py (docs/data.md, "Error study"; chignolin, amber14+GBn2 and
+#: vacuum, 4 frames × 4 Gaussian probes, against a 2-level Richardson reference on Reference):
+#: double: error ≈ 3.4e-5·(ε/1e-3 nm)², round-off floor 1e-10 at 1e-6 nm → 1e-5 nm (3.6e-9);
+#: mixed (CPU; CUDA mixed computes forces in single precision too): minimum of the
+#: worst-frame curve at 1e-4–1.8e-4 nm (1.7e-6 GBn2, 2.5–4e-6 vacuum) → 1e-4 nm;
+#: single: not measured here (no GPU), 3e-4 nm by the round-off scaling.
+DEFAULT_EPSILON_NM = {"double": 1e-5, "mixed": 1e-4, "single": 3e-4}
+
+
+class TargetsInterrupted(RuntimeError):
+    """Raised by :func:`compute_targets` when ``interrupt_after_chunks`` is reached (test hook
+    that behaves like a killed run: finished chunks are committed)."""
+
+
+def default_epsilon(precision: str) -> float:
+    """Default FD step ε in nm for a platform precision ("double" | "mixed" | "single").
+
+    Raises:
+        ValueError: unknown precision.
+    """
+    if precision not in DEFAULT_EPSILON_NM:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(DEFAULT_EPSILON_NM)}")
+    return DEFAULT_EPSILON_NM[precision]
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+def _forces_nm(context, positions_nm: np.ndarray) -> np.ndarray:
+    import openmm.unit as u
+
+    context.setPositions(positions_nm)
+    f = context.getState(getForces=True).getForces(asNumpy=True)
+    return np.asarray(f.value_in_unit(u.kilojoule_per_mole / u.nanometer))
+
+
+def term1_fd(
+    context,
+    positions_nm: np.ndarray,
+    projector: np.ndarray,
+    probes: np.ndarray,
+    epsilon_nm: float,
+    embed: np.ndarray | None = None,
+    timer: list | None = None,
+) -> np.ndarray:
+    """Term 1 = P ∇²H Pᵀ v for k probes at one frame, by central differences (spec §5).
+
+    Args:
+        context: ``openmm.Context`` of the AA system (its positions are overwritten).
+        positions_nm: (N, 3) float64 AA positions in **nm** (OpenMM boundary).
+        projector: Q, (n, N) float64 (P = Q ⊗ I₃), dimensionless.
+        probes: (k, n, 3) float64 CG probes v, dimensionless.
+        epsilon_nm: largest atomic displacement, nm; the step along u is s = ε/max|u|.
+        embed: matrix used for the displacement, (n, N); default ``projector`` (u = Pᵀv, the
+            correct choice; anything else is only for negative controls).
+        timer: if a list, the seconds spent inside OpenMM (setPositions + getState) are
+            appended to it.
+
+    Returns:
+        (k, n, 3) float64, kcal/mol/Å² (the nm/kJ quotient ÷ 418.4).
+
+    Raises:
+        ValueError: shapes disagree, ε ≤ 0, or a probe is zero.
+    """
+    q = np.asarray(projector, dtype=np.float64)
+    probes = np.asarray(probes, dtype=np.float64)
+    r = np.asarray(positions_nm, dtype=np.float64)
+    n, n_atoms = q.shape
+    if r.shape != (n_atoms, 3) or probes.ndim != 3 or probes.shape[1:] != (n, 3):
+        raise ValueError(f"shapes: positions {r.shape} (want ({n_atoms}, 3)), probes "
+                         f"{probes.shape} (want (k, {n}, 3)), projector {q.shape}")  # fmt: skip
+    if not epsilon_nm > 0:
+        raise ValueError(f"epsilon_nm must be positive, got {epsilon_nm}")
+    e = q if embed is None else np.asarray(embed, dtype=np.float64)
+    out = np.empty(probes.shape)  # (k, n, 3)
+    for m, v in enumerate(probes):
+        u = e.T @ v  # (N, 3) = Pᵀ v
+        umax = float(np.abs(u).max())
+        if umax == 0.0:
+            raise ValueError(f"probe {m} embeds to zero displacement")
+        s = epsilon_nm / umax
+        t0 = _time.perf_counter()
+        f_plus = _forces_nm(context, r + s * u)
+        f_minus = _forces_nm(context, r - s * u)
+        if timer is not None:
+            timer.append(_time.perf_counter() - t0)
+        hu = -(f_plus - f_minus) / (2.0 * s)  # (N, 3) kJ/mol/nm² per unit u
+        out[m] = hessian_kj_nm2_to_kcal_angstrom2(q @ hu)
+    return out
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to build its OpenMM context (picklable).
+
+    Attributes:
+        system_xml: serialized ``openmm.System``.  platform: OpenMM platform name.
+        properties: platform properties.  projector: Q (n, N).  epsilon_nm: ε in nm.
+    """
+
+    system_xml: str
+    platform: str
+    properties: dict
+    projector: np.ndarray
+    epsilon_nm: float
+    key: str = ""
+
+
+_WORKER: dict = {}
+
+
+def _context_for(spec: WorkerSpec):
+    """One OpenMM context per process, reused across frames (rebuilt if the spec changes)."""
+    if _WORKER.get("key") != spec.key or "context" not in _WORKER:
+        import openmm
+
+        system = openmm.XmlSerializer.deserialize(spec.system_xml)
+        integrator = openmm.VerletIntegrator(0.001)
+        platform = openmm.Platform.getPlatformByName(spec.platform)
+        _WORKER.update(key=spec.key, spec=spec,
+                       context=openmm.Context(system, integrator, platform, spec.properties))  # fmt: skip
+    return _WORKER["context"], _WORKER["spec"]
+
+
+def _init_worker(spec: WorkerSpec) -> None:
+    """ProcessPoolExecutor initializer: build this process's context once."""
+    _context_for(spec)
+
+
+@dataclass
+class _Chunk:
+    index: int
+    start: int
+    positions_nm: np.ndarray  # (b, N, 3)
+    probes: np.ndarray  # (b, k, n, 3)
+    box_nm: np.ndarray | None = None  # (b, 3, 3)
+
+
+def _run_chunk(chunk: _Chunk, spec: WorkerSpec | None = None):
+    """Compute one chunk in a worker; returns (index, start, values (b, k, n, 3), openmm_s, wall_s)."""
+    t0 = _time.perf_counter()
+    if spec is None:
+        context, spec = _WORKER["context"], _WORKER["spec"]
+    else:
+        context, spec = _context_for(spec)
+    timer: list = []
+    out = np.empty(chunk.probes.shape)
+    for b in range(chunk.positions_nm.shape[0]):
+        if chunk.box_nm is not None:
+            context.setPeriodicBoxVectors(*chunk.box_nm[b])
+        out[b] = term1_fd(context, chunk.positions_nm[b], spec.projector, chunk.probes[b],
+                          spec.epsilon_nm, timer=timer)  # fmt: skip
+    return chunk.index, chunk.start, out, float(sum(timer)), _time.perf_counter() - t0
+
+
+class _InlineExecutor(cf.Executor):
+    """Runs tasks in the calling process (workers=0): no pickling, for tests and debugging."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            fut.set_exception(exc)
+        return fut
+
+
+def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str | None = None):
+    """Executor for the chunk tasks and whether tasks must carry the spec.
+
+    Args:
+        workers: 0 → in-process; ≥ 1 → ``ProcessPoolExecutor`` (spawn) with one context per
+            worker built by the initializer.
+        spec: the worker spec (initializer argument).
+        scheduler: Dask scheduler address; uses ``dask.distributed.Client(address)
+            .get_executor()`` (tasks carry the spec; each Dask worker process caches one context).
+
+    Returns:
+        ``(executor, spec_in_task, n_workers)``.
+
+    Raises:
+        ImportError: ``scheduler`` given but dask.distributed is not installed.
+    """
+    if scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError as exc:
+            raise ImportError(
+                "--scheduler needs dask.distributed, which is not installed; "
+                "install it with `pip install hessid[dask]` (or run without --scheduler)"
+            ) from exc
+        client = Client(scheduler)
+        n = max(1, len(client.scheduler_info().get("workers", {})))
+        return client.get_executor(), True, n
+    if workers <= 0:
+        return _InlineExecutor(), True, 1
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(spec,),
+    )  # fmt: skip
+    return pool, False, workers
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class TargetsResult:
+    """Summary of a :func:`compute_targets` run.
+
+    Attributes:
+        path: dataset file.  n_frames: T.  n_probes: k.  chunks_computed / chunks_skipped.
+        wall_s: seconds of the whole call.  openmm_s: seconds inside OpenMM force calls,
+        summed over workers.  openmm_fraction: openmm_s / (wall_s × workers).
+        frame_probes_per_s: computed frames × k / wall_s.
+    """
+
+    path: Path
+    n_frames: int
+    n_probes: int
+    chunks_computed: int = 0
+    chunks_skipped: int = 0
+    wall_s: float = 0.0
+    openmm_s: float = 0.0
+    workers: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def openmm_fraction(self) -> float:
+        return self.openmm_s / max(self.wall_s * self.workers, 1e-12)
+
+    @property
+    def frame_probes_per_s(self) -> float:
+        return self.extra.get("frames_computed", 0) * self.n_probes / max(self.wall_s, 1e-12)
+
+
+def _system_for(h5, path, forcefield, solvent, constraints):
+    from .aa_md import create_system, system_hash
+
+    ff = forcefield or str(h5.attrs.get("forcefield", "amber14-all.xml"))
+    solv = solvent or (str(h5.attrs["solvent"]) if "solvent" in h5.attrs else None)
+    if solv is None:
+        raise _data.DatasetError(path, "/", "no 'solvent' attribute; pass --solvent")
+    cons = constraints or str(h5.attrs.get("constraints", "HBonds"))
+    top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{path}: topology")
+    if "box" in h5 and h5["box"].shape[0]:
+        import openmm.unit as u
+
+        top.setPeriodicBoxVectors(length_angstrom_to_nm(h5["box"][0]) * u.nanometer)
+    system = create_system(top, ff, solv, cons)
+    return system, system_hash(system), ff, solv, cons
+
+
+def compute_targets(
+    path: str | Path,
+    n_probes: int = 4,
+    probe_kind: str = "gaussian",
+    seed: int = 0,
+    epsilon_nm: float | None = None,
+    platform: str | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
+    workers: int = 1,
+    chunk_frames: int = 4,
+    scheduler: str | None = None,
+    executor: cf.Executor | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    full_block: bool = False,
+    forcefield: str | None = None,
+    solvent: str | None = None,
+    constraints: str | None = None,
+    progress: bool = True,
+    interrupt_after_chunks: int | None = None,
+) -> TargetsResult:
+    """Precompute Term 1 for every frame of a dataset file (spec §5; ``hessid targets``).
+
+    Writes ``cg/hvp_term1`` (T, k, n, 3) float64 kcal/mol/Å² (or, with ``full_block``,
+    ``cg/hessian_block`` (T, 3n, 3n) = P ∇²H Pᵀ by 2·3n force evaluations per frame, entry
+    [a, b] = (P∇²HPᵀ)_ab, not symmetrised) and its done mask. Creates the ``cg/`` group with the
+    default Cα map if missing. The AA system is rebuilt from the stored topology, force field,
+    solvent and constraints; its sha256 is stored as ``forcefield_hash``.
+
+    Args:
+        path: dataset ``.h5`` (or a name resolved by :func:`hessid.training.data.dataset_path`).
+        n_probes: k probes per frame (ignored with ``full_block``).
+        probe_kind: a :data:`hessid.probes.PROBE_KINDS` kind (default Gaussian: unbiased for
+            ‖·‖_F² with scale 1, spec §6/§8); ``probe_scale`` is stored.
+        seed: probe seed; probes of frame t are ``draw_probes(kind, seed, [frame_id[t]], k, 3n)``.
+        epsilon_nm: largest atomic displacement, nm (default :func:`default_epsilon`).
+        platform, threads, precision: OpenMM platform (default CUDA if present else CPU),
+            CPU threads per worker (default cores // workers), CUDA/OpenCL precision.
+        workers: worker processes (0 = in this process).
+        chunk_frames: frames per task and per atomic commit.
+        scheduler: Dask scheduler address (needs ``hessid[dask]``).
+        executor: a ready ``concurrent.futures.Executor`` (tasks then carry the worker spec).
+        resume: continue an existing run (settings must match); otherwise an existing result
+            is an error unless ``overwrite``.
+        forcefield, solvent, constraints: override the file's attributes (imports lack them).
+        progress: tqdm bar.
+        interrupt_after_chunks: test hook; raise :class:`TargetsInterrupted` after this many
+            chunks were committed by this call.
+
+    Returns:
+        :class:`TargetsResult` (timings for the throughput benchmark).
+
+    Raises:
+        DatasetError: invalid file; existing result with different settings on ``resume``.
+        FileExistsError: result exists, neither ``resume`` nor ``overwrite``.
+        ImportError: ``scheduler`` without dask.distributed.
+        ValueError: bad k, kind, ε, platform.
+    """
+    import openmm
+
+    from hessid.probes import draw_probes, probe_scale
+
+    from .aa_md import choose_platform, platform_precision
+
+    t_start = _time.perf_counter()
+    path = _data.dataset_path(path)
+    _data.validate_dataset(path)
+    with h5py.File(path, "r") as h5:
+        has_cg = "cg" in h5
+    if not has_cg:
+        _data.write_cg(path)
+    key = "hessian_block" if full_block else "hvp_term1"
+    if workers > 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    plat, props = choose_platform(platform, threads, precision)
+    prec = platform_precision(plat.getName(), props)
+    eps = float(epsilon_nm) if epsilon_nm is not None else default_epsilon(prec)
+    if not eps > 0:
+        raise ValueError(f"epsilon_nm must be positive, got {eps}")
+    if n_probes < 1:
+        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+
+    with h5py.File(path, "r") as h5:
+        system, fhash, ff, solv, cons = _system_for(h5, path, forcefield, solvent, constraints)
+        q = h5["cg/projector"][()]  # (n, N)
+        t_frames = h5["coordinates"].shape[0]
+        frame_ids = h5["frame_id"][()]
+    n = q.shape[0]
+    d = 3 * n
+    k = d if full_block else int(n_probes)
+    attrs = {
+        "unit": "kcal/mol/angstrom**2", "epsilon_nm": eps,
+        "epsilon_definition": "largest Cartesian displacement of any atom (nm); step s = eps/max|P^T v|",
+        "method": "central finite difference of OpenMM forces along u = P^T v (spec §5)",
+        "constraints_applied_to_displacements": False, "platform": plat.getName(),
+        "precision": prec, "forcefield_hash": fhash, "forcefield": ff, "solvent": solv,
+        "constraints": cons, "threads": str(props.get("Threads", "")),
+    }  # fmt: skip
+    if full_block:
+        attrs.update(probe_kind="one_hot_all", probe_seed=0, probe_scale=1.0, n_probes=k,
+                     layout="[t, a, b] = (P ∇²H Pᵀ)_ab, a, b flat CG indices 3*I + alpha")  # fmt: skip
+    else:
+        from hessid.probes import PROBE_KINDS
+
+        if probe_kind not in PROBE_KINDS:
+            raise ValueError(f"probe kind {probe_kind!r} is not one of {PROBE_KINDS}")
+        attrs.update(probe_kind=probe_kind, probe_seed=int(seed), n_probes=k,
+                     probe_scale=float(probe_scale(probe_kind, d)), probe_dim=d,
+                     probe_reshape="draw_probes(kind, seed, [frame_id], k, 3n).reshape(k, n, 3)")  # fmt: skip
+    chunk_frames = max(1, int(chunk_frames))
+    attrs["chunk_frames"] = chunk_frames
+    shape = (t_frames, d, d) if full_block else (t_frames, k, n, 3)
+    chunks = (min(chunk_frames, max(t_frames, 1)),) + shape[1:]
+
+    with h5py.File(path, "r+") as h5:
+        g = h5["cg"]
+        if key in g:
+            if not (resume or overwrite):
+                raise FileExistsError(f"{path}: dataset 'cg/{key}' exists (use --resume or --overwrite)")
+            if resume:
+                old = dict(g[key].attrs)
+                for a in ("probe_kind", "probe_seed", "n_probes", "epsilon_nm", "platform",
+                          "precision", "forcefield_hash", "chunk_frames", "threads"):  # fmt: skip
+                    if str(old.get(a)) != str(attrs[a]):
+                        raise _data.DatasetError(path, f"cg/{key}", f"--resume with {a}={attrs[a]!r} but the "
+                                                 f"stored run used {old.get(a)!r}")  # fmt: skip
+                if g[key].shape != shape:
+                    raise _data.DatasetError(path, f"cg/{key}", f"shape {g[key].shape}, expected {shape}")
+            else:
+                del g[key]
+                del g[f"{key}_done"]
+        if key not in g:
+            ds = g.create_dataset(key, shape=shape, dtype="f8", chunks=chunks, fillvalue=np.nan)
+            for a, v in attrs.items():
+                ds.attrs[a] = v
+            g.create_dataset(f"{key}_done", shape=(t_frames,), dtype="u1", fillvalue=0)
+            h5.flush()
+        done = g[f"{key}_done"][()].astype(bool)
+
+    todo = [c for c in range(0, t_frames, chunk_frames) if not done[c : c + chunk_frames].all()]
+    n_chunks_total = len(range(0, t_frames, chunk_frames))
+    spec = WorkerSpec(openmm.XmlSerializer.serialize(system), plat.getName(), props, q, eps,
+                      key=f"{fhash}:{plat.getName()}:{json.dumps(props, sort_keys=True)}:{eps}")  # fmt: skip
+    result = TargetsResult(path, t_frames, k, chunks_skipped=n_chunks_total - len(todo))
+    if executor is not None:
+        ex, spec_in_task, n_workers, own = executor, True, max(1, workers), False
+    else:
+        ex, spec_in_task, n_workers = make_executor(workers, spec, scheduler)
+        own = True
+    result.workers = n_workers
+    frames_done = 0
+
+    def make_chunk(h5, ci: int, start: int) -> _Chunk:
+        pos = length_angstrom_to_nm(h5["coordinates"][start : start + chunk_frames])  # (b, N, 3) nm
+        box = h5["box"][start : start + chunk_frames] / ANGSTROM_PER_NM if "box" in h5 else None
+        b = pos.shape[0]
+        if full_block:
+            probes = np.broadcast_to(np.eye(d).reshape(1, d, n, 3), (b, d, n, 3)).copy()
+        else:
+            probes = draw_probes(probe_kind, seed, frame_ids[start : start + b], k, d).numpy()
+            probes = probes.reshape(b, k, n, 3)  # (b, k, n, 3)
+        return _Chunk(ci, start, pos, probes, box)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=t_frames, initial=t_frames - sum(min(chunk_frames, t_frames - s) for s in todo),
+               unit="frame", disable=not progress, desc=f"{path.stem} Term 1")  # fmt: skip
+    committed = 0
+    t_loop = _time.perf_counter()
+    try:
+        pending: set = set()
+        queue = list(enumerate(todo))
+        max_inflight = 2 * n_workers
+        with h5py.File(path, "r+") as h5:
+            ds, dm = h5[f"cg/{key}"], h5[f"cg/{key}_done"]
+            while queue or pending:
+                while queue and len(pending) < max_inflight:
+                    ci, start = queue.pop(0)
+                    ch = make_chunk(h5, ci, start)
+                    pending.add(ex.submit(_run_chunk, ch, spec if spec_in_task else None))
+                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    _, start, values, omm_s, worker_s = fut.result()
+                    b = values.shape[0]
+                    if full_block:  # values (b, d probes e_a, n, 3) → block[:, :, a]
+                        values = values.reshape(b, d, d).transpose(0, 2, 1)
+                    ds[start : start + b] = values
+                    dm[start : start + b] = 1
+                    h5.flush()  # values and done flags committed together
+                    result.openmm_s += omm_s
+                    result.extra["worker_s"] = result.extra.get("worker_s", 0.0) + worker_s
+                    result.chunks_computed += 1
+                    frames_done += b
+                    committed += 1
+                    bar.update(b)
+                    if interrupt_after_chunks is not None and committed >= interrupt_after_chunks:
+                        for p in pending:
+                            p.cancel()
+                        raise TargetsInterrupted(f"interrupted after {committed} chunks")
+    finally:
+        bar.close()
+        if own:
+            ex.shutdown(wait=True, cancel_futures=True)
+        result.extra["loop_s"] = _time.perf_counter() - t_loop
+    result.wall_s = _time.perf_counter() - t_start
+    result.extra["frames_computed"] = frames_done
+    return result
+
+
+def load_probes(path: str | Path, frames: np.ndarray | None = None) -> np.ndarray:
+    """Regenerate the probes behind ``cg/hvp_term1`` from its attributes.
+
+    Args:
+        path: dataset file.  frames: row indices (default all).
+
+    Returns:
+        (F, k, n, 3) float64 probes, dimensionless.
+
+    Raises:
+        DatasetError: no ``cg/hvp_term1``.
+    """
+    from hessid.probes import draw_probes
+
+    with h5py.File(path, "r") as h5:
+        if "cg/hvp_term1" not in h5:
+            raise _data.DatasetError(path, "cg/hvp_term1", "missing (run `hessid targets`)")
+        a = h5["cg/hvp_term1"].attrs
+        n = h5["cg/projector"].shape[0]
+        fid = h5["frame_id"][()]
+        kind, seed, k = str(a["probe_kind"]), int(a["probe_seed"]), int(a["n_probes"])
+    if frames is not None:
+        fid = fid[np.asarray(frames)]
+    return draw_probes(kind, seed, fid, k, 3 * n).numpy().reshape(len(fid), k, n, 3)
