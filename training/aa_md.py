@@ -6,8 +6,9 @@ energy minimisation, equilibration, production with a stride. Every saved frame 
 positions *and the forces of those positions* (one ``getState`` after the step), converted at
 the OpenMM boundary: nm → Å (×10), kJ/mol/nm → kcal/mol/Å (÷41.84), kJ/mol → kcal/mol.
 
-Frames are written in chunks; after each chunk is flushed the OpenMM checkpoint
-``<name>.chk`` is replaced atomically. The checkpoint's step count fixes how many frames it
+Frames are written in chunks; after each chunk is committed (HDF5 flush + fsync,
+:func:`hessid.training.data.commit`) the OpenMM checkpoint ``<name>.chk`` is replaced
+atomically (write, fsync, rename). The checkpoint's step count fixes how many frames it
 stands for (``steps_done // stride``), so ``--resume`` cuts any frames flushed after the last
 checkpoint and continues bit-for-bit (the checkpoint restores the Langevin RNG).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time as _time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,12 +123,27 @@ def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = 
     return ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=cons)
 
 
+_CONSTRAINT_RE = re.compile(r'<Constraint d="([^"]*)" p1="(\d+)" p2="(\d+)"/>')
+
+
 def system_hash(system) -> str:
-    """sha256 of the serialized ``System`` (all force-field parameters): the
-    ``forcefield_hash`` attribute that ties targets to the exact potential."""
+    """sha256 of the serialized ``System`` (masses, box, every force's parameters): the
+    ``forcefield_hash`` attribute that ties targets to the exact potential.
+
+    Constraints are hashed as a sorted set of ``(i, j, d)`` with i < j, because their order
+    depends on the order of the topology's bonds, which a PDB round trip changes for rigid
+    waters (explicit solvent) without changing the potential.
+
+    Returns:
+        64 hex digits.
+    """
     import openmm
 
-    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
+    xml = openmm.XmlSerializer.serialize(system)
+    pairs = sorted((min(int(i), int(j)), max(int(i), int(j)), d)
+                   for d, i, j in _CONSTRAINT_RE.findall(xml))  # fmt: skip
+    xml = _CONSTRAINT_RE.sub("", xml) + json.dumps(pairs)
+    return hashlib.sha256(xml.encode()).hexdigest()
 
 
 def choose_platform(name: str | None = None, threads: int | None = None,
@@ -230,8 +247,8 @@ def simulate(
         FileNotFoundError: no ``<name>.pdb`` (run ``hessid data build``), or ``--resume`` without
             a checkpoint.
         FileExistsError: dataset exists and neither ``resume`` nor ``overwrite``.
-        ValueError: bad settings (stride < 1, unknown solvent/platform), or the stored file
-            disagrees with the checkpoint.
+        ValueError: bad settings (stride < 1, unknown solvent/platform), the stored file
+            disagrees with the checkpoint, or (``resume``) the file cannot be opened.
     """
     import openmm
     import openmm.app as app
@@ -250,7 +267,12 @@ def simulate(
     if resume:
         if not (h5_path.exists() and chk_path.exists()):
             raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
-        h5 = h5py.File(h5_path, "r+")
+        try:
+            h5 = h5py.File(h5_path, "r+")
+        except OSError as exc:  # e.g. killed during a chunk write (docs/data.md, "Crash safety")
+            raise ValueError(f"{h5_path}: cannot be opened for --resume ({exc}); the file was "
+                             "probably damaged by a kill during a chunk write. Start again "
+                             "with --overwrite") from exc  # fmt: skip
         stored = json.loads(h5.attrs["md_config"])
         stored["steps"] = cfg.steps
         for k in ("platform", "threads", "chunk_frames"):  # execution, not physics: may change
@@ -290,6 +312,7 @@ def simulate(
             raise ValueError(f"{h5_path}: dataset 'coordinates' has {h5['coordinates'].shape[0]} frames "
                              f"but the checkpoint stands for {n_done}")  # fmt: skip
         _data.truncate_frames(h5, n_done)  # frames flushed after the last checkpoint
+        _data.commit(h5)
     else:
         context.setPositions(positions)
         if periodic:
@@ -358,7 +381,7 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
                     np.stack(box) if periodic else None,
                 )  # flushed before the checkpoint: the checkpoint never runs ahead of the file
                 h5.attrs["checkpoint_frames"] = n
-                h5.flush()
+                _data.commit(h5)  # flush + fsync: the checkpoint never runs ahead of the file
                 _write_checkpoint(context, chk_path)
                 buf.clear()
                 chunks += 1

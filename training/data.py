@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform as _platform
 import re
 from dataclasses import dataclass, field
@@ -257,6 +258,27 @@ def append_frames(
         ds[t0:] = arr
     h5.flush()
     return t0 + b
+
+
+def commit(h5: h5py.File) -> None:
+    """Make everything written to ``h5`` so far durable: ``flush`` (HDF5 metadata and chunk
+    caches → the OS) then ``fsync`` of the file descriptor (OS → disk).
+
+    After ``commit`` returns, a killed process (SIGKILL, OOM) or a power loss leaves the file
+    as it was at this point, provided no further write was in progress: HDF5 without SWMR has
+    no journal, so a kill *during* a metadata-changing write (e.g. :func:`append_frames`
+    resizing datasets) can still leave the file unreadable (docs/data.md, "Crash safety").
+
+    Raises:
+        OSError: flush or fsync failed (disk full, I/O error).
+    """
+    h5.flush()
+    try:
+        fd = h5.id.get_vfd_handle()
+    except (ValueError, NotImplementedError):  # pragma: no cover - non-POSIX drivers (core, ...)
+        return
+    if isinstance(fd, int):
+        os.fsync(fd)
 
 
 def truncate_frames(h5: h5py.File, n_frames: int) -> None:

@@ -205,7 +205,7 @@ def _targets(args) -> int:
             resume=args.resume, overwrite=args.overwrite, full_block=args.full_block,
             forcefield=args.forcefield, solvent=args.solvent, progress=not args.no_progress,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, OSError, ImportError) as exc:  # OSError: files, unreachable scheduler
         return _fail(exc)
     return _done(f"wrote {res.path}: {res.chunks_computed} chunks computed, "
                  f"{res.chunks_skipped} already done, {res.frame_probes_per_s:.1f} frame·probes/s", t0)  # fmt: skip

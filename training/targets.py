@@ -15,11 +15,12 @@ norm, so one ε suits every probe kind. Constraints are not applied to displaced
 (``getState`` evaluates forces at exactly the positions set).
 
 Storage (docs/architecture.md): ``cg/hvp_term1`` (T, k, n, 3) float64 kcal/mol/Å² with its
-probe and FD attributes, and ``cg/hvp_term1_done`` (T,) uint8. Work is chunked by frames; a
-chunk's values and its done flags are written in one flush, and ``resume`` skips done chunks,
-so an interrupted and resumed run gives the same bytes as an uninterrupted one. Probes are
-regenerated from ``(probe_kind, probe_seed, frame_id, k, 3n)`` with
-:func:`hessid.probes.draw_probes`, never stored.
+probe and FD attributes, and ``cg/hvp_term1_done`` (T,) uint8. Both are allocated in full
+when created (NaN / 0 fill), so later writes never change HDF5 metadata. Work is chunked by
+frames; a chunk's values are committed (flush + fsync) before its done flags, and ``resume``
+skips done chunks, so an interrupted and resumed run gives the same bytes as an
+uninterrupted one. Probes are regenerated from ``(probe_kind, probe_seed, frame_id, k, 3n)``
+with :func:`hessid.probes.draw_probes`, never stored.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import socket
+import threading
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,25 +158,49 @@ class WorkerSpec:
     key: str = ""
 
 
-_WORKER: dict = {}
+class _WorkerCache(threading.local):
+    """Per-thread cache of the worker's OpenMM context (a Context must not be shared between
+    threads; a process-pool worker and a Dask worker with ``threads_per_worker=1`` have one
+    thread, hence one context per worker)."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.spec: WorkerSpec | None = None
+        self.context = None
+
+
+_WORKER = _WorkerCache()
+#: contexts built by this process (all threads); reported with each chunk so the driver can
+#: check that contexts are reused across frames and chunks
+_CONTEXTS_BUILT = [0]
 
 
 def _context_for(spec: WorkerSpec):
-    """One OpenMM context per process, reused across frames (rebuilt if the spec changes)."""
-    if _WORKER.get("key") != spec.key or "context" not in _WORKER:
+    """This thread's OpenMM context for ``spec``: built on first use, reused across frames and
+    chunks, rebuilt only when the spec's key (system hash, platform, properties, ε) changes.
+
+    Returns:
+        ``(context, spec)``.
+    """
+    if _WORKER.context is None or _WORKER.key != spec.key:
         import openmm
 
         system = openmm.XmlSerializer.deserialize(spec.system_xml)
         integrator = openmm.VerletIntegrator(0.001)
         platform = openmm.Platform.getPlatformByName(spec.platform)
-        _WORKER.update(key=spec.key, spec=spec,
-                       context=openmm.Context(system, integrator, platform, spec.properties))  # fmt: skip
-    return _WORKER["context"], _WORKER["spec"]
+        _WORKER.context = openmm.Context(system, integrator, platform, spec.properties)
+        _WORKER.key, _WORKER.spec = spec.key, spec
+        _CONTEXTS_BUILT[0] += 1
+    return _WORKER.context, _WORKER.spec
 
 
 def _init_worker(spec: WorkerSpec) -> None:
     """ProcessPoolExecutor initializer: build this process's context once."""
     _context_for(spec)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 @dataclass
@@ -186,10 +213,15 @@ class _Chunk:
 
 
 def _run_chunk(chunk: _Chunk, spec: WorkerSpec | None = None):
-    """Compute one chunk in a worker; returns (index, start, values (b, k, n, 3), openmm_s, wall_s)."""
+    """Compute one chunk in a worker.
+
+    Returns:
+        ``(index, start, values (b, k, n, 3), openmm_s, wall_s, (worker_id, contexts_built))``;
+        ``contexts_built`` counts the contexts this worker process has built so far.
+    """
     t0 = _time.perf_counter()
     if spec is None:
-        context, spec = _WORKER["context"], _WORKER["spec"]
+        context, spec = _WORKER.context, _WORKER.spec
     else:
         context, spec = _context_for(spec)
     timer: list = []
@@ -199,7 +231,8 @@ def _run_chunk(chunk: _Chunk, spec: WorkerSpec | None = None):
             context.setPeriodicBoxVectors(*chunk.box_nm[b])
         out[b] = term1_fd(context, chunk.positions_nm[b], spec.projector, chunk.probes[b],
                           spec.epsilon_nm, timer=timer)  # fmt: skip
-    return chunk.index, chunk.start, out, float(sum(timer)), _time.perf_counter() - t0
+    return (chunk.index, chunk.start, out, float(sum(timer)), _time.perf_counter() - t0,
+            (_worker_id(), _CONTEXTS_BUILT[0]))  # fmt: skip
 
 
 class _InlineExecutor(cf.Executor):
@@ -214,21 +247,47 @@ class _InlineExecutor(cf.Executor):
         return fut
 
 
+class _DaskExecutor(cf.Executor):
+    """``concurrent.futures`` front of a Dask ``Client``: tasks are submitted impure (never
+    deduplicated by Dask), ``shutdown`` accepts ``cancel_futures`` (Dask's ``ClientExecutor``
+    does not) and closes the client this module opened."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._inner = client.get_executor(pure=False)
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        try:
+            self._inner.shutdown(wait=wait and not cancel_futures)
+        finally:
+            self.client.close()
+
+
 def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str | None = None):
-    """Executor for the chunk tasks and whether tasks must carry the spec.
+    """Executor for the chunk tasks and the spec argument each task must carry.
 
     Args:
         workers: 0 → in-process; ≥ 1 → ``ProcessPoolExecutor`` (spawn) with one context per
             worker built by the initializer.
-        spec: the worker spec (initializer argument).
-        scheduler: Dask scheduler address; uses ``dask.distributed.Client(address)
-            .get_executor()`` (tasks carry the spec; each Dask worker process caches one context).
+        spec: the worker spec (initializer argument, or scattered to the Dask workers).
+        scheduler: Dask scheduler address (``tcp://host:port``); runs the tasks through
+            ``dask.distributed.Client(address).get_executor(pure=False)``. The spec is
+            scattered once to every worker (``broadcast=True``) and tasks carry only its
+            future; each Dask worker thread builds one OpenMM context on its first task and
+            reuses it (:func:`_context_for`). Workers must be able to import ``hessid``.
 
     Returns:
-        ``(executor, spec_in_task, n_workers)``.
+        ``(executor, task_spec, n_slots)``: ``task_spec`` is the second argument of
+        :func:`_run_chunk` (None for the pool, whose initializer set the context up; the spec
+        in-process; a Dask future of it on a cluster); ``n_slots`` the number of tasks that run
+        at once (processes, or the cluster's worker threads).
 
     Raises:
         ImportError: ``scheduler`` given but dask.distributed is not installed.
+        OSError: the scheduler cannot be reached (Dask's connect timeout).
     """
     if scheduler:
         try:
@@ -239,18 +298,31 @@ def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str |
                 "install it with `pip install hessid[dask]` (or run without --scheduler)"
             ) from exc
         client = Client(scheduler)
-        n = max(1, len(client.scheduler_info().get("workers", {})))
-        return client.get_executor(), True, n
+        try:
+            info = client.scheduler_info().get("workers", {})
+            n = max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
+            task_spec = client.scatter(spec, broadcast=True, hash=False) if spec is not None else None
+        except BaseException:
+            client.close()
+            raise
+        return _DaskExecutor(client), task_spec, n
     if workers <= 0:
-        return _InlineExecutor(), True, 1
+        return _InlineExecutor(), spec, 1
     pool = cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(spec,),
     )  # fmt: skip
-    return pool, False, workers
+    return pool, None, workers
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def _early_alloc():
+    """Dataset creation property list with early (at-creation) storage allocation."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
 
 
 @dataclass
@@ -262,6 +334,10 @@ class TargetsResult:
         wall_s: seconds of the whole call.  openmm_s: seconds inside OpenMM force calls,
         summed over workers.  openmm_fraction: openmm_s / (wall_s × workers).
         frame_probes_per_s: computed frames × k / wall_s.
+        extra: ``loop_s`` (compute loop wall), ``worker_s`` (seconds inside chunk tasks),
+        ``frames_computed``, ``contexts_built`` ({worker id "host:pid:thread": OpenMM contexts
+        that worker's process had built when it returned its last chunk}; 1 each when
+        contexts are reused across frames and chunks).
     """
 
     path: Path
@@ -341,7 +417,8 @@ def compute_targets(
             CPU threads per worker (default cores // workers), CUDA/OpenCL precision.
         workers: worker processes (0 = in this process).
         chunk_frames: frames per task and per atomic commit.
-        scheduler: Dask scheduler address (needs ``hessid[dask]``).
+        scheduler: Dask scheduler address (needs ``hessid[dask]``); the cluster's workers
+            must import hessid; one OpenMM context per worker thread, reused across chunks.
         executor: a ready ``concurrent.futures.Executor`` (tasks then carry the worker spec).
         resume: continue an existing run (settings must match); otherwise an existing result
             is an error unless ``overwrite``.
@@ -433,11 +510,15 @@ def compute_targets(
                 del g[key]
                 del g[f"{key}_done"]
         if key not in g:
-            ds = g.create_dataset(key, shape=shape, dtype="f8", chunks=chunks, fillvalue=np.nan)
+            # all storage allocated now (NaN / 0 filled): later writes only overwrite raw data
+            # in place and never touch HDF5 metadata, so a kill mid-write cannot corrupt the file
+            ds = g.create_dataset(key, shape=shape, dtype="f8", chunks=chunks, fillvalue=np.nan,
+                                  dcpl=_early_alloc())  # fmt: skip
             for a, v in attrs.items():
                 ds.attrs[a] = v
-            g.create_dataset(f"{key}_done", shape=(t_frames,), dtype="u1", fillvalue=0)
-            h5.flush()
+            g.create_dataset(f"{key}_done", shape=(t_frames,), dtype="u1", fillvalue=0,
+                             dcpl=_early_alloc())  # fmt: skip
+            _data.commit(h5)
         done = g[f"{key}_done"][()].astype(bool)
 
     todo = [c for c in range(0, t_frames, chunk_frames) if not done[c : c + chunk_frames].all()]
@@ -446,9 +527,9 @@ def compute_targets(
                       key=f"{fhash}:{plat.getName()}:{json.dumps(props, sort_keys=True)}:{eps}")  # fmt: skip
     result = TargetsResult(path, t_frames, k, chunks_skipped=n_chunks_total - len(todo))
     if executor is not None:
-        ex, spec_in_task, n_workers, own = executor, True, max(1, workers), False
+        ex, task_spec, n_workers, own = executor, spec, max(1, workers), False
     else:
-        ex, spec_in_task, n_workers = make_executor(workers, spec, scheduler)
+        ex, task_spec, n_workers = make_executor(workers, spec, scheduler)
         own = True
     result.workers = n_workers
     frames_done = 0
@@ -469,6 +550,7 @@ def compute_targets(
     bar = tqdm(total=t_frames, initial=t_frames - sum(min(chunk_frames, t_frames - s) for s in todo),
                unit="frame", disable=not progress, desc=f"{path.stem} Term 1")  # fmt: skip
     committed = 0
+    contexts: dict = {}  # worker id → OpenMM contexts its process has built (reuse check)
     t_loop = _time.perf_counter()
     try:
         pending: set = set()
@@ -480,16 +562,20 @@ def compute_targets(
                 while queue and len(pending) < max_inflight:
                     ci, start = queue.pop(0)
                     ch = make_chunk(h5, ci, start)
-                    pending.add(ex.submit(_run_chunk, ch, spec if spec_in_task else None))
+                    pending.add(ex.submit(_run_chunk, ch, task_spec))
                 finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
-                    _, start, values, omm_s, worker_s = fut.result()
+                    _, start, values, omm_s, worker_s, (wid, n_ctx) = fut.result()
                     b = values.shape[0]
                     if full_block:  # values (b, d probes e_a, n, 3) → block[:, :, a]
                         values = values.reshape(b, d, d).transpose(0, 2, 1)
+                    # commit order: values durable first, then their done flags, so a flag
+                    # never stands for values that a kill or power loss could still lose
                     ds[start : start + b] = values
+                    _data.commit(h5)
                     dm[start : start + b] = 1
-                    h5.flush()  # values and done flags committed together
+                    _data.commit(h5)
+                    contexts[wid] = max(contexts.get(wid, 0), n_ctx)
                     result.openmm_s += omm_s
                     result.extra["worker_s"] = result.extra.get("worker_s", 0.0) + worker_s
                     result.chunks_computed += 1
@@ -507,6 +593,7 @@ def compute_targets(
         result.extra["loop_s"] = _time.perf_counter() - t_loop
     result.wall_s = _time.perf_counter() - t_start
     result.extra["frames_computed"] = frames_done
+    result.extra["contexts_built"] = contexts
     return result
 
 

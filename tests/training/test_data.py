@@ -246,3 +246,159 @@ def test_ca_map_gives_projected_forces_types_and_chain_bonds(small_file):
     assert data.validate_dataset(small_file)["n_beads"] == 3
     with pytest.raises(data.DatasetError, match="exists"):
         data.write_cg(small_file)
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+
+def _run_until_sigkill(code: str) -> None:
+    """Run ``code`` in a fresh interpreter that SIGKILLs itself; assert it died that way."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_sigkill_between_file_commit_and_checkpoint_resumes_bit_identically(simulated, tmp_path):
+    """A real SIGKILL (no ``finally``, file left open) after chunk 3 was committed to the HDF5
+    file but before its checkpoint: the file opens, holds 9 frames, the checkpoint stands for
+    6; ``--resume`` cuts the 3 extra frames and reproduces the uninterrupted run exactly."""
+    root, ref_path = simulated
+    (tmp_path / "aaa").mkdir()
+    shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
+    _run_until_sigkill(f"""
+import os, signal
+from hessid.training import aa_md
+calls, write = [0], aa_md._write_checkpoint
+def checkpoint(context, path):  # call 1: start; 2, 3: chunks 1, 2; 4: chunk 3 → killed
+    calls[0] += 1
+    if calls[0] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(context, path)
+aa_md._write_checkpoint = checkpoint
+aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress=False)
+""")
+    path = tmp_path / "aaa" / "aaa.h5"
+    with h5py.File(path, "r") as h5:
+        assert h5["coordinates"].shape[0] == 9 and h5.attrs["checkpoint_frames"] == 9
+    simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
+    a, b = data.load_dataset(ref_path), data.load_dataset(path)
+    np.testing.assert_array_equal(b.frame_id, a.frame_id)
+    np.testing.assert_array_equal(b.coordinates, a.coordinates)
+    np.testing.assert_array_equal(b.forces, a.forces)
+
+
+def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(simulated, tmp_path):
+    """Targets commit a chunk's values, then its done flags. SIGKILL in between: the frames are
+    not marked done, ``--resume`` recomputes that chunk only, and the bytes equal an
+    uninterrupted run (early-allocated datasets: the killed file still opens)."""
+    from hessid.training.targets import compute_targets
+
+    _, src = simulated
+    ref, part = tmp_path / "ref.h5", tmp_path / "part.h5"
+    shutil.copy(src, ref)
+    shutil.copy(src, part)
+    kw = dict(n_probes=2, workers=0, chunk_frames=4, platform="CPU", threads=1, progress=False)
+    compute_targets(ref, **kw)
+    _run_until_sigkill(f"""
+import os, signal
+from hessid.training import data, targets
+calls, commit = [0], data.commit
+def killing_commit(h5):  # 1: datasets created; 2, 3: chunk 1 values, flags; 4: chunk 2 values
+    commit(h5)
+    calls[0] += 1
+    if calls[0] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+data.commit = killing_commit
+targets.compute_targets({str(part)!r}, **{kw!r})
+""")
+    with h5py.File(part, "r") as h5:
+        done, vals = h5["cg/hvp_term1_done"][()], h5["cg/hvp_term1"][()]
+    assert done.tolist() == [1] * 4 + [0] * 8
+    assert np.isfinite(vals[:8]).all() and np.isnan(vals[8:]).all()  # chunk 2 written, unflagged
+    res = compute_targets(part, resume=True, **kw)
+    assert res.chunks_skipped == 1 and res.chunks_computed == 2
+    with h5py.File(ref) as a, h5py.File(part) as b:
+        assert a["cg/hvp_term1"][()].tobytes() == b["cg/hvp_term1"][()].tobytes()
+
+
+# ----------------------------------------------------------------------------- explicit solvent
+
+
+def _peptide_with_crystal_water(pdb_text: str) -> str:
+    """PDB text plus one water 6 Å from the peptide's first atom (chain W)."""
+    lines = [ln for ln in pdb_text.splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    x, y, z = (float(lines[0][c : c + 8]) for c in (30, 38, 46))
+    water = [(" O  ", 0.0, 0.0), (" H1 ", 0.957, 0.0), (" H2 ", -0.240, 0.927)]
+    lines += [f"HETATM{9001 + i:5d} {name} HOH W   1    {x + 6 + dx:8.3f}{y + dy:8.3f}{z:8.3f}"
+              f"  1.00  0.00           {name.strip()[0]}" for i, (name, dx, dy) in enumerate(water)]  # fmt: skip
+    return "\n".join(lines + ["END"]) + "\n"
+
+
+EXPLICIT = dict(steps=20, stride=10, platform="CPU", threads=1, chunk_frames=2, seed=0,
+                solvent="explicit", padding=1.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def explicit(tmp_path_factory):
+    """AG dipeptide + one crystal water kept (``--keep-water``), solvated (TIP3P-FB, 1 nm
+    padding, PME) and run for 2 frames. Also returns the source PDB for the stripped build."""
+    from hessid.training.structures import build_from_sequence
+
+    root = tmp_path_factory.mktemp("explicit")
+    src = root / "ag_water.pdb"
+    src.write_text(_peptide_with_crystal_water(build_from_sequence("AG").to_pdb()))
+    build_structure("ag", pdb=src, out_dir=root, keep_water=True)
+    return src, simulate("ag", MDConfig(**EXPLICIT), root=root, progress=False)
+
+
+def test_explicit_solvent_stores_constant_box_and_all_atom_forces(explicit):
+    import openmm.unit as u
+
+    _, path = explicit
+    summary = data.validate_dataset(path)
+    ds = data.load_dataset(path)
+    t, n_atoms = summary["n_frames"], summary["n_atoms"]
+    assert t == 2 and n_atoms == ds.topology.getNumAtoms() > 600  # peptide (22) + waters
+    assert ds.coordinates.shape == ds.forces.shape == (2, n_atoms, 3)
+    assert np.isfinite(ds.forces).all() and (np.abs(ds.forces).sum(axis=2) > 0).all()
+    with h5py.File(path) as h5:
+        box = h5["box"][()]  # (T, 3, 3) Å
+        assert h5.attrs["solvent"] == "explicit"
+    assert box.shape == (2, 3, 3) and (box == box[0]).all()  # NVT: no barostat
+    assert np.allclose(box[0], np.diag(np.diag(box[0]))) and np.diag(box[0]).min() >= 20.0  # ≥ 2 cutoffs
+    top_box = np.array(ds.topology.getPeriodicBoxVectors().value_in_unit(u.angstrom))
+    np.testing.assert_allclose(top_box, box[0], atol=1e-3)  # CRYST1 of the stored topology
+
+
+def test_crystal_water_is_kept_or_stripped_per_flag_and_solvent_is_stored(explicit, tmp_path):
+    src, path = explicit
+    stripped = build_structure("ag", pdb=src, out_dir=tmp_path)  # default: waters stripped
+    assert "HOH" not in stripped.read_text() and "HOH" in path.with_suffix(".pdb").read_text()
+    ds = data.load_dataset(path)
+    chains = [[r.name for r in c.residues()] for c in ds.topology.chains()]
+    assert [c for c in chains if "ALA" in c] == [["ALA", "GLY"]]
+    waters = [c for c in chains if c and set(c) == {"HOH"}]
+    assert sum(len(c) for c in waters) > 150  # the TIP3P-FB box is stored with the peptide
+    assert sorted(len(c) for c in waters)[0] == 1  # the kept crystal water keeps its own chain
+    assert len(chains) == 3
+
+
+def test_explicit_targets_rebuild_the_same_periodic_potential_and_map_only_the_peptide(
+    explicit, tmp_path
+):
+    """The potential rebuilt from the stored topology + box (PME) hashes equal to the MD's
+    (constraint order, which the PDB round trip changes for waters, is not part of the hash)."""
+    from hessid.training.targets import compute_targets
+
+    _, src = explicit
+    path = tmp_path / "ag.h5"
+    shutil.copy(src, path)
+    compute_targets(path, n_probes=1, workers=0, chunk_frames=2, platform="CPU", threads=1,
+                    progress=False)  # fmt: skip
+    cg = data.load_cg(path)
+    assert cg.hvp_term1.shape == (2, 1, 2, 3) and np.isfinite(cg.hvp_term1).all()
+    with h5py.File(path) as h5:
+        assert h5["cg/hvp_term1"].attrs["forcefield_hash"] == h5.attrs["forcefield_hash"]

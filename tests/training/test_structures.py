@@ -73,3 +73,23 @@ def test_build_structure_writes_name_folder_and_needs_one_source(tmp_path):
         build_structure("x", out_dir=tmp_path)
     with pytest.raises(FileNotFoundError):
         build_structure("x", pdb=tmp_path / "missing.pdb", out_dir=tmp_path)
+
+
+def test_mmcif_file_is_read_like_pdb_with_waters_stripped_or_kept(tripeptide, tmp_path):
+    """``load_pdb`` reads PDBx/mmCIF (by suffix) with OpenMM's PDBxFile: same atoms and
+    positions as the PDB route, same water/ion flags."""
+    import openmm.unit as u
+    from openmm.app import PDBxFile
+
+    solvated = structure_from_pdb_text(_with_water_and_ion(tripeptide.to_pdb()))
+    path = tmp_path / "solvated.cif"
+    with open(path, "w") as fh:
+        PDBxFile.writeFile(solvated.topology, solvated.positions_nm() * u.nanometer, fh,
+                           keepIds=True)  # fmt: skip
+    stripped = load_pdb(path, fix=False)
+    assert [r.name for r in stripped.topology.residues()] == ["ALA", "ALA", "ALA"]
+    assert abs(stripped.positions - tripeptide.positions).max() < 1e-3
+    kept = load_pdb(path, keep_water=True, fix=False)
+    assert [r.name for r in kept.topology.residues()][-1] == "HOH"
+    assert "NA" not in {r.name for r in kept.topology.residues()}
+    assert load_pdb(path).n_atoms == tripeptide.n_atoms  # pdbfixer route: nothing to add

@@ -243,6 +243,31 @@ def test_process_pool_workers_give_the_same_bytes_as_in_process(dataset, tmp_pat
     assert np.array_equal(data.load_cg(a).hvp_term1, data.load_cg(b).hvp_term1)
 
 
+def test_dask_cluster_gives_the_same_bytes_as_in_process_with_one_context_per_worker(
+    dataset, tmp_path
+):
+    """``--scheduler ADDRESS``: a real scheduler + 1 worker *process* (it must import hessid
+    from the editable install); 4 chunks computed there are byte-identical to in-process, and
+    the worker built one OpenMM context, reused for all 7 frames."""
+    distributed = pytest.importorskip("distributed")
+    a = _copy(dataset, tmp_path, "inline.h5")
+    b = _copy(dataset, tmp_path, "dask.h5")
+    compute_targets(a, n_probes=2, workers=0, chunk_frames=2, progress=False, **CPU1)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster:  # fmt: skip
+        res = compute_targets(b, n_probes=2, chunk_frames=2, scheduler=cluster.scheduler_address,
+                              progress=False, **CPU1)  # fmt: skip
+        with distributed.Client(cluster.scheduler_address) as client:
+            worker_pids = set(client.run(os.getpid).values())
+    assert res.workers == 1 and res.chunks_computed == 4 and res.openmm_s > 0
+    ((wid, n_ctx),) = res.extra["contexts_built"].items()
+    assert n_ctx == 1, f"worker {wid} built {n_ctx} contexts for 4 chunks (want 1, reused)"
+    assert int(wid.split(":")[1]) in worker_pids and os.getpid() not in worker_pids
+    with h5py.File(a) as ha, h5py.File(b) as hb:
+        assert ha["cg/hvp_term1"][()].tobytes() == hb["cg/hvp_term1"][()].tobytes()
+        assert hb["cg/hvp_term1_done"][()].all()
+
+
 def test_scheduler_without_dask_fails_clearly(monkeypatch):
     import sys
 
