@@ -1,0 +1,411 @@
+"""Exact, batched Hessian-vector products of a CGSchNet potential (spec §5, model side).
+
+``H_θ v = ∇_R (v · ∇_R U_θ)`` for k probes per structure, differentiable w.r.t. θ so that the
+HVP loss can be trained. Two implementations, tested against each other and against the full
+autograd Hessian in float64 (``tests/training/test_hvp.py``):
+
+- :func:`hvp_reference` — the slow, obvious one: TorchMD-Net forward, ``∇_R U`` with
+  ``create_graph``, then one double backward per probe.
+- :func:`energy_forces_hvp` — the fast one. It uses the structure of SchNet: the network
+  depends on R only through the pair distances ``d_p``, and every distance-dependent filter
+  ``W_p = φ(d_p)`` (RBF → MLP → cosine cutoff, all interaction layers at once) is a function
+  of one scalar. So
+
+      U(R) = G(φ(d(R)))
+      ∇_R U   = Jᵀ a,                         a_p = ∂U/∂d_p
+      H v     = Jᵀ (∇²_d U) J v + Σ_p a_p ∇²_R d_p v
+
+  where ``J v`` is the per-pair scalar ``u_p · (v_i − v_j)``. The filter jets ``φ, φ', φ''``
+  are computed once per pair, analytically (no per-probe pass through the filter MLPs,
+  which hold most of SchNet's flops), and ``∇²_d U w`` is a double backward through the
+  cheap message-passing part ``G`` only, batched over the k probes. The expensive part is
+  shared by all probes; what scales with k is ``G``'s backward and the geometry.
+
+Both return the prior's contribution too (the prior is fixed: no θ-graph).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "EnergyForcesHVP",
+    "energy_forces_hvp",
+    "full_hessian",
+    "hessian_autograd",
+    "hvp_reference",
+    "pair_list",
+]
+
+
+@dataclass
+class EnergyForcesHVP:
+    """Output of :func:`energy_forces_hvp`.
+
+    Attributes:
+        energy: (B,) kcal/mol, prior included.
+        forces: (A, 3) kcal/mol/Å, ``−∂U/∂R``.
+        hvp: (k, A, 3) kcal/mol/Å², ``H_θ v_m`` per probe; None when no probes were given.
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    hvp: torch.Tensor | None
+
+
+# ----------------------------------------------------------------------------- pairs
+
+_TRIU_CACHE: dict = {}
+
+
+def _all_pairs(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = tuple(torch.bincount(batch).tolist()) if batch.numel() else ()
+    key = (counts, str(batch.device))
+    hit = _TRIU_CACHE.get(key)
+    if hit is not None:
+        return hit
+    ii, jj, offset = [], [], 0
+    for n in counts:
+        i, j = torch.triu_indices(n, n, offset=1)
+        ii.append(i + offset)
+        jj.append(j + offset)
+        offset += n
+    out = (torch.cat(ii).to(batch.device), torch.cat(jj).to(batch.device)) if ii else (
+        torch.zeros(0, dtype=torch.long, device=batch.device),) * 2
+    if len(_TRIU_CACHE) > 32:
+        _TRIU_CACHE.clear()
+    _TRIU_CACHE[key] = out
+    return out
+
+
+def pair_list(positions: torch.Tensor, batch: torch.Tensor, cutoff_lower: float,
+              cutoff_upper: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unordered bead pairs (i < j, same structure) with ``cutoff_lower < d < cutoff_upper``.
+
+    Pairs outside the open interval have zero filter weight and zero filter derivatives in
+    CGSchNet (cosine cutoff), so dropping them is exact. No neighbour cap.
+
+    Args:
+        positions: (A, 3) Å.  batch: (A,) int64, non-decreasing.
+        cutoff_lower, cutoff_upper: Å.
+
+    Returns:
+        (i, j), each (P,) int64.
+    """
+    i, j = _all_pairs(batch)
+    with torch.no_grad():
+        d = (positions[i] - positions[j]).norm(dim=-1)  # (P,)
+        keep = (d > cutoff_lower) & (d < cutoff_upper)
+    return i[keep], j[keep]
+
+
+# ----------------------------------------------------------------------------- jets
+# A jet is a tensor whose dim 1 holds (f, f', f'') w.r.t. the pair distance d.
+
+
+def _jet_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Product rule on jets of order 1 (2 slots) or 2 (3 slots) along dim 1."""
+    if a.shape[1] == 2:
+        a0, a1 = a.unbind(1)
+        b0, b1 = b.unbind(1)
+        return torch.stack([a0 * b0, a1 * b0 + a0 * b1], 1)
+    a0, a1, a2 = a.unbind(1)
+    b0, b1, b2 = b.unbind(1)
+    return torch.stack([a0 * b0, a1 * b0 + a0 * b1, a2 * b0 + 2 * a1 * b1 + a0 * b2], 1)
+
+
+def _cosine_cutoff_jet(d: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """Jet of TorchMD-Net's CosineCutoff(lower, upper) at d (P,) → (P, 3)."""
+    if lower > 0:
+        kappa = 2 * math.pi / (upper - lower)
+        theta = kappa * (d - lower) + math.pi
+        mask = ((d < upper) & (d > lower)).to(d.dtype)
+    else:
+        kappa = math.pi / upper
+        theta = kappa * d
+        mask = (d < upper).to(d.dtype)
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([0.5 * (c + 1), -0.5 * kappa * s, -0.5 * kappa**2 * c], 1) * mask[:, None]
+
+
+def _rbf_jet(rbf: torch.nn.Module, d: torch.Tensor) -> torch.Tensor:
+    """Jet of the RBF expansion at d (P,) → (P, 3, R)."""
+    name = type(rbf).__name__
+    if name == "ExpNormalSmearing":
+        alpha = rbf.alpha
+        t = torch.exp(alpha * (rbf.cutoff_lower - d))[:, None]  # (P, 1)
+        q = t - rbf.means  # (P, R)
+        g = torch.stack([-rbf.betas * q**2, -2 * rbf.betas * q * (-alpha * t),
+                         -2 * rbf.betas * (alpha**2 * t**2 + q * alpha**2 * t)], 1)  # (P, 3, R)
+        env = _cosine_cutoff_jet(d, 0.0, rbf.cutoff_upper)[:, :, None]  # (P, 3, 1)
+    elif name == "GaussianSmearing":
+        q = d[:, None] - rbf.offset  # (P, R)
+        c = rbf.coeff
+        g = torch.stack([c * q**2, 2 * c * q, (2 * c).expand_as(q)], 1)  # (P, 3, R)
+        env = None
+    else:  # pragma: no cover - guarded by ModelConfig
+        raise ValueError(f"fast HVP path supports expnorm/gauss RBFs, not {name}")
+    e = torch.exp(g[:, 0])
+    ex = torch.stack([e, e * g[:, 1], e * (g[:, 2] + g[:, 1] ** 2)], 1)  # (P, 3, R)
+    return ex if env is None else _jet_mul(ex, env.expand_as(ex))
+
+
+def _silu_jet(h: torch.Tensor) -> torch.Tensor:
+    h0, h1 = h[:, 0], h[:, 1]
+    sig = torch.sigmoid(h0)
+    g1 = sig * (1 + h0 * (1 - sig))
+    if h.shape[1] == 2:
+        return torch.stack([h0 * sig, g1 * h1], 1)
+    g2 = sig * (1 - sig) * (2 + h0 * (1 - 2 * sig))
+    return torch.stack([h0 * sig, g1 * h1, g2 * h1**2 + g1 * h[:, 2]], 1)
+
+
+def filter_jets(rep: torch.nn.Module, d: torch.Tensor, order: int = 2) -> torch.Tensor:
+    """Jets of all distance filters of a TorchMD_GN representation at pair distances d.
+
+    Filters, in order: the neighbour embedding's ``distance_proj(rbf)·C`` (if enabled), then
+    each interaction block's ``mlp(rbf)·C`` (the CFConv filter), C the cosine cutoff.
+
+    Args:
+        rep: ``TorchMD_GN`` module.
+        d: (P,) pair distances, Å.
+        order: 2 (value, φ′, φ″) or 1 (value, φ′: forces only, a third cheaper).
+
+    Returns:
+        (P, order + 1, L', F): value and derivatives w.r.t. d (Å⁻¹, Å⁻²).
+    """
+    nj = order + 1
+    x = _rbf_jet(rep.distance_expansion, d)[:, :nj]  # (P, nj, R)
+    blocks = list(rep.interactions)
+    w1 = [b.mlp[0].weight for b in blocks]
+    b1 = [b.mlp[0].bias for b in blocks]
+    ne = rep.neighbor_embedding
+    if ne is not None:
+        w1.append(ne.distance_proj.weight)
+        b1.append(ne.distance_proj.bias)
+    F = blocks[0].mlp[0].weight.shape[0]
+    L = len(blocks)
+    bias = torch.cat(b1)
+    h = x @ torch.cat(w1).T  # (P, nj, L'F)
+    h = torch.cat([h[:, :1] + bias, h[:, 1:]], 1)
+    hi = h[..., : L * F].reshape(h.shape[0], nj, L, F)  # (P, nj, L, F)
+    s = _silu_jet(hi)
+    w2 = torch.stack([b.mlp[2].weight for b in blocks])  # (L, F, F) (out, in)
+    m = torch.einsum("pclf,lgf->pclg", s, w2)  # (P, nj, L, F)
+    b2 = torch.stack([b.mlp[2].bias for b in blocks])  # (L, F)
+    m = torch.cat([m[:, :1] + b2, m[:, 1:]], 1)
+    if ne is not None:
+        m = torch.cat([h[..., L * F :].reshape(h.shape[0], nj, 1, -1), m], 2)  # (P, nj, L', F)
+    c = _cosine_cutoff_jet(d, rep.cutoff_lower, rep.cutoff_upper)[:, :nj]  # (P, nj)
+    return _jet_mul(m, c[:, :, None, None].expand_as(m))
+
+
+def _message_passing_energy(net: torch.nn.Module, filters: torch.Tensor, z: torch.Tensor,
+                            dst: torch.Tensor, src: torch.Tensor, batch: torch.Tensor,
+                            n_graphs: int) -> torch.Tensor:
+    """TorchMD_Net energy given the per-edge filters (the part G of the module docstring).
+
+    filters: (E, L', F) for directed edges (messages src → dst). Returns (B,) kcal/mol.
+    """
+    rep, out = net.representation_model, net.output_model
+    x = rep.embedding(z)  # (A, F)
+    k = 0
+    ne = rep.neighbor_embedding
+    if ne is not None:
+        xn = ne.embedding(z)
+        msg = filters[:, 0] * xn.index_select(0, src)  # (E, F)
+        xn = torch.zeros_like(x).index_add(0, dst, msg)
+        x = ne.combine(torch.cat([x, xn], dim=1))
+        k = 1
+    for blk in rep.interactions:
+        h = blk.conv.lin1(x)
+        msg = filters[:, k] * h.index_select(0, src)  # (E, F)
+        h = torch.zeros_like(h).index_add(0, dst, msg)
+        h = blk.lin(blk.act(blk.conv.lin2(h)))
+        x = x + h
+        k += 1
+    e_atom = out.output_network(x)[:, 0] * net.std  # (A,)
+    return torch.zeros(n_graphs, dtype=x.dtype, device=x.device).index_add(0, batch, e_atom) + net.mean
+
+
+def _check_supported(potential) -> None:
+    cfg = potential.config
+    if cfg.activation != "silu":
+        raise ValueError(f"the fast HVP path supports activation='silu', not {cfg.activation!r}")
+    if cfg.rbf_type not in ("expnorm", "gauss"):
+        raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
+
+
+def _prior_terms(potential, positions, batch, probes):
+    """Prior energy (B,), gradient (A, 3) and HVPs (k, A, 3); constants w.r.t. θ."""
+    if potential.prior is None:
+        return 0.0, 0.0, 0.0
+    with torch.enable_grad():
+        x = positions.detach().requires_grad_(True)
+        e = potential.prior(x, batch)
+        (g,) = torch.autograd.grad(e.sum(), x, create_graph=probes is not None)
+        hv = 0.0
+        if probes is not None:
+            hv = torch.stack([torch.autograd.grad(g, x, grad_outputs=v, retain_graph=True)[0]
+                              for v in probes])  # (k, A, 3)
+    return e.detach(), g.detach(), hv
+
+
+def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tensor,
+                      batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
+                      create_graph: bool = True, probe_chunk: int | None = None) -> EnergyForcesHVP:
+    """Energy, forces and exact HVPs of a :class:`~hessid.training.models.CGPotential` (fast).
+
+    ``H_θ v = ∇_R(v·∇_R U_θ)`` (spec §5, model side), computed by the edge-factored
+    forward-over-reverse scheme of the module docstring; equal to :func:`hvp_reference`
+    and to ``hessian_autograd(...) @ v`` to rounding (tested in float64, ~1e-13 relative).
+
+    Args:
+        potential: CGPotential (CGSchNet + prior).
+        positions: (A, 3) Å, graph-batched; need not require grad (derivatives w.r.t. R are
+            analytic; only θ carries an autograd graph).
+        bead_types: (A,) int64 residue-type indices.
+        batch: (A,) int64 structure index, non-decreasing; None = one structure.
+        probes: (k, A, 3) probe vectors, or None for energy and forces only.
+        create_graph: keep the graph w.r.t. θ (needed to train on forces / HVPs).
+        probe_chunk: batch at most this many probes per double backward (memory bound); None
+            = all k at once.
+
+    Returns:
+        :class:`EnergyForcesHVP` with energy (B,) kcal/mol, forces (A, 3) kcal/mol/Å and hvp
+        (k, A, 3) kcal/mol/Å² (None without probes), in the potential's dtype.
+
+    Raises:
+        ValueError: unsupported activation / RBF, or probe shape not (k, A, 3).
+    """
+    _check_supported(potential)
+    batch = potential._check(positions, bead_types, batch)
+    if probes is not None and (probes.ndim != 3 or probes.shape[1:] != positions.shape):
+        raise ValueError(f"probes must be (k, A, 3) = (k, {positions.shape[0]}, 3), got "
+                         f"{tuple(probes.shape)}")
+    net = potential.net
+    rep = net.representation_model
+    pos = positions.detach()
+    n_graphs = int(batch.max()) + 1
+    pos.shape[0]
+    i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
+    rij = pos[i] - pos[j]  # (P, 3)
+    d = rij.norm(dim=-1)  # (P,)
+    u = rij / d[:, None]  # (P, 3)
+    with torch.enable_grad():
+        jets = filter_jets(rep, d, order=1 if probes is None else 2)  # (P, 2|3, L', F)
+        s = torch.zeros_like(d, requires_grad=True)  # (P,) distance shifts, evaluated at 0
+        s3 = s[:, None, None]
+        if probes is None:  # first order suffices for forces
+            w_pair = jets[:, 0] + s3 * jets[:, 1]  # (P, L', F)
+        else:  # second-order Taylor in s: exact first and second derivatives at s = 0
+            w_pair = jets[:, 0] + s3 * (jets[:, 1] + 0.5 * s3 * jets[:, 2])  # (P, L', F)
+        filters = torch.cat([w_pair, w_pair], 0)  # (2P, L', F): both message directions
+        dst, src = torch.cat([i, j]), torch.cat([j, i])
+        energy = _message_passing_energy(net, filters, bead_types.long(), dst, src, batch,
+                                         n_graphs)
+        need_graph = create_graph or probes is not None
+        (a,) = torch.autograd.grad(energy.sum(), s, create_graph=need_graph)  # (P,) ∂U/∂d
+        au = a[:, None] * u  # (P, 3)
+        grad_r = torch.zeros_like(pos).index_add(0, i, au).index_add(0, j, -au)  # (A, 3)
+        hvp = None
+        if probes is not None:
+            probes = probes.to(pos.dtype)
+            dv = probes[:, i] - probes[:, j]  # (k, P, 3)
+            w = (dv * u).sum(-1)  # (k, P)  J v
+            chunk = probes.shape[0] if probe_chunk is None else max(1, int(probe_chunk))
+            parts = []
+            for start in range(0, w.shape[0], chunk):
+                wc = w[start : start + chunk]
+                (b,) = torch.autograd.grad(a, s, grad_outputs=wc, retain_graph=True,
+                                           create_graph=create_graph, is_grads_batched=True)
+                parts.append(b)  # (kc, P)  ∇²_d U · J v
+            bw = torch.cat(parts)  # (k, P)
+            geo = (a / d)[:, None] * (dv - u * w[..., None])  # (k, P, 3)  a ∇²d v
+            t = bw[..., None] * u + geo  # (k, P, 3)
+            hvp = torch.zeros(probes.shape, dtype=pos.dtype, device=pos.device)
+            hvp = hvp.index_add(1, i, t).index_add(1, j, -t)  # (k, A, 3)
+    pe, pg, phv = _prior_terms(potential, pos, batch, probes)
+    if not create_graph:
+        energy, grad_r = energy.detach(), grad_r.detach()
+        hvp = None if hvp is None else hvp.detach()
+    return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg),
+                           hvp=None if hvp is None else hvp + phv)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def hvp_reference(potential, positions: torch.Tensor, bead_types: torch.Tensor,
+                  batch: torch.Tensor | None, probes: torch.Tensor,
+                  create_graph: bool = False) -> EnergyForcesHVP:
+    """Slow, obvious HVPs: TorchMD-Net forward, ``g = ∇_R U`` with a graph, one double backward
+    ``∇_R(g·v)`` per probe (spec §5). The benchmark's "naive per-probe loop".
+
+    Args/Returns: as :func:`energy_forces_hvp` (probes (k, A, 3) required).
+    """
+    x = positions.detach().requires_grad_(True)
+    with torch.enable_grad():
+        energy = potential(x, bead_types, batch)
+        (g,) = torch.autograd.grad(energy.sum(), x, create_graph=True)
+        hv = torch.stack([
+            torch.autograd.grad(g, x, grad_outputs=v.to(x.dtype), retain_graph=True,
+                                create_graph=create_graph)[0]
+            for v in probes
+        ])  # (k, A, 3)
+    if not create_graph:
+        energy, g, hv = energy.detach(), g.detach(), hv.detach()
+    return EnergyForcesHVP(energy=energy, forces=-g, hvp=hv)
+
+
+def hessian_autograd(potential, positions: torch.Tensor, bead_types: torch.Tensor) -> torch.Tensor:
+    """Full Hessian ``∇²_R U_θ`` of one structure by plain autograd (reference; O(n) passes).
+
+    Args:
+        potential: CGPotential.  positions: (n, 3) Å.  bead_types: (n,) int64.
+
+    Returns:
+        (3n, 3n) kcal/mol/Å², flat index 3·i + α.
+    """
+    n = positions.shape[0]
+
+    def energy(flat):
+        return potential(flat.reshape(n, 3), bead_types, None).sum()
+
+    return torch.autograd.functional.hessian(energy, positions.detach().reshape(-1))
+
+
+def full_hessian(potential, positions: torch.Tensor, bead_types: torch.Tensor,
+                 batch: torch.Tensor | None = None, create_graph: bool = True,
+                 probe_chunk: int | None = None) -> list[torch.Tensor]:
+    """Per-structure Hessians ``∇²_R U_θ`` by the fast path with one-hot probes.
+
+    Structures are independent, so probe m puts a 1 at local coordinate m of every structure
+    at once: 3·n_max probes give every Hessian of the batch (full-Hessian matching, small
+    systems).
+
+    Args:
+        potential, positions (A, 3) Å, bead_types (A,), batch (A,): as :func:`energy_forces_hvp`.
+        create_graph: keep the θ-graph for training.
+
+    Returns:
+        list of B tensors (3n_b, 3n_b), kcal/mol/Å².
+    """
+    batch = potential._check(positions, bead_types, batch)
+    counts = torch.bincount(batch)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(positions.shape[0], device=positions.device) - starts[batch]  # (A,)
+    dim = 3 * int(counts.max())
+    probes = torch.zeros(dim, positions.shape[0], 3, dtype=positions.dtype, device=positions.device)
+    flat_local = (3 * local[:, None] + torch.arange(3, device=positions.device))  # (A, 3)
+    probes.view(dim, -1).scatter_(0, flat_local.reshape(1, -1), 1.0)
+    hv = energy_forces_hvp(potential, positions, bead_types, batch, probes,
+                           create_graph=create_graph, probe_chunk=probe_chunk).hvp  # (dim, A, 3)
+    out = []
+    for s0, n in zip(starts.tolist(), counts.tolist(), strict=True):
+        block = hv[: 3 * n, s0 : s0 + n].reshape(3 * n, 3 * n)  # (3n, 3n): row = probe
+        out.append(block.T)  # H e_m is column m
+    return out

@@ -1,0 +1,302 @@
+"""CG potentials: TorchMD-Net CGSchNet (``graph-network``) plus fitted priors.
+
+``U_θ(R) = U_prior(R) + U_net(R)`` in kcal/mol for bead positions R in Å. The network is
+TorchMD-Net's ``TorchMD_GN`` representation (SchNet-type continuous-filter convolutions) with
+the ``Scalar`` output head, built by :func:`torchmdnet.models.model.create_model`; beads are
+embedded by residue type (index into the bead vocabulary). Forces ``F_θ = −∂U_θ/∂R`` and
+Hessian-vector products come from autograd (:meth:`CGPotential.forward`) or from the exact
+edge-factored path of :mod:`hessid.training.hvp` (same numbers, much cheaper HVPs).
+
+One checkpoint file (:meth:`CGPotential.save`, :func:`load_potential`) holds the weights, the
+prior parameters, the bead vocabulary, the units, the model config and the hessid version.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from hessid.training.priors import PriorModel, PriorParameters
+
+from hessid import __version__ as HESSID_VERSION
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "CGPotential",
+    "ModelConfig",
+    "load_potential",
+]
+
+CHECKPOINT_FORMAT = "hessid.cg_potential"
+#: Bump when the checkpoint layout changes incompatibly; readers accept ≤ this version.
+CHECKPOINT_FORMAT_VERSION = 1
+UNITS = {"length": "angstrom", "energy": "kcal/mol", "force": "kcal/mol/angstrom"}
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class ModelConfig:
+    """CGSchNet hyper-parameters (TorchMD-Net ``create_model`` names).
+
+    Attributes:
+        embedding_dimension: channels of node features and filters (64).
+        num_layers: interaction blocks (4).
+        num_rbf: radial basis functions (12).
+        rbf_type: ``"expnorm"`` (exponential-normal) or ``"gauss"``.
+        trainable_rbf: whether RBF centres/widths are trained (False).
+        activation: ``"silu"`` (the exact fast-HVP path supports silu only).
+        cutoff_lower: lower cutoff, Å (3.0): pairs closer than this are left to the prior.
+        cutoff_upper: upper cutoff, Å (12.0).
+        max_num_neighbors: TorchMD-Net neighbour cap per bead; must be ≥ the largest bead
+            count, checked at every call, so no pair inside the cutoff is ever dropped (512).
+        neighbor_embedding: TorchMD-Net's neighbour embedding step (False: plain SchNet).
+        precision: ``"float32"`` or ``"float64"``.
+    """
+
+    embedding_dimension: int = 64
+    num_layers: int = 4
+    num_rbf: int = 12
+    rbf_type: str = "expnorm"
+    trainable_rbf: bool = False
+    activation: str = "silu"
+    cutoff_lower: float = 3.0
+    cutoff_upper: float = 12.0
+    max_num_neighbors: int = 512
+    neighbor_embedding: bool = False
+    precision: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ModelConfig:
+        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**d)
+        if cfg.precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {cfg.precision!r}")
+        if not 0 <= cfg.cutoff_lower < cfg.cutoff_upper:
+            raise ValueError(f"need 0 <= cutoff_lower < cutoff_upper, got "
+                             f"{cfg.cutoff_lower}, {cfg.cutoff_upper}")
+        return cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+
+def _torchmdnet_args(cfg: ModelConfig, n_types: int) -> dict:
+    return dict(
+        model="graph-network", embedding_dimension=cfg.embedding_dimension,
+        num_layers=cfg.num_layers, num_rbf=cfg.num_rbf, rbf_type=cfg.rbf_type,
+        trainable_rbf=cfg.trainable_rbf, activation=cfg.activation,
+        cutoff_lower=cfg.cutoff_lower, cutoff_upper=cfg.cutoff_upper, max_z=max(n_types, 1),
+        max_num_neighbors=cfg.max_num_neighbors, aggr="add",
+        neighbor_embedding=cfg.neighbor_embedding, precision=int(cfg.precision.removeprefix("float")),
+        derivative=False, atom_filter=-1, prior_model=None, output_model="Scalar",
+        reduce_op="sum", output_mlp_num_layers=0,
+    )
+
+
+class CGPotential(torch.nn.Module):
+    """CG potential ``U_θ = U_prior + U_net`` (kcal/mol) on graph-batched bead positions (Å).
+
+    Args:
+        bead_vocabulary: residue-type names; ``bead_types`` index into it.
+        prior: fitted :class:`~hessid.training.priors.PriorModel` (or None: network only).
+        config: :class:`ModelConfig` or dict of its fields.
+
+    Raises:
+        ValueError: empty vocabulary or invalid config.
+    """
+
+    def __init__(self, bead_vocabulary: list[str], prior: PriorModel | PriorParameters | None = None,
+                 config: ModelConfig | dict | None = None):
+        super().__init__()
+        from torchmdnet.models.model import create_model
+
+        if not bead_vocabulary:
+            raise ValueError("bead_vocabulary must hold at least one residue type")
+        self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        self.bead_vocabulary = list(bead_vocabulary)
+        dtype = self.config.dtype
+        self.net = create_model(_torchmdnet_args(self.config, len(self.bead_vocabulary)))
+        if isinstance(prior, PriorModel):
+            prior = prior.params
+        # rebuilt from the float parameters in the model dtype (a cast float32 → float64 buffer
+        # would differ from the checkpoint's float values)
+        self.prior = PriorModel(prior, dtype=dtype) if prior is not None else None
+        self.metadata: dict = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.config.dtype
+
+    def _check(self, positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None):
+        if positions.ndim != 2 or positions.shape[-1] != 3:
+            raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
+        if bead_types.shape != positions.shape[:1]:
+            raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = "
+                             f"({positions.shape[0]},)")
+        if batch is None:
+            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        if batch.shape != bead_types.shape:
+            raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
+        if bead_types.numel() and (int(bead_types.min()) < 0
+                                   or int(bead_types.max()) >= len(self.bead_vocabulary)):
+            raise ValueError(f"bead_types must lie in [0, {len(self.bead_vocabulary)})")
+        return batch
+
+    def network_energy(self, positions: torch.Tensor, bead_types: torch.Tensor,
+                       batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Network part only, (B,) kcal/mol (TorchMD-Net forward; the prior is excluded)."""
+        batch = self._check(positions, bead_types, batch)
+        counts = torch.bincount(batch)
+        if int(counts.max()) > self.config.max_num_neighbors:
+            raise ValueError(f"a structure has {int(counts.max())} beads > max_num_neighbors="
+                             f"{self.config.max_num_neighbors}; raise it so no pair is dropped")
+        energy, _ = self.net(bead_types.long(), positions, batch)
+        return energy.reshape(-1)  # (B,)
+
+    def forward(self, positions: torch.Tensor, bead_types: torch.Tensor,
+                batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy ``U_θ(R)`` of each structure.
+
+        Args:
+            positions: bead positions (A, 3), Å, of B structures flattened graph-style.
+            bead_types: residue-type index of each bead (A,) int64.
+            batch: structure index of each bead (A,) int64, non-decreasing; None = one structure.
+
+        Returns:
+            (B,) kcal/mol, prior included.
+
+        Raises:
+            ValueError: shapes disagree, a type is outside the vocabulary, or a structure has
+                more beads than ``max_num_neighbors``.
+        """
+        batch = self._check(positions, bead_types, batch)
+        energy = self.network_energy(positions, bead_types, batch)
+        if self.prior is not None:
+            energy = energy + self.prior(positions, batch)
+        return energy
+
+    def energy(self, positions, bead_types, batch=None) -> torch.Tensor:
+        """Alias of :meth:`forward`, (B,) kcal/mol."""
+        return self.forward(positions, bead_types, batch)
+
+    def forces(self, positions: torch.Tensor, bead_types: torch.Tensor,
+               batch: torch.Tensor | None = None, create_graph: bool = False) -> torch.Tensor:
+        """Forces ``F_θ = −∂U_θ/∂R``, (A, 3) kcal/mol/Å, by autograd."""
+        x = positions if positions.requires_grad else positions.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.forward(x, bead_types, batch).sum(), x,
+                                       create_graph=create_graph)
+        return -g
+
+    def hessian_vector_product(self, positions, bead_types, batch, probes, create_graph=False):
+        """Exact ``H_θ v`` for each probe (fast edge-factored path, spec §5).
+
+        Args:
+            positions: (A, 3) Å; bead_types, batch: (A,) int64.
+            probes: (k, A, 3) probe vectors (dimensionless).
+
+        Returns:
+            (k, A, 3) kcal/mol/Å². See :func:`hessid.training.hvp.energy_forces_hvp`.
+        """
+        from hessid.training.hvp import energy_forces_hvp
+
+        return energy_forces_hvp(self, positions, bead_types, batch, probes,
+                                 create_graph=create_graph).hvp
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def checkpoint_dict(self, extra: dict | None = None) -> dict:
+        """Everything :func:`load_potential` needs, as plain Python + tensors."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "hessid_version": HESSID_VERSION,
+            "config": asdict(self.config),
+            "bead_vocabulary": list(self.bead_vocabulary),
+            "units": dict(UNITS),
+            "prior": None if self.prior is None else self.prior.params.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "metadata": dict(self.metadata, **(extra or {})),
+        }
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write one checkpoint file (weights, prior, vocabulary, units, config, version).
+
+        Args:
+            path: destination file (``.pt``).
+            extra: JSON-like metadata stored under ``metadata`` (e.g. the verification result).
+
+        Returns:
+            the path written.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.checkpoint_dict(extra), path)
+        return path
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict, source: str = "<dict>") -> CGPotential:
+        """Rebuild a potential from :meth:`checkpoint_dict` output (see :func:`load_potential`)."""
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{source} is not a hessid CG potential checkpoint "
+                             f"(format={ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
+        fv = int(ckpt.get("format_version", 0))
+        written_by = ckpt.get("hessid_version", "unknown")
+        if fv > CHECKPOINT_FORMAT_VERSION:
+            raise ValueError(
+                f"{source} was written by hessid {written_by} with checkpoint format {fv}; this "
+                f"hessid {HESSID_VERSION} reads formats <= {CHECKPOINT_FORMAT_VERSION}. "
+                "Upgrade hessid to load it.")
+        if fv < 1:
+            raise ValueError(f"{source}: checkpoint format {fv} predates format 1 and cannot be read")
+        if written_by != HESSID_VERSION:
+            warnings.warn(f"{source} was written by hessid {written_by}, loading with "
+                          f"{HESSID_VERSION} (same checkpoint format {fv})", stacklevel=3)
+        if ckpt.get("units") != UNITS:
+            raise ValueError(f"{source} uses units {ckpt.get('units')}, expected {UNITS}")
+        prior = ckpt.get("prior")
+        prior = None if prior is None else PriorParameters.from_dict(prior)
+        model = cls(ckpt["bead_vocabulary"], prior, ModelConfig.from_dict(ckpt["config"]))
+        missing, unexpected = model.net.load_state_dict(ckpt["state_dict"], strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{source}: weights do not match the config (missing {missing}, "
+                             f"unexpected {unexpected})")
+        model.metadata = dict(ckpt.get("metadata") or {})
+        return model
+
+
+def load_potential(path: str | Path, map_location: str | torch.device = "cpu") -> CGPotential:
+    """Load a :class:`CGPotential` from one checkpoint file written by :meth:`CGPotential.save`.
+
+    Also accepts a trainer checkpoint (Lightning ``.ckpt``) holding a ``hessid_potential`` entry.
+
+    Args:
+        path: checkpoint file.
+        map_location: device for the weights.
+
+    Returns:
+        the potential in eval mode, with ``metadata`` (e.g. ``verification``) restored.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a hessid checkpoint, or written by a newer incompatible format
+            (the message names both versions).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if isinstance(ckpt, dict) and "hessid_potential" in ckpt:
+        ckpt = ckpt["hessid_potential"]
+    model = CGPotential.from_checkpoint_dict(ckpt, source=str(path))
+    return model.to(map_location).eval()

@@ -1,0 +1,349 @@
+"""Physical priors of a CG protein potential, fitted by Boltzmann inversion (CGSchNet style).
+
+The prior is the fixed part of ``U_θ = U_prior + U_network`` (spec §5 trains only the network):
+
+- harmonic Cα bonds    ``½ k_b (r − r_0)²``           r: consecutive-bead distance, Å
+- harmonic Cα angles   ``½ k_a (θ − θ_0)²``           θ: angle of three consecutive beads, rad
+- Fourier dihedrals    ``Σ_n a_n cos nφ + b_n sin nφ`` φ: dihedral of four consecutive beads
+- repulsion            ``ε (σ / r)^6``                 pairs |i − j| ≥ 3 of one chain
+
+Each term is fitted from the CG coordinates of the training data by Boltzmann inversion of
+its histogram, ``F(x) = −k_BT ln(p(x)/J(x))`` with the Jacobian ``J = r²`` (bonds),
+``sin θ`` (angles) and 1 (dihedrals), then a weighted least-squares fit of the functional
+form (counts as weights). The repulsion uses ``σ`` = the smallest non-bonded distance seen in
+the data and ``ε = k_BT``. One parameter set per term (not per bead-type pair): the data of
+one or a few proteins is too thin for per-type bonded terms.
+
+Usage (deeptime's estimator/model split)::
+
+    prior = PriorFit(temperature=300.0).fit(frames).fetch_model()
+    energy = prior.energy(positions, batch)      # (B,) kcal/mol
+
+``frames`` is a list of CG coordinate arrays ``(T, n, 3)`` in Å (one per protein), or of
+:class:`hessid.training.train.ProteinData`-like objects with a ``cg_coordinates`` attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from hessid.units import KB_KCAL_PER_MOL_K
+
+__all__ = ["PriorFit", "PriorModel", "PriorParameters", "chain_indices"]
+
+
+@dataclass(frozen=True)
+class PriorParameters:
+    """Fitted prior parameters (plain floats; kcal/mol, Å, rad).
+
+    Attributes:
+        bond_k: bond force constant, kcal/mol/Å².
+        bond_r0: equilibrium bond length, Å.
+        angle_k: angle force constant, kcal/mol/rad².
+        angle_theta0: equilibrium angle, rad.
+        dihedral_cos: Fourier cosine coefficients a_1..a_N, kcal/mol.
+        dihedral_sin: Fourier sine coefficients b_1..b_N, kcal/mol.
+        repulsion_epsilon: repulsion strength ε, kcal/mol.
+        repulsion_sigma: repulsion length σ, Å.
+        temperature: temperature of the fit, K.
+    """
+
+    bond_k: float = 100.0
+    bond_r0: float = 3.8
+    angle_k: float = 10.0
+    angle_theta0: float = 1.8
+    dihedral_cos: tuple[float, ...] = field(default_factory=tuple)
+    dihedral_sin: tuple[float, ...] = field(default_factory=tuple)
+    repulsion_epsilon: float = 0.6
+    repulsion_sigma: float = 4.0
+    temperature: float = 300.0
+
+    def to_dict(self) -> dict:
+        """Plain-Python dictionary (JSON and ``torch.load(weights_only=True)`` safe)."""
+        d = asdict(self)
+        d["dihedral_cos"] = list(self.dihedral_cos)
+        d["dihedral_sin"] = list(self.dihedral_sin)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PriorParameters:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown prior parameter keys {sorted(unknown)}")
+        d = dict(d)
+        d["dihedral_cos"] = tuple(float(x) for x in d.get("dihedral_cos", ()))
+        d["dihedral_sin"] = tuple(float(x) for x in d.get("dihedral_sin", ()))
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+_INDEX_CACHE: dict = {}
+
+
+def chain_indices(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Bonded and non-bonded index lists of graph-batched single chains.
+
+    Beads of one structure are consecutive in the flattened layout and form one chain in
+    order (the dataset's ``cg/bonds`` are the chain bonds ``(i, i+1)``).
+
+    Args:
+        batch: structure index of each bead, (A,) int64, non-decreasing.
+
+    Returns:
+        dict with ``bonds`` (nb, 2), ``angles`` (na, 3), ``dihedrals`` (nd, 4) and
+        ``pairs`` (np, 2) (|i − j| ≥ 3, same structure), all int64 on ``batch.device``.
+    """
+    counts = tuple(torch.bincount(batch).tolist()) if batch.numel() else ()
+    key = (counts, str(batch.device))
+    if key in _INDEX_CACHE:
+        return _INDEX_CACHE[key]
+    out: dict[str, list] = {"bonds": [], "angles": [], "dihedrals": [], "pairs": []}
+    offset = 0
+    for n in counts:
+        idx = torch.arange(n) + offset
+        for name, width in (("bonds", 2), ("angles", 3), ("dihedrals", 4)):
+            if n >= width:
+                out[name].append(torch.stack([idx[j : n - width + 1 + j] for j in range(width)], 1))
+        if n >= 4:
+            i, j = torch.triu_indices(n, n, offset=3)
+            out["pairs"].append(torch.stack([i, j], 1) + offset)
+        offset += n
+    widths = {"bonds": 2, "angles": 3, "dihedrals": 4, "pairs": 2}
+    result = {
+        k: (torch.cat(v) if v else torch.zeros(0, widths[k], dtype=torch.long)).to(batch.device)
+        for k, v in out.items()
+    }
+    if len(_INDEX_CACHE) > 64:
+        _INDEX_CACHE.clear()
+    _INDEX_CACHE[key] = result
+    return result
+
+
+def _bond_lengths(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return (x[idx[:, 1]] - x[idx[:, 0]]).norm(dim=-1)  # (nb,)
+
+
+def _angles(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    a = x[idx[:, 0]] - x[idx[:, 1]]  # (na, 3)
+    b = x[idx[:, 2]] - x[idx[:, 1]]  # (na, 3)
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return torch.acos(cos.clamp(-1 + 1e-12, 1 - 1e-12))
+
+
+def _dihedrals(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    b0 = x[idx[:, 1]] - x[idx[:, 0]]  # (nd, 3)
+    b1 = x[idx[:, 2]] - x[idx[:, 1]]
+    b2 = x[idx[:, 3]] - x[idx[:, 2]]
+    n1 = torch.linalg.cross(b0, b1)
+    n2 = torch.linalg.cross(b1, b2)
+    m1 = torch.linalg.cross(n1, b1 / b1.norm(dim=-1, keepdim=True))
+    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class PriorModel(torch.nn.Module):
+    """Fitted prior energy ``U_prior(R)`` (fixed: its values are buffers, not parameters).
+
+    Args:
+        parameters: :class:`PriorParameters` from :class:`PriorFit`.
+        dtype: torch dtype of the evaluation (float32 or float64).
+    """
+
+    def __init__(self, parameters: PriorParameters, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.parameters_ = parameters
+        p = parameters
+        t = lambda v: torch.as_tensor(v, dtype=dtype)  # noqa: E731
+        self.register_buffer("bond_k", t(p.bond_k))
+        self.register_buffer("bond_r0", t(p.bond_r0))
+        self.register_buffer("angle_k", t(p.angle_k))
+        self.register_buffer("angle_theta0", t(p.angle_theta0))
+        self.register_buffer("dihedral_cos", t(list(p.dihedral_cos)).reshape(-1))
+        self.register_buffer("dihedral_sin", t(list(p.dihedral_sin)).reshape(-1))
+        self.register_buffer("repulsion_epsilon", t(p.repulsion_epsilon))
+        self.register_buffer("repulsion_sigma", t(p.repulsion_sigma))
+
+    @property
+    def params(self) -> PriorParameters:
+        """The immutable fitted parameters."""
+        return self.parameters_
+
+    def energy_terms(self, positions: torch.Tensor, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-structure energy of each prior term.
+
+        Args:
+            positions: bead positions (A, 3), Å, graph-batched.
+            batch: structure index of each bead (A,) int64, non-decreasing.
+
+        Returns:
+            dict ``bond``, ``angle``, ``dihedral``, ``repulsion`` → (B,) kcal/mol.
+        """
+        idx = chain_indices(batch)
+        n_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        out = {}
+
+        def reduce(values: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+            e = torch.zeros(n_graphs, dtype=positions.dtype, device=positions.device)
+            return e.index_add(0, batch[owner], values)
+
+        r = _bond_lengths(positions, idx["bonds"])
+        out["bond"] = reduce(0.5 * self.bond_k * (r - self.bond_r0) ** 2, idx["bonds"][:, 0])
+        th = _angles(positions, idx["angles"])
+        out["angle"] = reduce(
+            0.5 * self.angle_k * (th - self.angle_theta0) ** 2, idx["angles"][:, 0]
+        )
+        if self.dihedral_cos.numel() and idx["dihedrals"].shape[0]:
+            phi = _dihedrals(positions, idx["dihedrals"])
+            n = torch.arange(1, self.dihedral_cos.numel() + 1, dtype=positions.dtype,
+                             device=positions.device)
+            nphi = phi[:, None] * n  # (nd, N)
+            e = (torch.cos(nphi) * self.dihedral_cos + torch.sin(nphi) * self.dihedral_sin).sum(-1)
+            out["dihedral"] = reduce(e, idx["dihedrals"][:, 0])
+        else:
+            out["dihedral"] = torch.zeros(n_graphs, dtype=positions.dtype, device=positions.device)
+        pr = idx["pairs"]
+        rr = _bond_lengths(positions, pr)
+        out["repulsion"] = reduce(
+            self.repulsion_epsilon * (self.repulsion_sigma / rr) ** 6, pr[:, 0]
+        )
+        return out
+
+    def forward(self, positions: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Prior energy per structure, (B,) kcal/mol (positions (A, 3) Å, batch (A,))."""
+        return sum(self.energy_terms(positions, batch).values())
+
+    energy = forward
+
+    def forces(self, positions: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Prior forces ``−∂U_prior/∂R``, (A, 3) kcal/mol/Å."""
+        x = positions.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.forward(x, batch).sum(), x)
+        return -g
+
+    def save(self, path) -> None:
+        """Write the parameters as JSON (the model checkpoint embeds them too)."""
+        import json
+
+        with open(path, "w") as fh:
+            json.dump(self.params.to_dict(), fh, indent=1)
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+def _boltzmann_inversion(values: np.ndarray, bins: int, lo: float, hi: float, jacobian, kT: float):
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    keep = (counts > 0) & (jacobian(centers) > 0)
+    p = counts[keep] / counts.sum() / np.diff(edges)[keep]
+    free = -kT * np.log(p / jacobian(centers[keep]))
+    return centers[keep], free, counts[keep].astype(float)
+
+
+def _fit_harmonic(values: np.ndarray, jacobian, kT: float, periodic=False) -> tuple[float, float]:
+    """Weighted LSQ fit of ``½k(x−x0)² + c`` to the Boltzmann-inverted histogram."""
+    mean, std = float(values.mean()), float(values.std())
+    if not np.isfinite(std) or std <= 1e-8 * max(abs(mean), 1.0):
+        raise ValueError("cannot fit a harmonic prior: the data has zero spread")
+    lo, hi = mean - 4 * std, mean + 4 * std
+    x, f, w = _boltzmann_inversion(values, 60, lo, hi, jacobian, kT)
+    if x.size >= 3:
+        A = np.stack([x**2, x, np.ones_like(x)], 1) * np.sqrt(w)[:, None]
+        c2, c1, _ = np.linalg.lstsq(A, f * np.sqrt(w), rcond=None)[0]
+        if c2 > 0:
+            return float(2 * c2), float(-c1 / (2 * c2))
+    return kT / std**2, mean  # Gaussian moments (the same inversion for a normal law)
+
+
+class PriorFit:
+    """Estimator of :class:`PriorModel` by Boltzmann inversion (see module docstring).
+
+    Args:
+        temperature: temperature of the data, K (sets k_BT in kcal/mol).
+        n_fourier: number of dihedral Fourier terms N (a_n cos nφ + b_n sin nφ, n = 1..N).
+        repulsion_scale: σ is this times the smallest non-bonded distance seen (Å/Å).
+    """
+
+    def __init__(self, temperature: float = 300.0, n_fourier: int = 3, repulsion_scale: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.n_fourier = int(n_fourier)
+        self.repulsion_scale = float(repulsion_scale)
+        self._model: PriorParameters | None = None
+
+    def fit(self, data) -> PriorFit:
+        """Fit to CG coordinates.
+
+        Args:
+            data: list of arrays (T, n, 3) Å (one per protein), a single such array, or
+                objects with a ``cg_coordinates`` attribute of that shape.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: no frames, fewer than 4 beads, or a degenerate distribution.
+        """
+        if isinstance(data, (np.ndarray, torch.Tensor)):
+            data = [data]
+        arrays = []
+        for item in data:
+            arr = getattr(item, "cg_coordinates", item)
+            arr = np.asarray(arr.detach().cpu() if isinstance(arr, torch.Tensor) else arr,
+                             dtype=np.float64)
+            if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[1] < 4 or arr.shape[0] < 1:
+                raise ValueError(f"expected CG coordinates (T, n>=4, 3), got {arr.shape}")
+            arrays.append(arr)
+        if not arrays:
+            raise ValueError("PriorFit.fit needs at least one protein")
+        kT = KB_KCAL_PER_MOL_K * self.temperature
+        bonds, angles, diheds, nonbonded = [], [], [], []
+        for arr in arrays:
+            T, n, _ = arr.shape
+            x = torch.as_tensor(arr.reshape(T * n, 3))  # (T*n, 3)
+            batch = torch.arange(T).repeat_interleave(n)
+            idx = chain_indices(batch)
+            bonds.append(_bond_lengths(x, idx["bonds"]).numpy())
+            angles.append(_angles(x, idx["angles"]).numpy())
+            diheds.append(_dihedrals(x, idx["dihedrals"]).numpy())
+            nonbonded.append(_bond_lengths(x, idx["pairs"]).min().item())
+        bonds_, angles_, diheds_ = map(np.concatenate, (bonds, angles, diheds))
+        bond_k, bond_r0 = _fit_harmonic(bonds_, lambda r: r**2, kT)
+        angle_k, angle_theta0 = _fit_harmonic(angles_, np.sin, kT)
+        cos_c, sin_c = self._fit_fourier(diheds_, kT)
+        self._model = PriorParameters(
+            bond_k=bond_k, bond_r0=bond_r0, angle_k=angle_k, angle_theta0=angle_theta0,
+            dihedral_cos=tuple(cos_c), dihedral_sin=tuple(sin_c), repulsion_epsilon=kT,
+            repulsion_sigma=self.repulsion_scale * min(nonbonded), temperature=self.temperature,
+        )
+        return self
+
+    def _fit_fourier(self, phi: np.ndarray, kT: float):
+        if self.n_fourier <= 0:
+            return [], []
+        counts, edges = np.histogram(phi, bins=36, range=(-math.pi, math.pi))
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        p = (counts + 1.0) / (counts.sum() + counts.size)  # pseudocount: empty bins stay finite
+        free = -kT * np.log(p)
+        free -= free.mean()
+        n = np.arange(1, self.n_fourier + 1)
+        A = np.concatenate([np.cos(np.outer(centers, n)), np.sin(np.outer(centers, n))], 1)
+        coef = np.linalg.lstsq(A, free, rcond=None)[0]
+        return coef[: self.n_fourier].tolist(), coef[self.n_fourier :].tolist()
+
+    def fetch_model(self, dtype: torch.dtype = torch.float32) -> PriorModel:
+        """The fitted :class:`PriorModel`; ``ValueError`` before :meth:`fit`."""
+        if self._model is None:
+            raise ValueError("PriorFit.fetch_model() called before fit()")
+        return PriorModel(self._model, dtype=dtype)

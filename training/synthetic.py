@@ -1,0 +1,174 @@
+"""Synthetic CG test data: compact Cα chains and small dataset files in the contract layout.
+
+Used by the training tests and ``benchmarks/hvp_step.py``; not a physical model. The AA system
+of :func:`write_synthetic_dataset` is a Cα + side-bead chain held by harmonic springs, so its
+forces and exact Term 1 (``P ∇²H Pᵀ v``, spec §5) are available in closed form.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["compact_chain", "spring_network", "write_synthetic_dataset"]
+
+
+def compact_chain(n_beads: int, n_frames: int = 1, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    """Compact self-avoiding Cα-like chains (protein density), Å.
+
+    A confined random walk with 3.8 Å bonds, no two beads closer than 4 Å, inside a sphere of
+    radius ``2.8 n^{1/3} + 2`` Å; frames are the base chain plus Gaussian noise.
+
+    Args:
+        n_beads: beads per chain (≥ 2).
+        n_frames: frames T.
+        seed: numpy seed.
+        noise: standard deviation of the per-frame displacement, Å.
+
+    Returns:
+        (T, n, 3) float64, Å.
+    """
+    rng = np.random.default_rng(seed)
+    radius = 2.8 * n_beads ** (1 / 3) + 2.0
+    for _attempt in range(1000):
+        x = np.zeros((n_beads, 3))
+        ok = True
+        for i in range(1, n_beads):
+            for _try in range(200):
+                step = rng.standard_normal(3)
+                c = x[i - 1] + 3.8 * step / np.linalg.norm(step)
+                if np.linalg.norm(c) < radius and (
+                    i < 2 or np.linalg.norm(x[: i - 1] - c, axis=1).min() > 4.0
+                ):
+                    x[i] = c
+                    break
+            else:
+                ok = False
+                break
+        if ok:
+            break
+    else:  # pragma: no cover
+        raise RuntimeError(f"could not grow a compact chain of {n_beads} beads")
+    x -= x.mean(0)
+    return x[None] + noise * rng.standard_normal((n_frames, n_beads, 3))
+
+
+def spring_network(reference: np.ndarray, cutoff: float = 8.0, k: float = 5.0):
+    """Harmonic spring network energy of a reference structure (AA stand-in).
+
+    Args:
+        reference: (N, 3) Å.  cutoff: Å.  k: kcal/mol/Å².
+
+    Returns:
+        callable ``energy(r (S, N, 3) Å) -> (S,) kcal/mol`` (torch, differentiable).
+    """
+    ref = torch.as_tensor(reference, dtype=torch.float64)
+    i, j = torch.triu_indices(len(ref), len(ref), 1)
+    r0 = (ref[i] - ref[j]).norm(dim=-1)
+    keep = r0 < cutoff
+    i, j, r0 = i[keep], j[keep], r0[keep]
+
+    def energy(r: torch.Tensor) -> torch.Tensor:
+        d = (r[:, i] - r[:, j]).norm(dim=-1)  # (S, n_springs)
+        return 0.5 * k * ((d - r0) ** 2).sum(-1)
+
+    return energy
+
+
+def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 12,
+                            seed: int = 0, probe_kind: str = "gaussian", n_probes: int = 2,
+                            probe_seed: int = 7, temperature: float = 300.0,
+                            frame_id_offset: int = 0, broken_projector: bool = False,
+                            name: str | None = None, full_block: bool = False) -> Path:
+    """Write a small dataset file in the contract layout (docs/architecture.md).
+
+    AA system: per residue a Cα atom and a side atom 1.5 Å away, N = 2n; AA energy a spring
+    network (:func:`spring_network`) of frame 0; frames are frame 0 plus 0.15 Å noise. Cα
+    selection map (``Q = S``). Term 1 is exact: ``Q ∇²H(r_t) Qᵀ v`` by autograd, with the
+    probes ``draw_probes(kind, probe_seed, [frame_id], k, 3n)``.
+
+    Args:
+        path: file to write.  n_beads, n_frames: sizes.  seed: structure/noise seed.
+        probe_kind, n_probes, probe_seed: probe spec stored in the ``cg/hvp_term1`` attrs.
+        temperature: K (root attribute).
+        frame_id_offset: first global frame id.
+        broken_projector: store Q = 1.1 S (violates Q Sᵀ = I; the verification gate must refuse).
+        name: root ``name`` attribute (default: the file stem).
+        full_block: also store ``cg/hessian_block`` (T, 3n, 3n) = Q ∇²H Qᵀ (exact).
+
+    Returns:
+        the path.
+    """
+    import h5py
+
+    from hessid.probes import draw_probes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 1)
+    ca = compact_chain(n_beads, 1, seed=seed, noise=0.0)[0]
+    side = rng.standard_normal((n_beads, 3))
+    side = ca + 1.5 * side / np.linalg.norm(side, axis=1, keepdims=True)
+    ref = np.stack([ca, side], 1).reshape(2 * n_beads, 3)  # (N, 3): atom 2i = Cα of residue i
+    N = 2 * n_beads
+    coords = ref[None] + 0.15 * rng.standard_normal((n_frames, N, 3))  # (T, N, 3)
+    energy_fn = spring_network(ref)
+    r = torch.as_tensor(coords).requires_grad_(True)
+    e = energy_fn(r)
+    (g,) = torch.autograd.grad(e.sum(), r)
+    forces = -g.numpy()
+    S = np.zeros((n_beads, N))
+    S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
+    Q = 1.1 * S if broken_projector else S.copy()
+    frame_id = np.arange(n_frames, dtype=np.int64) + frame_id_offset
+    probes = draw_probes(probe_kind, probe_seed, frame_id, n_probes, 3 * n_beads)  # (T, k, 3n)
+    probes = probes.reshape(n_frames, n_probes, n_beads, 3).numpy()  # (T, k, n, 3)
+    Qt = torch.as_tensor(Q)
+    term1 = np.zeros((n_frames, n_probes, n_beads, 3))
+    for t in range(n_frames):
+        x = torch.as_tensor(coords[t : t + 1]).requires_grad_(True)
+        (gt,) = torch.autograd.grad(energy_fn(x).sum(), x, create_graph=True)
+        for m in range(n_probes):
+            u = torch.einsum("nN,nc->Nc", Qt, torch.as_tensor(probes[t, m]))  # (N, 3) Pᵀ v
+            (hu,) = torch.autograd.grad(gt, x, grad_outputs=u[None], retain_graph=True)
+            term1[t, m] = torch.einsum("nN,Nc->nc", Qt, hu[0]).numpy()
+    types = np.arange(n_beads, dtype=np.int64) % 3
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update(dict(length_unit="angstrom", energy_unit="kcal/mol",
+                             temperature=float(temperature), forcefield="spring-network",
+                             solvent="none", platform="synthetic", seed=int(seed),
+                             versions=json.dumps({}), name=name or path.stem))
+        h5.create_dataset("topology", data="synthetic")
+        h5["coordinates"] = coords
+        h5["forces"] = forces
+        h5["potential_energy"] = e.detach().numpy()
+        h5["time"] = np.arange(n_frames, dtype=np.float64)
+        h5["frame_id"] = frame_id
+        g = h5.create_group("cg")
+        g["weights"], g["projector"] = S, Q
+        g["coordinates"] = np.einsum("nN,TNc->Tnc", S, coords)
+        g["forces"] = np.einsum("nN,TNc->Tnc", Q, forces)
+        bt = g.create_dataset("bead_types", data=types)
+        bt.attrs["bead_vocabulary"] = json.dumps(["ALA", "GLY", "TRP"])
+        g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
+        ds = g.create_dataset("hvp_term1", data=term1)
+        ds.attrs.update(dict(probe_kind=probe_kind, probe_seed=int(probe_seed),
+                             probe_scale=float(1.0 if probe_kind in ("gaussian", "rademacher")
+                                               else 3 * n_beads),
+                             n_probes=int(n_probes), epsilon_nm=0.0, platform="exact",
+                             precision="double", forcefield_hash="synthetic"))
+        g["hvp_term1_done"] = np.ones(n_frames, dtype=np.uint8)
+        if full_block:
+            Qf = torch.kron(Qt, torch.eye(3, dtype=torch.float64))  # (3n, 3N)
+            blocks = []
+            for t in range(n_frames):
+                H = torch.autograd.functional.hessian(
+                    lambda x: energy_fn(x.reshape(1, N, 3)).sum(), torch.as_tensor(coords[t]).reshape(-1))
+                blocks.append((Qf @ H @ Qf.T).numpy())  # (3n, 3n)
+            g["hessian_block"] = np.stack(blocks)
+            g["hessian_block_done"] = np.ones(n_frames, dtype=np.uint8)
+        h5["synthetic/reference"] = ref  # (N, 3) Å: spring_network(reference) is the AA energy
+    return path
