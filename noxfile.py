@@ -37,6 +37,10 @@ def verify(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job. Until the chignolin demo lands it is `hessid verify --all`."""
+    """The main job: `hessid verify --all`, then the chignolin demo (resumable; report path printed).
+
+    Extra arguments go to `hessid demo`, e.g. `nox -s demo -- --scale ci` or `-- --pdb my.pdb`.
+    """
     _install(session, "all")
-    session.run("hessid", "verify", "--all", *session.posargs)
+    session.run("hessid", "verify", "--all")
+    session.run("hessid", "demo", *session.posargs)
