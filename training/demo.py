@@ -64,10 +64,10 @@ SCALES: dict[str, DemoScale] = {
     "ci": DemoScale(aa_steps=3000, aa_stride=25, aa_equilibration=500, n_probes=2, train_steps=30,
                     batch_size=16, cg_replicas=2, cg_steps=400, cg_stride=10, cg_timestep=2.0,
                     lag_time=1.0, hidden_channels=16, num_layers=2),
-    # ~20–30 min on 2 CPU cores: 200 ps of AA reference (1000 frames), k = 4
-    "default": DemoScale(aa_steps=100_000, aa_stride=100, aa_equilibration=5_000, n_probes=4,
-                         train_steps=1500, batch_size=32, cg_replicas=8, cg_steps=20_000, cg_stride=50,
-                         cg_timestep=2.0, lag_time=10.0),
+    # ~20–30 min on 2 CPU cores: 150 ps of AA reference (750 frames), k = 4
+    "default": DemoScale(aa_steps=75_000, aa_stride=100, aa_equilibration=5_000, n_probes=4,
+                         train_steps=400, batch_size=16, cg_replicas=8, cg_steps=10_000,
+                         cg_stride=50, cg_timestep=2.0, lag_time=10.0),
     # research-sized, for a GPU: 20 ns of AA reference, 20 replicas, paper's lag of 0.8 ns
     "full": DemoScale(aa_steps=10_000_000, aa_stride=500, aa_equilibration=50_000, n_probes=4,
                       train_steps=50_000, batch_size=200, cg_replicas=20, cg_steps=1_000_000,
