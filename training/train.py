@@ -563,8 +563,12 @@ class FrameStream:
             for step in range(start, first + self.n_batches):
                 yield self.collate(self.global_batch(step)[rank::world])
         else:
-            for pos in range(rank, self.n_batches, world):
-                yield self.collate(self.items[pos * self.batch_size : (pos + 1) * self.batch_size])
+            # every rank sees a share of every validation batch, so no rank is left without a
+            # validation metric (early stopping and sync_dist need one on each rank); a batch
+            # smaller than the rank count repeats its last frame on the ranks it cannot fill
+            for pos in range(self.n_batches):
+                batch = self.items[pos * self.batch_size : (pos + 1) * self.batch_size]
+                yield self.collate(batch[rank::world] or batch[-1:])
 
     # Lightning's resumable-loader protocol: the position is derived from global_step
     def state_dict(self) -> dict:
@@ -909,7 +913,8 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         prior = PriorFit(temperature=float(np.mean(sorted(temps))),
                          n_fourier=int(cfg.prior.get("n_fourier", 3)),
                          repulsion_scale=float(cfg.prior.get("repulsion_scale", 1.0)),
-                         ).fit([proteins[pi].cg_coordinates[ts] for pi, ts in by_protein.items()]
+                         ).fit([proteins[pi].cg_coordinates[ts] for pi, ts in by_protein.items()],
+                               bead_types=[type_maps[pi][proteins[pi].bead_types] for pi in by_protein],
                                ).fetch_model()
     max_beads = max(p.n_beads for p in proteins)
     if cfg.model.max_num_neighbors < max_beads:
