@@ -2,6 +2,7 @@
 
     python benchmarks/ala2.py --out runs/ala2            # full benchmark (hours, 2 CPU cores)
     python benchmarks/ala2.py --quick --out /tmp/ala2q   # miniature of every stage (minutes)
+    python benchmarks/ala2.py --small --out runs/ala2_small  # preliminary small run (~25 min)
 
 Stages (each resumable: a stage whose outputs exist and are complete is skipped; an
 interrupted AA run resumes from its OpenMM checkpoint, an interrupted target run from its done
@@ -56,10 +57,13 @@ REFERENCE = {
     "quick": {"n_runs": 2, "steps": 10_000, "stride": 50, "equilibration_steps": 1_000,
               "timestep": 2.0, "temperature": 300.0, "friction": 1.0, "solvent": "gbn2",
               "chunk_frames": 50},
+    "small": {"n_runs": 2, "steps": 500_000, "stride": 250, "equilibration_steps": 25_000,
+              "timestep": 2.0, "temperature": 300.0, "friction": 1.0, "solvent": "gbn2",
+              "chunk_frames": 500},
 }  # fmt: skip
 #: training-set sizes (frames) and seeds
-SIZES = {"full": [1000, 4000, 16000, 64000], "quick": [200]}
-SEEDS = {"full": [0, 1, 2], "quick": [0]}
+SIZES = {"full": [1000, 4000, 16000, 64000], "quick": [200], "small": [2000]}
+SEEDS = {"full": [0, 1, 2], "quick": [0], "small": [0]}
 #: probe settings for Term 1 (tag → (probe_kind, k, full_block)); probe seed fixed
 TARGETS = {
     "gaussian_k4": ("gaussian", 4, False),
@@ -82,6 +86,8 @@ VARIANTS = {
     "FM+full-Hessian": {"mode": "fm_hessian", "targets": "full_block", "cov_weight": 1.0},
 }
 QUICK_VARIANTS = ["FM", "FM+AA+Cov"]
+#: the preliminary "small" run (--small): a few ns of reference, one size, one seed
+SMALL_VARIANTS = ["FM", "FM+AA", "FM+AA+Cov"]
 #: CGSchNet for 5 beads: the lower cutoff is 0 (not the Cα default 3 Å) because every pair of
 #: this map lies between 1.3 and ~5 Å; bonded pairs are seen by both prior and network.
 MODEL = {"full": {"embedding_dimension": 64, "num_layers": 4, "num_rbf": 12, "rbf_type": "expnorm",
@@ -89,27 +95,41 @@ MODEL = {"full": {"embedding_dimension": 64, "num_layers": 4, "num_rbf": 12, "rb
                   "max_num_neighbors": 32, "precision": "float32"},
          "quick": {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 8, "rbf_type": "expnorm",
                    "activation": "silu", "cutoff_lower": 0.0, "cutoff_upper": 8.0,
+                   "max_num_neighbors": 32, "precision": "float32"},
+         "small": {"embedding_dimension": 32, "num_layers": 3, "num_rbf": 12, "rbf_type": "expnorm",
+                   "activation": "silu", "cutoff_lower": 0.0, "cutoff_upper": 8.0,
                    "max_num_neighbors": 32, "precision": "float32"}}  # fmt: skip
 #: optimiser and budget: the same number of gradient steps for every size and variant
 TRAIN = {"full": {"steps": 4000, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0,
                   "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1},
          "quick": {"steps": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
+                   "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1},
+         "small": {"steps": 2000, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
                    "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1}}  # fmt: skip
 #: CG MD: 20 replicas × 40 ps per model (full; measured 86 steps/s for 20 replicas of the full
 #: network on 1 thread → ~4 min per model), bead masses of the atoms, 2 fs BAOAB, 1/ps friction
 CGMD = {"full": {"n_replicas": 20, "n_steps": 20_000, "save_interval": 250, "timestep": 2.0,
                  "friction": 1.0, "temperature": 300.0},
         "quick": {"n_replicas": 2, "n_steps": 500, "save_interval": 10, "timestep": 2.0,
+                  "friction": 1.0, "temperature": 300.0},
+        "small": {"n_replicas": 10, "n_steps": 10_000, "save_interval": 50, "timestep": 2.0,
                   "friction": 1.0, "temperature": 300.0}}  # fmt: skip
 #: evaluation: TICA lag (ps of reference time), φ/ψ grid, blocks
 EVAL = {"full": {"lag_time": 100.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 10},
-        "quick": {"lag_time": 5.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 4}}  # fmt: skip
+        "quick": {"lag_time": 5.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 4},
+        "small": {"lag_time": 2.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 5}}  # fmt: skip
 
 
-def settings(quick: bool) -> dict:
-    """All fixed settings of one mode (stored with every stage's outputs)."""
-    m = "quick" if quick else "full"
-    variants = {k: VARIANTS[k] for k in (QUICK_VARIANTS if quick else VARIANTS)}
+def settings(quick: bool | str) -> dict:
+    """All fixed settings of one mode (stored with every stage's outputs).
+
+    ``quick``: True/False (quick/full) or the mode name ``"full"``, ``"quick"``, ``"small"``.
+    """
+    m = quick if isinstance(quick, str) else ("quick" if quick else "full")
+    if m not in REFERENCE:
+        raise ValueError(f"unknown mode {m!r}; known: {sorted(REFERENCE)}")
+    names = {"quick": QUICK_VARIANTS, "small": SMALL_VARIANTS, "full": list(VARIANTS)}[m]
+    variants = {k: VARIANTS[k] for k in names}
     return {"mode": m, "reference": REFERENCE[m], "sizes": SIZES[m], "seeds": SEEDS[m],
             "targets": {t: TARGETS[t] for t in sorted({v["targets"] for v in variants.values()})},
             "probe_seed": PROBE_SEED, "pool_seed": POOL_SEED, "variants": variants,
@@ -351,6 +371,8 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
     if prev and prev.get("targets") == _jsonable(s["targets"]) and prev.get("sizes") == s["sizes"] \
             and prev.get("pool") == _jsonable(pool):
         log("targets: complete, skipped")
+        prev["files"] = {tag: {int(n): f for n, f in by_size.items()}  # JSON keys are strings
+                         for tag, by_size in prev["files"].items()}
         return prev
     files, timing = {}, {}
     for tag, (kind, k, full_block) in s["targets"].items():
@@ -386,23 +408,16 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
 def _train_one(job: dict) -> dict:
     """Train one (variant, size, seed) model; returns its model path and wall times.
 
-    Waits for ``hessid.training.train`` (issue 4's trainer): until it exists this raises
-    NotImplementedError naming what it needs.
+    Skipped when ``model.pt`` and ``train_done.json`` exist (a finished job).
     """
     import torch
+    from hessid.training import train as _train
 
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
     model_path = run_dir / "model.pt"
     if model_path.exists() and (run_dir / "train_done.json").exists():
         return json.loads((run_dir / "train_done.json").read_text())
-    try:
-        from hessid.training import train as _train
-    except ImportError as exc:
-        raise NotImplementedError(
-            "stage 'train' waits for hessid.training.train (issue 4 trainer: a function that trains "
-            "a CGPotential on a dataset file with a LossConfig and writes model.pt + metrics.csv)"
-        ) from exc
     t0 = time.perf_counter()
     result = _call_trainer(_train, job)
     wall = time.perf_counter() - t0
@@ -412,56 +427,35 @@ def _train_one(job: dict) -> dict:
 
 
 def _call_trainer(_train, job: dict) -> dict:
-    """Adapter to the trainer's public API (kept in one place)."""
-    fn = getattr(_train, "train", None)
-    if fn is None:
-        raise NotImplementedError("stage 'train' waits for hessid.training.train.train(config) "
-                                  f"(module has {sorted(n for n in dir(_train) if not n.startswith('_'))})")
+    """Run :func:`hessid.training.train.train` on one job (the only place that knows its config).
+
+    Every variant gets the same config except ``loss.mode`` / ``loss.cov_weight`` and the
+    targets file; early stopping is off so every model takes exactly ``steps`` optimizer steps.
+    The prior is the trainer's (per-bead-type-class Boltzmann inversion on the training frames).
+    """
     v, tr = job["variant"], job["train"]
+    every = max(1, tr["steps"] // 5)
     config = {
         "name": job["name"], "output_dir": str(Path(job["run_dir"]).parent), "seed": job["seed"],
-        "data": {"paths": [job["data"]], "val_fraction": tr["val_fraction"]},
+        "data": {"datasets": [job["data"]], "split": "frames", "val_fraction": tr["val_fraction"],
+                 "batch_size": tr["batch_size"]},
         "model": job["model"],
         "loss": {"mode": v["mode"], "cov_weight": v["cov_weight"], "lambda_force": tr["lambda_force"],
                  "lambda_hvp": tr["lambda_hvp"]},
-        "optim": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "grad_clip": tr["grad_clip"],
-                  "batch_size": tr["batch_size"], "max_steps": tr["steps"]},
-        "verify": True, "devices": 1, "threads": 1,
+        "optim": {"lr": tr["lr"], "weight_decay": tr["weight_decay"], "grad_clip": tr["grad_clip"]},
+        "trainer": {"max_steps": tr["steps"], "val_every_steps": every, "checkpoint_every_steps": every,
+                    "early_stopping_patience": 0, "accelerator": "cpu", "devices": 1,
+                    "progress_bar": False},
     }  # fmt: skip
-    res = fn(config)
-    model = Path(job["run_dir"]) / "model.pt"
+    res = _train.train(config)
+    model = Path(res.model)
     if not model.exists():
         raise RuntimeError(f"trainer returned {res!r} but wrote no {model}")
-    metrics = Path(job["run_dir"]) / "metrics.csv"
-    return {"model": str(model), "metrics_csv": str(metrics) if metrics.exists() else None,
+    metrics = Path(res.metrics_csv) if res.metrics_csv else None
+    return {"model": str(model), "metrics_csv": str(metrics) if metrics and metrics.exists() else None,
+            "global_step": int(res.global_step), "best_val_fm": res.best_val_fm,
+            "verification_passed": (res.verification or {}).get("passed"),
             "epochs": _epochs_from(metrics, tr, job)}
-
-
-def ala2_prior(cg_coordinates: np.ndarray, temperature: float = 300.0):
-    """Prior for the 5-bead map: PriorFit's terms with the bond term moment-matched.
-
-    PriorFit shares one bond term across all bonds; on this map the bonds are 1.33, 1.47,
-    1.55, 1.34 Å, and its harmonic fit of the pooled (multimodal) histogram gave
-    k = 10 kcal/mol/Å², r0 = 1.17 Å on the quick data — every CG MD replica of the prior-only
-    model then broke a bond within 300 steps. Moment matching (r0 = mean, k = k_BT/var) keeps
-    them stable (measured: 0 of 4 replicas failed). The trainer must be given this prior.
-
-    Args:
-        cg_coordinates: (T, 5, 3) Å.  temperature: K.
-
-    Returns:
-        :class:`hessid.training.priors.PriorModel`.
-    """
-    import dataclasses
-
-    from hessid.training.priors import PriorFit, PriorModel
-
-    from hessid.units import KB_KCAL_PER_MOL_K
-
-    fit = PriorFit(temperature).fit(cg_coordinates)._model
-    bonds = np.linalg.norm(np.diff(np.asarray(cg_coordinates), axis=1), axis=-1).ravel()  # (T·4,) Å
-    return PriorModel(dataclasses.replace(fit, bond_r0=float(bonds.mean()),
-                                          bond_k=float(KB_KCAL_PER_MOL_K * temperature / bonds.var())))
 
 
 def _epochs_from(metrics: Path, tr: dict, job: dict) -> float:
@@ -752,11 +746,13 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         rr = mapped["basins_blocks_are_runs"]
         runs_line = ("; with the independent runs as blocks: "
                      + ", ".join(f"{b} {rr['populations'][b]:.3f} ± {rr['sem'][b]:.3f}" for b in ala2.BASINS))
-    mode_note = ("**QUICK MODE — a miniature to check the pipeline; these numbers mean nothing.**\n\n"
-                 if s["mode"] == "quick" else "")
+    mode_note = {"quick": "**QUICK MODE — a miniature to check the pipeline; these numbers mean nothing.**\n\n",
+                 "small": "**PRELIMINARY SMALL RUN — a few ns of reference, one training size, one seed, "
+                          "short CG MD; not the issue's full protocol.**\n\n"}.get(s["mode"], "")
+    flag = {"quick": " --quick", "small": " --small"}.get(s["mode"], "")
     md = [
         "# Alanine dipeptide, 5-bead CG: does curvature supervision help?", "",
-        mode_note + f"Generated by `python benchmarks/ala2.py{' --quick' if s['mode'] == 'quick' else ''}` on "
+        mode_note + f"Generated by `python benchmarks/ala2.py{flag}` on "
         f"{time.strftime('%Y-%m-%d')}. Reference: {len(ref['files'])} independent AA runs, "
         f"{ref['total_ns']:.3g} ns in total (Amber14 + GBn2, 300 K). Mean ± standard error over "
         f"{len(s['seeds'])} training seed(s).", "",
@@ -769,7 +765,7 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         "## Settings", "", "```json", json.dumps(s, indent=1, default=str), "```", "",
         "## Timings", "", "```json", json.dumps(timings, indent=1, default=float), "```", "",
         "## Closing note", "",
-        ("Quick mode: no conclusion." if s["mode"] == "quick" else
+        ("Quick/small mode: no conclusion from this table alone." if s["mode"] in ("quick", "small") else
          "(fill in from the table above: which HVP variant beats FM at which size, by how much, "
          "with what uncertainty; covariance correction; HVP vs full Hessian and its cost)"), "",
     ]
@@ -797,18 +793,21 @@ def _escape(t: str) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/ala2", help="work folder (all stages' outputs)")
-    ap.add_argument("--quick", action="store_true", help="miniature of every stage (minutes)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="miniature of every stage (minutes)")
+    mode.add_argument("--small", action="store_true", help="preliminary small run: 2 × 1 ns reference, "
+                      "2000 frames, FM / FM+AA / FM+AA+Cov, 1 seed, 10 × 20 ps CG MD (~25 min, 2 cores)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (AA runs, training, CG MD)")
     ap.add_argument("--results", default=None, help="results markdown (default docs/results/ala2.md; "
-                    "quick: OUT/results/ala2.md)")
+                    "quick/small: OUT/results/ala2.md)")
     ap.add_argument("--stop-after", default=None, help="stop after this stage")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    s = settings(args.quick)
+    s = settings("quick" if args.quick else "small" if args.small else "full")
     _mark(out / "settings.json", s)
     results_md = Path(args.results) if args.results else (
-        out / "results" / "ala2.md" if args.quick else REPO / "docs" / "results" / "ala2.md")
+        out / "results" / "ala2.md" if (args.quick or args.small) else REPO / "docs" / "results" / "ala2.md")
     report_dir = results_md.parent / "ala2"
     timings: dict = {}
     t_all = time.perf_counter()

@@ -239,13 +239,13 @@ def _check_supported(potential) -> None:
         raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
 
 
-def _prior_terms(potential, positions, batch, probes):
+def _prior_terms(potential, positions, batch, probes, bead_types=None):
     """Prior energy (B,), gradient (A, 3) and HVPs (k, A, 3); constants w.r.t. θ."""
     if potential.prior is None:
         return 0.0, 0.0, 0.0
     with torch.enable_grad():
         x = positions.detach().requires_grad_(True)
-        e = potential.prior(x, batch)
+        e = potential.prior(x, batch, bead_types)
         (g,) = torch.autograd.grad(e.sum(), x, create_graph=probes is not None)
         hv = 0.0
         if probes is not None:
@@ -328,7 +328,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             t = bw[..., None] * u + geo  # (k, P, 3)
             hvp = torch.zeros(probes.shape, dtype=pos.dtype, device=pos.device)
             hvp = hvp.index_add(1, i, t).index_add(1, j, -t)  # (k, A, 3)
-    pe, pg, phv = _prior_terms(potential, pos, batch, probes)
+    pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
     if not create_graph:
         energy, grad_r = energy.detach(), grad_r.detach()
         hvp = None if hvp is None else hvp.detach()

@@ -182,7 +182,7 @@ class CGPotential(torch.nn.Module):
         batch = self._check(positions, bead_types, batch)
         energy = self.network_energy(positions, bead_types, batch)
         if self.prior is not None:
-            energy = energy + self.prior(positions, batch)
+            energy = energy + self.prior(positions, batch, bead_types)
         return energy
 
     def energy(self, positions, bead_types, batch=None) -> torch.Tensor:

@@ -11,13 +11,24 @@ Each term is fitted from the CG coordinates of the training data by Boltzmann in
 its histogram, ``F(x) = −k_BT ln(p(x)/J(x))`` with the Jacobian ``J = r²`` (bonds),
 ``sin θ`` (angles) and 1 (dihedrals), then a weighted least-squares fit of the functional
 form (counts as weights). The repulsion uses ``σ`` = the smallest non-bonded distance seen in
-the data and ``ε = k_BT``. One parameter set per term (not per bead-type pair): the data of
-one or a few proteins is too thin for per-type bonded terms.
+the data and ``ε = k_BT``.
+
+Bonded terms are fitted per *class* (CGSchNet style): one parameter set per bead-type tuple
+— bonds per (type_i, type_j), angles per triple, dihedrals per quadruple, a tuple and its
+reverse being the same class (the bond length, angle and dihedral are all invariant under
+reversal). A class with fewer than ``min_samples`` observations uses the *pooled* term, fitted
+on all bonds (angles, dihedrals) together, which is also the term for any class unseen in
+the training data. Without bead types every bond is one class (the pooled fit only). This
+matters when bonds differ: the 5-bead alanine-dipeptide backbone has bonds of 1.33, 1.47,
+1.55 and 1.34 Å, whose pooled harmonic fit (r0 = 1.17 Å) breaks every CG MD replica.
+
+Prior-state versions (``PriorParameters.version``): 1 = pooled terms only (no ``version``
+key in the saved dict; still loadable), 2 = pooled terms plus per-class terms.
 
 Usage (deeptime's estimator/model split)::
 
-    prior = PriorFit(temperature=300.0).fit(frames).fetch_model()
-    energy = prior.energy(positions, batch)      # (B,) kcal/mol
+    prior = PriorFit(temperature=300.0).fit(frames, bead_types=types).fetch_model()
+    energy = prior.energy(positions, batch, bead_types)      # (B,) kcal/mol
 
 ``frames`` is a list of CG coordinate arrays ``(T, n, 3)`` in Å (one per protein), or of
 :class:`hessid.training.train.ProteinData`-like objects with a ``cg_coordinates`` attribute.
@@ -33,7 +44,10 @@ import torch
 
 from hessid.units import KB_KCAL_PER_MOL_K
 
-__all__ = ["PriorFit", "PriorModel", "PriorParameters", "chain_indices"]
+__all__ = ["PRIOR_VERSION", "PriorFit", "PriorModel", "PriorParameters", "chain_indices"]
+
+#: version of the prior state written by this hessid (see the module docstring)
+PRIOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,13 @@ class PriorParameters:
         repulsion_epsilon: repulsion strength ε, kcal/mol.
         repulsion_sigma: repulsion length σ, Å.
         temperature: temperature of the fit, K.
+        bond_classes: per-class bond terms ``((type_i, type_j), k, r0)`` (types: indices into
+            the potential's bead vocabulary, canonical order ``min(t, reversed t)``).
+        angle_classes: per-class angle terms ``((t_i, t_j, t_k), k, theta0)``.
+        dihedral_classes: per-class dihedrals ``((t_i, t_j, t_k, t_l), cos (N,), sin (N,))``.
+        version: prior-state version (1 = pooled only, 2 = with classes).
+
+    The scalar fields are the pooled terms, used for every class not listed.
     """
 
     bond_k: float = 100.0
@@ -61,12 +82,20 @@ class PriorParameters:
     repulsion_epsilon: float = 0.6
     repulsion_sigma: float = 4.0
     temperature: float = 300.0
+    bond_classes: tuple = ()
+    angle_classes: tuple = ()
+    dihedral_classes: tuple = ()
+    version: int = PRIOR_VERSION
 
     def to_dict(self) -> dict:
         """Plain-Python dictionary (JSON and ``torch.load(weights_only=True)`` safe)."""
         d = asdict(self)
         d["dihedral_cos"] = list(self.dihedral_cos)
         d["dihedral_sin"] = list(self.dihedral_sin)
+        d["bond_classes"] = [[list(t), float(k), float(x)] for t, k, x in self.bond_classes]
+        d["angle_classes"] = [[list(t), float(k), float(x)] for t, k, x in self.angle_classes]
+        d["dihedral_classes"] = [[list(t), [float(v) for v in c], [float(v) for v in sn]]
+                                 for t, c, sn in self.dihedral_classes]
         return d
 
     @classmethod
@@ -76,9 +105,32 @@ class PriorParameters:
         if unknown:
             raise ValueError(f"unknown prior parameter keys {sorted(unknown)}")
         d = dict(d)
+        d.setdefault("version", 1)  # version-1 states have no version key
+        if int(d["version"]) > PRIOR_VERSION:
+            raise ValueError(f"prior state version {d['version']} is newer than this hessid "
+                             f"reads (<= {PRIOR_VERSION}); upgrade hessid")
+        d["version"] = int(d["version"])
         d["dihedral_cos"] = tuple(float(x) for x in d.get("dihedral_cos", ()))
         d["dihedral_sin"] = tuple(float(x) for x in d.get("dihedral_sin", ()))
+        d["bond_classes"] = tuple((tuple(int(v) for v in t), float(k), float(x))
+                                  for t, k, x in d.get("bond_classes", ()))
+        d["angle_classes"] = tuple((tuple(int(v) for v in t), float(k), float(x))
+                                   for t, k, x in d.get("angle_classes", ()))
+        d["dihedral_classes"] = tuple((tuple(int(v) for v in t), tuple(float(v) for v in c),
+                                       tuple(float(v) for v in sn))
+                                      for t, c, sn in d.get("dihedral_classes", ()))
         return cls(**d)
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether any per-class term exists (then the energy needs bead types)."""
+        return bool(self.bond_classes or self.angle_classes or self.dihedral_classes)
+
+
+def canonical_class(types) -> tuple[int, ...]:
+    """Canonical bead-type tuple of a bonded term: ``min(t, reversed t)``."""
+    t = tuple(int(v) for v in types)
+    return min(t, t[::-1])
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -147,6 +199,21 @@ def _dihedrals(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
 
 
+def _class_table(classes, width: int):
+    """Dense lookup ``(n_vocab, table)``: table[key(types)] = class row (0 = pooled)."""
+    if not classes:
+        return 0, None
+    n_vocab = 1 + max(max(c[0]) for c in classes)
+    table = torch.zeros(n_vocab**width, dtype=torch.long)
+    for row, c in enumerate(classes, start=1):
+        for t in (tuple(c[0]), tuple(c[0])[::-1]):
+            key = 0
+            for v in t:
+                key = key * n_vocab + int(v)
+            table[key] = row
+    return n_vocab, table
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -171,21 +238,60 @@ class PriorModel(torch.nn.Module):
         self.register_buffer("dihedral_sin", t(list(p.dihedral_sin)).reshape(-1))
         self.register_buffer("repulsion_epsilon", t(p.repulsion_epsilon))
         self.register_buffer("repulsion_sigma", t(p.repulsion_sigma))
+        # per-class tables: row 0 = pooled term, row c + 1 = class c; lookup from type tuples
+        self.register_buffer("bond_k_c", t([p.bond_k] + [k for _, k, _ in p.bond_classes]))
+        self.register_buffer("bond_r0_c", t([p.bond_r0] + [x for _, _, x in p.bond_classes]))
+        self.register_buffer("angle_k_c", t([p.angle_k] + [k for _, k, _ in p.angle_classes]))
+        self.register_buffer("angle_theta0_c",
+                             t([p.angle_theta0] + [x for _, _, x in p.angle_classes]))
+        n_f = len(p.dihedral_cos)
+        for _, c, sn in p.dihedral_classes:
+            if len(c) != n_f or len(sn) != n_f:
+                raise ValueError(f"dihedral class has {len(c)}/{len(sn)} Fourier terms, pooled {n_f}")
+        rows_c = [list(p.dihedral_cos)] + [list(c) for _, c, _ in p.dihedral_classes]
+        rows_s = [list(p.dihedral_sin)] + [list(sn) for _, _, sn in p.dihedral_classes]
+        self.register_buffer("dihedral_cos_c", t(rows_c).reshape(len(rows_c), n_f))  # (1+C, N)
+        self.register_buffer("dihedral_sin_c", t(rows_s).reshape(len(rows_s), n_f))
+        self._tables = {name: _class_table(classes, width) for name, classes, width in
+                        (("bonds", p.bond_classes, 2), ("angles", p.angle_classes, 3),
+                         ("dihedrals", p.dihedral_classes, 4))}
 
     @property
     def params(self) -> PriorParameters:
         """The immutable fitted parameters."""
         return self.parameters_
 
-    def energy_terms(self, positions: torch.Tensor, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _class_rows(self, name: str, idx: torch.Tensor, bead_types: torch.Tensor | None):
+        """Row of each term in the per-class tables (0 = pooled), (n,) int64."""
+        n_vocab, table = self._tables[name]
+        if table is None:
+            return None
+        if bead_types is None:
+            raise ValueError("this prior has per-bead-type-class terms: pass bead_types "
+                             "(A,) int64 to its energy")
+        t = bead_types.long()[idx]  # (n, w)
+        inside = (t < n_vocab).all(-1)
+        key = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
+        for j in range(t.shape[1]):
+            key = key * n_vocab + t[:, j].clamp(max=n_vocab - 1)
+        rows = table.to(t.device)[key]
+        return torch.where(inside, rows, torch.zeros_like(rows))
+
+    def energy_terms(self, positions: torch.Tensor, batch: torch.Tensor,
+                     bead_types: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-structure energy of each prior term.
 
         Args:
             positions: bead positions (A, 3), Å, graph-batched.
             batch: structure index of each bead (A,) int64, non-decreasing.
+            bead_types: bead-type index of each bead (A,) int64 (the potential's vocabulary);
+                required when the prior has per-class terms (:attr:`PriorParameters.has_classes`).
 
         Returns:
             dict ``bond``, ``angle``, ``dihedral``, ``repulsion`` → (B,) kcal/mol.
+
+        Raises:
+            ValueError: per-class terms but no ``bead_types``.
         """
         idx = chain_indices(batch)
         n_graphs = int(batch.max()) + 1 if batch.numel() else 0
@@ -195,18 +301,26 @@ class PriorModel(torch.nn.Module):
             e = torch.zeros(n_graphs, dtype=positions.dtype, device=positions.device)
             return e.index_add(0, batch[owner], values)
 
+        def per_term(name, pooled, table):
+            rows = self._class_rows(name, idx[name], bead_types)
+            return pooled if rows is None else table[rows]
+
         r = _bond_lengths(positions, idx["bonds"])
-        out["bond"] = reduce(0.5 * self.bond_k * (r - self.bond_r0) ** 2, idx["bonds"][:, 0])
+        bk = per_term("bonds", self.bond_k, self.bond_k_c)
+        br0 = per_term("bonds", self.bond_r0, self.bond_r0_c)
+        out["bond"] = reduce(0.5 * bk * (r - br0) ** 2, idx["bonds"][:, 0])
         th = _angles(positions, idx["angles"])
-        out["angle"] = reduce(
-            0.5 * self.angle_k * (th - self.angle_theta0) ** 2, idx["angles"][:, 0]
-        )
+        ak = per_term("angles", self.angle_k, self.angle_k_c)
+        a0 = per_term("angles", self.angle_theta0, self.angle_theta0_c)
+        out["angle"] = reduce(0.5 * ak * (th - a0) ** 2, idx["angles"][:, 0])
         if self.dihedral_cos.numel() and idx["dihedrals"].shape[0]:
             phi = _dihedrals(positions, idx["dihedrals"])
             n = torch.arange(1, self.dihedral_cos.numel() + 1, dtype=positions.dtype,
                              device=positions.device)
             nphi = phi[:, None] * n  # (nd, N)
-            e = (torch.cos(nphi) * self.dihedral_cos + torch.sin(nphi) * self.dihedral_sin).sum(-1)
+            dc = per_term("dihedrals", self.dihedral_cos, self.dihedral_cos_c)  # (N,) or (nd, N)
+            ds = per_term("dihedrals", self.dihedral_sin, self.dihedral_sin_c)
+            e = (torch.cos(nphi) * dc + torch.sin(nphi) * ds).sum(-1)
             out["dihedral"] = reduce(e, idx["dihedrals"][:, 0])
         else:
             out["dihedral"] = torch.zeros(n_graphs, dtype=positions.dtype, device=positions.device)
@@ -217,17 +331,20 @@ class PriorModel(torch.nn.Module):
         )
         return out
 
-    def forward(self, positions: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        """Prior energy per structure, (B,) kcal/mol (positions (A, 3) Å, batch (A,))."""
-        return sum(self.energy_terms(positions, batch).values())
+    def forward(self, positions: torch.Tensor, batch: torch.Tensor,
+                bead_types: torch.Tensor | None = None) -> torch.Tensor:
+        """Prior energy per structure, (B,) kcal/mol (positions (A, 3) Å, batch (A,),
+        bead_types (A,) — required with per-class terms)."""
+        return sum(self.energy_terms(positions, batch, bead_types).values())
 
     energy = forward
 
-    def forces(self, positions: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def forces(self, positions: torch.Tensor, batch: torch.Tensor,
+               bead_types: torch.Tensor | None = None) -> torch.Tensor:
         """Prior forces ``−∂U_prior/∂R``, (A, 3) kcal/mol/Å."""
         x = positions.detach().requires_grad_(True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.forward(x, batch).sum(), x)
+            (g,) = torch.autograd.grad(self.forward(x, batch, bead_types).sum(), x)
         return -g
 
     def save(self, path) -> None:
@@ -251,12 +368,16 @@ def _boltzmann_inversion(values: np.ndarray, bins: int, lo: float, hi: float, ja
 
 
 def _fit_harmonic(values: np.ndarray, jacobian, kT: float, periodic=False) -> tuple[float, float]:
-    """Weighted LSQ fit of ``½k(x−x0)² + c`` to the Boltzmann-inverted histogram."""
+    """Weighted LSQ fit of ``½k(x−x0)² + c`` to the Boltzmann-inverted histogram.
+
+    Bins: 60, fewer for small samples (√n, at least 10) so the histogram stays populated.
+    """
     mean, std = float(values.mean()), float(values.std())
     if not np.isfinite(std) or std <= 1e-8 * max(abs(mean), 1.0):
         raise ValueError("cannot fit a harmonic prior: the data has zero spread")
     lo, hi = mean - 4 * std, mean + 4 * std
-    x, f, w = _boltzmann_inversion(values, 60, lo, hi, jacobian, kT)
+    bins = int(min(60, max(10, math.isqrt(values.size))))
+    x, f, w = _boltzmann_inversion(values, bins, lo, hi, jacobian, kT)
     if x.size >= 3:
         A = np.stack([x**2, x, np.ones_like(x)], 1) * np.sqrt(w)[:, None]
         c2, c1, _ = np.linalg.lstsq(A, f * np.sqrt(w), rcond=None)[0]
@@ -272,28 +393,40 @@ class PriorFit:
         temperature: temperature of the data, K (sets k_BT in kcal/mol).
         n_fourier: number of dihedral Fourier terms N (a_n cos nφ + b_n sin nφ, n = 1..N).
         repulsion_scale: σ is this times the smallest non-bonded distance seen (Å/Å).
+        min_samples: a bead-type class needs at least this many observations (bonds, angles
+            or dihedrals of that class over all frames) for its own term; fewer → pooled term.
     """
 
-    def __init__(self, temperature: float = 300.0, n_fourier: int = 3, repulsion_scale: float = 1.0):
+    def __init__(self, temperature: float = 300.0, n_fourier: int = 3, repulsion_scale: float = 1.0,
+                 min_samples: int = 100):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if min_samples < 2:
+            raise ValueError(f"min_samples must be >= 2, got {min_samples}")
         self.temperature = float(temperature)
         self.n_fourier = int(n_fourier)
         self.repulsion_scale = float(repulsion_scale)
+        self.min_samples = int(min_samples)
         self._model: PriorParameters | None = None
+        self.class_counts: dict = {}
 
-    def fit(self, data) -> PriorFit:
+    def fit(self, data, bead_types=None) -> PriorFit:
         """Fit to CG coordinates.
 
         Args:
             data: list of arrays (T, n, 3) Å (one per protein), a single such array, or
                 objects with a ``cg_coordinates`` attribute of that shape.
+            bead_types: None (one class per term: the pooled fit only), or the bead-type
+                indices of each protein, a list of (n,) int arrays parallel to ``data`` (a
+                single (n,) array with a single protein). Indices must be those of the
+                potential's bead vocabulary.
 
         Returns:
             self.
 
         Raises:
-            ValueError: no frames, fewer than 4 beads, or a degenerate distribution.
+            ValueError: no frames, fewer than 4 beads, a degenerate distribution, or
+                bead_types that do not match the data.
         """
         if isinstance(data, (np.ndarray, torch.Tensor)):
             data = [data]
@@ -307,25 +440,65 @@ class PriorFit:
             arrays.append(arr)
         if not arrays:
             raise ValueError("PriorFit.fit needs at least one protein")
+        types = None
+        if bead_types is not None:
+            if isinstance(bead_types, (np.ndarray, torch.Tensor)) and np.ndim(bead_types) == 1:
+                bead_types = [bead_types]
+            types = [np.asarray(t, dtype=np.int64).reshape(-1) for t in bead_types]
+            if len(types) != len(arrays) or any(t.size != a.shape[1] for t, a in zip(types, arrays, strict=False)):
+                raise ValueError(f"bead_types {[t.shape for t in types]} do not match the data "
+                                 f"{[a.shape for a in arrays]}: one (n,) array per protein")
+            if any((t < 0).any() for t in types):
+                raise ValueError("bead_types must be non-negative")
         kT = KB_KCAL_PER_MOL_K * self.temperature
-        bonds, angles, diheds, nonbonded = [], [], [], []
-        for arr in arrays:
+        values = {"bonds": [], "angles": [], "dihedrals": []}
+        keys = {"bonds": [], "angles": [], "dihedrals": []}
+        nonbonded = []
+        for pi, arr in enumerate(arrays):
             T, n, _ = arr.shape
             x = torch.as_tensor(arr.reshape(T * n, 3))  # (T*n, 3)
             batch = torch.arange(T).repeat_interleave(n)
             idx = chain_indices(batch)
-            bonds.append(_bond_lengths(x, idx["bonds"]).numpy())
-            angles.append(_angles(x, idx["angles"]).numpy())
-            diheds.append(_dihedrals(x, idx["dihedrals"]).numpy())
+            for name, fn in (("bonds", _bond_lengths), ("angles", _angles), ("dihedrals", _dihedrals)):
+                values[name].append(fn(x, idx[name]).numpy())
+                if types is not None:  # class of each term: the same for every frame
+                    one = chain_indices(torch.zeros(n, dtype=torch.long))[name].numpy()  # (m, w)
+                    cls = [canonical_class(types[pi][row]) for row in one]
+                    keys[name].extend(cls * T)  # frame-major, matching values
             nonbonded.append(_bond_lengths(x, idx["pairs"]).min().item())
-        bonds_, angles_, diheds_ = map(np.concatenate, (bonds, angles, diheds))
-        bond_k, bond_r0 = _fit_harmonic(bonds_, lambda r: r**2, kT)
-        angle_k, angle_theta0 = _fit_harmonic(angles_, np.sin, kT)
-        cos_c, sin_c = self._fit_fourier(diheds_, kT)
+        v = {k: np.concatenate(x) for k, x in values.items()}
+        bond_k, bond_r0 = _fit_harmonic(v["bonds"], lambda r: r**2, kT)
+        angle_k, angle_theta0 = _fit_harmonic(v["angles"], np.sin, kT)
+        cos_c, sin_c = self._fit_fourier(v["dihedrals"], kT)
+        classes = {"bonds": [], "angles": [], "dihedrals": []}
+        self.class_counts = {"bonds": {}, "angles": {}, "dihedrals": {}}
+        if types is not None:
+            for name in classes:
+                labels = np.array(keys[name], dtype=np.int64).reshape(len(v[name]), -1)
+                uniq, inverse = np.unique(labels, axis=0, return_inverse=True)
+                inverse = inverse.reshape(-1)
+                for ci, cl in enumerate(uniq):
+                    sample = v[name][inverse == ci]
+                    key = tuple(int(t) for t in cl)
+                    self.class_counts[name][key] = int(sample.size)
+                    if sample.size < self.min_samples:
+                        continue  # too few: the pooled term
+                    if name == "dihedrals":
+                        c, sn = self._fit_fourier(sample, kT)
+                        classes[name].append((key, tuple(c), tuple(sn)))
+                        continue
+                    jac = (lambda r: r**2) if name == "bonds" else np.sin
+                    try:
+                        kk, x0 = _fit_harmonic(sample, jac, kT)
+                    except ValueError:
+                        continue  # degenerate class (e.g. constrained): the pooled term
+                    classes[name].append((key, kk, x0))
         self._model = PriorParameters(
             bond_k=bond_k, bond_r0=bond_r0, angle_k=angle_k, angle_theta0=angle_theta0,
             dihedral_cos=tuple(cos_c), dihedral_sin=tuple(sin_c), repulsion_epsilon=kT,
             repulsion_sigma=self.repulsion_scale * min(nonbonded), temperature=self.temperature,
+            bond_classes=tuple(classes["bonds"]), angle_classes=tuple(classes["angles"]),
+            dihedral_classes=tuple(classes["dihedrals"]),
         )
         return self
 

@@ -6,6 +6,7 @@ Tolerances are stated where they are set. Runs in a few seconds (no MD).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,51 @@ def test_model_hessians_of_a_harmonic_chain():
     assert h[0, 0, 0] == pytest.approx(100.0) and h[0, 1, 1] == pytest.approx(0.0, abs=1e-9)
     assert np.allclose(h[0], h[0].T)
     del torch
+
+
+# ----------------------------------------------------------------------------- benchmark driver
+
+
+def _driver():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ala2.py"
+    spec = importlib.util.spec_from_file_location("ala2_benchmark_driver", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("mode", ["quick", "small", "full"])
+def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_path):
+    """``_call_trainer`` builds a config the trainer accepts; variants differ only in the loss."""
+    from types import SimpleNamespace
+
+    from hessid.training.train import TrainConfig
+
+    drv = _driver()
+    s = drv.settings(mode)
+    assert s["model"]["cutoff_lower"] == 0.0  # bonds of this map are < 3 Å
+    seen = {}
+
+    def fake_train(config):
+        cfg = TrainConfig.from_dict(config)  # raises on unknown keys
+        run = Path(cfg.output_dir) / cfg.name
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(b"")
+        seen[cfg.name] = config
+        return SimpleNamespace(model=run / "model.pt", metrics_csv=None, global_step=cfg.trainer.max_steps,
+                               best_val_fm=None, verification={"passed": True})
+
+    for label, v in s["variants"].items():
+        job = {"variant": v, "train": s["train"], "name": drv._safe(label), "seed": 0, "data": "x.h5",
+               "run_dir": str(tmp_path / drv._safe(label)), "model": s["model"], "n_frames": 100}
+        r = drv._call_trainer(SimpleNamespace(train=fake_train), job)
+        assert r["global_step"] == s["train"]["steps"]
+    configs = list(seen.values())
+    for c in configs:
+        assert c["trainer"]["early_stopping_patience"] == 0 and c["trainer"]["max_steps"] == s["train"]["steps"]
+    strip = [{k: v for k, v in c.items() if k not in ("loss", "name")} for c in configs]
+    assert all(x == strip[0] for x in strip)
+    with pytest.raises(ValueError, match="unknown mode"):
+        drv.settings("huge")
