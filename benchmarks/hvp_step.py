@@ -9,10 +9,14 @@ AdamW step. Variants:
 
 - ``fm``            FM step through the trainer's path (hessid.training.hvp, edge-factored);
 - ``fm_torchmdnet`` FM step through TorchMD-Net's forward + autograd forces (for reference);
-- ``hvp``           FM+HVP(k) step, fast exact HVPs (the trainer's path);
+- ``hvp``           FM+HVP(k) step, fast exact HVPs (the trainer's path: hand-written
+                    forward-over-reverse tangents on a dense per-structure pair grid);
+- ``hvp_edges``     FM+HVP(k) step, the previous fast path (batched double backward through
+                    the edge-list message passing), with ``--edges``;
 - ``naive``         FM+HVP(k) step, per-probe double-backward loop (``hvp_reference``).
 
-Times are the minimum over ``--repeats`` rounds, the variants timed round-robin after one
+Times are the minimum over ``--repeats`` rounds (``ratio_k{K}_rounds``: the ratio within each
+round), the variants timed round-robin after one
 warm-up each (so load drifts on a shared machine hit all variants alike). Memory: on CUDA the peak allocated
 bytes of each step; on CPU the bytes of tensors saved for backward (the autograd graph held at
 the backward, which is what grows with k; unique storages). ``ratio_k{K}`` = hvp / fm.
@@ -24,6 +28,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -58,6 +63,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-naive", action="store_true", help="skip the per-probe loop baseline")
     ap.add_argument("--naive-probes", default=None,
                     help="k values for the per-probe loop baseline (default: --probes)")
+    ap.add_argument("--edges", action="store_true",
+                    help="also time the edge-list double-backward HVP path (method='edges')")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -97,14 +104,14 @@ def main(argv=None) -> dict:
         ((-g - f_target) ** 2).sum().backward()
         opt.step()
 
-    def make_hvp(k, naive):
+    def make_hvp(k, naive, method="dense"):
         v = torch.randn(k, n * B, 3, device=dev, dtype=dtype)
         h = torch.randn_like(v)
 
         def step():
             opt.zero_grad()
             out = (hvp_reference(model, pos, types, batch, v, create_graph=True) if naive
-                   else energy_forces_hvp(model, pos, types, batch, v))
+                   else energy_forces_hvp(model, pos, types, batch, v, method=method))
             (((out.forces - f_target) ** 2).sum() + ((out.hvp - h) ** 2).sum()).backward()
             opt.step()
 
@@ -129,6 +136,8 @@ def main(argv=None) -> dict:
     variants = {"fm": step_fm, "fm_torchmdnet": step_fm_tmd}
     for k in ks:
         variants[f"hvp_k{k}"] = make_hvp(k, naive=False)
+        if args.edges:
+            variants[f"hvp_edges_k{k}"] = make_hvp(k, naive=False, method="edges")
         if not args.no_naive and k in naive_ks:
             variants[f"naive_k{k}"] = make_hvp(k, naive=True)
     times = {name: [] for name in variants}
@@ -160,8 +169,16 @@ def main(argv=None) -> dict:
         t, m = ms[f"hvp_k{k}"], mem[f"hvp_k{k}"]
         res[f"hvp_step_ms_k{k}"], res[f"hvp_memory_bytes_k{k}"] = t, m
         res[f"ratio_k{k}"] = t / res["fm_step_ms"]
+        rounds = [a / b for a, b in zip(times[f"hvp_k{k}"], times["fm"], strict=True)]
+        res[f"ratio_k{k}_rounds"] = rounds  # per round-robin round: load drift shows here
+        res[f"ratio_k{k}_median_of_rounds"] = statistics.median(rounds)
         res[f"ratio_vs_torchmdnet_fm_k{k}"] = t / res["fm_torchmdnet_step_ms"]
         res[f"memory_per_probe_bytes_k{k}"] = (m - res["fm_memory_bytes"]) / k
+        if f"hvp_edges_k{k}" in ms:
+            te, me = ms[f"hvp_edges_k{k}"], mem[f"hvp_edges_k{k}"]
+            res[f"hvp_edges_step_ms_k{k}"], res[f"hvp_edges_memory_bytes_k{k}"] = te, me
+            res[f"ratio_edges_k{k}"] = te / res["fm_step_ms"]
+            res[f"memory_per_probe_edges_bytes_k{k}"] = (me - res["fm_memory_bytes"]) / k
         if f"naive_k{k}" in ms:
             tn, mn = ms[f"naive_k{k}"], mem[f"naive_k{k}"]
             res[f"naive_step_ms_k{k}"], res[f"naive_memory_bytes_k{k}"] = tn, mn

@@ -17,9 +17,24 @@ autograd Hessian in float64 (``tests/training/test_hvp.py``):
 
   where ``J v`` is the per-pair scalar ``u_p · (v_i − v_j)``. The filter jets ``φ, φ', φ''``
   are computed once per pair, analytically (no per-probe pass through the filter MLPs,
-  which hold most of SchNet's flops), and ``∇²_d U w`` is a double backward through the
-  cheap message-passing part ``G`` only, batched over the k probes. The expensive part is
-  shared by all probes; what scales with k is ``G``'s backward and the geometry.
+  which hold most of SchNet's flops). ``a`` and ``∇²_d U w`` come from the message-passing
+  part ``G`` in one of two ways (``method``):
+
+  * ``"dense"`` (default): forward-over-reverse written out by hand. The primal forward and
+    reverse of ``G`` (giving ``a``) are computed once on a dense per-structure (n × n) pair
+    grid (zero filters off the pair list, so padding, the diagonal and pairs beyond the
+    cutoffs add exact zeros); then the tangent of the forward and of the reverse in the
+    direction ``w = J v`` is propagated for all k probes at once, every per-probe edge
+    operation being a batched matrix product against k-independent grid tensors
+    (``φ′_ij h_j``, ``φ′_ij g_i``, ``W_ij``). No autograd double backward; autograd only
+    carries θ for the (single) backward of the loss.
+  * ``"edges"``: a batched double backward (``is_grads_batched``) through ``G`` on the edge
+    list. Slower (autograd's reverse-over-reverse on (k, E, F) edge tensors), kept as a
+    second independent implementation and for very sparse large systems, where the n²
+    grid would waste work.
+
+  The expensive part is shared by all probes; what scales with k is the tangent of ``G``
+  and the geometry.
 
 Both return the prior's contribution too (the prior is fixed: no θ-graph).
 """
@@ -231,6 +246,181 @@ def _message_passing_energy(net: torch.nn.Module, filters: torch.Tensor, z: torc
     return torch.zeros(n_graphs, dtype=x.dtype, device=x.device).index_add(0, batch, e_atom) + net.mean
 
 
+# ----------------------------------------------------------------------------- dense tangents
+# Forward-over-reverse by hand, per structure on a dense (B, n, n) pair grid. Every k-dependent
+# edge operation becomes a batched matrix product ("kbij,bijf->kbif"-type contractions), the
+# k-independent parts (filters and their jets, primal forward and reverse) are computed once.
+
+
+def _dsilu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """silu(x), silu'(x), silu''(x)."""
+    sig = torch.sigmoid(x)
+    return x * sig, sig * (1 + x * (1 - sig)), sig * (1 - sig) * (2 + x * (1 - 2 * sig))
+
+
+def _dense_layout(batch: torch.Tensor, n_graphs: int):
+    counts = torch.bincount(batch, minlength=n_graphs)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(batch.shape[0], device=batch.device) - starts[batch]  # (A,)
+    return int(counts.max()), local
+
+
+def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_chunk):
+    """Energy (B,), ∇_R U (A, 3) and H v (k, A, 3) of the network (no prior), dense tangents.
+
+    Notation (module docstring): a = ∂U/∂d per pair, ȧ = (∇²_d U) J v; directed messages
+    j → i with filter W[b, i, j] (symmetric), zero off the pair list (so padding, the
+    diagonal and pairs beyond the cutoffs contribute exact zeros).
+    """
+    rep, out = net.representation_model, net.output_model
+    n, local = _dense_layout(batch, n_graphs)
+    B, A = n_graphs, pos.shape[0]
+    dt, dev = pos.dtype, pos.device
+    # geometry, dense: u[b,i,j] = (r_i − r_j)/d_ij, zero where i == j or padded
+    pd = torch.zeros(B, n, 3, dtype=dt, device=dev).index_put((batch, local), pos)
+    r = pd[:, :, None] - pd[:, None, :]  # (B, n, n, 3)
+    dd = r.norm(dim=-1)
+    dd = torch.where(dd > 0, dd, torch.ones_like(dd))
+    u = r / dd[..., None]  # (B, n, n, 3)
+    d = (pos[i] - pos[j]).norm(dim=-1)  # (P,)
+    bi, li, lj = batch[i], local[i], local[j]
+    nn_ = n * n
+    flat = torch.cat([bi * nn_ + li * n + lj, bi * nn_ + lj * n + li])  # (2P,)
+    with torch.enable_grad():
+        jets = filter_jets(rep, d, order=2)  # (P, 3, L', F)
+        P, _, Lp, F = jets.shape
+        flat_jets = jets.permute(1, 2, 0, 3).reshape(3 * Lp, P, F).unbind(0)
+        dense = [torch.zeros(B * nn_, F, dtype=dt, device=dev)
+                 .index_copy(0, flat, torch.cat([s, s])).view(B, n, n, F)
+                 for s in flat_jets[: 2 * Lp]]
+        W, P1 = dense[:Lp], dense[Lp:]  # L' × (B, n, n, F): φ, φ′ on the grid
+        P2 = flat_jets[2 * Lp :]  # L' × (P, F): φ″ stays on the pair list (only in a2 below)
+
+        def phi2_contract(l, g, h):  # Σ_f φ″_ij g_i h_j for both directions, dense (B, n, n)
+            gi, gj, hi, hj = g[bi, li], g[bi, lj], h[bi, li], h[bi, lj]  # (P, F)
+            val = torch.cat([(P2[l] * gi * hj).sum(-1), (P2[l] * gj * hi).sum(-1)])  # (2P,)
+            return torch.zeros(B * nn_, dtype=dt, device=dev).index_copy(0, flat, val).view(B, n, n)
+        Wt = [w_.permute(0, 3, 1, 2) for w_ in W]  # (B, F, n, n) views, symmetric in the last two
+        ne = rep.neighbor_embedding
+        mask = torch.zeros(B, n, dtype=dt, device=dev).index_put((batch, local),
+                                                                 torch.ones(A, dtype=dt, device=dev))
+        zd = torch.zeros(B, n, dtype=z.dtype, device=dev).index_put((batch, local), z)
+
+        def conv(l, h):  # (B, n, F) -> Σ_j W_ij h_j, (B, n, F)
+            return (Wt[l] @ h.transpose(1, 2)[..., None])[..., 0].transpose(1, 2)
+
+        def conv_k(l, h):  # (k, B, n, F) -> Σ_j W_ij h_kj, (k, B, n, F)
+            return (Wt[l] @ h.permute(1, 3, 2, 0)).permute(3, 0, 2, 1)
+
+        def contract_w(w, q):  # Σ_j w_kij q_ijf: (k, B, n, n), (B, n, n, F) -> (k, B, n, F)
+            return (w.permute(1, 2, 0, 3) @ q).permute(2, 0, 1, 3)
+
+        def contract_f(g, q):  # Σ_f g_kif q_ijf: (k, B, n, F), (B, n, n, F) -> (k, B, n, n)
+            return (g.permute(1, 2, 0, 3) @ q.transpose(2, 3)).permute(2, 0, 1, 3)
+
+        # ---- primal forward
+        x = rep.embedding(zd)  # (B, n, F)
+        L0 = 0
+        if ne is not None:
+            e_ne = ne.embedding(zd)  # (B, n, F)
+            cw = ne.combine.weight  # (F, 2F)
+            x = x @ cw[:, :F].T + conv(0, e_ne) @ cw[:, F:].T + ne.combine.bias
+            L0 = 1
+        blocks = list(rep.interactions)
+        saved = []
+        for li_, blk in enumerate(blocks):
+            l = li_ + L0
+            h1 = x @ blk.conv.lin1.weight.T  # (B, n, F)
+            h2 = blk.conv.lin2(conv(l, h1))
+            s2, ds2, dds2 = _dsilu(h2)
+            x = x + blk.lin(s2)
+            saved.append((h1, ds2, dds2))
+        o1, o2 = out.output_network.layers[0], out.output_network.layers[2]
+        zo = o1(x)  # (B, n, H)
+        so, dso, ddso = _dsilu(zo)
+        e_atom = (so @ o2.weight.T)[..., 0] + o2.bias  # (B, n)
+        energy = (e_atom * mask).sum(1) * net.std + net.mean  # (B,)
+        # ---- primal reverse: g = ∂U/∂(.)
+        gy = (mask * net.std)[..., None] * o2.weight[0]  # (B, n, H)
+        gx = (gy * dso) @ o1.weight  # (B, n, F)
+        rev = [None] * len(blocks)
+        a, a2_all = 0.0, None
+        for li_ in reversed(range(len(blocks))):
+            blk, l = blocks[li_], li_ + L0
+            h1, ds2, _ = saved[li_]
+            g3 = gx @ blk.lin.weight  # (B, n, F)
+            gagg = (g3 * ds2) @ blk.conv.lin2.weight  # (B, n, F)
+            q1 = P1[l] * h1[:, None]  # (B, n, n, F)  [i, j]: φ′_ij h1_j
+            q2 = P1[l] * gagg[:, None]  # (B, n, n, F)  [j, i]: φ′_ij g_i  (φ′ symmetric)
+            a = a + contract_f(gagg[None], q1)[0]  # Σ_f g_i φ′_ij h1_j
+            a2 = phi2_contract(l, gagg, h1)  # Σ_f g_i φ″_ij h1_j
+            a2_all = a2 if a2_all is None else a2_all + a2
+            gx = gx + conv(l, gagg) @ blk.conv.lin1.weight
+            rev[li_] = (g3, gagg, q1, q2)
+        if ne is not None:
+            gxn = gx @ cw[:, F:]
+            q1n = P1[0] * e_ne[:, None]
+            a = a + contract_f(gxn[None], q1n)[0]
+            a2_all = a2_all + phi2_contract(0, gxn, e_ne)
+        a = a + a.transpose(1, 2)  # (B, n, n) ∂U/∂d_ij, symmetric
+        grad_d = (a[..., None] * u).sum(2)  # (B, n, 3)
+        grad_r = grad_d[batch, local]  # (A, 3)
+        hvp = None
+        if probes is not None:
+            vd = torch.zeros(probes.shape[0], B, n, 3, dtype=dt, device=dev)
+            vd[:, batch, local] = probes.to(dt)
+            c = a / dd  # (B, n, n)
+            k_all = vd.shape[0]
+            chunk = max(k_all, 1) if probe_chunk is None else max(1, int(probe_chunk))
+            parts = [vd.new_zeros(0, A, 3)]
+            for start in range(0, k_all, chunk):
+                v = vd[start : start + chunk]  # (k, B, n, 3)
+                uv = (u[None] * v[:, :, :, None]).sum(-1)  # (k, B, n, n)  u_ij·v_i
+                w = uv + uv.transpose(2, 3)  # u_ij·(v_i − v_j)  (u antisymmetric)
+                # tangent forward
+                xd = None
+                if ne is not None:
+                    xd = contract_w(w, q1n) @ cw[:, F:].T
+                fwd = []
+                for li_, blk in enumerate(blocks):
+                    l = li_ + L0
+                    _, ds2, _ = saved[li_]
+                    aggd = contract_w(w, rev[li_][2])
+                    h1d = None
+                    if xd is not None:
+                        h1d = xd @ blk.conv.lin1.weight.T
+                        aggd = aggd + conv_k(l, h1d)
+                    h2d = aggd @ blk.conv.lin2.weight.T  # (k, B, n, F)
+                    xdl = (ds2 * h2d) @ blk.lin.weight.T
+                    xd = xdl if xd is None else xd + xdl
+                    fwd.append((h1d, h2d))
+                # tangent reverse
+                gxd = (gy * ddso * (xd @ o1.weight.T)) @ o1.weight  # (k, B, n, F)
+                ad = w * a2_all
+                for li_ in reversed(range(len(blocks))):
+                    blk, l = blocks[li_], li_ + L0
+                    _, ds2, dds2 = saved[li_]
+                    g3, gagg, q1, q2 = rev[li_]
+                    h1d, h2d = fwd[li_]
+                    g3d = gxd @ blk.lin.weight
+                    gaggd = (g3d * ds2 + g3 * dds2 * h2d) @ blk.conv.lin2.weight  # (k, B, n, F)
+                    ad = ad + contract_f(gaggd, q1)
+                    if h1d is not None:  # Σ_f g_i φ′_ij ḣ1_j, stored [j, i]
+                        ad = ad + contract_f(h1d, q2).transpose(2, 3)
+                    if li_ > 0 or ne is not None:  # ∂/∂x of the layer input is needed below
+                        g1d = contract_w(w.transpose(2, 3), q2) + conv_k(l, gaggd)
+                        gxd = gxd + g1d @ blk.conv.lin1.weight
+                if ne is not None:
+                    ad = ad + contract_f(gxd @ cw[:, F:], q1n)
+                ad = ad + ad.transpose(2, 3)  # (k, B, n, n)  ∇²_d U · J v
+                t = ad - c * w
+                hv = ((t[..., None] * u).sum(3) + v * c.sum(2)[..., None]
+                      - (c @ v))  # (k, B, n, 3)
+                parts.append(hv[:, batch, local])
+            hvp = torch.cat(parts)  # (k, A, 3)
+    return energy, grad_r, hvp
+
+
 def _check_supported(potential) -> None:
     cfg = potential.config
     if cfg.activation != "silu":
@@ -250,13 +440,14 @@ def _prior_terms(potential, positions, batch, probes, bead_types=None):
         hv = 0.0
         if probes is not None:
             hv = torch.stack([torch.autograd.grad(g, x, grad_outputs=v, retain_graph=True)[0]
-                              for v in probes])  # (k, A, 3)
+                              for v in probes]) if len(probes) else torch.zeros_like(probes)
     return e.detach(), g.detach(), hv
 
 
 def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tensor,
                       batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
-                      create_graph: bool = True, probe_chunk: int | None = None) -> EnergyForcesHVP:
+                      create_graph: bool = True, probe_chunk: int | None = None,
+                      method: str = "dense") -> EnergyForcesHVP:
     """Energy, forces and exact HVPs of a :class:`~hessid.training.models.CGPotential` (fast).
 
     ``H_θ v = ∇_R(v·∇_R U_θ)`` (spec §5, model side), computed by the edge-factored
@@ -271,8 +462,13 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         batch: (A,) int64 structure index, non-decreasing; None = one structure.
         probes: (k, A, 3) probe vectors, or None for energy and forces only.
         create_graph: keep the graph w.r.t. θ (needed to train on forces / HVPs).
-        probe_chunk: batch at most this many probes per double backward (memory bound); None
-            = all k at once.
+        probe_chunk: batch at most this many probes at once (memory bound); None = all k.
+        method: how the k probes go through the message passing when probes are given:
+            ``"dense"`` (default) — hand-written forward-over-reverse tangents on a dense
+            per-structure (n × n) pair grid, all k probes as batched matrix products, no
+            autograd double backward; ``"edges"`` — batched double backward through the
+            edge-list message passing (the previous fast path). Forces-only calls always use
+            the edge list with first-order jets.
 
     Returns:
         :class:`EnergyForcesHVP` with energy (B,) kcal/mol, forces (A, 3) kcal/mol/Å and hvp
@@ -290,8 +486,15 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
     rep = net.representation_model
     pos = positions.detach()
     n_graphs = int(batch.max()) + 1
-    pos.shape[0]
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
+    if method not in ("dense", "edges"):
+        raise ValueError(f"method must be 'dense' or 'edges', got {method!r}")
+    if probes is not None and method == "dense":
+        with torch.set_grad_enabled(create_graph):
+            energy, grad_r, hvp = _dense_energy_forces_hvp(
+                net, pos, bead_types.long(), batch, n_graphs, i, j, probes, probe_chunk)
+        pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
+        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp + phv)
     rij = pos[i] - pos[j]  # (P, 3)
     d = rij.norm(dim=-1)  # (P,)
     u = rij / d[:, None]  # (P, 3)

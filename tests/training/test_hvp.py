@@ -36,11 +36,13 @@ def _system(sizes=(7, 5), seed=0, dtype=torch.float64, config=None, prior=True):
     return model, pos, types, batch
 
 
-@pytest.mark.parametrize("neighbor_embedding", [False, True])
-def test_fast_hvp_equals_reference_and_autograd_hessian(neighbor_embedding):
-    model, pos, types, batch = _system(config={"neighbor_embedding": neighbor_embedding})
+@pytest.mark.parametrize("method", ["dense", "edges"])
+@pytest.mark.parametrize("config", [{"neighbor_embedding": False}, {"neighbor_embedding": True},
+                                    {"cutoff_upper": 6.0}])  # last: pairs beyond the cutoff
+def test_fast_hvp_equals_reference_and_autograd_hessian(method, config):
+    model, pos, types, batch = _system(config=config)
     probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
-    fast = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)
+    fast = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method=method)
     ref = hvp_reference(model, pos, types, batch, probes)
     assert_close(fast.energy, ref.energy, rtol=1e-12, what="energy")
     assert_close(fast.forces, ref.forces, rtol=1e-12, what="forces")
@@ -65,8 +67,10 @@ def test_full_hessian_by_one_hot_probes_equals_autograd():
         start += n
 
 
-def test_hvp_parameter_gradient_fast_equals_reference():
-    model, pos, types, batch = _system(sizes=(6,))
+@pytest.mark.parametrize("method", ["dense", "edges"])
+@pytest.mark.parametrize("neighbor_embedding", [False, True])
+def test_hvp_parameter_gradient_fast_equals_reference(method, neighbor_embedding):
+    model, pos, types, batch = _system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding})
     probes = torch.randn(2, pos.shape[0], 3, dtype=torch.float64)
     target = torch.randn_like(probes)
 
@@ -76,7 +80,7 @@ def test_hvp_parameter_gradient_fast_equals_reference():
         ((out.hvp - target) ** 2).sum().add(out.forces.pow(2).sum()).backward()
         return torch.cat([p.grad.reshape(-1) for p in model.net.parameters() if p.grad is not None])
 
-    g_fast = grads(lambda: energy_forces_hvp(model, pos, types, batch, probes))
+    g_fast = grads(lambda: energy_forces_hvp(model, pos, types, batch, probes, method=method))
     g_ref = grads(lambda: hvp_reference(model, pos, types, batch, probes, create_graph=True))
     assert_close(g_fast, g_ref, rtol=1e-11, what="dL/dθ")
 
@@ -87,6 +91,10 @@ def test_probe_chunks_and_float32_agree():
     a = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False).hvp
     b = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, probe_chunk=2).hvp
     assert_close(a, b, rtol=1e-13)
+    e = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges").hvp
+    assert_close(e, a, rtol=1e-12, what="dense vs edge-list HVPs")
+    none = energy_forces_hvp(model, pos, types, batch, probes[:0], create_graph=False)
+    assert none.hvp.shape == (0, pos.shape[0], 3)
     m32 = CGPotential(model.bead_vocabulary, model.prior.params, dict(model.config.__dict__, precision="float32"))
     m32.net.load_state_dict({k: v.float() for k, v in model.net.state_dict().items()})
     c = energy_forces_hvp(m32, pos.float(), types, batch, probes.float(), create_graph=False).hvp
@@ -98,3 +106,10 @@ def test_bad_probe_shape_raises():
     model, pos, types, batch = _system(sizes=(5,))
     with pytest.raises(ValueError, match="probes must be"):
         energy_forces_hvp(model, pos, types, batch, torch.zeros(2, 4, 3, dtype=torch.float64))
+
+
+def test_bad_method_raises():
+    model, pos, types, batch = _system(sizes=(5,))
+    with pytest.raises(ValueError, match="method must be"):
+        energy_forces_hvp(model, pos, types, batch, torch.zeros(1, 5, 3, dtype=torch.float64),
+                          method="sparse")
