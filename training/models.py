@@ -32,7 +32,8 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "hessid.cg_potential"
 #: Bump when the checkpoint layout changes incompatibly; readers accept ≤ this version.
-CHECKPOINT_FORMAT_VERSION = 1
+#: 1: first release; 2: priors per bead-type class (format-1 files, pooled priors, still load).
+CHECKPOINT_FORMAT_VERSION = 2
 UNITS = {"length": "angstrom", "energy": "kcal/mol", "force": "kcal/mol/angstrom"}
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -261,7 +262,7 @@ class CGPotential(torch.nn.Module):
             raise ValueError(f"{source}: checkpoint format {fv} predates format 1 and cannot be read")
         if written_by != HESSID_VERSION:
             warnings.warn(f"{source} was written by hessid {written_by}, loading with "
-                          f"{HESSID_VERSION} (same checkpoint format {fv})", stacklevel=3)
+                          f"{HESSID_VERSION} (checkpoint format {fv})", stacklevel=3)
         if ckpt.get("units") != UNITS:
             raise ValueError(f"{source} uses units {ckpt.get('units')}, expected {UNITS}")
         prior = ckpt.get("prior")

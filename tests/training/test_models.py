@@ -91,6 +91,20 @@ def test_other_hessid_version_same_format_loads_with_warning(tmp_path):
         load_potential(tmp_path / "old.pt")
 
 
+def test_format_1_checkpoint_with_pooled_prior_still_loads(tmp_path):
+    """Format 1 (before per-bead-type-class priors) is read as pooled priors, same energies."""
+    model = _model()
+    ckpt = model.checkpoint_dict()
+    if ckpt["prior"] is not None:
+        ckpt["prior"] = {k: v for k, v in ckpt["prior"].items()
+                         if not k.endswith("_classes") and k != "version"}
+    ckpt["format_version"] = 1
+    torch.save(ckpt, tmp_path / "v1.pt")
+    old = load_potential(tmp_path / "v1.pt")
+    pos, types, batch = _inputs(torch.float64)
+    assert torch.equal(old(pos, types, batch), model(pos, types, batch))
+
+
 def test_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"weights": 1}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a hessid CG potential"):
