@@ -27,7 +27,7 @@ import torch
 
 from hessid.units import beta as beta_of_temperature
 
-from .checks import CheckResult, relative_error
+from .checks import DETECTION_THRESHOLD, CheckResult, relative_error
 
 __all__ = [
     "ELEMENT_MASSES",
@@ -55,8 +55,6 @@ ELEMENT_MASSES = {
 ELASTIC_TOL = 1e-8
 #: default tolerance of ``max |Q Sᵀ − I|``
 PROJECTOR_TOL = 1e-10
-#: a wrong formula is detected when its relative error exceeds this
-DETECTION_THRESHOLD = 1e-5
 
 
 @dataclass(frozen=True)
