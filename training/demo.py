@@ -83,14 +83,17 @@ class DemoState:
         self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
     def done(self, stage: str) -> bool:
+        """Whether ``stage`` finished in an earlier (or this) run."""
         return self.data["stages"].get(stage, {}).get("done", False)
 
     def mark(self, stage: str, seconds: float, **info) -> None:
+        """Record ``stage`` as done after ``seconds`` (added to earlier interrupted attempts)."""
         prior = self.data["stages"].get(stage, {}).get("seconds", 0.0)
         self.data["stages"][stage] = {"done": True, "seconds": prior + seconds, **info}
         self._write()
 
     def add_time(self, stage: str, seconds: float) -> None:
+        """Add the wall time of an interrupted attempt of ``stage``."""
         entry = self.data["stages"].setdefault(stage, {"done": False})
         entry["seconds"] = entry.get("seconds", 0.0) + seconds
         self._write()

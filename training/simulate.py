@@ -88,6 +88,7 @@ class HarmonicChainPotential(torch.nn.Module):
 
     def forward(self, positions: torch.Tensor, bead_types: torch.Tensor,
                 batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy (B,) kcal/mol of positions (A, 3) Å, graph-style (``CGPotential`` signature)."""
         if batch is None:
             batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
         n_structures = int(batch[-1]) + 1 if batch.numel() else 0
@@ -554,6 +555,7 @@ class DCDReporter:
             md.Trajectory(xyz[None], self.topology).save_pdb(str(path))
 
     def report(self, state: LangevinState, integrator: LangevinBAOAB) -> None:
+        """Buffer the positions (R, n, 3) Å of every replica at this step."""
         self._buffer.append((state.positions.detach().cpu().numpy().copy(),
                              state.active.cpu().numpy().copy()))
 
@@ -598,6 +600,7 @@ class StateDataReporter:
                 csv.writer(f).writerow(self.FIELDS)
 
     def report(self, state: LangevinState, integrator: LangevinBAOAB) -> None:
+        """Buffer one CSV row per replica: step, time (ps), replica, energy (kcal/mol), T_kin (K), status."""
         temp = integrator.kinetic_temperature(state).cpu().tolist()
         energy = state.potential_energy.cpu().tolist()
         status = state.status.cpu().tolist()
