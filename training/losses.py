@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from hessid.training.configs import dataclass_from_dict
 
 __all__ = [
     "LOSS_MODES",
@@ -80,12 +81,7 @@ class LossConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> LossConfig:
         """Build from a dict; unknown keys raise ``ValueError`` naming them."""
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown loss keys {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "unknown loss keys")
 
     def to_dict(self) -> dict:
         return asdict(self)

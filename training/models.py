@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from hessid.training.configs import dataclass_from_dict
 from hessid.training.priors import PriorModel, PriorParameters
 
 from hessid import __version__ as HESSID_VERSION
@@ -73,12 +74,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> ModelConfig:
         """Build from a dict; unknown keys raise ``ValueError`` naming them."""
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, "unknown model config keys")
         if cfg.precision not in _DTYPES:
             raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {cfg.precision!r}")
         if not 0 <= cfg.cutoff_lower < cfg.cutoff_upper:

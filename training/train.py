@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hessid.training.configs import dataclass_from_dict
 from hessid.training.losses import (
     LossConfig,
     energy_loss,
@@ -70,12 +71,7 @@ __all__ = [
 
 
 def _from_dict(cls, d, section):
-    d = dict(d or {})
-    unknown = set(d) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown keys in `{section}`: {sorted(unknown)}; known: "
-                         f"{sorted(cls.__dataclass_fields__)}")
-    return cls(**d)
+    return dataclass_from_dict(cls, d, f"unknown keys in `{section}`:")
 
 
 @dataclass
