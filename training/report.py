@@ -153,7 +153,14 @@ def plot_densities(reference: Mapping[str, np.ndarray], models: Mapping[str, Map
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         ax.set_yticks([])
-    for ax in axes.ravel()[len(panels):]:
+    return _save_panel_grid(fig, axes, len(panels), path)
+
+
+def _save_panel_grid(fig, axes, n_used: int, path) -> Path:
+    """Hide the unused panels of a grid, put the legend on the first, save and close."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes.ravel()[n_used:]:
         ax.set_visible(False)
     axes.ravel()[0].legend(frameon=False)
     fig.savefig(path)
@@ -210,12 +217,7 @@ def plot_training_curves(curves: Mapping[str, str | Path], path) -> Path | None:
         finite = [t[key][np.isfinite(t[key])] for t in tables.values() if key in t]
         if finite and all(len(v) and (v > 0).all() for v in finite):
             ax.set_yscale("log")
-    for ax in axes.ravel()[len(ykeys):]:
-        ax.set_visible(False)
-    axes.ravel()[0].legend(frameon=False)
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_panel_grid(fig, axes, len(ykeys), path)
 
 
 def metrics_table_html(docs: list[dict], digits: int = 3) -> str:
