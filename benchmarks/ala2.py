@@ -51,9 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: AA reference: runs × ns (full: 6 × 10 ns = 60 ns ≥ 50 ns), frames every 0.5 ps
 REFERENCE = {
-    "full": {"n_runs": 6, "steps": 5_000_000, "stride": 250, "equilibration_steps": 25_000,
-             "timestep": 2.0, "temperature": 300.0, "friction": 1.0, "solvent": "gbn2",
-             "chunk_frames": 500},
+    "full": {"n_runs": 4, "steps": 3_125_000, "stride": 125, "equilibration_steps": 12_500,
+             "timestep": 4.0, "hydrogen_mass": 3.0, "temperature": 300.0, "friction": 1.0,
+             "solvent": "gbn2", "chunk_frames": 500},
     "quick": {"n_runs": 2, "steps": 10_000, "stride": 50, "equilibration_steps": 1_000,
               "timestep": 2.0, "temperature": 300.0, "friction": 1.0, "solvent": "gbn2",
               "chunk_frames": 50},
@@ -62,7 +62,9 @@ REFERENCE = {
               "chunk_frames": 500},
 }  # fmt: skip
 #: training-set sizes (frames) and seeds
-SIZES = {"full": [1000, 4000, 16000, 64000], "quick": [200], "small": [2000]}
+SIZES = {"full": [1000, 4000, 16000], "quick": [200], "small": [2000]}
+#: the one training-set size of the probe / full-Hessian ablation (variants with "sizes": "ablation")
+ABLATION_SIZE = {"full": 4000, "quick": 200, "small": 2000}
 SEEDS = {"full": [0, 1, 2], "quick": [0], "small": [0]}
 #: probe settings for Term 1 (tag → (probe_kind, k, full_block)); probe seed fixed
 TARGETS = {
@@ -77,20 +79,20 @@ POOL_SEED = 2024
 #: variants: only the loss differs. The probe ablations use γ = 1 (Term 1 − β Cov), like the
 #: full-Hessian variant they are compared with.
 VARIANTS = {
-    "FM": {"mode": "fm", "targets": "gaussian_k4", "cov_weight": 0.0},
-    "FM+AA": {"mode": "fm_hvp", "targets": "gaussian_k4", "cov_weight": 0.0},
-    "FM+AA+Cov": {"mode": "fm_hvp", "targets": "gaussian_k4", "cov_weight": 1.0},
-    "FM+AA+Cov gaussian k1": {"mode": "fm_hvp", "targets": "gaussian_k1", "cov_weight": 1.0},
-    "FM+AA+Cov one-hot k4": {"mode": "fm_hvp", "targets": "one_hot_k4", "cov_weight": 1.0},
-    "FM+AA+Cov one-hot k1": {"mode": "fm_hvp", "targets": "one_hot_k1", "cov_weight": 1.0},
-    "FM+full-Hessian": {"mode": "fm_hessian", "targets": "full_block", "cov_weight": 1.0},
-}
-QUICK_VARIANTS = ["FM", "FM+AA+Cov"]
+    "FM": {"mode": "fm", "targets": "gaussian_k4", "cov_weight": 0.0, "sizes": "all"},
+    "FM+AA": {"mode": "fm_hvp", "targets": "gaussian_k4", "cov_weight": 0.0, "sizes": "all"},
+    "FM+AA+Cov": {"mode": "fm_hvp", "targets": "gaussian_k4", "cov_weight": 1.0, "sizes": "all"},
+    "FM+AA+Cov gaussian k1": {"mode": "fm_hvp", "targets": "gaussian_k1", "cov_weight": 1.0, "sizes": "ablation"},
+    "FM+AA+Cov one-hot k4": {"mode": "fm_hvp", "targets": "one_hot_k4", "cov_weight": 1.0, "sizes": "ablation"},
+    "FM+AA+Cov one-hot k1": {"mode": "fm_hvp", "targets": "one_hot_k1", "cov_weight": 1.0, "sizes": "ablation"},
+    "FM+full-Hessian": {"mode": "fm_hessian", "targets": "full_block", "cov_weight": 1.0, "sizes": "ablation"},
+}  # fmt: skip
+QUICK_VARIANTS = ["FM", "FM+AA+Cov", "FM+full-Hessian"]
 #: the preliminary "small" run (--small): a few ns of reference, one size, one seed
 SMALL_VARIANTS = ["FM", "FM+AA", "FM+AA+Cov"]
 #: CGSchNet for 5 beads: the lower cutoff is 0 (not the Cα default 3 Å) because every pair of
 #: this map lies between 1.3 and ~5 Å; bonded pairs are seen by both prior and network.
-MODEL = {"full": {"embedding_dimension": 64, "num_layers": 4, "num_rbf": 12, "rbf_type": "expnorm",
+MODEL = {"full": {"embedding_dimension": 32, "num_layers": 3, "num_rbf": 12, "rbf_type": "expnorm",
                   "activation": "silu", "cutoff_lower": 0.0, "cutoff_upper": 8.0,
                   "max_num_neighbors": 32, "precision": "float32"},
          "quick": {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 8, "rbf_type": "expnorm",
@@ -100,22 +102,28 @@ MODEL = {"full": {"embedding_dimension": 64, "num_layers": 4, "num_rbf": 12, "rb
                    "activation": "silu", "cutoff_lower": 0.0, "cutoff_upper": 8.0,
                    "max_num_neighbors": 32, "precision": "float32"}}  # fmt: skip
 #: optimiser and budget: the same number of gradient steps for every size and variant
-TRAIN = {"full": {"steps": 4000, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0,
+TRAIN = {"full": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
                   "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1},
          "quick": {"steps": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
                    "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1},
          "small": {"steps": 2000, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0,
                    "lambda_force": 1.0, "lambda_hvp": 1.0, "grad_clip": 10.0, "val_fraction": 0.1}}  # fmt: skip
-#: CG MD: 20 replicas × 40 ps per model (full; measured 86 steps/s for 20 replicas of the full
-#: network on 1 thread → ~4 min per model), bead masses of the atoms, 2 fs BAOAB, 1/ps friction
-CGMD = {"full": {"n_replicas": 20, "n_steps": 20_000, "save_interval": 250, "timestep": 2.0,
+#: CG MD: 20 replicas × 40 ps per model (full: 10 000 BAOAB steps of 4 fs; BAOAB samples a harmonic
+#: bond's configurational distribution exactly at any stable step, and the stiffest CG bond's period
+#: is ≈ 35 fs), bead masses of the atoms, 1/ps friction; start frames drawn from the training pool
+CGMD = {"full": {"n_replicas": 20, "n_steps": 10_000, "save_interval": 50, "timestep": 4.0,
                  "friction": 1.0, "temperature": 300.0},
         "quick": {"n_replicas": 2, "n_steps": 500, "save_interval": 10, "timestep": 2.0,
                   "friction": 1.0, "temperature": 300.0},
         "small": {"n_replicas": 10, "n_steps": 10_000, "save_interval": 50, "timestep": 2.0,
                   "friction": 1.0, "temperature": 300.0}}  # fmt: skip
+#: reference CG Hessian at one configuration per basin (frozen-bead AA sampling at R0, then
+#: ⟨P∇²UPᵀ⟩ − β Cov(Pf); training/reference_hessian.py): frames, stride (steps of 2 fs)
+HESSREF = {"full": {"n_frames": 3000, "stride": 100, "timestep": 2.0, "equilibration_steps": 10_000},
+           "quick": {"n_frames": 40, "stride": 10, "timestep": 2.0, "equilibration_steps": 200},
+           "small": {"n_frames": 1000, "stride": 100, "timestep": 2.0, "equilibration_steps": 10_000}}  # fmt: skip
 #: evaluation: TICA lag (ps of reference time), φ/ψ grid, blocks
-EVAL = {"full": {"lag_time": 100.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 10},
+EVAL = {"full": {"lag_time": 2.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 10},
         "quick": {"lag_time": 5.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 4},
         "small": {"lag_time": 2.0, "n_bins": 36, "sigma_bins": 1.0, "n_blocks": 5}}  # fmt: skip
 
@@ -132,8 +140,10 @@ def settings(quick: bool | str) -> dict:
     variants = {k: VARIANTS[k] for k in names}
     return {"mode": m, "reference": REFERENCE[m], "sizes": SIZES[m], "seeds": SEEDS[m],
             "targets": {t: TARGETS[t] for t in sorted({v["targets"] for v in variants.values()})},
+            "ablation_size": ABLATION_SIZE[m],
             "probe_seed": PROBE_SEED, "pool_seed": POOL_SEED, "variants": variants,
-            "model": MODEL[m], "train": TRAIN[m], "cgmd": CGMD[m], "eval": EVAL[m]}  # fmt: skip
+            "model": MODEL[m], "train": TRAIN[m], "cgmd": CGMD[m], "eval": EVAL[m],
+            "hessian_reference": HESSREF[m]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -186,7 +196,8 @@ def _run_aa(name: str, root: str, cfg: dict, seed: int) -> dict:
     mdc = aa_md.MDConfig(steps=cfg["steps"], stride=cfg["stride"], temperature=cfg["temperature"],
                          friction=cfg["friction"], timestep=cfg["timestep"],
                          equilibration_steps=cfg["equilibration_steps"], solvent=cfg["solvent"],
-                         platform="CPU", threads=1, seed=seed, chunk_frames=cfg["chunk_frames"])  # fmt: skip
+                         platform="CPU", threads=1, seed=seed, chunk_frames=cfg["chunk_frames"],
+                         hydrogen_mass=cfg.get("hydrogen_mass"))  # fmt: skip
     h5 = Path(root) / name / f"{name}.h5"
     chk = h5.with_suffix(".chk")
     n_target = cfg["steps"] // cfg["stride"]
@@ -362,29 +373,46 @@ def stage_pool(out: Path, s: dict, ref: dict) -> dict:
 # ----------------------------------------------------------------------------- 4. targets
 
 
+def variant_sizes(s: dict, variant: dict) -> list[int]:
+    """Training-set sizes of one variant: every size, or only the ablation size."""
+    return list(s["sizes"]) if variant.get("sizes", "all") == "all" else [s["ablation_size"]]
+
+
+def target_sizes(s: dict) -> dict[str, list[int]]:
+    """{target tag: sorted sizes some variant trains on with it}."""
+    out: dict[str, set] = {}
+    for v in s["variants"].values():
+        out.setdefault(v["targets"], set()).update(variant_sizes(s, v))
+    return {t: sorted(n) for t, n in out.items()}
+
+
 def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
     import h5py
     from hessid.training.targets import compute_targets
 
     marker = out / "targets" / "done.json"
     prev = _done(marker)
-    if prev and prev.get("targets") == _jsonable(s["targets"]) and prev.get("sizes") == s["sizes"] \
+    if prev and prev.get("targets") == _jsonable(s["targets"]) and prev.get("sizes") == _jsonable(target_sizes(s)) \
             and prev.get("pool") == _jsonable(pool):
         log("targets: complete, skipped")
         prev["files"] = {tag: {int(n): f for n, f in by_size.items()}  # JSON keys are strings
                          for tag, by_size in prev["files"].items()}
         return prev
     files, timing = {}, {}
+    need = target_sizes(s)
     for tag, (kind, k, full_block) in s["targets"].items():
         path = out / "targets" / tag / f"{tag}.h5"
+        n_tag = max(need[tag])  # Term 1 only on the frames some variant trains on
         if not path.exists():
-            _copy_frames(Path(pool["pool"]), path, np.arange(pool["n_pool"]))
+            with h5py.File(pool["pool"], "r") as h5:
+                rank = h5["draw_rank"][()]
+            _copy_frames(Path(pool["pool"]), path, np.flatnonzero(rank < n_tag))
         key = "hessian_block" if full_block else "hvp_term1"
         with h5py.File(path, "r") as h5:
             complete = f"cg/{key}_done" in h5 and bool(h5[f"cg/{key}_done"][()].all())
             exists = f"cg/{key}" in h5
         if not complete:
-            log(f"targets: {tag} on {pool['n_pool']} frames")
+            log(f"targets: {tag} on {n_tag} frames")
             r = compute_targets(path, n_probes=k, probe_kind="gaussian" if full_block else kind,
                                 seed=PROBE_SEED, platform="CPU", threads=1, workers=jobs if jobs > 1 else 0,
                                 chunk_frames=64, resume=exists, full_block=full_block, progress=False)  # fmt: skip
@@ -392,12 +420,12 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
         files[tag] = {}
         with h5py.File(path, "r") as h5:
             rank = h5["draw_rank"][()]
-        for size in s["sizes"]:
+        for size in need[tag]:
             sub = out / "targets" / tag / f"n{size}" / f"n{size}.h5"
             if not sub.exists():
                 _copy_frames(path, sub, np.flatnonzero(rank < size))
             files[tag][size] = str(sub)
-    doc = {"targets": s["targets"], "sizes": s["sizes"], "pool": pool, "files": files, "timing": timing}
+    doc = {"targets": s["targets"], "sizes": target_sizes(s), "pool": pool, "files": files, "timing": timing}
     _mark(marker, doc)
     return doc
 
@@ -434,7 +462,7 @@ def _call_trainer(_train, job: dict) -> dict:
     The prior is the trainer's (per-bead-type-class Boltzmann inversion on the training frames).
     """
     v, tr = job["variant"], job["train"]
-    every = max(1, tr["steps"] // 5)
+    every = max(1, tr["steps"] // 2)  # validation (10 % of the frames) twice: its cost grows with the size
     config = {
         "name": job["name"], "output_dir": str(Path(job["run_dir"]).parent), "seed": job["seed"],
         "data": {"datasets": [job["data"]], "split": "frames", "val_fraction": tr["val_fraction"],
@@ -466,7 +494,7 @@ def _epochs_from(metrics: Path, tr: dict, job: dict) -> float:
 def stage_train(out: Path, s: dict, tgt: dict, jobs: int) -> dict:
     work = []
     for label, v in s["variants"].items():
-        for size in s["sizes"]:
+        for size in variant_sizes(s, v):
             for seed in s["seeds"]:
                 name = f"{_safe(label)}_n{size}_s{seed}"
                 work.append({"label": label, "variant": v, "size": size, "seed": seed, "name": name,
@@ -479,6 +507,60 @@ def stage_train(out: Path, s: dict, tgt: dict, jobs: int) -> dict:
     for r in results:
         r["wall_s_per_epoch"] = r["wall_s"] / max(r["epochs"], 1e-12)
     return {"runs": results}
+
+
+def stage_cost(out: Path, s: dict, tgt: dict, trained: dict, repeats: int = 20) -> dict:
+    """Training cost per step of every variant, measured side by side in one process.
+
+    One batch (``train.batch_size`` frames of the ablation-size set), the FM model of seed 0
+    (network + prior), and each variant's loss forward + backward, round robin ``repeats``
+    times on 1 thread (slow drifts of a shared machine hit every variant alike); the median
+    ms/step and its ratio to FM. The wall time of the training jobs themselves (2 processes
+    at a time on a shared machine) is reported next to it.
+    """
+    import torch
+    from hessid.training import train as _train
+    from hessid.training.models import load_potential
+
+    marker = out / "cost" / "done.json"
+    if _done(marker) and _done(marker).get("repeats") == repeats:
+        log("cost: complete, skipped")
+        return _done(marker)
+    torch.set_num_threads(1)
+    n = s["ablation_size"]
+    fm_model = next(r["model"] for r in trained["runs"]
+                    if r["job"]["label"] == "FM" and r["job"]["size"] == n and r["job"]["seed"] == s["seeds"][0])
+    bs = s["train"]["batch_size"]
+    steps: dict = {}
+    for label, v in s["variants"].items():
+        pot = load_potential(fm_model)
+        prot = _train.load_protein(tgt["files"][v["targets"]][n])
+        cfg = _train.TrainConfig.from_dict({
+            "name": "cost", "output_dir": str(out / "cost"), "data": {"datasets": [prot.path]},
+            "loss": {"mode": v["mode"], "cov_weight": v["cov_weight"], "normalise": False}})
+        module = _train._make_module(pot, cfg, {})
+        types = [np.arange(len(prot.vocabulary), dtype=np.int64)]
+        data = _train.collate_frames([prot], [(0, t) for t in range(bs)], types, pot.dtype,
+                                     v["mode"] == "fm_hvp", v["mode"] == "fm_hessian")
+
+        def step(module=module, data=data):
+            module.potential.zero_grad(set_to_none=True)
+            module.compute_losses(data, 10**9)["total"].backward()
+
+        step()  # warm-up
+        steps[label] = step
+    times: dict = {k: [] for k in steps}
+    for _ in range(repeats):
+        for label, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * float(np.median(t)) for k, t in times.items()}
+    doc = {"repeats": repeats, "batch_size": bs, "frames": n, "threads": 1, "ms_per_step": ms,
+           "ratio_to_fm": {k: m / ms["FM"] for k, m in ms.items()}}
+    _mark(marker, doc)
+    log("cost: " + ", ".join(f"{k} {m:.1f} ms" for k, m in ms.items()))
+    return doc
 
 
 # ----------------------------------------------------------------------------- 6. simulate
@@ -548,6 +630,11 @@ def _model_angles(sim_dir: Path, burn_in: float) -> np.ndarray:
 
 def _basin_minima(ref_angles: np.ndarray, cg_xyz: np.ndarray) -> dict:
     """A reference frame at the density maximum of each basin: {basin: (5, 3) Å}."""
+    return {b: cg_xyz[i] for b, i in _basin_frames(ref_angles).items()}
+
+
+def _basin_frames(ref_angles: np.ndarray) -> dict:
+    """Index of the reference frame nearest the φ/ψ density maximum of each visited basin."""
     from hessid.training import ala2
 
     p = ala2.phi_psi_density(ref_angles)
@@ -562,8 +649,68 @@ def _basin_minima(ref_angles: np.ndarray, cg_xyz: np.ndarray) -> dict:
         i, j = np.unravel_index(np.argmax(np.where(cells == b, p, -1)), p.shape)
         d = np.linalg.norm(ala2.wrap_angle(ref_angles - np.array([c[i], c[j]])), axis=1)
         d[labels != b] = np.inf
-        out[name] = cg_xyz[int(np.argmin(d))]
+        out[name] = int(np.argmin(d))
     return out
+
+
+def _hessian_reference_one(job: dict) -> dict:
+    """Frozen-bead sampling at one basin configuration → map → Term-1 blocks → estimate."""
+    import h5py
+    from hessid.training import ala2
+    from hessid.training import data as _data
+    from hessid.training.reference_hessian import estimate_cg_hessian, sample_frozen
+    from hessid.training.targets import compute_targets
+
+    c = job["config"]
+    with h5py.File(job["reference"], "r") as h5:
+        top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{job['reference']}: topology")
+        xyz = h5["coordinates"][job["frame"]]  # (N, 3) Å
+    path = Path(job["path"])
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") if path.exists() else _Null() as f:
+        done = f is not None and "cg/hessian_block_done" in f and bool(f["cg/hessian_block_done"][()].all())
+    if not done:
+        sample_frozen((top, xyz), ala2.backbone_indices(top), path, n_frames=c["n_frames"], stride=c["stride"],
+                      timestep=c["timestep"], equilibration_steps=c["equilibration_steps"], seed=job["seed"],
+                      threads=1, overwrite=True)
+        ala2.map_dataset(path, overwrite=True)
+        compute_targets(path, full_block=True, seed=PROBE_SEED, platform="CPU", threads=1, workers=0,
+                        chunk_frames=200, progress=False)  # fmt: skip
+    est = estimate_cg_hessian(path, n_blocks=10)
+    return {"basin": job["basin"], "hessian": est["hessian"], "sem": est["sem"],
+            "frobenius_rel_sem": float(est["frobenius_rel_sem"]), "drift_angstrom": est["drift_angstrom"],
+            "n_frames": int(est["n_frames"]), "wall_s": time.perf_counter() - t0,
+            "term1_frobenius": float(np.linalg.norm(est["term1"])),
+            "term2_frobenius": float(np.linalg.norm(est["term2"]))}
+
+
+def stage_hessian_reference(out: Path, s: dict, ref: dict, mapped: dict, jobs: int) -> dict:
+    """Reference CG Hessian at the basin configurations of :func:`_basin_frames` (run 0)."""
+    import h5py
+    from hessid.training import ala2
+
+    marker = out / "hessian_reference" / "done.json"
+    c = s["hessian_reference"]
+    prev = _done(marker)
+    if prev and prev.get("config") == c and prev.get("reference") == ref["files"][0]:
+        log("hessian reference: complete, skipped")
+        return prev
+    with h5py.File(ref["files"][0], "r") as h5:
+        frames = _basin_frames(ala2.phi_psi(h5["cg/coordinates"][()]))
+    work = [{"basin": b, "frame": i, "reference": ref["files"][0], "config": c, "seed": 7 + k,
+             "path": str(out / "hessian_reference" / b / f"{b}.h5")} for k, (b, i) in enumerate(frames.items())]
+    log(f"hessian reference: {len(work)} basin configurations × {c['n_frames']} frozen-bead frames")
+    with _pool_executor(jobs) as ex:
+        res = [f.result() for f in [ex.submit(_hessian_reference_one, j) for j in work]]
+    np.savez(out / "hessian_reference.npz", **{r["basin"]: r["hessian"] for r in res},
+             **{f"{r['basin']}_sem": r["sem"] for r in res})
+    doc = {"config": c, "reference": ref["files"][0], "frames": frames,
+           "basins": {r["basin"]: {k: v for k, v in r.items() if k not in ("hessian", "sem", "basin")}
+                      for r in res}}  # fmt: skip
+    _mark(marker, doc)
+    log("hessian reference: " + ", ".join(f"{b} rel. s.e. {d['frobenius_rel_sem']:.3f}"
+                                          for b, d in doc["basins"].items()))
+    return doc
 
 
 def stage_evaluate(out: Path, s: dict, ref: dict, mapped: dict, trained: dict, sims: dict) -> dict:
@@ -579,7 +726,7 @@ def stage_evaluate(out: Path, s: dict, ref: dict, mapped: dict, trained: dict, s
         cg0 = h5["cg/coordinates"][()]
     minima = _basin_minima(ala2.phi_psi(cg0), cg0)
     href_path = out / "hessian_reference.npz"
-    href = dict(np.load(href_path)) if href_path.exists() else None
+    href = {k: v for k, v in np.load(href_path).items() if not k.endswith("_sem")} if href_path.exists() else None
     by_group: dict = {}
     for r, sim in zip(trained["runs"], sims["runs"], strict=True):
         j = r["job"]
@@ -643,6 +790,8 @@ def _summarise(per_seed: list[dict]) -> dict:
     if per_seed and "hessian_rel_error" in per_seed[0]:
         for b in per_seed[0]["hessian_rel_error"]:
             out[f"hess_err_{b}"] = _mean_sem([m["hessian_rel_error"].get(b) for m in per_seed])
+        out["hess_err_mean"] = _mean_sem([float(np.mean(list(m["hessian_rel_error"].values())))
+                                          for m in per_seed if m.get("hessian_rel_error")])
     return out
 
 
@@ -657,7 +806,7 @@ def _fmt(ms, digits=3) -> str:
 
 
 def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, results_md: Path,
-                 report_dir: Path, timings: dict) -> dict:
+                 report_dir: Path, timings: dict, cost: dict | None = None, href: dict | None = None) -> dict:
     from hessid.training import ala2
     from hessid.training.report import _plt
 
@@ -677,11 +826,16 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
 
     # data-efficiency curves
     curves = [("tic0_kl", "TIC0 KL (nats)"), ("tica_2d_w1", "TICA 2D W1"), ("phi_psi_kl", "φ/ψ KL (nats)"),
-              ("phi_psi_w1", "φ/ψ W1 (rad)")]
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4), constrained_layout=True)
+              ("phi_psi_w1", "φ/ψ W1 (rad)"), ("pop_alpha_R", "p(αR)"), ("hess_err_mean", "Hessian rel. error")]
+    main_labels = [lab for lab in labels if sum((lab, n) in keyed for n in sizes) > 1] or labels
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), constrained_layout=True)
     for ax, (k, title) in zip(axes, curves, strict=True):
-        for lab in labels:
-            ms = [bench(keyed[(lab, n)], k) if k in METRIC_KEYS else keyed[(lab, n)]["summary"][k]
+        if k == "pop_alpha_R":
+            p_ref = mapped["basins_pooled"]["populations"]["alpha_R"]
+            ax.axhline(p_ref, color="k", ls="--", lw=1, label="reference")
+        for lab in main_labels:
+            ms = [bench(keyed[(lab, n)], k) if k in METRIC_KEYS else
+                  keyed[(lab, n)]["summary"].get(k, (math.nan, math.nan))
                   for n in sizes if (lab, n) in keyed]
             ns = [n for n in sizes if (lab, n) in keyed]
             m = np.array([x[0] for x in ms])
@@ -694,7 +848,7 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
     fig.savefig(report_dir / "data_efficiency.png")
     plt.close(fig)
 
-    # φ/ψ free-energy maps side by side (largest size, first seed)
+    # φ/ψ free-energy maps side by side (largest size, seeds pooled)
     ref_angles = np.load(out / "evaluate" / "reference_phi_psi.npy")
     big = max(sizes)
     panels = [("reference", ref_angles)]
@@ -703,11 +857,11 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
             bd = keyed[(lab, big)]["benchmark"]
             if bd is None:
                 continue
-            f = Path(bd["runs"][0]["source"]) / "phi_psi.npz"
-            if f.exists():
-                a = np.load(f)["angles"]
-                if len(a) >= 2:
-                    panels.append((lab, a))
+            parts = [np.load(f)["angles"] for f in (Path(r["source"]) / "phi_psi.npz" for r in bd["runs"])
+                     if f.exists()]  # every seed pooled
+            a = np.concatenate(parts) if parts else np.zeros((0, 2))
+            if len(a) >= 2:
+                panels.append((lab, a))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.6), squeeze=False,
                              constrained_layout=True)  # fmt: skip
     c = np.degrees(ala2.grid_centers(s["eval"]["n_bins"]))
@@ -725,20 +879,45 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
     fig.savefig(report_dir / "phi_psi_free_energy.png")
     plt.close(fig)
 
-    # table
+    # tables: data efficiency (variants trained at every size), then the ablation at one size
     head = ["model", "frames", "TIC0 KL", "TICA 2D W1", "φ/ψ KL", "φ/ψ W1 (rad)", "p(αR)", "p(β/PII)",
-            "p(αL)", "train s/epoch"]
+            "p(αL)", "Hessian rel. err."]
+    nan2 = (math.nan, math.nan)
+
+    def row(lab, n, extra=()):
+        r = keyed[(lab, n)]
+        sm = r["summary"]
+        cells = [lab, str(n), _fmt(bench(r, "tic0_kl")), _fmt(bench(r, "tica_2d_w1")), _fmt(sm["phi_psi_kl"]),
+                 _fmt(sm["phi_psi_w1"]), _fmt(sm["pop_alpha_R"]), _fmt(sm["pop_beta_PII"]),
+                 _fmt(sm["pop_alpha_L"]), _fmt(sm.get("hess_err_mean", nan2), 2), *extra]
+        return "| " + " | ".join(cells) + " |"
+
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [row(lab, n) for lab in main_labels for n in sizes if (lab, n) in keyed]
+    # every variant against FM at the same size: difference of seed means, s.e. combined
+    cmp_keys = [("φ/ψ KL", lambda r: r["summary"]["phi_psi_kl"]), ("TIC0 KL", lambda r: bench(r, "tic0_kl")),
+                ("Hessian rel. err.", lambda r: r["summary"].get("hess_err_mean", nan2))]
+    cmp_lines = ["| model | frames | " + " | ".join(f"Δ {k} (model − FM)" for k, _ in cmp_keys) + " |",
+                 "|" + "---|" * (2 + len(cmp_keys))]
     for lab in labels:
         for n in sizes:
-            r = keyed.get((lab, n))
-            if r is None:
+            if lab == "FM" or (lab, n) not in keyed or ("FM", n) not in keyed:
                 continue
-            sm = r["summary"]
-            lines.append("| " + " | ".join([lab, str(n), _fmt(bench(r, "tic0_kl")), _fmt(bench(r, "tica_2d_w1")),
-                                            _fmt(sm["phi_psi_kl"]), _fmt(sm["phi_psi_w1"]),
-                                            _fmt(sm["pop_alpha_R"]), _fmt(sm["pop_beta_PII"]),
-                                            _fmt(sm["pop_alpha_L"]), _fmt(sm["wall_s_per_epoch"])]) + " |")
+            cells = []
+            for _, get in cmp_keys:
+                (m1, e1), (m0, e0) = get(keyed[(lab, n)]), get(keyed[("FM", n)])
+                d, e = m1 - m0, math.hypot(e1, e0)
+                flag = " **" if math.isfinite(e) and e > 0 and abs(d) > 2 * e else ""
+                cells.append("—" if not math.isfinite(d) else f"{d:+.3g} ± {e:.2g}{flag.strip() and ' (>2 s.e.)'}")
+            cmp_lines.append(f"| {lab} | {n} | " + " | ".join(cells) + " |")
+    n_ab = s["ablation_size"]
+    ms = (cost or {}).get("ms_per_step", {})
+    ab_head = [*head, "ms/step (ratio to FM)", "train wall s/epoch"]
+    ab_lines = ["| " + " | ".join(ab_head) + " |", "|" + "---|" * len(ab_head)]
+    for lab in labels:
+        if (lab, n_ab) in keyed:
+            c = f"{ms[lab]:.1f} ({ms[lab] / ms['FM']:.2f}×)" if lab in ms and "FM" in ms else "—"
+            ab_lines.append(row(lab, n_ab, (c, _fmt(keyed[(lab, n_ab)]["summary"]["wall_s_per_epoch"]))))
     rb = mapped["basins_pooled"]
     ref_line = ", ".join(f"{b} {rb['populations'][b]:.3f} ± {rb['sem'][b]:.3f}" for b in ala2.BASINS)
     runs_line = ""
@@ -757,7 +936,21 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         f"{ref['total_ns']:.3g} ns in total (Amber14 + GBn2, 300 K). Mean ± standard error over "
         f"{len(s['seeds'])} training seed(s).", "",
         f"Reference basin populations (block averages, {rb['n_blocks']} blocks): {ref_line}{runs_line}.", "",
-        *lines, "",
+        "### Data efficiency", "", *lines, "",
+        "Hessian rel. err.: ‖∇²U_θ − H_CG‖_F / ‖H_CG‖_F at one reference configuration per basin "
+        "(mean over basins), H_CG = ⟨P∇²UPᵀ⟩ − β Cov(Pf) estimated by frozen-bead AA sampling at that "
+        "configuration (training/reference_hessian.py). Its own statistical error (‖s.e.‖_F/‖H‖_F): "
+        + (", ".join(f"{b} {d['frobenius_rel_sem']:.3f} ({d['n_frames']} frames, |Term 1|_F "
+                     f"{d['term1_frobenius']:.0f}, |Term 2|_F {d['term2_frobenius']:.0f} kcal/mol/Å²)"
+                     for b, d in (href or {}).get("basins", {}).items()) or "not computed") + ".", "",
+        f"### Probes and full Hessian ({n_ab} training frames), with training cost", "", *ab_lines, "",
+        "### Each variant against FM (negative Δ: better than FM)", "", *cmp_lines, "",
+        "Δ is the difference of the seed means; ± combines the two standard errors over seeds; "
+        "'(>2 s.e.)' marks a difference larger than twice that.", "",
+        "ms/step: one training step (loss forward + backward, batch "
+        f"{(cost or {}).get('batch_size', '?')}, 1 thread) of each variant, measured side by side in "
+        "one process, round robin (median). Train wall s/epoch: the training jobs themselves, run "
+        "two at a time on the shared machine (noisier).", "",
         "TIC metrics follow shared/spec/benchmark.md (TICA on the 10 pair distances, lag "
         f"{s['eval']['lag_time']} ps); φ/ψ KL(ref‖model) and W1 use a periodic {s['eval']['n_bins']}² grid "
         "(training/ala2.py). Basins: αL 0 ≤ φ < 120°; αR otherwise with −120 ≤ ψ < 50°; β/PII the rest.", "",
@@ -766,8 +959,10 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         "## Timings", "", "```json", json.dumps(timings, indent=1, default=float), "```", "",
         "## Closing note", "",
         ("Quick/small mode: no conclusion from this table alone." if s["mode"] in ("quick", "small") else
-         "(fill in from the table above: which HVP variant beats FM at which size, by how much, "
-         "with what uncertainty; covariance correction; HVP vs full Hessian and its cost)"), "",
+         "The interpretation of this run (which variant beats FM at which size, by how much, with "
+         "what uncertainty; the covariance correction; HVP against the full Hessian and its cost) is "
+         "written by hand in [ala2_discussion.md](ala2_discussion.md); the tables above are regenerated "
+         "by the command at the top."), "",
     ]
     results_md.parent.mkdir(parents=True, exist_ok=True)
     results_md.write_text("\n".join(md))
@@ -828,13 +1023,18 @@ def main(argv=None) -> dict:
         return _finish(summary, timings, t_all)
     pool = timed("pool", stage_pool, out, s, ref)
     tgt = timed("targets", stage_targets, out, s, pool, args.jobs)
+    href = timed("hessian_reference", stage_hessian_reference, out, s, ref, mapped, args.jobs)
+    summary["hessian_reference"] = href["basins"]
     summary["targets_timing"] = tgt["timing"]
     if args.stop_after in ("pool", "targets"):
         return _finish(summary, timings, t_all)
     trained = timed("train", stage_train, out, s, tgt, args.jobs)
+    cost = timed("cost", stage_cost, out, s, tgt, trained)
+    summary["cost_ms_per_step"] = cost["ms_per_step"]
     sims = timed("simulate", stage_simulate, out, s, trained, pool, args.jobs)
     evald = timed("evaluate", stage_evaluate, out, s, ref, mapped, trained, sims)
-    rep = timed("report", stage_report, out, s, ref, mapped, evald, results_md, report_dir, dict(timings))
+    rep = timed("report", stage_report, out, s, ref, mapped, evald, results_md, report_dir, dict(timings), cost,
+                href)
     summary.update(rep)
     summary["rows"] = [{"label": r["label"], "size": r["size"],
                         "tic0_kl": r["benchmark"]["metrics"]["tic0_kl"] if r["benchmark"] else None,

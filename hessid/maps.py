@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["LinearMap", "NonlinearMap", "check_projector", "PROJECTOR_KINDS"]
+__all__ = [
+    "LinearMap",
+    "NonlinearMap",
+    "check_projector",
+    "constraint_aware_projector",
+    "PROJECTOR_KINDS",
+]
 
 #: projector kinds understood by :meth:`LinearMap.with_projector` and the constructors
 PROJECTOR_KINDS = ("min_norm", "bead_sum")
@@ -73,6 +79,140 @@ def check_projector(weights, projector, tol: float = PROJECTOR_TOL) -> float:
             f"{tol:.1e} (a projector must satisfy P Mᵀ = I, spec §2)"
         )
     return residual
+
+
+def _constraint_groups(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Connected-component label (smallest atom index of the component) of every atom, (N,)."""
+    parent = np.arange(n_atoms)
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:  # path compression
+            parent[i], i = root, parent[i]
+        return root
+
+    for i, j in pairs:
+        ri, rj = find(int(i)), find(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n_atoms)], dtype=np.int64)
+
+
+def _as_pairs(constrained_pairs, n_atoms: int) -> np.ndarray:
+    raw = constrained_pairs
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().cpu().numpy()
+    pairs = np.asarray(raw)
+    if pairs.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"constrained_pairs must have shape (m, 2), got {pairs.shape}")
+    if not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(
+            f"constrained_pairs must hold integer atom indices, got dtype {pairs.dtype}"
+        )
+    bad = np.flatnonzero(((pairs < 0) | (pairs >= n_atoms)).any(axis=1))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"constrained pair {k} = ({int(pairs[k, 0])}, {int(pairs[k, 1])}) has an atom index "
+            f"outside [0, {n_atoms})"
+        )
+    return pairs.astype(np.int64)
+
+
+def constraint_aware_projector(
+    weights, projector, constrained_pairs, n_atoms: int | None = None
+) -> torch.Tensor:
+    """Force projector of a linear map for an AA system with holonomic (rigid-bond) constraints.
+
+    With rigid bonds (e.g. OpenMM ``constraints=HBonds``) the AA configurations lie on the
+    constraint manifold, and a projector is valid only if its lift ``Pᵀv = Qᵀv`` is tangent to
+    that manifold: every atom of a connected component of the constraint graph must move by
+    the same vector (a rigid translation of the component). For a hydrogen h rigidly bonded
+    to a CG site a, ``A(R) = −kT ln ∫ e^{−βU(R, R + d·u, y)} d²u dy``, so the mean force is
+    ``⟨F_a + F_h⟩`` (not ``⟨F_a⟩``) and the CG Hessian is ``⟨Lᵀ∇²U L⟩ − β Cov(Lᵀ F)`` with the
+    lift L moving h together with a.
+
+    Construction: groups g are the connected components of the graph with edges
+    ``constrained_pairs`` (atoms in no pair are singletons). With ``w_i = Σ_J S_Ji`` (total
+    map weight of atom i) and ``W_g = Σ_{i∈g} w_i``, every atom of a group with mapped atoms
+    gets the column ``c_g = Σ_{i∈g} w_i Q[:, i] / W_g``. When each group lies within one bead
+    (selection maps, centre-of-mass maps of whole residues) this keeps ``Q Sᵀ = I``; for a
+    selection map it puts ``Q'[bead of a, h] = 1`` on every atom h constrained to a; for a
+    bead-sum projector of such a map it changes nothing. A group with no mapped atom keeps
+    its columns if they are already equal (its lift is rigid, e.g. all zero); singletons are
+    always kept.
+
+    Source: spec §2 projector condition Q Sᵀ = I, extended to holonomic constraints: the lift
+    Pᵀv must be tangent to the constraint manifold (mean force ⟨F_a + F_h⟩ for a hydrogen h
+    rigidly bonded to a CG site a; Krämer et al., JCTC 2023, force aggregation).
+
+    Args:
+        weights: bead weights S, (n, N), dimensionless.
+        projector: a valid force projector Q for S (unconstrained), (n, N), dimensionless.
+        constrained_pairs: (m, 2) integer atom indices of the rigid pairs (m may be 0).
+        n_atoms: N, checked against the matrices when given.
+
+    Returns:
+        Q', (n, N) float64 tensor, dimensionless, with ``Q' Sᵀ = I`` and equal columns within
+        every constraint group.
+
+    Raises:
+        ValueError: S and Q are not 2-D matrices of the same shape; ``n_atoms`` differs from
+            N; ``constrained_pairs`` is not an (m, 2) integer array or a pair has an index
+            outside [0, N) (the pair is named); a group without mapped atoms has unequal
+            projector columns, or a group with mapped atoms has total weight ``W_g ≤ 0``
+            (inconsistent map); the result fails ``Q' Sᵀ = I`` (e.g. a constraint group split
+            between beads; pass an explicit projector).
+    """
+    S = _as_float64_matrix(weights, "weights")
+    Q = _as_float64_matrix(projector, "projector")
+    if S.shape != Q.shape:
+        raise ValueError(
+            f"projector shape {tuple(Q.shape)} differs from weights shape {tuple(S.shape)}"
+        )
+    N = S.shape[1]
+    if n_atoms is not None and int(n_atoms) != N:
+        raise ValueError(f"n_atoms = {n_atoms} but the weights have {N} atom columns")
+    pairs = _as_pairs(constrained_pairs, N)
+    label = _constraint_groups(pairs, N)  # (N,)
+    w = S.sum(dim=0)  # (N,) total map weight of each atom
+    mapped = (S != 0).any(dim=0)  # (N,)
+    out = Q.clone()
+    roots, counts = np.unique(label, return_counts=True)
+    for root in roots[counts > 1]:
+        idx = torch.as_tensor(np.flatnonzero(label == root), dtype=torch.long)
+        cols = Q[:, idx]  # (n, |g|)
+        if not bool(mapped[idx].any()):
+            if not bool((cols == cols[:, :1]).all()):
+                raise ValueError(
+                    f"constraint group of atoms {idx.tolist()} has no mapped atom but unequal "
+                    f"projector columns (its lift would break the constraints): inconsistent map; "
+                    f"pass an explicit projector"
+                )
+            continue
+        W = float(w[idx].sum())
+        if not W > 0:
+            raise ValueError(
+                f"constraint group of atoms {idx.tolist()} has mapped atoms but total map weight "
+                f"W_g = {W:.3e} <= 0: cannot aggregate its projector columns; pass an explicit "
+                f"projector"
+            )
+        c = cols @ w[idx] / W  # (n,)
+        out[:, idx] = c[:, None]
+    try:
+        check_projector(S, out)
+    except ValueError as exc:
+        residual = float((out @ S.T - torch.eye(S.shape[0], dtype=torch.float64)).abs().max())
+        raise ValueError(
+            f"the constraint-aware projector does not satisfy Q Sᵀ = I for this map (residual "
+            f"{residual:.3e}; a constraint group is probably split between beads); pass an "
+            f"explicit projector"
+        ) from exc
+    return out
 
 
 def _check_full_row_rank(S: torch.Tensor, name: str = "weights") -> None:

@@ -60,6 +60,10 @@ class MDConfig:
         solvent: one of :data:`SOLVENTS`.  forcefield: main force-field XML.
         padding: explicit solvent box padding, nm (OpenMM boundary).
         constraints: "HBonds" | "none".
+        hydrogen_mass: amu, or None for the force field's masses. Hydrogen mass
+            repartitioning (mass moved from the bonded heavy atom; 3–4 amu with a 4 fs step is
+            the usual choice). Masses change the dynamics only, not the configurational
+            Boltzmann distribution, forces or Term 1: mapped data stay valid reference data.
         platform: OpenMM platform name (default: CUDA if present, else CPU).
         threads: CPU-platform threads (None: OpenMM's default).
         seed: Langevin and velocity seed.
@@ -77,6 +81,7 @@ class MDConfig:
     forcefield: str = "amber14-all.xml"
     padding: float = 1.0
     constraints: str = "HBonds"
+    hydrogen_mass: float | None = None
     platform: str | None = None
     threads: int | None = None
     seed: int = 0
@@ -95,7 +100,7 @@ def forcefield_files(forcefield: str = "amber14-all.xml", solvent: str = "gbn2")
 
 
 def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = "gbn2",
-                  constraints: str = "HBonds"):  # fmt: skip
+                  constraints: str = "HBonds", hydrogen_mass: float | None = None):  # fmt: skip
     """OpenMM ``System`` for a (possibly already solvated) topology.
 
     Implicit/vacuum: ``NoCutoff``. Explicit: PME, 1.0 nm cutoff, rigid water.
@@ -103,11 +108,15 @@ def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = 
     potential — and hence Term 1 computed from it — is that of the sampled, constrained
     model.
 
+    ``hydrogen_mass`` (amu): hydrogen mass repartitioning (OpenMM's ``hydrogenMass``); None
+    keeps the force field's masses.
+
     Returns:
         ``openmm.System`` (kJ/mol, nm inside).
 
     Raises:
-        ValueError: unknown solvent or constraints; a residue without a template.
+        ValueError: unknown solvent or constraints; a residue without a template; a
+            non-positive ``hydrogen_mass``.
     """
     import openmm.app as app
     import openmm.unit as u
@@ -116,11 +125,16 @@ def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = 
     cons = {"hbonds": app.HBonds, "none": None}.get(str(constraints).lower(), "bad")
     if cons == "bad":
         raise ValueError(f"constraints {constraints!r} must be 'HBonds' or 'none'")
+    kw = {}
+    if hydrogen_mass is not None:
+        if not float(hydrogen_mass) > 0:
+            raise ValueError(f"hydrogen_mass must be > 0 amu, got {hydrogen_mass!r}")
+        kw["hydrogenMass"] = float(hydrogen_mass) * u.amu
     ff = app.ForceField(*files)
     if solvent == "explicit":
         return ff.createSystem(topology, nonbondedMethod=app.PME,
-                               nonbondedCutoff=1.0 * u.nanometer, constraints=cons)  # fmt: skip
-    return ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=cons)
+                               nonbondedCutoff=1.0 * u.nanometer, constraints=cons, **kw)  # fmt: skip
+    return ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=cons, **kw)
 
 
 _CONSTRAINT_RE = re.compile(r'<Constraint d="([^"]*)" p1="(\d+)" p2="(\d+)"/>')
@@ -294,7 +308,7 @@ def simulate(
             modeller.addSolvent(ff, model="tip3p", padding=cfg.padding * u.nanometer)
             top, positions = modeller.topology, modeller.positions
     periodic = cfg.solvent == "explicit"
-    system = create_system(top, cfg.forcefield, cfg.solvent, cfg.constraints)
+    system = create_system(top, cfg.forcefield, cfg.solvent, cfg.constraints, cfg.hydrogen_mass)
     integrator = openmm.LangevinMiddleIntegrator(
         cfg.temperature * u.kelvin, cfg.friction / u.picosecond, cfg.timestep * u.femtosecond
     )

@@ -9,7 +9,8 @@ Layout (all arrays in hessid units; OpenMM's nm and kJ/mol are converted before 
     time                (T,) float64             ps, strictly increasing
     frame_id            (T,) int64               global frame id (probe seeding key), unique
     box                 (T, 3, 3) float64        Å, periodic systems only
-    cg/weights, cg/projector        (n, N)       S and Q of the LinearMap
+    cg/weights, cg/projector        (n, N)       S and Q (Q aggregated over rigid X–H groups
+                                                 for HBond-constrained data, see write_cg)
     cg/coordinates, cg/forces       (T, n, 3)    Å; P f in kcal/mol/Å
     cg/bead_types (n,) int64, cg/bonds (n_bonds, 2) int64
     cg/hvp_term1 (T, k, n, 3) kcal/mol/Å², cg/hvp_term1_done (T,) uint8   (training.targets)
@@ -18,8 +19,9 @@ Layout (all arrays in hessid units; OpenMM's nm and kJ/mol are converted before 
 Public functions: :func:`create_dataset`, :func:`append_frames`, :func:`truncate_frames`,
 :func:`write_dataset`, :func:`validate_dataset`, :func:`load_dataset`, the importers
 :func:`import_hdf5`, :func:`import_arrays`, :func:`import_trajectory`, and the CG step
-:func:`ca_map`, :func:`write_cg`, :func:`load_cg`. Every validation failure raises
-:class:`DatasetError` naming the file, the dataset and (where it applies) the frame.
+:func:`ca_map`, :func:`hbond_pairs`, :func:`write_cg`, :func:`load_cg`. Every validation
+failure raises :class:`DatasetError` naming the file, the dataset and (where it applies) the
+frame.
 """
 
 from __future__ import annotations
@@ -835,6 +837,23 @@ def ca_map(topology, vocabulary: list[str] | None = None):
             np.asarray(bonds, dtype=np.int64).reshape(-1, 2), vocab)  # fmt: skip
 
 
+def hbond_pairs(topology) -> np.ndarray:
+    """Atom pairs that OpenMM's ``constraints=HBonds`` makes rigid: every bond of the topology
+    with a hydrogen at either end (the rule of ``ForceField.createSystem``).
+
+    Args:
+        topology: OpenMM ``Topology`` (with bonds, e.g. from :func:`topology_from_pdb`).
+
+    Returns:
+        (m, 2) int64 atom indices.
+    """
+    from openmm.app import element
+
+    pairs = [(b.atom1.index, b.atom2.index) for b in topology.bonds()
+             if b.atom1.element is element.hydrogen or b.atom2.element is element.hydrogen]  # fmt: skip
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def write_cg(
     path: str | Path,
     cg_map=None,
@@ -842,10 +861,22 @@ def write_cg(
     bonds: np.ndarray | None = None,
     vocabulary: list[str] | None = None,
     overwrite: bool = False,
+    constraint_aware: bool = True,
 ) -> CGData:
     """Apply a linear CG map to a dataset file and write its ``cg/`` group (``hessid data map``).
 
     R = S r (cg/coordinates, Å) and P f = Q f (cg/forces, kcal/mol/Å), spec §2.
+
+    Constrained data: when the file's root attribute ``constraints`` is ``"HBonds"`` (datasets
+    simulated by :mod:`.aa_md`), every bond with a hydrogen was rigid, and a projector is valid
+    only if its lift Pᵀv moves each rigid X–H group as one body. Q is then replaced by
+    :func:`hessid.maps.constraint_aware_projector` (spec §2 projector condition Q Sᵀ = I
+    extended to holonomic constraints; Krämer et al., JCTC 2023, force aggregation): for the
+    Cα map the force on a bead is f_CA + f_HA, the mean force of the constrained ensemble,
+    and the Term-1 lift moves HA with CA. ``cg/projector``, ``cg/forces`` and, through them,
+    the Term-1 targets use this Q; the attribute ``cg.attrs["projector_constraints"]`` is
+    ``"HBonds"`` or ``"none"``. Files without the attribute (imports) or with ``"none"`` keep
+    the map's projector.
 
     Args:
         path: dataset file (validated first).
@@ -853,18 +884,25 @@ def write_cg(
         bead_types, bonds, vocabulary: required with a custom ``cg_map`` unless its bead count
             equals the Cα count (then the Cα types and bonds are used).
         overwrite: replace an existing ``cg/`` group (drops its targets).
+        constraint_aware: aggregate the projector over HBond-constrained groups (above); False
+            keeps ``cg_map.projector`` as given (use it with a projector that is already valid
+            under the constraints).
 
     Returns:
         the written :class:`CGData`.
 
     Raises:
-        DatasetError: invalid file, ``cg/`` exists and not ``overwrite``, map/atom mismatch.
+        DatasetError: invalid file, ``cg/`` exists and not ``overwrite``, map/atom mismatch, or
+            no constraint-aware projector exists for this map (a rigid X–H group split between
+            beads; the message says so).
     """
     path = Path(path)
     validate_dataset(path)
     with h5py.File(path, "r") as h5:
         top = topology_from_pdb(_read_topology_text(h5), f"{path}: topology")
         exists = "cg" in h5
+        raw = h5.attrs.get("constraints", "none")
+        constraints = raw.decode() if isinstance(raw, bytes) else str(raw)
     if exists and not overwrite:
         raise DatasetError(path, "cg", "exists (pass overwrite=True / --overwrite to replace it)")
     ca, ca_types, ca_bonds, ca_vocab = ca_map(top, vocabulary)
@@ -881,6 +919,17 @@ def write_cg(
         bonds = ca_bonds if n == ca.n_beads else np.zeros((0, 2), np.int64)
     S = cg_map.weights.numpy()
     Q = cg_map.projector.numpy()
+    projector_constraints = "none"
+    if constraint_aware and constraints.strip().lower() == "hbonds":
+        from hessid.maps import constraint_aware_projector
+
+        try:
+            Q = constraint_aware_projector(S, Q, hbond_pairs(top), n_atoms=S.shape[1]).numpy()
+        except ValueError as exc:
+            raise DatasetError(path, "cg/projector", f"HBond-constrained data: {exc} "
+                               "(or write_cg(..., constraint_aware=False) with a projector "
+                               "valid under the constraints)") from exc  # fmt: skip
+        projector_constraints = "HBonds"
     with h5py.File(path, "r+") as h5:
         if "cg" in h5:
             del h5["cg"]
@@ -900,5 +949,6 @@ def write_cg(
         bt.attrs["bead_vocabulary"] = json.dumps(list(vocabulary or []))
         g.create_dataset("bonds", data=np.asarray(bonds, dtype=np.int64).reshape(-1, 2))
         g.attrs["map"] = "ca" if cg_map is ca else "custom"
+        g.attrs["projector_constraints"] = projector_constraints
         h5.flush()
     return load_cg(path)

@@ -100,7 +100,8 @@ def _map(args) -> int:
     t0 = time.perf_counter()
     path = data.dataset_path(args.name, args.root)
     try:
-        cg = data.write_cg(path, overwrite=args.overwrite)
+        cg = data.write_cg(path, overwrite=args.overwrite,
+                           constraint_aware=not args.no_constraint_aware)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         return _fail(exc)
     return _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads)", t0)
@@ -179,6 +180,9 @@ def _add_data(sub) -> None:
     m = dsub.add_parser("map", help="apply the Cα map: cg/coordinates, cg/forces = P f, bead types")
     m.add_argument("name")
     m.add_argument("--overwrite", action="store_true", help="replace cg/ (drops its targets)")
+    m.add_argument("--no-constraint-aware", action="store_true",
+                   help="keep the plain Cα projector on HBond-constrained data (default: the "
+                        "projector also sums the forces of H atoms rigidly bonded to a Cα)")  # fmt: skip
     m.add_argument("--root", default=".")
     m.set_defaults(func=_map)
 

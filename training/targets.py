@@ -26,6 +26,7 @@ with :func:`hessid.probes.draw_probes`, never stored.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import multiprocessing
 import os
@@ -475,6 +476,7 @@ def compute_targets(
         "constraints_applied_to_displacements": False, "platform": plat.getName(),
         "precision": prec, "forcefield_hash": fhash, "forcefield": ff, "solvent": solv,
         "constraints": cons, "threads": str(props.get("Threads", "")),
+        "projector_sha256": hashlib.sha256(np.ascontiguousarray(q, dtype=np.float64).tobytes()).hexdigest(),
     }  # fmt: skip
     if full_block:
         attrs.update(probe_kind="one_hot_all", probe_seed=0, probe_scale=1.0, n_probes=k,
@@ -500,7 +502,9 @@ def compute_targets(
             if resume:
                 old = dict(g[key].attrs)
                 for a in ("probe_kind", "probe_seed", "n_probes", "epsilon_nm", "platform",
-                          "precision", "forcefield_hash", "chunk_frames", "threads"):  # fmt: skip
+                          "precision", "forcefield_hash", "chunk_frames", "threads", "projector_sha256"):  # fmt: skip
+                    if a == "projector_sha256" and a not in old:
+                        continue  # targets written before the projector was recorded
                     if str(old.get(a)) != str(attrs[a]):
                         raise _data.DatasetError(path, f"cg/{key}", f"--resume with {a}={attrs[a]!r} but the "
                                                  f"stored run used {old.get(a)!r}")  # fmt: skip
@@ -564,7 +568,7 @@ def compute_targets(
                     ch = make_chunk(h5, ci, start)
                     pending.add(ex.submit(_run_chunk, ch, task_spec))
                 finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
+                for fut in sorted(finished, key=lambda f: f.result()[1]):  # by chunk start: deterministic
                     _, start, values, omm_s, worker_s, (wid, n_ctx) = fut.result()
                     b = values.shape[0]
                     if full_block:  # values (b, d probes e_a, n, 3) → block[:, :, a]

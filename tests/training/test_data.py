@@ -37,6 +37,34 @@ def test_simulation_writes_layout_units_and_attributes(simulated):
     assert (path.parent / "aaa.chk").exists()
 
 
+def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces(simulated):
+    """HMR (``hydrogen_mass``) changes masses only: H at the given mass, total mass and the
+    forces (hence Term 1 and the mapped data) unchanged; a non-positive mass is refused."""
+    import openmm
+    import openmm.unit as u
+    from hessid.training.aa_md import create_system
+
+    _, path = simulated
+    ds = data.load_dataset(path)
+    plain = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
+    hmr = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds", hydrogen_mass=3.0)
+
+    def masses(system):
+        return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+
+    is_h = np.array([a.element.symbol == "H" for a in ds.topology.atoms()])
+    np.testing.assert_allclose(masses(hmr)[is_h], 3.0)
+    assert abs(masses(hmr).sum() - masses(plain).sum()) < 1e-9 and not np.allclose(masses(hmr), masses(plain))
+    forces = []
+    for system in (plain, hmr):
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(ds.coordinates[0] / 10.0)  # Å → nm
+        forces.append(ctx.getState(getForces=True).getForces(asNumpy=True)._value)
+    np.testing.assert_array_equal(forces[0], forces[1])
+    with pytest.raises(ValueError, match="hydrogen_mass"):
+        create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds", hydrogen_mass=0.0)
+
+
 def test_saved_forces_are_forces_of_saved_positions(simulated):
     """Recompute f(r_t) at the stored positions: equal up to single-precision force rounding
     (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
@@ -239,13 +267,73 @@ def test_ca_map_gives_projected_forces_types_and_chain_bonds(small_file):
     cg = data.write_cg(small_file)
     ds = data.load_dataset(small_file)
     ca = [a.index for a in ds.topology.atoms() if a.name == "CA"]
+    ha = [a.index for a in ds.topology.atoms() if a.name == "HA"]
     np.testing.assert_array_equal(cg.coordinates, ds.coordinates[:, ca])
-    np.testing.assert_array_equal(cg.forces, ds.forces[:, ca])  # P = M for a selection
+    # HBond-constrained data: the bead force is f_CA + f_HA (test below), not the selection's f_CA
+    np.testing.assert_allclose(cg.forces, ds.forces[:, ca] + ds.forces[:, ha], rtol=1e-12,
+                               atol=1e-12)  # fmt: skip
     assert cg.vocabulary[cg.bead_types[0]] == "ALA" and cg.bead_types.tolist() == [0, 0, 0]
     np.testing.assert_array_equal(cg.bonds, [[0, 1], [1, 2]])
     assert data.validate_dataset(small_file)["n_beads"] == 3
     with pytest.raises(data.DatasetError, match="exists"):
         data.write_cg(small_file)
+
+
+def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its_hydrogens(
+    small_file, tmp_path
+):
+    """Simulated with constraints=HBonds: each Cα's projector row has weight 1 on the Cα and on
+    its rigidly bonded HA (Krämer et al. 2023 force aggregation), Q' Sᵀ = I, and cg/forces =
+    Q' f. Opting out, or a file without a ``constraints`` attribute (an import), keeps Q = S."""
+    from hessid.maps import check_projector
+
+    with h5py.File(small_file) as h5:
+        assert h5.attrs["constraints"] == "HBonds"
+    cg = data.write_cg(small_file)
+    ds = data.load_dataset(small_file)
+    top = ds.topology  # parsed anew on every access: keep one
+    atoms = list(top.atoms())
+    S, Q = cg.weights, cg.projector
+    assert check_projector(S, Q) <= 1e-12
+    for bead, row in enumerate(S):
+        ca = atoms[int(np.flatnonzero(row)[0])]
+        hs = [b.atom2 if b.atom1 is ca else b.atom1 for b in top.bonds() if ca in (b.atom1, b.atom2)
+              and "H" in (b.atom1.element.symbol, b.atom2.element.symbol)]  # fmt: skip
+        assert [h.name for h in hs] == ["HA"]  # alanine: one Hα
+        expected = np.zeros(len(atoms))
+        expected[[ca.index] + [h.index for h in hs]] = 1.0
+        np.testing.assert_array_equal(Q[bead], expected)
+    Qf = np.einsum("nN,tNc->tnc", Q, ds.forces)  # (T, n, 3)
+    np.testing.assert_allclose(cg.forces, Qf, rtol=1e-12, atol=1e-12)
+    with h5py.File(small_file) as h5:
+        assert h5["cg"].attrs["projector_constraints"] == "HBonds"
+        np.testing.assert_array_equal(h5["cg/projector"][()], Q)
+
+    plain = data.write_cg(small_file, overwrite=True, constraint_aware=False)
+    np.testing.assert_array_equal(plain.projector, S)
+    np.testing.assert_array_equal(plain.forces, ds.forces[:, np.flatnonzero(S.sum(axis=0))])
+    with h5py.File(small_file) as h5:
+        assert h5["cg"].attrs["projector_constraints"] == "none"
+
+    pdb = tmp_path / "top.pdb"
+    pdb.write_text(ds.topology_pdb)
+    imported = data.import_arrays(ds.coordinates, ds.forces, pdb, tmp_path / "imp.h5",
+                                  length_unit="angstrom", force_unit="kcal/mol/angstrom")  # fmt: skip
+    np.testing.assert_array_equal(data.write_cg(imported).projector, S)
+
+
+def test_hbond_pairs_follow_openmms_rule(small_file):
+    """Every bond with a hydrogen, and only those: each H atom of AAA is in exactly one pair."""
+    ds = data.load_dataset(small_file)
+    top = ds.topology
+    pairs = data.hbond_pairs(top)
+    atoms = list(top.atoms())
+    n_h = sum(a.element.symbol == "H" for a in atoms)
+    assert pairs.shape == (n_h, 2) and pairs.dtype == np.int64
+    assert all("H" in (atoms[i].element.symbol, atoms[j].element.symbol) for i, j in pairs)
+    assert sorted(i if atoms[i].element.symbol == "H" else j for i, j in pairs) == [
+        a.index for a in atoms if a.element.symbol == "H"
+    ]
 
 
 # ----------------------------------------------------------------------------- crash safety
@@ -306,7 +394,7 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
 import os, signal
 from hessid.training import data, targets
 calls, commit = [0], data.commit
-def killing_commit(h5):  # 1: datasets created; 2, 3: chunk 1 values, flags; 4: chunk 2 values
+def killing_commit(h5):  # 1: datasets created; 2, 3: a chunk's values, flags; 4: next values
     commit(h5)
     calls[0] += 1
     if calls[0] == 4:
@@ -316,6 +404,8 @@ targets.compute_targets({str(part)!r}, **{kw!r})
 """)
     with h5py.File(part, "r") as h5:
         done, vals = h5["cg/hvp_term1_done"][()], h5["cg/hvp_term1"][()]
+    # chunks finished together are committed in chunk order (deterministic): chunk 1 flagged,
+    # chunk 2 written but unflagged
     assert done.tolist() == [1] * 4 + [0] * 8
     assert np.isfinite(vals[:8]).all() and np.isnan(vals[8:]).all()  # chunk 2 written, unflagged
     res = compute_targets(part, resume=True, **kw)

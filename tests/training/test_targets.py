@@ -226,6 +226,13 @@ def test_killed_run_resumed_is_byte_identical(dataset, tmp_path):
     with pytest.raises(data.DatasetError, match="probe_seed"):
         compute_targets(part, n_probes=3, seed=5, workers=0, chunk_frames=2, resume=True,
                         progress=False, **CPU1)  # fmt: skip
+    with h5py.File(part, "r+") as h5:  # a projector changed under the stored targets (e.g. re-mapped)
+        q = h5["cg/projector"][()]
+        h5["cg/projector"][...] = h5["cg/weights"][()]
+    with pytest.raises(data.DatasetError, match="projector_sha256"):
+        compute_targets(part, n_probes=3, workers=0, chunk_frames=2, resume=True, progress=False, **CPU1)
+    with h5py.File(part, "r+") as h5:
+        h5["cg/projector"][...] = q
     res = compute_targets(part, n_probes=3, workers=0, chunk_frames=2, resume=True,
                           progress=False, **CPU1)  # fmt: skip
     assert res.chunks_skipped == 2 and res.chunks_computed == 2

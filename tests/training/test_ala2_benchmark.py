@@ -1,0 +1,52 @@
+"""End to end: ``benchmarks/ala2.py --quick`` (issue 6's CI variant) runs every stage and resumes.
+
+The quick mode is a miniature (a few ps of reference, 30 training steps): its numbers mean
+nothing, so this checks the pipeline and the report's contents, not the science.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openmm")
+pytest.importorskip("torchmdnet")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("ala2_benchmark", REPO / "benchmarks" / "ala2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_table_and_resumes_without_recomputing(tmp_path):
+    bench = _load_benchmark()
+    results = tmp_path / "report" / "ala2.md"
+    summary = bench.main(["--quick", "--out", str(tmp_path / "run"), "--jobs", "1", "--results", str(results)])
+    text = results.read_text()
+    variants = bench.settings("quick")["variants"]
+    for label in variants:  # one table row per variant, finite φ/ψ KL
+        assert f"| {label} | 200 |" in text
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert set(rows) == set(variants)
+    assert all(math.isfinite(r["phi_psi_kl"]) and r["phi_psi_kl"] >= 0 for r in rows.values())
+    # the reference CG Hessian and the side-by-side cost exist and reach the report
+    assert summary["hessian_reference"] and all(
+        math.isfinite(d["frobenius_rel_sem"]) for d in summary["hessian_reference"].values())
+    assert set(summary["cost_ms_per_step"]) == set(variants)
+    assert "Hessian rel. err." in text and "(ratio to FM)" in text and "Δ φ/ψ KL" in text
+    for png in ("data_efficiency.png", "phi_psi_free_energy.png"):
+        assert (results.parent / "ala2" / png).stat().st_size > 1000
+    # every stage resumes from its outputs: a second call recomputes nothing
+    again = bench.main(["--quick", "--out", str(tmp_path / "run"), "--jobs", "1", "--results", str(results)])
+    assert all(again["timings_s"][k] < 5.0 for k in ("reference", "targets", "train", "simulate"))
+    assert again["rows"] == summary["rows"]
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["mode"] == "quick"
