@@ -355,13 +355,15 @@ def _check_finite(path, h5, key: str, mask: np.ndarray | None = None) -> None:
             raise DatasetError(path, key, "contains NaN or inf", int(start + np.argmax(bad)))
 
 
-def validate_dataset(path: str | Path, check_values: bool = True) -> dict:
+def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool = True) -> dict:
     """Check a dataset file against the layout in the module docstring.
 
     Checks: required datasets and unit attributes present; shapes consistent (T, N, 3) with N
     = atoms of the topology; CG arrays consistent with (n, N); ``time`` strictly increasing;
     ``frame_id`` unique; no NaN/inf in coordinates, forces, energies, CG arrays and finished
-    ``hvp_term1`` frames (``check_values``).
+    ``hvp_term1`` frames (``check_values``). ``check_cg=False`` skips the ``cg/`` group (the
+    AA part only: what :func:`write_cg` needs before replacing a stale group, e.g. after a
+    simulation was extended).
 
     Returns:
         summary dict: ``n_frames``, ``n_atoms``, ``n_beads`` (or None), ``n_probes`` (or None).
@@ -416,7 +418,7 @@ def validate_dataset(path: str | Path, check_values: bool = True) -> dict:
                 if key in h5:
                     _check_finite(path, h5, key)
         summary = {"n_frames": int(t), "n_atoms": int(n_atoms), "n_beads": None, "n_probes": None}
-        if "cg" in h5:
+        if "cg" in h5 and check_cg:
             summary.update(_validate_cg(path, h5, t, n_atoms, check_values))
     return summary
 
@@ -897,7 +899,7 @@ def write_cg(
             beads; the message says so).
     """
     path = Path(path)
-    validate_dataset(path)
+    validate_dataset(path, check_cg=not overwrite)  # a group to be replaced may be stale
     with h5py.File(path, "r") as h5:
         top = topology_from_pdb(_read_topology_text(h5), f"{path}: topology")
         exists = "cg" in h5

@@ -322,6 +322,22 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
     np.testing.assert_array_equal(data.write_cg(imported).projector, S)
 
 
+def test_write_cg_overwrite_replaces_a_stale_group_of_a_shorter_run(small_file):
+    """After a simulation is extended its cg/ group has fewer frames than the file: reading
+    validation names that group, and ``overwrite=True`` re-maps instead of refusing."""
+    data.write_cg(small_file)
+    with h5py.File(small_file, "r+") as h5:
+        stale = h5["cg/coordinates"][:3]
+        del h5["cg/coordinates"]
+        h5["cg"].create_dataset("coordinates", data=stale)  # as if mapped before an extension
+    with pytest.raises(data.DatasetError, match="cg/coordinates"):
+        data.validate_dataset(small_file)
+    with pytest.raises(data.DatasetError, match="cg/coordinates"):
+        data.write_cg(small_file)  # without overwrite the file is still validated in full
+    cg = data.write_cg(small_file, overwrite=True)
+    assert cg.coordinates.shape[0] == data.validate_dataset(small_file)["n_frames"]
+
+
 def test_hbond_pairs_follow_openmms_rule(small_file):
     """Every bond with a hydrogen, and only those: each H atom of AAA is in exactly one pair."""
     ds = data.load_dataset(small_file)
