@@ -509,6 +509,44 @@ def hessian_relative_error(model: np.ndarray, reference: np.ndarray) -> np.ndarr
     return np.linalg.norm((m - r).reshape(m.shape[0], -1), axis=1) / den
 
 
+def hessian_soft_relative_error(model: np.ndarray, reference: np.ndarray, n_stiff: int = 4) -> np.ndarray:
+    """Relative Frobenius error on the soft subspace of the reference Hessian, per configuration.
+
+    The full Frobenius error is dominated by the stiff bond modes (eigenvalues ≈ 1500–2300
+    kcal/mol/Å² for the 4 CG bonds of the 5-bead map), which the prior fits by Boltzmann
+    inversion; the soft modes (angles, dihedrals, rigid-body modes) that shape φ/ψ are
+    invisible in it. With V the eigenvectors of sym(H_ref) outside its ``n_stiff`` largest
+    eigenvalues: ``‖Vᵀ(H_model − H_ref)V‖_F / ‖Vᵀ H_ref V‖_F``.
+
+    Args:
+        model: (B, d, d) model CG Hessians, kcal/mol/Å².
+        reference: (B, d, d) reference CG Hessians, kcal/mol/Å².
+        n_stiff: stiff modes left out (0 gives :func:`hessian_relative_error` of the
+            symmetrised matrices), 0 ≤ n_stiff < d.
+
+    Returns:
+        (B,) float64, dimensionless.
+
+    Raises:
+        ValueError: shapes differ; ``n_stiff`` out of range; a reference soft block is zero.
+    """
+    m, r = np.asarray(model, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if m.shape != r.shape or m.ndim != 3 or m.shape[1] != m.shape[2]:
+        raise ValueError(f"need two (B, d, d) stacks of equal shape, got {m.shape} and {r.shape}")
+    d = m.shape[1]
+    if not 0 <= int(n_stiff) < d:
+        raise ValueError(f"n_stiff must lie in [0, {d}), got {n_stiff}")
+    sym = 0.5 * (r + r.transpose(0, 2, 1))
+    _, vecs = np.linalg.eigh(sym)  # ascending eigenvalues
+    v = vecs[:, :, : d - int(n_stiff)]  # (B, d, d − n_stiff)
+    ms = 0.5 * (m + m.transpose(0, 2, 1))
+    num = np.linalg.norm(np.einsum("bip,bij,bjq->bpq", v, ms - sym, v).reshape(m.shape[0], -1), axis=1)
+    den = np.linalg.norm(np.einsum("bip,bij,bjq->bpq", v, sym, v).reshape(m.shape[0], -1), axis=1)
+    if np.any(den == 0):
+        raise ValueError("a reference soft block is zero: relative error undefined")
+    return num / den
+
+
 def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray | None = None) -> np.ndarray:
     """Hessians ∇²U_θ of a CG potential at given configurations, by autograd.
 
@@ -537,7 +575,7 @@ __all__ = [
     "ALPHA_L_PHI", "ALPHA_R_PSI", "BASINS", "BEADS", "BEAD_MASSES", "BEAD_VOCABULARY", "BONDS",
     "BOND_RANGE", "KL_FLOOR", "assign_basins", "backbone_indices", "backbone_map",
     "basin_populations", "block_average", "build_structure", "dihedral", "free_energy_grid",
-    "grid_centers", "hessian_relative_error", "map_dataset", "model_hessians",
+    "grid_centers", "hessian_relative_error", "hessian_soft_relative_error", "map_dataset", "model_hessians",
     "pdbfixer_structure_path", "phi_psi", "phi_psi_density", "phi_psi_kl", "phi_psi_metrics",
     "phi_psi_w1", "torus_cost_matrix", "wrap_angle", "write_structure",
 ]  # fmt: skip

@@ -303,3 +303,22 @@ def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_p
     assert all(x == strip[0] for x in strip)
     with pytest.raises(ValueError, match="unknown mode"):
         drv.settings("huge")
+
+
+def test_soft_hessian_error_ignores_stiff_modes_and_sees_soft_ones():
+    """Law: an error confined to the stiff eigenvectors is invisible; one on a soft mode is not;
+    n_stiff = 0 equals the full relative error of the symmetrised matrices."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(15, 15)))
+    lam = np.concatenate([rng.uniform(-20, 50, 11), [1500.0, 1800.0, 2100.0, 2300.0]])  # ascending-ish
+    h = (q * lam) @ q.T
+    stiff = q[:, -4:]
+    bumped = h + stiff @ np.diag([300.0, -200.0, 100.0, 50.0]) @ stiff.T
+    assert ala2.hessian_soft_relative_error(bumped[None], h[None])[0] < 1e-10
+    assert ala2.hessian_relative_error(bumped[None], h[None])[0] > 0.05  # the full metric sees it
+    soft = h + 30.0 * np.outer(q[:, 0], q[:, 0])
+    assert ala2.hessian_soft_relative_error(soft[None], h[None])[0] > 0.1
+    np.testing.assert_allclose(ala2.hessian_soft_relative_error(soft[None], h[None], n_stiff=0),
+                               ala2.hessian_relative_error(soft[None], h[None]), rtol=1e-12)
+    with pytest.raises(ValueError, match="n_stiff"):
+        ala2.hessian_soft_relative_error(h[None], h[None], n_stiff=15)
