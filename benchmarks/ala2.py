@@ -62,7 +62,7 @@ REFERENCE = {
               "chunk_frames": 500},
 }  # fmt: skip
 #: training-set sizes (frames) and seeds
-SIZES = {"full": [1000, 4000, 16000], "quick": [200], "small": [2000]}
+SIZES = {"full": [1000, 4000, 16000, 64000], "quick": [200], "small": [2000]}
 #: the one training-set size of the probe / full-Hessian ablation (variants with "sizes": "ablation")
 ABLATION_SIZE = {"full": 4000, "quick": 200, "small": 2000}
 SEEDS = {"full": [0, 1, 2], "quick": [0], "small": [0]}
@@ -403,6 +403,12 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
     for tag, (kind, k, full_block) in s["targets"].items():
         path = out / "targets" / tag / f"{tag}.h5"
         n_tag = max(need[tag])  # Term 1 only on the frames some variant trains on
+        if path.exists():
+            with h5py.File(path, "r") as h5:
+                stale = h5["coordinates"].shape[0] != n_tag  # e.g. a size was added to the grid
+            if stale:
+                log(f"targets: {tag} holds a different frame set than {n_tag} frames; rebuilt")
+                path.unlink()
         if not path.exists():
             with h5py.File(pool["pool"], "r") as h5:
                 rank = h5["draw_rank"][()]

@@ -27,6 +27,7 @@ def _load_benchmark():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~2 min on 2 idle cores; generous for a loaded CI machine
 def test_quick_benchmark_writes_every_table_and_resumes_without_recomputing(tmp_path):
     bench = _load_benchmark()
     results = tmp_path / "report" / "ala2.md"
