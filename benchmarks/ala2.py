@@ -839,8 +839,13 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
               ("phi_psi_w1", "φ/ψ W1 (rad)"), ("pop_alpha_R", "p(αR)"), ("hess_err_mean", "Hessian rel. error"),
               ("hess_soft_err_mean", "soft-mode Hessian error")]
     main_labels = [lab for lab in labels if sum((lab, n) in keyed for n in sizes) > 1] or labels
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), constrained_layout=True)
-    for ax, (k, title) in zip(axes, curves, strict=True):
+    n_cols = 4
+    n_rows = -(-len(curves) // n_cols)
+    fig, grid = plt.subplots(n_rows, n_cols, figsize=(4.4 * n_cols, 3.8 * n_rows), constrained_layout=True)
+    axes = list(np.ravel(grid))
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
+    for ax, (k, title) in zip(axes[: len(curves)], curves, strict=True):
         if k == "pop_alpha_R":
             p_ref = mapped["basins_pooled"]["populations"]["alpha_R"]
             ax.axhline(p_ref, color="k", ls="--", lw=1, label="reference")
@@ -857,6 +862,27 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.savefig(report_dir / "data_efficiency.png")
+    plt.close(fig)
+
+    # ablation at one size: every variant side by side, with its cost per step
+    n_ab = s["ablation_size"]
+    ab = [lab for lab in labels if (lab, n_ab) in keyed]
+    ms_cost = (cost or {}).get("ms_per_step", {})
+    panels_ab = [("φ/ψ KL (nats)", lambda r: r["summary"]["phi_psi_kl"]),
+                 ("TIC0 KL (nats)", lambda r: bench(r, "tic0_kl")),
+                 ("soft-mode Hessian error", lambda r: r["summary"].get("hess_soft_err_mean", (math.nan, math.nan))),
+                 ("ms per training step", lambda r: (ms_cost.get(r["label"], math.nan), math.nan))]
+    fig, axs = plt.subplots(1, len(panels_ab), figsize=(4.4 * len(panels_ab), 4.2), constrained_layout=True)
+    y = np.arange(len(ab))
+    for ax, (title, get) in zip(axs, panels_ab, strict=True):
+        vals = [get(keyed[(lab, n_ab)]) for lab in ab]
+        ax.barh(y, [v[0] for v in vals], xerr=np.nan_to_num([v[1] for v in vals]), capsize=3,
+                color=["C0" if lab == "FM" else "C1" if lab == "FM+AA" else "C2" for lab in ab])
+        ax.set_yticks(y, ab if ax is axs[0] else [""] * len(ab), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"{n_ab} training frames, mean ± s.e. over seeds")
+    fig.savefig(report_dir / "ablation.png")
     plt.close(fig)
 
     # φ/ψ free-energy maps side by side (largest size, seeds pooled)
@@ -969,9 +995,13 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         "TIC metrics follow shared/spec/benchmark.md (TICA on the 10 pair distances, lag "
         f"{s['eval']['lag_time']} ps); φ/ψ KL(ref‖model) and W1 use a periodic {s['eval']['n_bins']}² grid "
         "(training/ala2.py). Basins: αL 0 ≤ φ < 120°; αR otherwise with −120 ≤ ψ < 50°; β/PII the rest.", "",
-        "![data efficiency](ala2/data_efficiency.png)", "", "![phi/psi](ala2/phi_psi_free_energy.png)", "",
+        "![data efficiency](ala2/data_efficiency.png)", "", "![ablation](ala2/ablation.png)", "",
+        "![phi/psi](ala2/phi_psi_free_energy.png)", "",
         "## Settings", "", "```json", json.dumps(s, indent=1, default=str), "```", "",
-        "## Timings", "", "```json", json.dumps(timings, indent=1, default=float), "```", "",
+        "## Timings", "",
+        "Wall seconds per stage, summed over every invocation of the command on this work folder "
+        "(a resumed or extended stage counts every part; a skipped stage adds ≈ 0):", "",
+        "```json", json.dumps(_done(out / "stage_wall_s.json") or timings, indent=1, default=float), "```", "",
         "## Closing note", "",
         ("Quick/small mode: no conclusion from this table alone." if s["mode"] in ("quick", "small") else
          "The interpretation of this run (which variant beats FM at which size, by how much, with "
@@ -983,7 +1013,7 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
     results_md.write_text("\n".join(md))
     html = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ala2</title></head><body>"
             f"<pre>{_escape(chr(10).join(md))}</pre><img src='data_efficiency.png'>"
-            "<img src='phi_psi_free_energy.png'></body></html>")  # fmt: skip
+            "<img src='ablation.png'><img src='phi_psi_free_energy.png'></body></html>")  # fmt: skip
     (report_dir / "index.html").write_text(html)
     return {"results_md": str(results_md), "report": str(report_dir / "index.html")}
 
@@ -1022,10 +1052,15 @@ def main(argv=None) -> dict:
     timings: dict = {}
     t_all = time.perf_counter()
 
+    ledger = out / "stage_wall_s.json"  # wall seconds per stage, summed over every invocation
+
     def timed(name, fn, *a):
         t0 = time.perf_counter()
         r = fn(*a)
         timings[name] = time.perf_counter() - t0
+        acc = _done(ledger) or {}
+        acc[name] = acc.get(name, 0.0) + timings[name]
+        _mark(ledger, acc)
         log(f"{name}: {timings[name]:.1f} s")
         return r
 

@@ -44,7 +44,7 @@ def test_quick_benchmark_writes_every_table_and_resumes_without_recomputing(tmp_
         math.isfinite(d["frobenius_rel_sem"]) for d in summary["hessian_reference"].values())
     assert set(summary["cost_ms_per_step"]) == set(variants)
     assert "Hessian rel. err." in text and "(ratio to FM)" in text and "Δ φ/ψ KL" in text
-    for png in ("data_efficiency.png", "phi_psi_free_energy.png"):
+    for png in ("data_efficiency.png", "ablation.png", "phi_psi_free_energy.png"):
         assert (results.parent / "ala2" / png).stat().st_size > 1000
     # every stage resumes from its outputs: a second call rewrites none of them
     run = tmp_path / "run"
