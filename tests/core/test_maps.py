@@ -91,17 +91,23 @@ def test_flat_matrices_agree_with_the_atom_by_cartesian_actions(S, sd, seed):
     assert_close(cg.project_hessian(A), P @ A @ P.T, what="P H Pᵀ")
 
 
+def _general_projector(S: torch.Tensor, seed: int) -> torch.Tensor:
+    """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) with a seeded random C: a valid projector (spec §2)."""
+    n, N = S.shape
+    C = torch.randn(n, N, dtype=F64, generator=torch.Generator().manual_seed(seed % 2**31))
+    Q0 = torch.linalg.solve(S @ S.T, S)
+    return Q0 + C @ (torch.eye(N, dtype=F64) - S.T @ Q0)
+
+
 @FAST
 @given(S=full_rank_maps(), seed=seeds)
 def test_general_projector_family_passes_the_check(S, seed):
     """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) satisfies P Mᵀ = I for any C (spec §2)."""
     S = torch.as_tensor(S)
-    n, N = S.shape
-    C = torch.randn(n, N, dtype=F64, generator=torch.Generator().manual_seed(seed % 2**31))
-    Q0 = torch.linalg.solve(S @ S.T, S)
-    Q = Q0 + C @ (torch.eye(N, dtype=F64) - S.T @ Q0)
+    Q = _general_projector(S, seed)
     cg = LinearMap(S, spatial_dim=1).with_projector(Q)
     assert check_projector(cg.weights, cg.projector) < 1e-10
+    Q0 = torch.linalg.solve(S @ S.T, S)  # C = 0: the min-norm member
     assert_close(cg.with_projector("min_norm").projector, Q0, what="min-norm projector")
 
 
@@ -310,10 +316,7 @@ def test_constraint_aware_projector_keeps_QSt_identity_and_lifts_tangent_to_cons
 @given(S=full_rank_maps(), seed=seeds)
 def test_constraint_aware_projector_without_pairs_is_the_identity(S, seed):
     S = torch.as_tensor(S)
-    n, N = S.shape
-    C = torch.randn(n, N, dtype=F64, generator=torch.Generator().manual_seed(seed % 2**31))
-    Q0 = torch.linalg.solve(S @ S.T, S)
-    Q = Q0 + C @ (torch.eye(N, dtype=F64) - S.T @ Q0)  # any valid projector, signed weights
+    Q = _general_projector(S, seed)  # any valid projector, signed weights
     assert torch.equal(constraint_aware_projector(S, Q, np.zeros((0, 2), dtype=np.int64)), Q)
     assert torch.equal(constraint_aware_projector(S, Q, []), Q)
 
