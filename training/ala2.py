@@ -487,6 +487,14 @@ def phi_psi_metrics(reference_angles: np.ndarray, model_angles: np.ndarray, n_bi
 # ----------------------------------------------------------------------------- Hessians
 
 
+def _hessian_stacks(model, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Both arguments as float64 (B, d, d) stacks of equal shape, or ValueError."""
+    m, r = np.asarray(model, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if m.shape != r.shape or m.ndim != 3 or m.shape[1] != m.shape[2]:
+        raise ValueError(f"need two (B, d, d) stacks of equal shape, got {m.shape} and {r.shape}")
+    return m, r
+
+
 def hessian_relative_error(model: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Relative Frobenius error ‖H_model − H_ref‖_F / ‖H_ref‖_F per configuration.
 
@@ -500,9 +508,7 @@ def hessian_relative_error(model: np.ndarray, reference: np.ndarray) -> np.ndarr
     Raises:
         ValueError: shapes differ, or a reference Hessian is zero.
     """
-    m, r = np.asarray(model, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if m.shape != r.shape or m.ndim != 3 or m.shape[1] != m.shape[2]:
-        raise ValueError(f"need two (B, d, d) stacks of equal shape, got {m.shape} and {r.shape}")
+    m, r = _hessian_stacks(model, reference)
     den = np.linalg.norm(r.reshape(r.shape[0], -1), axis=1)
     if np.any(den == 0):
         raise ValueError("a reference Hessian is zero: relative error undefined")
@@ -530,9 +536,7 @@ def hessian_soft_relative_error(model: np.ndarray, reference: np.ndarray, n_stif
     Raises:
         ValueError: shapes differ; ``n_stiff`` out of range; a reference soft block is zero.
     """
-    m, r = np.asarray(model, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if m.shape != r.shape or m.ndim != 3 or m.shape[1] != m.shape[2]:
-        raise ValueError(f"need two (B, d, d) stacks of equal shape, got {m.shape} and {r.shape}")
+    m, r = _hessian_stacks(model, reference)
     d = m.shape[1]
     if not 0 <= int(n_stiff) < d:
         raise ValueError(f"n_stiff must lie in [0, {d}), got {n_stiff}")
