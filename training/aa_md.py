@@ -140,6 +140,31 @@ def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = 
 _CONSTRAINT_RE = re.compile(r'<Constraint d="([^"]*)" p1="(\d+)" p2="(\d+)"/>')
 
 
+def dataset_attrs(name: str, cfg: MDConfig, platform, properties: dict, forcefield_hash: str) -> dict:
+    """Root attributes of a simulated dataset file (docs/architecture.md, dataset layout).
+
+    Args:
+        name: dataset name.  cfg: the run's :class:`MDConfig` (stored as ``md_config`` JSON).
+        platform: the OpenMM ``Platform`` used.  properties: its properties (precision, threads).
+        forcefield_hash: :func:`system_hash` of the System *without* mass changes (the potential
+            the targets rebuild; HMR or frozen-atom masses change only the dynamics).
+
+    Returns:
+        dict: ``name``, ``temperature`` (K), ``forcefield``, ``forcefield_files`` (JSON),
+        ``solvent``, ``constraints``, ``platform``, ``precision``, ``seed``, ``timestep_fs``,
+        ``friction_per_ps``, ``stride``, ``forcefield_hash``, ``md_config``, ``time_unit="ps"``.
+    """
+    return {
+        "name": name, "temperature": float(cfg.temperature), "forcefield": cfg.forcefield,
+        "forcefield_files": json.dumps(forcefield_files(cfg.forcefield, cfg.solvent)),
+        "solvent": cfg.solvent, "constraints": cfg.constraints, "platform": platform.getName(),
+        "precision": platform_precision(platform.getName(), properties), "seed": int(cfg.seed),
+        "timestep_fs": float(cfg.timestep), "friction_per_ps": float(cfg.friction),
+        "stride": int(cfg.stride), "forcefield_hash": forcefield_hash,
+        "md_config": json.dumps(asdict(cfg)), "time_unit": "ps",
+    }  # fmt: skip
+
+
 def system_hash(system) -> str:
     """sha256 of the serialized ``System`` (masses, box, every force's parameters): the
     ``forcefield_hash`` attribute that ties targets to the exact potential.
@@ -345,15 +370,7 @@ def simulate(
 
         pdb_text = Structure(top, length_nm_to_angstrom(
             st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
-        attrs = {
-            "name": stem, "temperature": float(cfg.temperature), "forcefield": cfg.forcefield,
-            "forcefield_files": json.dumps(forcefield_files(cfg.forcefield, cfg.solvent)),
-            "solvent": cfg.solvent, "constraints": cfg.constraints, "platform": plat.getName(),
-            "precision": platform_precision(plat.getName(), props), "seed": int(cfg.seed),
-            "timestep_fs": float(cfg.timestep), "friction_per_ps": float(cfg.friction),
-            "stride": int(cfg.stride), "forcefield_hash": system_hash(system),
-            "md_config": json.dumps(asdict(cfg)), "time_unit": "ps",
-        }  # fmt: skip
+        attrs = dataset_attrs(stem, cfg, plat, props, system_hash(system))
         h5 = _data.create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
                                   overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
         _write_checkpoint(context, chk_path)
@@ -412,5 +429,5 @@ def ns_per_day(steps: int, timestep_fs: float, seconds: float) -> float:
 
 __all__ = [
     "SOLVENTS", "MDConfig", "SimulationInterrupted", "choose_platform", "create_system",
-    "forcefield_files", "platform_precision", "simulate", "system_hash", "ns_per_day",
+    "dataset_attrs", "forcefield_files", "platform_precision", "simulate", "system_hash", "ns_per_day",
 ]  # fmt: skip

@@ -34,9 +34,7 @@ Units: Å, kcal/mol, K, ps in the file and the API; nm and kJ/mol only at the Op
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -61,16 +59,14 @@ class FrozenAtomsDrifted(RuntimeError):
 
 def _structure_of(structure):
     """(topology, positions (N, 3) float64 Å) of a Structure, PDB text/path or (topology, positions)."""
-    from .structures import structure_from_pdb_text
+    from .structures import _positions_angstrom, structure_from_pdb_text
 
     if hasattr(structure, "topology") and hasattr(structure, "positions"):
         return structure.topology, np.asarray(structure.positions, dtype=np.float64)
     if isinstance(structure, tuple) and len(structure) == 2:
         top, pos = structure
         if hasattr(pos, "value_in_unit"):  # openmm Quantity
-            import openmm.unit as u
-
-            pos = length_nm_to_angstrom(np.asarray(pos.value_in_unit(u.nanometer), dtype=np.float64))
+            pos = _positions_angstrom(pos)
         return top, np.asarray(pos, dtype=np.float64)
     if isinstance(structure, Path) or (isinstance(structure, str) and "\n" not in structure
                                        and structure.lower().endswith((".pdb", ".ent"))):  # fmt: skip
@@ -190,8 +186,7 @@ def sample_frozen(
         _state_arrays,  # (positions Å, forces kcal/mol/Å, energy kcal/mol, time ps, box)
         choose_platform,
         create_system,
-        forcefield_files,
-        platform_precision,
+        dataset_attrs,
         system_hash,
     )
     from .structures import Structure
@@ -246,12 +241,7 @@ def sample_frozen(
                    forcefield=forcefield, constraints=constraints, platform=plat.getName(),
                    threads=threads, seed=int(seed), chunk_frames=int(chunk_frames))  # fmt: skip
     attrs = {
-        "name": out_path.stem, "temperature": float(temperature), "forcefield": forcefield,
-        "forcefield_files": json.dumps(forcefield_files(forcefield, solvent)), "solvent": solvent,
-        "constraints": constraints, "platform": plat.getName(),
-        "precision": platform_precision(plat.getName(), props), "seed": int(seed),
-        "timestep_fs": float(timestep), "friction_per_ps": float(friction), "stride": int(stride),
-        "forcefield_hash": fhash, "md_config": json.dumps(asdict(cfg)), "time_unit": "ps",
+        **dataset_attrs(out_path.stem, cfg, plat, props, fhash),
         "ensemble": "conditional AA ensemble, frozen atoms fixed at R0 (selection-map CG Hessian reference)",
         "frozen_atoms": frozen, "frozen_positions_angstrom": np.asarray(pos_a[frozen], dtype=np.float64),
         "frozen_mass_amu": float(frozen_mass), "frozen_tolerance_angstrom": float(tolerance),
