@@ -370,7 +370,10 @@ def simulate(
 
         pdb_text = Structure(top, length_nm_to_angstrom(
             st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
-        attrs = dataset_attrs(stem, cfg, plat, props, system_hash(system))
+        # the potential's hash: with HMR the sampled System differs only in its masses
+        potential = system if cfg.hydrogen_mass is None else create_system(
+            top, cfg.forcefield, cfg.solvent, cfg.constraints)  # fmt: skip
+        attrs = dataset_attrs(stem, cfg, plat, props, system_hash(potential))
         h5 = _data.create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
                                   overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
         _write_checkpoint(context, chk_path)

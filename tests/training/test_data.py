@@ -65,6 +65,23 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
         create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds", hydrogen_mass=0.0)
 
 
+def test_hmr_run_stores_the_hash_of_the_potential_not_of_its_masses(simulated, tmp_path):
+    """forcefield_hash ties targets to the potential: an HMR run stores the hash of the System
+    without repartitioned masses (what ``compute_targets`` rebuilds), not of the sampled one."""
+    from hessid.training.aa_md import create_system, system_hash
+
+    _, path = simulated
+    build_structure("aaa", sequence="AAA", out_dir=tmp_path)
+    hmr = simulate("aaa", MDConfig(**{**MD, "steps": 20, "stride": 10, "timestep": 4.0, "hydrogen_mass": 3.0}),
+                   root=tmp_path, progress=False)  # fmt: skip
+    ds = data.load_dataset(hmr)
+    with h5py.File(hmr) as h5, h5py.File(path) as plain:
+        assert h5.attrs["forcefield_hash"] == plain.attrs["forcefield_hash"]
+        assert h5.attrs["forcefield_hash"] == system_hash(create_system(ds.topology, "amber14-all.xml", "gbn2"))
+        sampled = system_hash(create_system(ds.topology, "amber14-all.xml", "gbn2", hydrogen_mass=3.0))
+        assert h5.attrs["forcefield_hash"] != sampled  # control: the masses do enter the hash
+
+
 def test_saved_forces_are_forces_of_saved_positions(simulated):
     """Recompute f(r_t) at the stored positions: equal up to single-precision force rounding
     (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
