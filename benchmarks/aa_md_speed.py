@@ -3,7 +3,7 @@
 Chignolin (GYDPETGTWG) built from its sequence like ``hessid data build`` (extended PPII start),
 amber14-all.xml with ``gbn2``, ``obc2``, ``vacuum`` and ``explicit`` (TIP3P-FB box, 1 nm
 padding, PME 1 nm cutoff), HBond constraints, LangevinMiddle 300 K, 1/ps, 2 fs, on the OpenMM
-CPU platform. Each system is built with :func:`hessid.training.aa_md.create_system` (the
+CPU platform. Each system is built with :func:`hessid.training.data.aa_md.create_system` (the
 production code path), minimised (bounded iterations, not timed), warmed up, then timed over
 blocks of ``--stride`` steps, each followed by the ``getState(positions, forces, energy)`` that
 saving a frame costs, until ``--seconds`` have passed. HDF5 writes are not included (one
@@ -50,7 +50,7 @@ def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: f
     import openmm
     import openmm.app as app
     import openmm.unit as u
-    from hessid.training.aa_md import create_system, forcefield_files, ns_per_day
+    from hessid.training.data.aa_md import create_system, forcefield_files, ns_per_day
 
     top, pos = structure.topology, structure.positions_nm() * u.nanometer
     if solvent == "explicit":
@@ -89,7 +89,7 @@ def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: f
 def main(argv=None) -> dict:
     """Run the benchmark; prints and returns the JSON object."""
     import openmm
-    from hessid.training.structures import build_from_sequence
+    from hessid.training.data.structures import build_from_sequence
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--solvents", default="gbn2,obc2,vacuum,explicit")

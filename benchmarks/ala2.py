@@ -9,17 +9,17 @@ interrupted AA run resumes from its OpenMM checkpoint, an interrupted target run
 mask, an interrupted CG MD from its checkpoint):
 
 1. ``reference``  independent AA runs (Amber14 + GBn2, 300 K, HBond constraints, 2 fs,
-   forces of every saved frame) via :func:`hessid.training.aa_md.simulate`, in parallel
+   forces of every saved frame) via :func:`hessid.training.data.aa_md.simulate`, in parallel
    processes with one OpenMM thread each; basin populations with block-average errors.
-2. ``map``        5-bead backbone map (:func:`hessid.training.ala2.map_dataset`).
+2. ``map``        5-bead backbone map (:func:`hessid.training.pipelines.ala2.map_dataset`).
 3. ``pool``       the training frames: one seeded permutation of all reference frames; the
    training set of size s is its first s frames (nested sets 1k ⊂ 4k ⊂ 16k ⊂ 64k).
-4. ``targets``    Term 1 on the pool (:func:`hessid.training.targets.compute_targets`), one
+4. ``targets``    Term 1 on the pool (:func:`hessid.training.data.targets.compute_targets`), one
    file per probe setting (Gaussian/one-hot × k ∈ {1, 4}) and the full 15 × 15 block; then
    per-size subsets (same frame ids, so the same probes).
 5. ``train``      every variant × seed × size with the same network, prior, optimiser and step
    budget (:data:`MODEL`, :data:`TRAIN`); only the loss differs (:data:`VARIANTS`).
-6. ``simulate``   CG Langevin MD, 20 replicas per model (:func:`hessid.training.simulate.simulate`).
+6. ``simulate``   CG Langevin MD, 20 replicas per model (:func:`hessid.training.md.simulation.simulate`).
 7. ``evaluate``   benchmark.md metrics (TICA on pair distances) per (variant, size) with
    mean ± s.e. over seeds, φ/ψ KL and W1 on the torus, basin populations, model Hessians at
    the basin minima (error against a reference CG Hessian when ``hessian_reference.npz``
@@ -118,7 +118,7 @@ CGMD = {"full": {"n_replicas": 20, "n_steps": 10_000, "save_interval": 50, "time
         "small": {"n_replicas": 10, "n_steps": 10_000, "save_interval": 50, "timestep": 2.0,
                   "friction": 1.0, "temperature": 300.0}}  # fmt: skip
 #: reference CG Hessian at one configuration per basin (frozen-bead AA sampling at R0, then
-#: ⟨P∇²UPᵀ⟩ − β Cov(Pf); training/reference_hessian.py): frames, stride (steps of 2 fs)
+#: ⟨P∇²UPᵀ⟩ − β Cov(Pf); training/data/conditional.py): frames, stride (steps of 2 fs)
 HESSREF = {"full": {"n_frames": 3000, "stride": 100, "timestep": 2.0, "equilibration_steps": 10_000},
            "quick": {"n_frames": 40, "stride": 10, "timestep": 2.0, "equilibration_steps": 200},
            "small": {"n_frames": 1000, "stride": 100, "timestep": 2.0, "equilibration_steps": 10_000}}  # fmt: skip
@@ -179,7 +179,7 @@ def _safe(label: str) -> str:
 
 def _pool_executor(jobs: int):
     if jobs <= 1:
-        from hessid.training.targets import _InlineExecutor
+        from hessid.training.data.targets import _InlineExecutor
 
         return _InlineExecutor()
     return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
@@ -191,7 +191,7 @@ def _pool_executor(jobs: int):
 def _run_aa(name: str, root: str, cfg: dict, seed: int) -> dict:
     """One AA run (new or resumed); returns its frame count and measured ns/day."""
     import h5py
-    from hessid.training import aa_md
+    from hessid.training.data import aa_md
 
     mdc = aa_md.MDConfig(steps=cfg["steps"], stride=cfg["stride"], temperature=cfg["temperature"],
                          friction=cfg["friction"], timestep=cfg["timestep"],
@@ -226,7 +226,7 @@ class _Null:
 
 
 def stage_reference(out: Path, s: dict, jobs: int) -> dict:
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     marker = out / "reference" / "done.json"
     root = out / "reference"
@@ -255,7 +255,7 @@ def stage_reference(out: Path, s: dict, jobs: int) -> dict:
 
 def stage_map(out: Path, ref: dict) -> dict:
     import h5py
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     marker = out / "reference" / "map_done.json"
     if _done(marker) and _done(marker).get("files") == ref["files"]:
@@ -326,7 +326,7 @@ def _copy_frames(src: Path, dst: Path, rows: np.ndarray, per_file: list | None =
 def stage_pool(out: Path, s: dict, ref: dict) -> dict:
     """Training pool: the first max(sizes) frames of one seeded permutation of all frames."""
     import h5py
-    from hessid.training import data as _data
+    from hessid.training.data import io as _data
 
     marker = out / "pool" / "done.json"
     n_pool = max(s["sizes"])
@@ -388,7 +388,7 @@ def target_sizes(s: dict) -> dict[str, list[int]]:
 
 def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
     import h5py
-    from hessid.training.targets import compute_targets
+    from hessid.training.data.targets import compute_targets
 
     marker = out / "targets" / "done.json"
     prev = _done(marker)
@@ -445,7 +445,7 @@ def _train_one(job: dict) -> dict:
     Skipped when ``model.pt`` and ``train_done.json`` exist (a finished job).
     """
     import torch
-    from hessid.training import train as _train
+    from hessid.training.learning import trainer as _train
 
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
@@ -461,7 +461,7 @@ def _train_one(job: dict) -> dict:
 
 
 def _call_trainer(_train, job: dict) -> dict:
-    """Run :func:`hessid.training.train.train` on one job (the only place that knows its config).
+    """Run :func:`hessid.training.learning.trainer.train` on one job (the only place that knows its config).
 
     Every variant gets the same config except ``loss.mode`` / ``loss.cov_weight`` and the
     targets file; early stopping is off so every model takes exactly ``steps`` optimizer steps.
@@ -525,8 +525,8 @@ def stage_cost(out: Path, s: dict, tgt: dict, trained: dict, repeats: int = 20) 
     at a time on a shared machine) is reported next to it.
     """
     import torch
-    from hessid.training import train as _train
-    from hessid.training.models import load_potential
+    from hessid.training.learning import trainer as _train
+    from hessid.training.learning.models import load_potential
 
     marker = out / "cost" / "done.json"
     if _done(marker) and _done(marker).get("repeats") == repeats:
@@ -574,9 +574,9 @@ def stage_cost(out: Path, s: dict, tgt: dict, trained: dict, repeats: int = 20) 
 
 def _simulate_one(job: dict) -> dict:
     import torch
-    from hessid.training import ala2
-    from hessid.training.models import load_potential
-    from hessid.training.simulate import simulate
+    from hessid.training.learning.models import load_potential
+    from hessid.training.md.simulation import simulate
+    from hessid.training.pipelines import ala2
 
     out = Path(job["out"])
     meta = out / "simulation.json"
@@ -611,7 +611,7 @@ def stage_simulate(out: Path, s: dict, trained: dict, pool: dict, jobs: int) -> 
 
 def _reference_trajectories(ref: dict):
     import h5py
-    from hessid.training.evaluate import Trajectories
+    from hessid.training.evaluation.evaluate import Trajectories
 
     xyz, dt = [], None
     for f in ref["files"]:
@@ -624,8 +624,8 @@ def _reference_trajectories(ref: dict):
 
 
 def _model_angles(sim_dir: Path, burn_in: float) -> np.ndarray:
-    from hessid.training import ala2
-    from hessid.training.evaluate import filter_replicas, load_simulation
+    from hessid.training.evaluation.evaluate import filter_replicas, load_simulation
+    from hessid.training.pipelines import ala2
 
     trajs = load_simulation(sim_dir)
     kept, _ = filter_replicas(trajs, (ala2.BOND_RANGE[0] / 10, ala2.BOND_RANGE[1] / 10), burn_in)
@@ -641,7 +641,7 @@ def _basin_minima(ref_angles: np.ndarray, cg_xyz: np.ndarray) -> dict:
 
 def _basin_frames(ref_angles: np.ndarray) -> dict:
     """Index of the reference frame nearest the φ/ψ density maximum of each visited basin."""
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     p = ala2.phi_psi_density(ref_angles)
     c = ala2.grid_centers(p.shape[0])
@@ -662,10 +662,10 @@ def _basin_frames(ref_angles: np.ndarray) -> dict:
 def _hessian_reference_one(job: dict) -> dict:
     """Frozen-bead sampling at one basin configuration → map → Term-1 blocks → estimate."""
     import h5py
-    from hessid.training import ala2
-    from hessid.training import data as _data
-    from hessid.training.reference_hessian import estimate_cg_hessian, sample_frozen
-    from hessid.training.targets import compute_targets
+    from hessid.training.data import io as _data
+    from hessid.training.data.conditional import estimate_cg_hessian, sample_frozen
+    from hessid.training.data.targets import compute_targets
+    from hessid.training.pipelines import ala2
 
     c = job["config"]
     with h5py.File(job["reference"], "r") as h5:
@@ -693,7 +693,7 @@ def _hessian_reference_one(job: dict) -> dict:
 def stage_hessian_reference(out: Path, s: dict, ref: dict, mapped: dict, jobs: int) -> dict:
     """Reference CG Hessian at the basin configurations of :func:`_basin_frames` (run 0)."""
     import h5py
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     marker = out / "hessian_reference" / "done.json"
     c = s["hessian_reference"]
@@ -721,9 +721,9 @@ def stage_hessian_reference(out: Path, s: dict, ref: dict, mapped: dict, jobs: i
 
 def stage_evaluate(out: Path, s: dict, ref: dict, mapped: dict, trained: dict, sims: dict) -> dict:
     import h5py
-    from hessid.training import ala2
-    from hessid.training.evaluate import evaluate
-    from hessid.training.models import load_potential
+    from hessid.training.evaluation.evaluate import evaluate
+    from hessid.training.learning.models import load_potential
+    from hessid.training.pipelines import ala2
 
     ev = s["eval"]
     ref_traj = _reference_trajectories(ref)
@@ -790,7 +790,7 @@ def _mean_sem(values) -> tuple[float, float]:
 
 
 def _summarise(per_seed: list[dict]) -> dict:
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     out = {k: _mean_sem([m[k] for m in per_seed]) for k in ("phi_psi_kl", "phi_psi_w1", "wall_s_per_epoch")}
     for b in ala2.BASINS:
@@ -817,8 +817,8 @@ def _fmt(ms, digits=3) -> str:
 
 def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, results_md: Path,
                  report_dir: Path, timings: dict, cost: dict | None = None, href: dict | None = None) -> dict:
-    from hessid.training import ala2
-    from hessid.training.report import _plt
+    from hessid.training.evaluation.report import _plt
+    from hessid.training.pipelines import ala2
 
     plt = _plt()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -978,7 +978,7 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         "### Data efficiency", "", *lines, "",
         "Hessian rel. err.: ‖∇²U_θ − H_CG‖_F / ‖H_CG‖_F at one reference configuration per basin "
         "(mean over basins), H_CG = ⟨P∇²UPᵀ⟩ − β Cov(Pf) estimated by frozen-bead AA sampling at that "
-        "configuration (training/reference_hessian.py). Soft-mode error: the same on the subspace of "
+        "configuration (training/data/conditional.py). Soft-mode error: the same on the subspace of "
         "the reference's 11 softest eigenvectors (the 4 stiff bond modes, fitted by the prior, left out; "
         "`ala2.hessian_soft_relative_error`). The reference's own statistical error (‖s.e.‖_F/‖H‖_F): "
         + (", ".join(f"{b} {d['frobenius_rel_sem']:.3f} ({d['n_frames']} frames, |Term 1|_F "
@@ -994,7 +994,7 @@ def stage_report(out: Path, s: dict, ref: dict, mapped: dict, evald: dict, resul
         "two at a time on the shared machine (noisier).", "",
         "TIC metrics follow shared/spec/benchmark.md (TICA on the 10 pair distances, lag "
         f"{s['eval']['lag_time']} ps); φ/ψ KL(ref‖model) and W1 use a periodic {s['eval']['n_bins']}² grid "
-        "(training/ala2.py). Basins: αL 0 ≤ φ < 120°; αR otherwise with −120 ≤ ψ < 50°; β/PII the rest.", "",
+        "(training/pipelines/ala2.py). Basins: αL 0 ≤ φ < 120°; αR otherwise with −120 ≤ ψ < 50°; β/PII the rest.", "",
         "![data efficiency](ala2/data_efficiency.png)", "", "![ablation](ala2/ablation.png)", "",
         "![phi/psi](ala2/phi_psi_free_energy.png)", "",
         "## Settings", "", "```json", json.dumps(s, indent=1, default=str), "```", "",

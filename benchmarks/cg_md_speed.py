@@ -2,7 +2,7 @@
 
 For n = 10/35/80 beads and R = 1 and 20 replicas: steps/s and replica-steps/s (steps/s × R) of
 
-- ``hessid``: :class:`hessid.training.simulate.LangevinBAOAB` ``step`` (the loop ``run`` drives;
+- ``hessid``: :class:`hessid.training.md.simulation.LangevinBAOAB` ``step`` (the loop ``run`` drives;
   replica checks on: non-finite values and the Cα–Cα bond range);
 - ``torchmd``: TorchMD's ``Integrator`` (velocity Verlet + Langevin kick) with the model plugged
   in the way TorchMD does it for neural potentials: ``torchmd.forces.Forces(par, terms=[],
@@ -46,7 +46,7 @@ import sys
 import time
 
 import torch
-from hessid.training.simulate import HarmonicChainPotential, LangevinBAOAB, energy_and_forces
+from hessid.training.md.simulation import HarmonicChainPotential, LangevinBAOAB, energy_and_forces
 
 TIMESTEP_FS, TEMPERATURE_K, FRICTION_PER_PS, MASS_AMU = 2.0, 300.0, 1.0, 12.0
 SIZES, REPLICAS = (10, 35, 80), (1, 20)
@@ -220,7 +220,7 @@ def time_config(potential, n_beads, n_replicas, device, dtype, tmd_ok, seconds, 
 def build_models(names: list[str], path: str | None, device) -> dict:
     models: dict = {}
     if path:
-        from hessid.training.models import load_potential
+        from hessid.training.learning.models import load_potential
 
         models[path] = load_potential(path, map_location=device)
         return models
@@ -229,8 +229,8 @@ def build_models(names: list[str], path: str | None, device) -> dict:
             models["HarmonicChainPotential"] = HarmonicChainPotential().to(device)
         elif name == "cgschnet":
             try:
-                from hessid.training.models import CGPotential
-                from hessid.training.priors import PriorParameters
+                from hessid.training.learning.models import CGPotential
+                from hessid.training.learning.priors import PriorParameters
 
                 torch.manual_seed(0)
                 models["CGPotential (CGSchNet 64×4, cutoff 3–12 Å, + priors; random weights)"] = (

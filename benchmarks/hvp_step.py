@@ -7,7 +7,7 @@ One step = energies/forces (and HVPs) of a batch of synthetic compact Cα chains
 CGSchNet (64 channels, 4 layers, 12 RBFs, cutoff 3–12 Å), the loss, backward to θ and an
 AdamW step. Variants:
 
-- ``fm``            FM step through the trainer's path (hessid.training.hvp, edge-factored);
+- ``fm``            FM step through the trainer's path (hessid.training.learning.derivatives, edge-factored);
 - ``fm_torchmdnet`` FM step through TorchMD-Net's forward + autograd forces (for reference);
 - ``hvp``           FM+HVP(k) step, fast exact HVPs (the trainer's path: hand-written
                     forward-over-reverse tangents on a dense per-structure pair grid);
@@ -71,9 +71,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     import torchmdnet
-    from hessid.training.hvp import energy_forces_hvp, hvp_reference, pair_list
-    from hessid.training.models import CGPotential
-    from hessid.training.synthetic import compact_chain
+    from hessid.training.data.synthetic import compact_chain
+    from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference, pair_list
+    from hessid.training.learning.models import CGPotential
 
     import hessid
 

@@ -1,7 +1,7 @@
 """Term-1 precompute throughput (issue 3; results in docs/data.md).
 
 For each system (chignolin and longer peptides, amber14 + GBn2, Cα map): simulate a few frames,
-then run :func:`hessid.training.targets.compute_targets` with 1 and 2 worker processes
+then run :func:`hessid.training.data.targets.compute_targets` with 1 and 2 worker processes
 (``--threads`` CPU threads each) and report frame·probes/s and the fraction of time spent
 inside OpenMM force evaluations (setPositions + getState(getForces)):
 
@@ -34,9 +34,9 @@ SYSTEMS = {
 
 def main(argv=None) -> dict:
     import openmm
-    from hessid.training.aa_md import MDConfig, simulate
-    from hessid.training.structures import build_structure
-    from hessid.training.targets import compute_targets
+    from hessid.training.data.aa_md import MDConfig, simulate
+    from hessid.training.data.structures import build_structure
+    from hessid.training.data.targets import compute_targets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="chignolin,hp35")

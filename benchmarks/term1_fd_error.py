@@ -22,7 +22,7 @@ import numpy as np
 
 def _context(system, name, threads=1, precision=None):
     import openmm
-    from hessid.training.aa_md import choose_platform
+    from hessid.training.data.aa_md import choose_platform
 
     plat, props = choose_platform(name, threads if name == "CPU" else None, precision)
     return openmm.Context(system, openmm.VerletIntegrator(0.001), plat, props)
@@ -31,10 +31,10 @@ def _context(system, name, threads=1, precision=None):
 def main(argv=None) -> dict:
     import openmm
     import openmm.unit as u
-    from hessid.training.aa_md import create_system
-    from hessid.training.data import ca_map
-    from hessid.training.structures import build_from_sequence
-    from hessid.training.targets import term1_fd
+    from hessid.training.data.aa_md import create_system
+    from hessid.training.data.io import ca_map
+    from hessid.training.data.structures import build_from_sequence
+    from hessid.training.data.targets import term1_fd
 
     from hessid.probes import draw_probes
 

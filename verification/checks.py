@@ -353,7 +353,7 @@ def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[Ch
     Returns:
         list of CheckResult (tolerance :data:`CLOSED_FORM_TOL`).
     """
-    from .elastic import gaussian_identity
+    from hessid.verification.elastic import gaussian_identity
 
     gen = torch.Generator().manual_seed(seed)
     A = torch.randn(D, D, generator=gen, dtype=DTYPE)
@@ -398,9 +398,9 @@ def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
     Returns:
         list of CheckResult; the suite passes when every row passed.
     """
-    from hessid.quadrature import builtin_systems
+    from hessid.verification.elastic import check_structure_file
 
-    from .elastic import check_structure_file
+    from hessid.quadrature import builtin_systems
 
     results: list[CheckResult] = []
     with single_threaded():

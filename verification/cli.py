@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checks import all_passed, format_table, timed, write_json
+from hessid.verification.checks import all_passed, format_table, timed, write_json
 
 __all__ = ["register", "run", "verify_all"]
 
@@ -23,7 +23,7 @@ __all__ = ["register", "run", "verify_all"]
 def verify_all():
     """Every built-in check (``hessid verify --all``); see
     :func:`hessid.verification.checks.run_builtin_checks`."""
-    from .checks import run_builtin_checks
+    from hessid.verification.checks import run_builtin_checks
 
     return run_builtin_checks()
 
@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
         if args.all:
             results, wall = timed(verify_all)
         elif args.gaussian:
-            from .elastic import check_structure_file
+            from hessid.verification.elastic import check_structure_file
 
             results, wall = timed(check_structure_file, args.pdb, args.map, args.projector,
                                   args.temperature)
         else:
-            from .user_system import verify_user_system
+            from hessid.verification.user_system import verify_user_system
 
             results, wall = timed(verify_user_system, args.system)
     except (ValueError, FileNotFoundError) as exc:

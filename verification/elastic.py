@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from hessid.units import beta as beta_of_temperature
-
-from .checks import (
+from hessid.verification.checks import (
     DETECTION_THRESHOLD,
     CheckResult,
     linear_negative_control_errors,
     relative_error,
 )
+
+from hessid.units import beta as beta_of_temperature
 
 __all__ = [
     "ELEMENT_MASSES",

@@ -23,9 +23,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from hessid.quadrature import QuadratureSystem
+from hessid.verification.checks import CheckResult, check_quadrature_system
 
-from .checks import CheckResult, check_quadrature_system
+from hessid.quadrature import QuadratureSystem
 
 __all__ = ["REQUIRED", "OPTIONAL", "load_user_system", "verify_user_system"]
 

@@ -1,4 +1,4 @@
-"""Tests of hessid.training.ala2: structure, 5-bead map, φ/ψ, basins, torus KL/W1, errors.
+"""Tests of hessid.training.pipelines.ala2: structure, 5-bead map, φ/ψ, basins, torus KL/W1, errors.
 
 Tolerances are stated where they are set. Runs in a few seconds (no MD).
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hessid.training import ala2
+from hessid.training.pipelines import ala2
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_hessian_relative_error():
 
 def test_model_hessians_of_a_harmonic_chain():
     import torch
-    from hessid.training.simulate import HarmonicChainPotential
+    from hessid.training.md.simulation import HarmonicChainPotential
 
     pot = HarmonicChainPotential(bond_k=100.0, bond_length=1.4, angle_k=0.0).double()
     x = np.cumsum(np.tile([[1.4, 0.0, 0.0]], (5, 1)), axis=0)[None]  # straight chain at rest
@@ -275,7 +275,7 @@ def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_p
     """``_call_trainer`` builds a config the trainer accepts; variants differ only in the loss."""
     from types import SimpleNamespace
 
-    from hessid.training.train import TrainConfig
+    from hessid.training.learning.trainer import TrainConfig
 
     drv = _driver()
     s = drv.settings(mode)

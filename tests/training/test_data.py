@@ -7,9 +7,9 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from hessid.training import data
-from hessid.training.aa_md import MDConfig, SimulationInterrupted, simulate
-from hessid.training.structures import build_structure
+from hessid.training.data import io as data
+from hessid.training.data.aa_md import MDConfig, SimulationInterrupted, simulate
+from hessid.training.data.structures import build_structure
 
 MD = dict(steps=120, stride=10, platform="CPU", threads=1, chunk_frames=3, solvent="gbn2", seed=3)
 
@@ -42,7 +42,7 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
     forces (hence Term 1 and the mapped data) unchanged; a non-positive mass is refused."""
     import openmm
     import openmm.unit as u
-    from hessid.training.aa_md import create_system
+    from hessid.training.data.aa_md import create_system
 
     _, path = simulated
     ds = data.load_dataset(path)
@@ -68,7 +68,7 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
 def test_hmr_run_stores_the_hash_of_the_potential_not_of_its_masses(simulated, tmp_path):
     """forcefield_hash ties targets to the potential: an HMR run stores the hash of the System
     without repartitioned masses (what ``compute_targets`` rebuilds), not of the sampled one."""
-    from hessid.training.aa_md import create_system, system_hash
+    from hessid.training.data.aa_md import create_system, system_hash
 
     _, path = simulated
     build_structure("aaa", sequence="AAA", out_dir=tmp_path)
@@ -87,7 +87,7 @@ def test_saved_forces_are_forces_of_saved_positions(simulated):
     (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
     import openmm
     import openmm.unit as u
-    from hessid.training.aa_md import create_system
+    from hessid.training.data.aa_md import create_system
 
     _, path = simulated
     ds = data.load_dataset(path)
@@ -391,7 +391,7 @@ def test_sigkill_between_file_commit_and_checkpoint_resumes_bit_identically(simu
     shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
     _run_until_sigkill(f"""
 import os, signal
-from hessid.training import aa_md
+from hessid.training.data import aa_md
 calls, write = [0], aa_md._write_checkpoint
 def checkpoint(context, path):  # call 1: start; 2, 3: chunks 1, 2; 4: chunk 3 → killed
     calls[0] += 1
@@ -415,7 +415,7 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
     """Targets commit a chunk's values, then its done flags. SIGKILL in between: the frames are
     not marked done, ``--resume`` recomputes that chunk only, and the bytes equal an
     uninterrupted run (early-allocated datasets: the killed file still opens)."""
-    from hessid.training.targets import compute_targets
+    from hessid.training.data.targets import compute_targets
 
     _, src = simulated
     ref, part = tmp_path / "ref.h5", tmp_path / "part.h5"
@@ -425,7 +425,8 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
     compute_targets(ref, **kw)
     _run_until_sigkill(f"""
 import os, signal
-from hessid.training import data, targets
+from hessid.training.data import io as data
+from hessid.training.data import targets
 calls, commit = [0], data.commit
 def killing_commit(h5):  # 1: datasets created; 2, 3: a chunk's values, flags; 4: next values
     commit(h5)
@@ -468,7 +469,7 @@ EXPLICIT = dict(steps=20, stride=10, platform="CPU", threads=1, chunk_frames=2, 
 def explicit(tmp_path_factory):
     """AG dipeptide + one crystal water kept (``--keep-water``), solvated (TIP3P-FB, 1 nm
     padding, PME) and run for 2 frames. Also returns the source PDB for the stripped build."""
-    from hessid.training.structures import build_from_sequence
+    from hessid.training.data.structures import build_from_sequence
 
     root = tmp_path_factory.mktemp("explicit")
     src = root / "ag_water.pdb"
@@ -514,7 +515,7 @@ def test_explicit_targets_rebuild_the_same_periodic_potential_and_map_only_the_p
 ):
     """The potential rebuilt from the stored topology + box (PME) hashes equal to the MD's
     (constraint order, which the PDB round trip changes for waters, is not part of the hash)."""
-    from hessid.training.targets import compute_targets
+    from hessid.training.data.targets import compute_targets
 
     _, src = explicit
     path = tmp_path / "ag.h5"

@@ -13,7 +13,7 @@ import re
 import h5py
 import numpy as np
 import pytest
-from hessid.training.demo import SCALES, VARIANTS, run_demo
+from hessid.training.pipelines.demo import SCALES, VARIANTS, run_demo
 
 
 @pytest.fixture(scope="module")

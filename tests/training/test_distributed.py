@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import yaml
-from hessid.training.models import load_potential
-from hessid.training.synthetic import write_synthetic_dataset
+from hessid.training.data.synthetic import write_synthetic_dataset
+from hessid.training.learning.models import load_potential
 
 
 def _train(tmp_path, datasets, devices: int):

@@ -13,7 +13,7 @@ import math
 import h5py
 import numpy as np
 import pytest
-from hessid.training.evaluate import (
+from hessid.training.evaluation.evaluate import (
     METRIC_NAMES,
     BenchmarkEvaluator,
     Trajectories,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hessid.training.hvp import (
+from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.derivatives import (
     energy_forces_hvp,
     full_hessian,
     hessian_autograd,
     hvp_reference,
 )
-from hessid.training.models import CGPotential
-from hessid.training.priors import PriorFit
-from hessid.training.synthetic import compact_chain
+from hessid.training.learning.models import CGPotential
+from hessid.training.learning.priors import PriorFit
 
 from tests.helpers import assert_close, assert_hessian_close
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hessid.training.hvp import energy_forces_hvp, full_hessian
-from hessid.training.losses import (
+from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
+from hessid.training.learning.losses import (
     LossConfig,
     force_matching_loss,
     hessian_loss,
     hvp_loss,
     hvp_targets,
 )
-from hessid.training.models import CGPotential
-from hessid.training.synthetic import compact_chain
+from hessid.training.learning.models import CGPotential
 
 from hessid.identities import hvp_target_linear
 from hessid.probes import draw_probes, probe_scale

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hessid.training.hvp import energy_forces_hvp
-from hessid.training.models import (
+from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.models import (
     CHECKPOINT_FORMAT_VERSION,
     CGPotential,
     ModelConfig,
     load_potential,
 )
-from hessid.training.priors import PriorFit
-from hessid.training.synthetic import compact_chain
+from hessid.training.learning.priors import PriorFit
 
 from hessid import __version__
 from tests.helpers import assert_close

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hessid.training.priors import PriorFit, PriorModel, PriorParameters, chain_indices
+from hessid.training.learning.priors import PriorFit, PriorModel, PriorParameters, chain_indices
 
 from hessid.units import kT
 
@@ -160,7 +160,7 @@ def test_class_energy_uses_the_class_parameters_and_needs_types():
 
 
 def test_prior_state_versions_round_trip_and_v1_still_loads(tmp_path):
-    from hessid.training.models import CGPotential, load_potential
+    from hessid.training.learning.models import CGPotential, load_potential
 
     x = _ala2_like(frames=500)
     prior = PriorFit().fit(x, bead_types=np.arange(5)).fetch_model()
@@ -190,9 +190,9 @@ def test_prior_state_versions_round_trip_and_v1_still_loads(tmp_path):
 @pytest.mark.parametrize("per_class", [True, False])
 def test_prior_only_cg_md_of_ala2_keeps_bonds_in_range(tmp_path, per_class):
     """Per-class prior: every replica survives; pooled single-term prior (negative control): breaks."""
-    from hessid.training import ala2
-    from hessid.training.models import CGPotential
-    from hessid.training.simulate import simulate
+    from hessid.training.learning.models import CGPotential
+    from hessid.training.md.simulation import simulate
+    from hessid.training.pipelines import ala2
 
     x = _ala2_like(frames=2000, seed=3)
     prior = PriorFit().fit(x, bead_types=np.arange(5) if per_class else None).fetch_model()

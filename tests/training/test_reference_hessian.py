@@ -1,4 +1,4 @@
-"""Reference CG Hessian at a fixed CG configuration (hessid.training.reference_hessian).
+"""Reference CG Hessian at a fixed CG configuration (hessid.training.data.conditional).
 
 Estimator law and standard errors on synthetic files with known answers (float64), then a short
 real frozen-atom run of alanine dipeptide through map_dataset + compute_targets(full_block=True).
@@ -12,8 +12,8 @@ import math
 import h5py
 import numpy as np
 import pytest
-from hessid.training import data
-from hessid.training import reference_hessian as rh
+from hessid.training.data import conditional as rh
+from hessid.training.data import io as data
 
 from hessid.units import beta as beta_of
 
@@ -168,8 +168,8 @@ def frozen_run(tmp_path_factory):
     pytest.importorskip("openmm")
     import time
 
-    from hessid.training import ala2
-    from hessid.training.targets import compute_targets
+    from hessid.training.data.targets import compute_targets
+    from hessid.training.pipelines import ala2
 
     s = ala2.build_structure()
     frozen = ala2.backbone_indices(s.topology)
@@ -211,7 +211,7 @@ def test_frozen_atoms_stay_at_r0_and_the_file_validates(frozen_run):
 def test_constrained_hydrogen_bond_lengths_are_preserved(frozen_run):
     s, frozen, path, _, _ = frozen_run
     import openmm.unit as u
-    from hessid.training.aa_md import create_system
+    from hessid.training.data.aa_md import create_system
 
     system = create_system(s.topology, "amber14-all.xml", "gbn2", "HBonds")
     cons = [system.getConstraintParameters(i) for i in range(system.getNumConstraints())]
@@ -239,7 +239,7 @@ def test_reference_hessian_of_the_real_run_is_finite_and_symmetric(frozen_run):
 def test_light_frozen_atoms_are_caught_by_the_drift_check(tmp_path):
     """Negative control: with a normal mass the 'frozen' atoms move and the run stops."""
     pytest.importorskip("openmm")
-    from hessid.training import ala2
+    from hessid.training.pipelines import ala2
 
     s = ala2.build_structure()
     frozen = ala2.backbone_indices(s.topology)

@@ -9,14 +9,14 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from hessid.training.evaluate import (
+from hessid.training.evaluation.evaluate import (
     METRIC_NAMES,
     Trajectories,
     evaluate,
     format_value,
     read_metrics,
 )
-from hessid.training.report import build_report, free_energy_2d
+from hessid.training.evaluation.report import build_report, free_energy_2d
 
 from tests.training.test_evaluate import FAST, chain_ensemble, write_dataset
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hessid.training.simulate import (
+from hessid.training.md.simulation import (
     ACCELERATION_A_PS2_PER_KCAL_MOL_A_AMU,
     STATUS_BOND_OUT_OF_RANGE,
     STATUS_NONFINITE,

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from hessid.training import data
-from hessid.training.aa_md import MDConfig, create_system, simulate
-from hessid.training.structures import build_from_sequence, build_structure
-from hessid.training.targets import (
+from hessid.training.data import io as data
+from hessid.training.data.aa_md import MDConfig, create_system, simulate
+from hessid.training.data.structures import build_from_sequence, build_structure
+from hessid.training.data.targets import (
     DEFAULT_EPSILON_NM,
     TargetsInterrupted,
     compute_targets,

@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 import torch
-from hessid.training.models import load_potential
-from hessid.training.synthetic import spring_network, write_synthetic_dataset
-from hessid.training.train import (
+from hessid.training.data.synthetic import spring_network, write_synthetic_dataset
+from hessid.training.learning.models import load_potential
+from hessid.training.learning.trainer import (
     FrameStream,
     TrainConfig,
     VerificationGateError,

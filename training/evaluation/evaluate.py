@@ -61,7 +61,7 @@ KL_FLOOR = 1e-6
 
 def _as_traj(xyz_nm: np.ndarray):
     import mdtraj as md
-    from hessid.training.simulate import ca_topology
+    from hessid.training.md.simulation import ca_topology
 
     xyz = np.asarray(xyz_nm, dtype=np.float32)
     return md.Trajectory(xyz, ca_topology(xyz.shape[1]))
@@ -309,7 +309,7 @@ def load_reference(path, dt: float | None = None, name: str | None = None, top=N
     Raises:
         ValueError: no frame spacing known, or spacing not positive.
     """
-    from hessid.training.simulate import load_cg_reference
+    from hessid.training.md.simulation import load_cg_reference
 
     paths = [path] if isinstance(path, str | Path) else list(path)
     if len(paths) == 1 and str(paths[0]).endswith((".h5", ".hdf5")):

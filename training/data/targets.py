@@ -38,14 +38,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from hessid.training.data import io as _data
 
 from hessid.units import (
     ANGSTROM_PER_NM,
     hessian_kj_nm2_to_kcal_angstrom2,
     length_angstrom_to_nm,
 )
-
-from . import data as _data
 
 #: default ε (nm, largest atomic displacement) per floating-point model, from
 #: benchmarks/term1_fd_error.py (docs/data.md, "Error study"; chignolin, amber14+GBn2 and
@@ -361,7 +360,7 @@ class TargetsResult:
 
 
 def _system_for(h5, path, forcefield, solvent, constraints):
-    from .aa_md import create_system, system_hash
+    from hessid.training.data.aa_md import create_system, system_hash
 
     ff = forcefield or str(h5.attrs.get("forcefield", "amber14-all.xml"))
     solv = solvent or (str(h5.attrs["solvent"]) if "solvent" in h5.attrs else None)
@@ -408,7 +407,7 @@ def compute_targets(
     solvent and constraints; its sha256 is stored as ``forcefield_hash``.
 
     Args:
-        path: dataset ``.h5`` (or a name resolved by :func:`hessid.training.data.dataset_path`).
+        path: dataset ``.h5`` (or a name resolved by :func:`hessid.training.data.io.dataset_path`).
         n_probes: k probes per frame (ignored with ``full_block``).
         probe_kind: a :data:`hessid.probes.PROBE_KINDS` kind (default Gaussian: unbiased for
             ‖·‖_F² with scale 1, spec §6/§8); ``probe_scale`` is stored.
@@ -438,10 +437,9 @@ def compute_targets(
         ValueError: bad k, kind, ε, platform.
     """
     import openmm
+    from hessid.training.data.aa_md import choose_platform, platform_precision
 
     from hessid.probes import draw_probes, probe_scale
-
-    from .aa_md import choose_platform, platform_precision
 
     t_start = _time.perf_counter()
     path = _data.dataset_path(path)

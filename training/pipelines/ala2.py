@@ -4,7 +4,7 @@ System
     The all-atom structure is pdbfixer's shipped test file ``alanine-dipeptide.pdb`` (heavy
     atoms only), completed with hydrogens by OpenMM's ``Modeller.addHydrogens`` for the
     Amber14 force field: 22 atoms. :func:`write_structure` puts it where
-    :func:`hessid.training.aa_md.simulate` expects it (``<root>/<name>/<name>.pdb``).
+    :func:`hessid.training.data.aa_md.simulate` expects it (``<root>/<name>/<name>.pdb``).
 
 CG map
     Five backbone heavy atoms, found by residue and atom name: C of ACE, N, CA and C of ALA,
@@ -34,7 +34,7 @@ the φ < 0 regions by the same ψ rule.
 Densities and distances on the torus (:func:`phi_psi_density`, :func:`phi_psi_kl`,
 :func:`phi_psi_w1`): a 36 × 36 histogram on [−π, π)² smoothed by a Gaussian of 1 bin with
 wrap-around, normalised to sum 1; KL(ref‖model) with the density floor 1e-6 rad⁻² of
-:data:`hessid.training.evaluate.KL_FLOOR` (benchmark.md); W1 by exact transport (POT
+:data:`hessid.training.evaluation.evaluate.KL_FLOOR` (benchmark.md); W1 by exact transport (POT
 ``ot.emd2``) with the periodic ground distance ``√(Σ_axis min(|Δ|, 2π − |Δ|)²)`` (radians).
 
 Units: Å for coordinates, radians for angles, kcal/mol/Å² for Hessians.
@@ -97,19 +97,18 @@ def build_structure(forcefield: str = "amber14-all.xml", solvent: str = "gbn2"):
 
     Args:
         forcefield: main force-field XML (Amber14 by default).
-        solvent: a :data:`hessid.training.aa_md.SOLVENTS` entry (its XML is loaded as well).
+        solvent: a :data:`hessid.training.data.aa_md.SOLVENTS` entry (its XML is loaded as well).
 
     Returns:
-        :class:`hessid.training.structures.Structure`, positions (22, 3) float64 in Å.
+        :class:`hessid.training.data.structures.Structure`, positions (22, 3) float64 in Å.
 
     Raises:
         FileNotFoundError, ImportError: see :func:`pdbfixer_structure_path`.
         ValueError: unknown solvent.
     """
     import openmm.app as app
-
-    from .aa_md import forcefield_files
-    from .structures import Structure, _positions_angstrom
+    from hessid.training.data.aa_md import forcefield_files
+    from hessid.training.data.structures import Structure, _positions_angstrom
 
     path = pdbfixer_structure_path()
     pdb = app.PDBFile(str(path))
@@ -189,19 +188,18 @@ def map_dataset(path: str | Path, overwrite: bool = False):
     """Write the backbone map's ``cg/`` group into a dataset file (``hessid data map``).
 
     Args:
-        path: dataset ``.h5`` (validated by :func:`hessid.training.data.write_cg`).
+        path: dataset ``.h5`` (validated by :func:`hessid.training.data.io.write_cg`).
         overwrite: replace an existing ``cg/`` group (drops its targets).
 
     Returns:
-        :class:`hessid.training.data.CGData` as written.
+        :class:`hessid.training.data.io.CGData` as written.
 
     Raises:
         DatasetError: invalid file, or ``cg/`` exists and not ``overwrite``.
         ValueError: the topology is not alanine dipeptide.
     """
     import h5py
-
-    from . import data as _data
+    from hessid.training.data import io as _data
 
     with h5py.File(path, "r") as h5:
         top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{path}: topology")
@@ -555,7 +553,7 @@ def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray
     """Hessians ∇²U_θ of a CG potential at given configurations, by autograd.
 
     Args:
-        potential: :class:`hessid.training.models.CGPotential` (or any callable with its
+        potential: :class:`hessid.training.learning.models.CGPotential` (or any callable with its
             signature ``(positions (A, 3) Å, bead_types (A,), batch) -> (B,) kcal/mol``).
         cg_coordinates: (B, 5, 3) bead positions, Å.
         bead_types: (5,) int64 (default 0..4, :data:`BEAD_VOCABULARY`).
@@ -564,8 +562,7 @@ def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray
         (B, 15, 15) float64, kcal/mol/Å², flat index 3·bead + axis.
     """
     import torch
-
-    from .hvp import hessian_autograd
+    from hessid.training.learning.derivatives import hessian_autograd
 
     x = np.asarray(cg_coordinates, dtype=np.float64)
     types = torch.as_tensor(np.arange(x.shape[1]) if bead_types is None else bead_types, dtype=torch.long)

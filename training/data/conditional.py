@@ -8,7 +8,7 @@ where ⟨·⟩_{R0} is the conditional AA ensemble with the CG coordinates fixed
 *selection* map (each bead is one atom; under HBond constraints P also lifts the bead atom's
 rigid hydrogens, see ``write_cg``) that ensemble is sampled directly by freezing the bead
 atoms and running AA Langevin MD of the rest: :func:`sample_frozen` writes an AA dataset
-file of that ensemble (the layout of :func:`hessid.training.aa_md.simulate`), which
+file of that ensemble (the layout of :func:`hessid.training.data.aa_md.simulate`), which
 ``map_dataset``/``write_cg`` and ``compute_targets(full_block=True)`` process unchanged, and
 :func:`estimate_cg_hessian` turns ``cg/hessian_block`` and ``cg/forces`` into the estimate with
 block-average standard errors.
@@ -39,11 +39,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from hessid.training.data import io as _data
 
 from hessid.units import beta as _beta
 from hessid.units import length_angstrom_to_nm, length_nm_to_angstrom
-
-from . import data as _data
 
 #: default mass of a frozen atom, amu
 FROZEN_MASS_AMU = 1.0e10
@@ -59,7 +58,7 @@ class FrozenAtomsDrifted(RuntimeError):
 
 def _structure_of(structure):
     """(topology, positions (N, 3) float64 Å) of a Structure, PDB text/path or (topology, positions)."""
-    from .structures import _positions_angstrom, structure_from_pdb_text
+    from hessid.training.data.structures import _positions_angstrom, structure_from_pdb_text
 
     if hasattr(structure, "topology") and hasattr(structure, "positions"):
         return structure.topology, np.asarray(structure.positions, dtype=np.float64)
@@ -132,12 +131,12 @@ def sample_frozen(
     Langevin MD (``LangevinMiddleIntegrator``) of the AA system with ``frozen_atoms`` held at
     their input positions R0 (module docstring: mass ``frozen_mass``, zero velocity, put back
     after every saved frame when ``restore``). Writes the layout of
-    :func:`hessid.training.aa_md.simulate` (coordinates Å, forces kcal/mol/Å of the saved
+    :func:`hessid.training.data.aa_md.simulate` (coordinates Å, forces kcal/mol/Å of the saved
     positions from ``getState`` — constraint forces not included, potential_energy kcal/mol,
     time ps since the start of production, frame_id = frame index; the root attributes
     ``temperature``, ``forcefield``, ``solvent``, ``constraints``, ``platform``, ``precision``,
     ``seed``, ``forcefield_hash``, ``md_config`` JSON, ``time_unit``), so
-    :func:`hessid.training.data.validate_dataset`, ``map_dataset``/``write_cg`` and
+    :func:`hessid.training.data.io.validate_dataset`, ``map_dataset``/``write_cg`` and
     ``compute_targets`` read it unchanged. ``forcefield_hash`` is that of the *unmodified*
     System (the potential; masses changed only for the dynamics), so it equals the hash
     ``compute_targets`` computes. Extra root attributes: ``frozen_atoms`` (k,) int64,
@@ -147,7 +146,7 @@ def sample_frozen(
     The stored topology PDB holds the starting positions (frozen atoms at R0).
 
     Args:
-        structure: :class:`hessid.training.structures.Structure`, PDB text, a ``.pdb`` path, or
+        structure: :class:`hessid.training.data.structures.Structure`, PDB text, a ``.pdb`` path, or
             ``(topology, positions)`` with positions (N, 3) Å or an OpenMM Quantity.
         frozen_atoms: (k,) atom indices held fixed (e.g. ``ala2.backbone_indices(topology)``).
         out_path: the ``.h5`` file to write.
@@ -180,8 +179,7 @@ def sample_frozen(
     """
     import openmm
     import openmm.unit as u
-
-    from .aa_md import (
+    from hessid.training.data.aa_md import (
         MDConfig,
         _state_arrays,  # (positions Å, forces kcal/mol/Å, energy kcal/mol, time ps, box)
         choose_platform,
@@ -189,7 +187,7 @@ def sample_frozen(
         dataset_attrs,
         system_hash,
     )
-    from .structures import Structure
+    from hessid.training.data.structures import Structure
 
     out_path = Path(out_path)
     if int(n_frames) < 1 or int(stride) < 1 or int(equilibration_steps) < 0:

@@ -14,14 +14,14 @@ import sys
 
 #: (subcommand, module that registers it, one-line help)
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ("demo", "hessid.training.demo", "the whole pipeline on chignolin from one command (resumable)"),
+    ("demo", "hessid.training.pipelines.demo", "the whole pipeline on chignolin from one command (resumable)"),
     ("verify", "hessid.verification.cli", "check CG identities against exact Hessians"),
-    ("simulate", "hessid.training.md_cli", "CG Langevin MD of replicas with a trained potential"),
-    ("evaluate", "hessid.training.md_cli", "benchmark metrics of CG simulations vs the AA reference"),
-    ("report", "hessid.training.md_cli", "HTML report: metrics, free energies, densities, provenance"),
-    ("data", "hessid.training.data_cli", "build, simulate, import and map AA reference data"),
-    ("targets", "hessid.training.data_cli", "precompute Term-1 HVP targets (FD of OpenMM forces)"),
-    ("train", "hessid.training.train_cli", "train a CG potential (FM / FM+AA / FM+AA+Cov)"),
+    ("simulate", "hessid.training.cli.md", "CG Langevin MD of replicas with a trained potential"),
+    ("evaluate", "hessid.training.cli.md", "benchmark metrics of CG simulations vs the AA reference"),
+    ("report", "hessid.training.cli.md", "HTML report: metrics, free energies, densities, provenance"),
+    ("data", "hessid.training.cli.data", "build, simulate, import and map AA reference data"),
+    ("targets", "hessid.training.cli.data", "precompute Term-1 HVP targets (FD of OpenMM forces)"),
+    ("train", "hessid.training.cli.train", "train a CG potential (FM / FM+AA / FM+AA+Cov)"),
 ]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from hessid.training.configs import dataclass_from_dict
+from hessid.training.learning.configs import dataclass_from_dict
 
 __all__ = [
     "LOSS_MODES",

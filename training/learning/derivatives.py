@@ -448,7 +448,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
                       batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
                       create_graph: bool = True, probe_chunk: int | None = None,
                       method: str = "dense") -> EnergyForcesHVP:
-    """Energy, forces and exact HVPs of a :class:`~hessid.training.models.CGPotential` (fast).
+    """Energy, forces and exact HVPs of a :class:`~hessid.training.learning.models.CGPotential` (fast).
 
     ``H_θ v = ∇_R(v·∇_R U_θ)`` (spec §5, model side), computed by the edge-factored
     forward-over-reverse scheme of the module docstring; equal to :func:`hvp_reference`

@@ -1,4 +1,4 @@
-"""``hessid train``: a thin layer over :func:`hessid.training.train.train`.
+"""``hessid train``: a thin layer over :func:`hessid.training.learning.trainer.train`.
 
     hessid train --config run.yaml [--set loss.cov_weight=1 ...] [--resume]
                  [--devices N] [--num-nodes N] [--accelerator cpu|gpu|auto]
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``train`` from parsed arguments; returns the exit code."""
-    from hessid.training.train import VerificationGateError, load_config, train
+    from hessid.training.learning.trainer import VerificationGateError, load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set)

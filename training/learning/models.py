@@ -5,7 +5,7 @@ TorchMD-Net's ``TorchMD_GN`` representation (SchNet-type continuous-filter convo
 the ``Scalar`` output head, built by :func:`torchmdnet.models.model.create_model`; beads are
 embedded by residue type (index into the bead vocabulary). Forces ``F_θ = −∂U_θ/∂R`` and
 Hessian-vector products come from autograd (:meth:`CGPotential.forward`) or from the exact
-edge-factored path of :mod:`hessid.training.hvp` (same numbers, much cheaper HVPs).
+edge-factored path of :mod:`hessid.training.learning.derivatives` (same numbers, much cheaper HVPs).
 
 One checkpoint file (:meth:`CGPotential.save`, :func:`load_potential`) holds the weights, the
 prior parameters, the bead vocabulary, the units, the model config and the hessid version.
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from hessid.training.configs import dataclass_from_dict
-from hessid.training.priors import PriorModel, PriorParameters
+from hessid.training.learning.configs import dataclass_from_dict
+from hessid.training.learning.priors import PriorModel, PriorParameters
 
 from hessid import __version__ as HESSID_VERSION
 
@@ -105,7 +105,7 @@ class CGPotential(torch.nn.Module):
 
     Args:
         bead_vocabulary: residue-type names; ``bead_types`` index into it.
-        prior: fitted :class:`~hessid.training.priors.PriorModel` (or None: network only).
+        prior: fitted :class:`~hessid.training.learning.priors.PriorModel` (or None: network only).
         config: :class:`ModelConfig` or dict of its fields.
 
     Raises:
@@ -203,9 +203,9 @@ class CGPotential(torch.nn.Module):
             probes: (k, A, 3) probe vectors (dimensionless).
 
         Returns:
-            (k, A, 3) kcal/mol/Å². See :func:`hessid.training.hvp.energy_forces_hvp`.
+            (k, A, 3) kcal/mol/Å². See :func:`hessid.training.learning.derivatives.energy_forces_hvp`.
         """
-        from hessid.training.hvp import energy_forces_hvp
+        from hessid.training.learning.derivatives import energy_forces_hvp
 
         return energy_forces_hvp(self, positions, bead_types, batch, probes,
                                  create_graph=create_graph).hvp

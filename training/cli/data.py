@@ -1,5 +1,5 @@
 """``hessid data {build,simulate,import,map,validate}`` and ``hessid targets``: thin argparse
-wrappers over :mod:`hessid.training.structures`, :mod:`.aa_md`, :mod:`.data` and
+wrappers over :mod:`hessid.training.data.structures`, :mod:`.aa_md`, :mod:`.data` and
 :mod:`.targets`.
 """
 
@@ -26,7 +26,7 @@ def _fail(exc: Exception) -> int:
 
 
 def _build(args) -> int:
-    from .structures import build_structure
+    from hessid.training.data.structures import build_structure
 
     t0 = time.perf_counter()
     try:
@@ -39,7 +39,7 @@ def _build(args) -> int:
 
 
 def _simulate(args) -> int:
-    from .aa_md import MDConfig, simulate
+    from hessid.training.data.aa_md import MDConfig, simulate
 
     t0 = time.perf_counter()
     cfg = MDConfig(steps=args.steps, stride=args.stride, temperature=args.temperature,
@@ -59,7 +59,7 @@ def _simulate(args) -> int:
 def _import(args) -> int:
     from pathlib import Path
 
-    from . import data
+    from hessid.training.data import io as data
 
     t0 = time.perf_counter()
     out = Path(args.root) / args.name / f"{args.name}.h5"
@@ -95,7 +95,7 @@ def _import(args) -> int:
 
 
 def _map(args) -> int:
-    from . import data
+    from hessid.training.data import io as data
 
     t0 = time.perf_counter()
     path = data.dataset_path(args.name, args.root)
@@ -108,7 +108,7 @@ def _map(args) -> int:
 
 
 def _validate(args) -> int:
-    from . import data
+    from hessid.training.data import io as data
 
     try:
         summary = data.validate_dataset(data.dataset_path(args.name, args.root))
@@ -196,8 +196,8 @@ def _add_data(sub) -> None:
 
 
 def _targets(args) -> int:
-    from . import data
-    from .targets import compute_targets
+    from hessid.training.data import io as data
+    from hessid.training.data.targets import compute_targets
 
     t0 = time.perf_counter()
     try:

@@ -14,7 +14,7 @@
 4. train with Lightning (AdamW, LR schedule, gradient clipping, early stopping on the
    validation FM loss, DDP over ``devices × num_nodes``), checkpointing every N steps;
    ``resume=True`` continues from ``checkpoints/last.ckpt`` with the same data order;
-5. write ``model.pt`` (:func:`hessid.training.models.load_potential`), ``metrics.csv`` (every
+5. write ``model.pt`` (:func:`hessid.training.learning.models.load_potential`), ``metrics.csv`` (every
    loss term of every step and validation) and ``loss_curves.png``.
 
 Data order and probes do not depend on the number of ranks: global step s uses the global
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hessid.training.configs import dataclass_from_dict
-from hessid.training.losses import (
+from hessid.training.learning.configs import dataclass_from_dict
+from hessid.training.learning.losses import (
     LossConfig,
     energy_loss,
     force_matching_loss,
@@ -45,7 +45,7 @@ from hessid.training.losses import (
     hvp_loss,
     hvp_targets,
 )
-from hessid.training.models import CGPotential, ModelConfig
+from hessid.training.learning.models import CGPotential, ModelConfig
 
 from hessid.units import beta as beta_of_temperature
 
@@ -593,7 +593,7 @@ def _lr_lambda(cfg: OptimConfig, max_steps: int):
 
 def _make_module(potential: CGPotential, cfg: TrainConfig, run_info: dict):
     import lightning.pytorch as pl
-    from hessid.training.hvp import energy_forces_hvp, full_hessian
+    from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
 
     class CGTrainingModule(pl.LightningModule):
         """LightningModule around a CGPotential: losses of spec §5, AdamW + schedule."""
@@ -856,7 +856,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         ValueError: invalid config or data.
     """
     import lightning.pytorch as pl
-    from hessid.training.priors import PriorFit
+    from hessid.training.learning.priors import PriorFit
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     if isinstance(config, (str, Path)):

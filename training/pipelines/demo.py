@@ -164,13 +164,13 @@ def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPET
     dataset = data_root / name / f"{name}.h5"
 
     def build():
-        from hessid.training.structures import build_structure
+        from hessid.training.data.structures import build_structure
 
         path = build_structure(name, sequence=None if pdb else sequence, pdb=pdb, out_dir=data_root)
         return {"pdb": str(path)}
 
     def aa_md():
-        from hessid.training.aa_md import MDConfig, simulate
+        from hessid.training.data.aa_md import MDConfig, simulate
 
         cfg = MDConfig(steps=sc.aa_steps, stride=sc.aa_stride, equilibration_steps=sc.aa_equilibration,
                        platform=platform, seed=seed, chunk_frames=max(10, sc.aa_steps // sc.aa_stride // 50))
@@ -180,7 +180,7 @@ def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPET
 
     def targets():
         import h5py
-        from hessid.training.targets import compute_targets
+        from hessid.training.data.targets import compute_targets
 
         resume = False
         if dataset.exists():
@@ -212,13 +212,13 @@ def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPET
     eval_dir = out / "evaluation"
 
     def evaluate():
-        from hessid.training.evaluate import evaluate as run_eval
+        from hessid.training.evaluation.evaluate import evaluate as run_eval
 
         docs = run_eval(dataset, models, eval_dir, protein=name, lag_time=sc.lag_time, seed=seed)
         return {"models": [d.get("model") for d in docs]}
 
     def report():
-        from hessid.training.report import build_report
+        from hessid.training.evaluation.report import build_report
 
         provenance = {"demo": settings, "dataset": str(dataset), "stages": state.data["stages"]}
         path = build_report(eval_dir, out / "report", training_curves=curves, provenance=provenance,
@@ -240,7 +240,7 @@ def _safe(label: str) -> str:
 def _train(dataset: Path, run_dir: Path, label: str, gamma: float | None, sc: DemoScale,
            seed: int, progress: bool) -> dict:
     """Train one variant (γ None = force matching only); returns model and curve paths."""
-    from hessid.training.train import train
+    from hessid.training.learning.trainer import train
 
     hvp = gamma is not None
     config = {
@@ -267,8 +267,8 @@ def _train(dataset: Path, run_dir: Path, label: str, gamma: float | None, sc: De
 
 
 def _simulate(model: str, dataset: Path, sim_dir: Path, sc: DemoScale, seed: int, progress: bool):
-    from hessid.training.models import load_potential
-    from hessid.training.simulate import simulate
+    from hessid.training.learning.models import load_potential
+    from hessid.training.md.simulation import simulate
 
     potential = load_potential(model)
     resume = (sim_dir / "checkpoint.pt").exists()

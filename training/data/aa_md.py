@@ -7,7 +7,7 @@ positions *and the forces of those positions* (one ``getState`` after the step),
 the OpenMM boundary: nm → Å (×10), kJ/mol/nm → kcal/mol/Å (÷41.84), kJ/mol → kcal/mol.
 
 Frames are written in chunks; after each chunk is committed (HDF5 flush + fsync,
-:func:`hessid.training.data.commit`) the OpenMM checkpoint ``<name>.chk`` is replaced
+:func:`hessid.training.data.io.commit`) the OpenMM checkpoint ``<name>.chk`` is replaced
 atomically (write, fsync, rename). The checkpoint's step count fixes how many frames it
 stands for (``steps_done // stride``), so ``--resume`` cuts any frames flushed after the last
 checkpoint and continues bit-for-bit (the checkpoint restores the Langevin RNG).
@@ -24,14 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from hessid.training.data import io as _data
 
 from hessid.units import (
     energy_kj_to_kcal,
     force_kj_nm_to_kcal_angstrom,
     length_nm_to_angstrom,
 )
-
-from . import data as _data
 
 SOLVENTS = ("gbn2", "obc2", "explicit", "vacuum")
 _SOLVENT_FILES = {
@@ -263,14 +262,14 @@ def simulate(
 ) -> Path:
     """Run (or resume) an AA simulation of ``<root>/<name>/<name>.pdb`` into ``<name>.h5``.
 
-    Writes the dataset layout of :mod:`hessid.training.data` (coordinates Å, forces of the saved
+    Writes the dataset layout of :mod:`hessid.training.data.io` (coordinates Å, forces of the saved
     positions kcal/mol/Å, potential energy kcal/mol, time ps from the start of production,
     frame_id = frame index) plus ``box`` for explicit solvent, and the checkpoint
     ``<name>.chk``. With ``resume`` the run continues from the checkpoint up to
     ``config.steps`` production steps (a larger ``steps`` extends a finished run).
 
     Args:
-        name: dataset name or directory (see :func:`hessid.training.data.dataset_path`).
+        name: dataset name or directory (see :func:`hessid.training.data.io.dataset_path`).
         config: :class:`MDConfig` (on resume the stored settings are used; ``steps`` extends).
         root: folder holding ``<name>/``.
         resume: continue from ``<name>.chk``.
@@ -292,8 +291,7 @@ def simulate(
     import openmm
     import openmm.app as app
     import openmm.unit as u
-
-    from .structures import structure_from_pdb_text
+    from hessid.training.data.structures import structure_from_pdb_text
 
     cfg = config or MDConfig()
     h5_path = _data.dataset_path(name, root)
@@ -366,7 +364,7 @@ def simulate(
         st = context.getState(getPositions=True)
         if periodic:
             top.setPeriodicBoxVectors(st.getPeriodicBoxVectors())
-        from .structures import Structure
+        from hessid.training.data.structures import Structure
 
         pdb_text = Structure(top, length_nm_to_angstrom(
             st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip

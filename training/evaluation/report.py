@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from hessid.training.evaluate import (
+from hessid.training.evaluation.evaluate import (
     METRIC_LABELS,
     METRIC_NAMES,
     METRIC_UNITS,
@@ -274,7 +274,7 @@ def build_report(eval_dir, out_dir=None, training_curves: Mapping[str, str | Pat
     """Write ``report.html`` + PNGs for one evaluation directory (``hessid report``).
 
     Args:
-        eval_dir: folder written by :func:`hessid.training.evaluate.evaluate`.
+        eval_dir: folder written by :func:`hessid.training.evaluation.evaluate.evaluate`.
         out_dir: where to write (default: ``eval_dir``).
         training_curves: ``{model label: training metrics.csv}`` (optional).
         provenance: extra JSON-able provenance shown verbatim (data, targets, config, seeds).

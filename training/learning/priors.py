@@ -31,7 +31,7 @@ Usage (deeptime's estimator/model split)::
     energy = prior.energy(positions, batch, bead_types)      # (B,) kcal/mol
 
 ``frames`` is a list of CG coordinate arrays ``(T, n, 3)`` in Å (one per protein), or of
-:class:`hessid.training.train.ProteinData`-like objects with a ``cg_coordinates`` attribute.
+:class:`hessid.training.learning.trainer.ProteinData`-like objects with a ``cg_coordinates`` attribute.
 """
 
 from __future__ import annotations

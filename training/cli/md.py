@@ -1,8 +1,8 @@
 """``hessid simulate``, ``hessid evaluate`` and ``hessid report`` (issue 5 §1–3).
 
 Thin layer: each subcommand parses its flags and calls one public function with the same
-names — :func:`hessid.training.simulate.simulate`, :func:`hessid.training.evaluate.evaluate`,
-:func:`hessid.training.report.build_report`. ``register(subparsers)`` adds all three parsers
+names — :func:`hessid.training.md.simulation.simulate`, :func:`hessid.training.evaluation.evaluate.evaluate`,
+:func:`hessid.training.evaluation.report.build_report`. ``register(subparsers)`` adds all three parsers
 (the top-level CLI calls it for whichever of the three names is invoked).
 """
 
@@ -33,14 +33,14 @@ def load_model(spec: str):
     Raises:
         FileNotFoundError: the checkpoint does not exist.
     """
-    from hessid.training.simulate import HarmonicChainPotential
+    from hessid.training.md.simulation import HarmonicChainPotential
 
     if spec == "harmonic" or spec.startswith("harmonic:"):
         args = [float(x) for x in spec.split(":", 1)[1].split(",")] if ":" in spec else []
         return HarmonicChainPotential(*args)
     if not Path(spec).exists():
         raise FileNotFoundError(f"model checkpoint {spec} not found")
-    from hessid.training.models import load_potential
+    from hessid.training.learning.models import load_potential
 
     return load_potential(spec)
 
@@ -84,9 +84,9 @@ def _read_start(path: str):
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    """``hessid simulate``: calls :func:`hessid.training.simulate.simulate`."""
+    """``hessid simulate``: calls :func:`hessid.training.md.simulation.simulate`."""
     import torch
-    from hessid.training.simulate import load_cg_reference, simulate
+    from hessid.training.md.simulation import load_cg_reference, simulate
 
     temperature = args.temperature
     if temperature is None and args.reference:
@@ -132,9 +132,9 @@ def _add_evaluate(sub) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``hessid evaluate``: calls :func:`hessid.training.evaluate.evaluate`."""
-    from hessid.training.evaluate import evaluate as evaluate_fn
-    from hessid.training.evaluate import load_reference
+    """``hessid evaluate``: calls :func:`hessid.training.evaluation.evaluate.evaluate`."""
+    from hessid.training.evaluation.evaluate import evaluate as evaluate_fn
+    from hessid.training.evaluation.evaluate import load_reference
 
     models: dict[str, list[str]] = {}
     for label, path in args.model:
@@ -166,8 +166,8 @@ def _add_report(sub) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """``hessid report``: calls :func:`hessid.training.report.build_report`."""
-    from hessid.training.report import build_report
+    """``hessid report``: calls :func:`hessid.training.evaluation.report.build_report`."""
+    from hessid.training.evaluation.report import build_report
 
     prov = {}
     for path in args.provenance:

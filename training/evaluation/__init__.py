@@ -1,0 +1,1 @@
+"""Evaluation of CG simulations against the AA reference, and reports."""

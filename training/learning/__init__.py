@@ -1,0 +1,1 @@
+"""Learning: CGSchNet models, priors, exact derivatives/HVPs, losses, configs and the trainer."""

@@ -1,0 +1,1 @@
+"""CG molecular dynamics with a trained potential: integrator, reporters, driver."""

@@ -1,0 +1,1 @@
+"""Pipelines built from the stages: the stage runner, the chignolin demo, the alanine-dipeptide study."""
