@@ -53,6 +53,9 @@ def ca_topology(n_beads: int, residue_names: Sequence[str] | None = None):
         n_beads: number of beads n.
         residue_names: n three-letter names; "ALA" where None or unrecognised.
 
+    Returns:
+        ``mdtraj.Topology`` with n residues of one "CA" carbon atom each and n − 1 bonds.
+
     Raises:
         ValueError: residue_names has the wrong length.
     """
