@@ -46,7 +46,8 @@ import sys
 import time
 
 import torch
-from hessid.training.md.simulation import HarmonicChainPotential, LangevinBAOAB, energy_and_forces
+from hessid.training.data.synthetic import HarmonicChainPotential
+from hessid.training.md.integrator import LangevinBAOAB, energy_and_forces
 
 TIMESTEP_FS, TEMPERATURE_K, FRICTION_PER_PS, MASS_AMU = 2.0, 300.0, 1.0, 12.0
 SIZES, REPLICAS = (10, 35, 80), (1, 20)

@@ -245,7 +245,7 @@ def test_hessian_relative_error():
 
 def test_model_hessians_of_a_harmonic_chain():
     import torch
-    from hessid.training.md.simulation import HarmonicChainPotential
+    from hessid.training.data.synthetic import HarmonicChainPotential
 
     pot = HarmonicChainPotential(bond_k=100.0, bond_length=1.4, angle_k=0.0).double()
     x = np.cumsum(np.tile([[1.4, 0.0, 0.0]], (5, 1)), axis=0)[None]  # straight chain at rest

@@ -33,7 +33,7 @@ def load_model(spec: str):
     Raises:
         FileNotFoundError: the checkpoint does not exist.
     """
-    from hessid.training.md.simulation import HarmonicChainPotential
+    from hessid.training.data.synthetic import HarmonicChainPotential
 
     if spec == "harmonic" or spec.startswith("harmonic:"):
         args = [float(x) for x in spec.split(":", 1)[1].split(",")] if ":" in spec else []

@@ -1,4 +1,5 @@
-"""Synthetic CG test data: compact Cα chains and small dataset files in the contract layout.
+"""Synthetic CG test data: compact Cα chains, small dataset files in the contract layout, and
+:class:`HarmonicChainPotential`, a harmonic Cα-chain potential with the ``CGPotential`` signature.
 
 Used by the training tests and ``benchmarks/hvp_step.py``; not a physical model. The AA system
 of :func:`write_synthetic_dataset` is a Cα + side-bead chain held by harmonic springs, so its
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["compact_chain", "spring_network", "write_synthetic_dataset"]
+__all__ = ["HarmonicChainPotential", "compact_chain", "spring_network", "write_synthetic_dataset"]
 
 
 def compact_chain(n_beads: int, n_frames: int = 1, seed: int = 0, noise: float = 0.3) -> np.ndarray:
@@ -172,3 +173,51 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
             g["hessian_block_done"] = np.ones(n_frames, dtype=np.uint8)
         h5["synthetic/reference"] = ref  # (N, 3) Å: spring_network(reference) is the AA energy
     return path
+
+
+class HarmonicChainPotential(torch.nn.Module):
+    """Harmonic Cα bonds and angles, ``U = Σ ½k_b(|r_{i+1}−r_i| − b0)² + Σ ½k_θ(θ_i − θ0)²``.
+
+    A stand-in for a trained ``CGPotential`` (tests, benchmark, demo fallback). Beads of one
+    structure are contiguous in the flattened graph (TorchMD-Net convention); bonds join
+    consecutive beads with the same ``batch`` index, angles consecutive triples.
+
+    Args:
+        bond_k: bond force constant, kcal/mol/Å².
+        bond_length: equilibrium bond b0, Å (3.8 for Cα–Cα).
+        angle_k: angle force constant, kcal/mol/rad² (0 disables angles).
+        angle: equilibrium angle θ0, radians.
+
+    ``forward(positions (A, 3) Å, bead_types (A,) long, batch (A,) long) -> (B,) kcal/mol``
+    with ``B = batch[-1] + 1`` (batch sorted, as the contract requires); bead types unused.
+    """
+
+    def __init__(self, bond_k: float = 100.0, bond_length: float = 3.8, angle_k: float = 10.0,
+                 angle: float = 1.7):
+        super().__init__()
+        self.register_buffer("bond_k", torch.tensor(float(bond_k), dtype=torch.float64))
+        self.register_buffer("bond_length", torch.tensor(float(bond_length), dtype=torch.float64))
+        self.register_buffer("angle_k", torch.tensor(float(angle_k), dtype=torch.float64))
+        self.register_buffer("angle", torch.tensor(float(angle), dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor, bead_types: torch.Tensor,
+                batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy (B,) kcal/mol of positions (A, 3) Å, graph-style (``CGPotential`` signature)."""
+        if batch is None:
+            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+        n_structures = int(batch[-1]) + 1 if batch.numel() else 0
+        dtype = positions.dtype
+        energy = positions.new_zeros(n_structures)
+        d = positions[1:] - positions[:-1]  # (A-1, 3)
+        same = batch[1:] == batch[:-1]  # (A-1,)
+        length = d.norm(dim=-1)
+        e_bond = 0.5 * self.bond_k.to(dtype) * (length - self.bond_length.to(dtype)) ** 2
+        energy = energy.index_add(0, batch[:-1], torch.where(same, e_bond, 0.0))
+        if positions.shape[0] >= 3 and float(self.angle_k) != 0.0:
+            u, v = -d[:-1], d[1:]  # (A-2, 3) vectors from the middle bead
+            cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+            theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+            same3 = same[1:] & same[:-1]  # (A-2,)
+            e_angle = 0.5 * self.angle_k.to(dtype) * (theta - self.angle.to(dtype)) ** 2
+            energy = energy.index_add(0, batch[:-2], torch.where(same3, e_angle, 0.0))
+        return energy
