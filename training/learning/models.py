@@ -81,6 +81,7 @@ class CGPotential(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Floating dtype of the weights and prior (``config.precision``)."""
         return self.config.dtype
 
     def _check(self, positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None):
