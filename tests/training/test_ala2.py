@@ -275,7 +275,7 @@ def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_p
     """``_call_trainer`` builds a config the trainer accepts; variants differ only in the loss."""
     from types import SimpleNamespace
 
-    from hessid.training.learning.trainer import TrainConfig
+    from hessid.training.learning.configs import TrainConfig
 
     drv = _driver()
     s = drv.settings(mode)

@@ -39,7 +39,9 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``train`` from parsed arguments; returns the exit code."""
-    from hessid.training.learning.trainer import VerificationGateError, load_config, train
+    from hessid.training.learning.configs import load_config
+    from hessid.training.learning.gate import VerificationGateError
+    from hessid.training.learning.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set)

@@ -1,6 +1,36 @@
-"""Shared helper for building config and parameter dataclasses from plain dicts (YAML, checkpoints)."""
+"""Configuration of a training run: every ``learning`` config dataclass and the YAML reader.
+
+A run is one :class:`TrainConfig` (YAML file, documented key by key in docs/training.md) with
+the sections ``data`` (:class:`DataConfig`), ``model`` (:class:`ModelConfig`), ``loss``
+(:class:`LossConfig`), ``optim`` (:class:`OptimConfig`), ``trainer`` (:class:`TrainerConfig`)
+and ``prior`` (:class:`PriorConfig`). :func:`load_config` reads the YAML file and applies
+``key.sub=value`` overrides; an unknown key anywhere raises ``ValueError`` naming its section.
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+__all__ = [
+    "LOSS_MODES",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PriorConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "dataclass_from_dict",
+    "load_config",
+]
+
+LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def dataclass_from_dict(cls, d: dict | None, what: str):
@@ -23,3 +53,314 @@ def dataclass_from_dict(cls, d: dict | None, what: str):
     if unknown:
         raise ValueError(f"{what} {sorted(unknown)}; known: {sorted(known)}")
     return cls(**d)
+
+
+def _from_dict(cls, d, section):
+    return dataclass_from_dict(cls, d, f"unknown keys in `{section}`:")
+
+
+@dataclass
+class ModelConfig:
+    """CGSchNet hyper-parameters (TorchMD-Net ``create_model`` names).
+
+    Attributes:
+        embedding_dimension: channels of node features and filters (64).
+        num_layers: interaction blocks (4).
+        num_rbf: radial basis functions (12).
+        rbf_type: ``"expnorm"`` (exponential-normal) or ``"gauss"``.
+        trainable_rbf: whether RBF centres/widths are trained (False).
+        activation: ``"silu"`` (the exact fast-HVP path supports silu only).
+        cutoff_lower: lower cutoff, Å (3.0): pairs closer than this are left to the prior.
+        cutoff_upper: upper cutoff, Å (12.0).
+        max_num_neighbors: TorchMD-Net neighbour cap per bead; must be ≥ the largest bead
+            count, checked at every call, so no pair inside the cutoff is ever dropped (512).
+        neighbor_embedding: TorchMD-Net's neighbour embedding step (False: plain SchNet).
+        precision: ``"float32"`` or ``"float64"``.
+    """
+
+    embedding_dimension: int = 64
+    num_layers: int = 4
+    num_rbf: int = 12
+    rbf_type: str = "expnorm"
+    trainable_rbf: bool = False
+    activation: str = "silu"
+    cutoff_lower: float = 3.0
+    cutoff_upper: float = 12.0
+    max_num_neighbors: int = 512
+    neighbor_embedding: bool = False
+    precision: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ModelConfig:
+        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        cfg = dataclass_from_dict(cls, d, "unknown model config keys")
+        if cfg.precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {cfg.precision!r}")
+        if not 0 <= cfg.cutoff_lower < cfg.cutoff_upper:
+            raise ValueError(f"need 0 <= cutoff_lower < cutoff_upper, got "
+                             f"{cfg.cutoff_lower}, {cfg.cutoff_upper}")
+        return cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``torch.float32`` or ``torch.float64`` (from ``precision``)."""
+        return _DTYPES[self.precision]
+
+
+@dataclass
+class LossConfig:
+    """Loss settings (YAML ``loss:`` section; see docs/training.md).
+
+    Attributes:
+        mode: ``"fm"``, ``"fm_hvp"`` or ``"fm_hessian"``.
+        lambda_force: λ_F, weight of the (normalised) FM loss.
+        lambda_hvp: λ_H, weight of the (normalised) HVP or Hessian loss.
+        lambda_energy: weight of the energy loss (0: off; AA energies only make sense when the
+            CG map keeps all atoms, e.g. the PHL comparison).
+        cov_weight: γ in ``h = Term1 − γ β dF (dF·v)``; 0 = FM+AA, 1 = FM+AA+Cov.
+        normalise: divide each term by the mean squared norm of its targets.
+        force_norm, hvp_norm, hessian_norm, energy_norm: those means (filled from the training
+            data by the trainer; units (kcal/mol/Å)², (kcal/mol/Å²)², (kcal/mol/Å²)²,
+            (kcal/mol)²). None = 1.
+    """
+
+    mode: str = "fm"
+    lambda_force: float = 1.0
+    lambda_hvp: float = 1.0
+    lambda_energy: float = 0.0
+    cov_weight: float = 0.0
+    normalise: bool = True
+    force_norm: float | None = None
+    hvp_norm: float | None = None
+    hessian_norm: float | None = None
+    energy_norm: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in LOSS_MODES:
+            raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {self.mode!r}")
+        if not 0.0 <= float(self.cov_weight) <= 1.0:
+            raise ValueError(f"cov_weight must lie in [0, 1], got {self.cov_weight}")
+        for name in ("lambda_force", "lambda_hvp", "lambda_energy"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> LossConfig:
+        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, d, "unknown loss keys")
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict."""
+        return asdict(self)
+
+    def norm(self, name: str) -> float:
+        """Divisor of the ``name`` term (``"force"``, ``"hvp"``, ``"hessian"``, ``"energy"``):
+        its ``<name>_norm`` when ``normalise`` and set, else 1."""
+        value = getattr(self, f"{name}_norm")
+        return float(value) if (self.normalise and value) else 1.0
+
+
+@dataclass
+class DataConfig:
+    """``data:`` section.
+
+    Attributes:
+        datasets: dataset files (one HDF5 per protein); relative paths are looked up in the
+            working directory, then next to the YAML file.
+        split: ``"frames"`` (random frames of every protein go to validation) or
+            ``"protein"`` (whole proteins named in ``val_proteins`` go to validation).
+        val_fraction: fraction of frames held out with ``split: frames`` (0–1).
+        val_proteins: protein names (root attr ``name``) held out with ``split: protein``.
+        batch_size: frames per optimizer step, over all ranks (must divide by the rank count).
+        max_frames: use at most this many frames per protein (first ones; None = all).
+    """
+
+    datasets: list = field(default_factory=list)
+    split: str = "frames"
+    val_fraction: float = 0.1
+    val_proteins: list = field(default_factory=list)
+    batch_size: int = 16
+    max_frames: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """``optim:`` section.
+
+    Attributes:
+        lr: peak learning rate of AdamW (1/step units of θ).
+        weight_decay: AdamW decoupled weight decay.
+        schedule: ``"constant"``, ``"cosine"`` (to ``min_lr_ratio·lr`` at ``max_steps``) or
+            ``"exponential"`` (``gamma_per_1000`` per 1000 steps).
+        warmup_steps: linear LR warm-up steps.
+        min_lr_ratio: final LR / peak LR for ``cosine``.
+        gamma_per_1000: decay factor per 1000 steps for ``exponential``.
+        grad_clip: gradient-norm clip (0 = off).
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    gamma_per_1000: float = 0.5
+    grad_clip: float = 10.0
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer:`` section.
+
+    Attributes:
+        max_steps: optimizer steps.
+        val_every_steps: validate every this many steps.
+        checkpoint_every_steps: write ``checkpoints/last.ckpt`` every this many steps.
+        early_stopping_patience: stop after this many validations without a better val FM
+            loss (0 = off).
+        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``.
+        devices: devices per node (DDP when > 1).
+        num_nodes: nodes (DDP when > 1).
+        progress_bar: show Lightning's progress bar.
+        hvp_probe_chunk: probes per batched double backward (memory bound; None = all k).
+    """
+
+    max_steps: int = 1000
+    val_every_steps: int = 100
+    checkpoint_every_steps: int = 100
+    early_stopping_patience: int = 10
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    progress_bar: bool = True
+    hvp_probe_chunk: int | None = None
+
+
+@dataclass
+class PriorConfig:
+    """``prior:`` section: the Boltzmann-inverted prior of
+    :class:`hessid.training.learning.priors.PriorFit`, fitted on the training frames.
+
+    Attributes:
+        enabled: fit the prior and add it to the network energy (False: network only).
+        n_fourier: Fourier terms of the dihedral prior (``a_n cos nφ + b_n sin nφ``, n ≤ this).
+        repulsion_scale: repulsion σ as a multiple of the smallest non-bonded distance seen in
+            the training data (dimensionless).
+    """
+
+    enabled: bool = True
+    n_fourier: int = 3
+    repulsion_scale: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """A training run (YAML file; documented key by key in docs/training.md).
+
+    Attributes:
+        name: run name; outputs go to ``<output_dir>/<name>/``.
+        output_dir: parent of run directories.
+        seed: seeds model init, data order and split.
+        skip_verification: skip the verification gate (loudly).
+        hvp_start_step: train FM only before this step (then switch on the HVP/Hessian term).
+        cov_ramp_steps: ramp γ linearly from 0 to ``loss.cov_weight`` over this many steps
+            after ``hvp_start_step`` (the Term-2 estimate uses the model force, poor early).
+        data, model, loss, optim, trainer, prior: the sections (:class:`DataConfig`,
+            :class:`ModelConfig`, :class:`LossConfig`, :class:`OptimConfig`,
+            :class:`TrainerConfig`, :class:`PriorConfig`).
+    """
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    skip_verification: bool = False
+    hvp_start_step: int = 0
+    cov_ramp_steps: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict | None, base_dir: str | Path | None = None) -> TrainConfig:
+        """Build from nested dicts; unknown keys raise ``ValueError`` naming the section.
+
+        Relative dataset paths missing from the working directory are looked up in ``base_dir``
+        (the YAML file's folder).
+
+        Args:
+            d: ``{section: {key: value}}`` plus the top-level keys (None: all defaults).
+            base_dir: folder of the YAML file, or None.
+
+        Returns:
+            the config.
+
+        Raises:
+            ValueError: an unknown key (names its section), or an invalid ``data.split``,
+                ``optim.schedule``, loss mode or model setting.
+        """
+        d = dict(d or {})
+        sections = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+                    "prior": PriorConfig}
+        kwargs = {}
+        for key, value in d.items():
+            if key in sections:
+                kwargs[key] = _from_dict(sections[key], value, key)
+            elif key == "model":
+                kwargs[key] = ModelConfig.from_dict(value)
+            elif key == "loss":
+                kwargs[key] = LossConfig.from_dict(value)
+            elif key in cls.__dataclass_fields__:
+                kwargs[key] = value
+            else:
+                raise ValueError(f"unknown top-level config key {key!r}; known: "
+                                 f"{sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**kwargs)
+        if base_dir is not None:  # relative paths: the working directory first, then the YAML's
+            cfg.data.datasets = [
+                str(Path(base_dir) / p) if not Path(p).is_absolute() and not Path(p).exists()
+                and (Path(base_dir) / p).exists() else str(p) for p in cfg.data.datasets]
+        if cfg.data.split not in ("frames", "protein"):
+            raise ValueError(f"data.split must be 'frames' or 'protein', got {cfg.data.split!r}")
+        if cfg.optim.schedule not in ("constant", "cosine", "exponential"):
+            raise ValueError(f"optim.schedule must be constant/cosine/exponential, got "
+                             f"{cfg.optim.schedule!r}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        """Nested plain dicts (the form :meth:`from_dict` reads and checkpoints store)."""
+        return asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML).
+
+    Args:
+        path: YAML file (None: defaults).
+        overrides: e.g. ``["loss.cov_weight=1", "trainer.max_steps=50"]``.
+
+    Returns:
+        :class:`TrainConfig`.
+
+    Raises:
+        ValueError: a malformed override or an unknown key.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    raw: dict = {}
+    base = None
+    if path is not None:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        base = Path(path).parent
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return TrainConfig.from_dict(raw, base_dir=base)
+

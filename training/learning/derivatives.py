@@ -2,7 +2,7 @@
 
 ``H_θ v = ∇_R (v · ∇_R U_θ)`` for k probes per structure, differentiable w.r.t. θ so that the
 HVP loss can be trained. Two implementations, tested against each other and against the full
-autograd Hessian in float64 (``tests/training/test_hvp.py``):
+autograd Hessian in float64 (``tests/training/learning/test_hvp.py``):
 
 - :func:`hvp_reference` — the slow, obvious one: TorchMD-Net forward, ``∇_R U`` with
   ``create_graph``, then one double backward per probe.

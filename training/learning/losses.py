@@ -3,7 +3,7 @@
 All tensors are graph-batched (TorchMD-Net layout): beads of B frames flattened to A rows,
 ``batch`` (A,) gives each bead's frame. Probes and HVPs carry a leading probe axis k:
 (k, A, 3). The E-F / E-F-HVP (one-hot or random probes) / E-F-H comparison of Projected
-Hessian Learning is a :class:`LossConfig`, not a code path:
+Hessian Learning is a :class:`~hessid.training.learning.configs.LossConfig`, not a code path:
 
 ============  ==========================================================
 E-F           ``mode="fm"`` (``lambda_energy > 0`` adds energies)
@@ -21,14 +21,9 @@ term starts near 1 for a model with small outputs and λ_F, λ_H weigh comparabl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
-from hessid.training.learning.configs import dataclass_from_dict
 
 __all__ = [
-    "LOSS_MODES",
-    "LossConfig",
     "energy_loss",
     "force_matching_loss",
     "hessian_loss",
@@ -37,58 +32,6 @@ __all__ = [
     "hvp_targets",
     "per_frame_sum",
 ]
-
-LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
-
-
-@dataclass
-class LossConfig:
-    """Loss settings (YAML ``loss:`` section; see docs/training.md).
-
-    Attributes:
-        mode: ``"fm"``, ``"fm_hvp"`` or ``"fm_hessian"``.
-        lambda_force: λ_F, weight of the (normalised) FM loss.
-        lambda_hvp: λ_H, weight of the (normalised) HVP or Hessian loss.
-        lambda_energy: weight of the energy loss (0: off; AA energies only make sense when the
-            CG map keeps all atoms, e.g. the PHL comparison).
-        cov_weight: γ in ``h = Term1 − γ β dF (dF·v)``; 0 = FM+AA, 1 = FM+AA+Cov.
-        normalise: divide each term by the mean squared norm of its targets.
-        force_norm, hvp_norm, hessian_norm, energy_norm: those means (filled from the training
-            data by the trainer; units (kcal/mol/Å)², (kcal/mol/Å²)², (kcal/mol/Å²)²,
-            (kcal/mol)²). None = 1.
-    """
-
-    mode: str = "fm"
-    lambda_force: float = 1.0
-    lambda_hvp: float = 1.0
-    lambda_energy: float = 0.0
-    cov_weight: float = 0.0
-    normalise: bool = True
-    force_norm: float | None = None
-    hvp_norm: float | None = None
-    hessian_norm: float | None = None
-    energy_norm: float | None = None
-
-    def __post_init__(self):
-        if self.mode not in LOSS_MODES:
-            raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {self.mode!r}")
-        if not 0.0 <= float(self.cov_weight) <= 1.0:
-            raise ValueError(f"cov_weight must lie in [0, 1], got {self.cov_weight}")
-        for name in ("lambda_force", "lambda_hvp", "lambda_energy"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> LossConfig:
-        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, d, "unknown loss keys")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def norm(self, name: str) -> float:
-        value = getattr(self, f"{name}_norm")
-        return float(value) if (self.normalise and value) else 1.0
 
 
 def per_frame_sum(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:

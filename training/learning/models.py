@@ -14,12 +14,14 @@ prior parameters, the bead vocabulary, the units, the model config and the hessi
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from hessid.training.learning.configs import dataclass_from_dict
+from hessid.training.learning.configs import ModelConfig
+from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.priors import PriorModel, PriorParameters
+from torchmdnet.models.model import create_model
 
 from hessid import __version__ as HESSID_VERSION
 
@@ -27,7 +29,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CGPotential",
-    "ModelConfig",
     "load_potential",
 ]
 
@@ -36,56 +37,6 @@ CHECKPOINT_FORMAT = "hessid.cg_potential"
 #: 1: first release; 2: priors per bead-type class (format-1 files, pooled priors, still load).
 CHECKPOINT_FORMAT_VERSION = 2
 UNITS = {"length": "angstrom", "energy": "kcal/mol", "force": "kcal/mol/angstrom"}
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class ModelConfig:
-    """CGSchNet hyper-parameters (TorchMD-Net ``create_model`` names).
-
-    Attributes:
-        embedding_dimension: channels of node features and filters (64).
-        num_layers: interaction blocks (4).
-        num_rbf: radial basis functions (12).
-        rbf_type: ``"expnorm"`` (exponential-normal) or ``"gauss"``.
-        trainable_rbf: whether RBF centres/widths are trained (False).
-        activation: ``"silu"`` (the exact fast-HVP path supports silu only).
-        cutoff_lower: lower cutoff, Å (3.0): pairs closer than this are left to the prior.
-        cutoff_upper: upper cutoff, Å (12.0).
-        max_num_neighbors: TorchMD-Net neighbour cap per bead; must be ≥ the largest bead
-            count, checked at every call, so no pair inside the cutoff is ever dropped (512).
-        neighbor_embedding: TorchMD-Net's neighbour embedding step (False: plain SchNet).
-        precision: ``"float32"`` or ``"float64"``.
-    """
-
-    embedding_dimension: int = 64
-    num_layers: int = 4
-    num_rbf: int = 12
-    rbf_type: str = "expnorm"
-    trainable_rbf: bool = False
-    activation: str = "silu"
-    cutoff_lower: float = 3.0
-    cutoff_upper: float = 12.0
-    max_num_neighbors: int = 512
-    neighbor_embedding: bool = False
-    precision: str = "float32"
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> ModelConfig:
-        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
-        cfg = dataclass_from_dict(cls, d, "unknown model config keys")
-        if cfg.precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {cfg.precision!r}")
-        if not 0 <= cfg.cutoff_lower < cfg.cutoff_upper:
-            raise ValueError(f"need 0 <= cutoff_lower < cutoff_upper, got "
-                             f"{cfg.cutoff_lower}, {cfg.cutoff_upper}")
-        return cfg
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return _DTYPES[self.precision]
-
 
 def _torchmdnet_args(cfg: ModelConfig, n_types: int) -> dict:
     return dict(
@@ -115,8 +66,6 @@ class CGPotential(torch.nn.Module):
     def __init__(self, bead_vocabulary: list[str], prior: PriorModel | PriorParameters | None = None,
                  config: ModelConfig | dict | None = None):
         super().__init__()
-        from torchmdnet.models.model import create_model
-
         if not bead_vocabulary:
             raise ValueError("bead_vocabulary must hold at least one residue type")
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
@@ -132,6 +81,7 @@ class CGPotential(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Floating dtype of the weights and prior (``config.precision``)."""
         return self.config.dtype
 
     def _check(self, positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None):
@@ -205,8 +155,6 @@ class CGPotential(torch.nn.Module):
         Returns:
             (k, A, 3) kcal/mol/Å². See :func:`hessid.training.learning.derivatives.energy_forces_hvp`.
         """
-        from hessid.training.learning.derivatives import energy_forces_hvp
-
         return energy_forces_hvp(self, positions, bead_types, batch, probes,
                                  create_graph=create_graph).hvp
 

@@ -31,11 +31,12 @@ Usage (deeptime's estimator/model split)::
     energy = prior.energy(positions, batch, bead_types)      # (B,) kcal/mol
 
 ``frames`` is a list of CG coordinate arrays ``(T, n, 3)`` in Å (one per protein), or of
-:class:`hessid.training.learning.trainer.ProteinData`-like objects with a ``cg_coordinates`` attribute.
+:class:`hessid.training.learning.datasets.ProteinData`-like objects with a ``cg_coordinates`` attribute.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -349,8 +350,6 @@ class PriorModel(torch.nn.Module):
 
     def save(self, path) -> None:
         """Write the parameters as JSON (the model checkpoint embeds them too)."""
-        import json
-
         with open(path, "w") as fh:
             json.dump(self.params.to_dict(), fh, indent=1)
 

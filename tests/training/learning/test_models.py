@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.configs import ModelConfig
 from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.models import (
     CHECKPOINT_FORMAT_VERSION,
     CGPotential,
-    ModelConfig,
     load_potential,
 )
 from hessid.training.learning.priors import PriorFit

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.configs import LossConfig
 from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
 from hessid.training.learning.losses import (
-    LossConfig,
     force_matching_loss,
     hessian_loss,
     hvp_loss,

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 from hessid.training.data.synthetic import spring_network, write_synthetic_dataset
-from hessid.training.learning.models import load_potential
-from hessid.training.learning.trainer import (
-    FrameStream,
-    TrainConfig,
-    VerificationGateError,
-    collate_frames,
-    load_config,
-    load_protein,
-    run_verification_gate,
-    train,
-)
+from hessid.training.learning.configs import PriorConfig, TrainConfig, load_config
+from hessid.training.learning.datasets import FrameStream, collate_frames, load_protein
+from hessid.training.learning.gate import VerificationGateError, run_verification_gate
+from hessid.training.learning.models import CGPotential, load_potential
+from hessid.training.learning.module import CGTrainingModule
+from hessid.training.learning.trainer import train
 
 TINY_MODEL = {"embedding_dimension": 8, "num_layers": 1, "num_rbf": 4, "precision": "float64"}
 
@@ -147,6 +142,7 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path, datasets):
     with open(resumed.metrics_csv) as fh:
         rows_res = [r for r in csv.DictReader(fh) if r["split"] == "train"]
     assert [r["total"] for r in rows_full] == [r["total"] for r in rows_res]
+    assert full.metrics_csv.read_text() == resumed.metrics_csv.read_text()  # val rows too
     assert {"fm", "hvp", "gamma", "lr"} <= set(rows_full[0])
     assert rows_full[-1]["hvp"] != "" and float(rows_full[-1]["gamma"]) == 1.0
     assert full.plot is not None and full.plot.exists()
@@ -194,3 +190,28 @@ def test_cli_registers_train(tmp_path, datasets):
     args = parser.parse_args(["train", "--config", "x.yaml", "--devices", "2", "--num-nodes", "1",
                               "--skip-verification", "--set", "loss.cov_weight=1"])
     assert args.devices == 2 and args.skip_verification and args.set == ["loss.cov_weight=1"]
+
+
+def test_prior_section_is_typed_and_keeps_its_yaml_keys():
+    cfg = TrainConfig.from_dict({"prior": {"n_fourier": 2}})
+    assert cfg.prior == PriorConfig(enabled=True, n_fourier=2, repulsion_scale=1.0)
+    assert cfg.to_dict()["prior"] == {"enabled": True, "n_fourier": 2, "repulsion_scale": 1.0}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # what checkpoints store reads back
+    with pytest.raises(ValueError, match="unknown keys in `prior`"):
+        TrainConfig.from_dict({"prior": {"n_fourrier": 2}})
+
+
+def test_training_module_is_public_and_computes_every_term(datasets):
+    """``CGTrainingModule(potential, cfg, run_info)``: the loss terms of one batch, with a θ-graph."""
+    cfg = TrainConfig.from_dict({"model": TINY_MODEL,
+                                 "loss": {"mode": "fm_hvp", "cov_weight": 1.0, "normalise": False}})
+    proteins = [load_protein(datasets[0])]
+    pot = CGPotential(proteins[0].vocabulary, None, cfg.model)
+    module = CGTrainingModule(pot, cfg, {})
+    data = collate_frames(proteins, [(0, 0), (0, 1)], [np.arange(len(proteins[0].vocabulary))],
+                          pot.dtype, need_probes=True)
+    terms = module.compute_losses(data, 10**9)
+    assert {"fm", "hvp", "total", "gamma"} <= set(terms) and float(terms["gamma"]) == 1.0
+    assert torch.isfinite(terms["total"]) and terms["total"].requires_grad
+    assert torch.allclose(terms["total"], terms["fm"] + terms["hvp"])  # λ = 1, no normalisation
+    assert CGTrainingModule(pot, cfg).run_info == {}

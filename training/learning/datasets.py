@@ -1,0 +1,424 @@
+"""Training data: dataset files in memory, the train/validation split, target normalisations,
+graph batches with online probes, and the deterministic rank-sharded batch stream.
+
+Data order and probes do not depend on the number of ranks: global step s uses the global
+batch ``order(seed, epoch)[s·b:(s+1)·b]``; rank r of w takes its frames ``r::w``; each rank
+regenerates its frames' probes from their frame ids with the dataset's stored probe spec
+(``draw_probes(kind, seed, [frame_id], k, 3n)``, the probes the stored Term 1 used).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from hessid.training.learning.configs import TrainConfig
+
+from hessid.probes import draw_probes, probe_scale
+from hessid.units import beta as beta_of_temperature
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FrameStream",
+    "ProteinData",
+    "collate_frames",
+    "load_protein",
+    "merge_vocabularies",
+    "split_frames",
+    "target_normalisations",
+]
+
+
+@dataclass
+class ProteinData:
+    """One protein's dataset file in memory (what training needs; hessid units).
+
+    Attributes:
+        name, path: protein name (root attr ``name`` or file stem) and file.
+        temperature: K.  frame_id: (T,) int64.
+        cg_coordinates: (T, n, 3) Å.  cg_forces: (T, n, 3) kcal/mol/Å (P f).
+        bead_types: (n,) int64 in the file's vocabulary; ``vocabulary`` its names.
+        weights, projector: (n, N) S and Q.  aa_frame0: (N, 3) Å (for the gate).
+        term1: (T, k, n, 3) kcal/mol/Å² or None; ``term1_attrs``; ``term1_done`` (T,) bool.
+        hessian_block: (T, 3n, 3n) kcal/mol/Å² or None; ``hessian_done`` (T,) bool.
+        potential_energy: (T,) or None.
+    """
+
+    name: str
+    path: Path
+    temperature: float
+    frame_id: np.ndarray
+    cg_coordinates: np.ndarray
+    cg_forces: np.ndarray
+    bead_types: np.ndarray
+    vocabulary: list
+    weights: np.ndarray
+    projector: np.ndarray
+    aa_frame0: np.ndarray
+    term1: np.ndarray | None = None
+    term1_attrs: dict = field(default_factory=dict)
+    term1_done: np.ndarray | None = None
+    hessian_block: np.ndarray | None = None
+    hessian_done: np.ndarray | None = None
+    potential_energy: np.ndarray | None = None
+
+    @property
+    def n_beads(self) -> int:
+        """n, beads per frame."""
+        return int(self.cg_coordinates.shape[1])
+
+    @property
+    def n_frames(self) -> int:
+        """T, frames read."""
+        return int(self.cg_coordinates.shape[0])
+
+    def probe_spec(self) -> tuple[str, int, int]:
+        """(kind, seed, k) of the stored Term 1; ``ValueError`` if there is none."""
+        a = self.term1_attrs
+        if self.term1 is None or not {"probe_kind", "probe_seed", "n_probes"} <= set(a):
+            raise ValueError(f"{self.path}: no cg/hvp_term1 with probe_kind/probe_seed/n_probes "
+                             "attributes (run `hessid targets`)")
+        kind = a["probe_kind"]
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        return kind, int(a["probe_seed"]), int(a["n_probes"])
+
+
+def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData:
+    """Read the parts of a dataset file that training needs (contract layout).
+
+    Args:
+        path: the dataset's HDF5 file.
+        max_frames: read only the first this many frames (None: all).
+
+    Returns:
+        :class:`ProteinData` (arrays as stored: coordinates Å, forces kcal/mol/Å, Term 1 and
+        Hessian blocks kcal/mol/Å²).
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: no ``cg/`` group, or shapes inconsistent (names the file and dataset).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    sl = slice(None, max_frames)
+    with h5py.File(path, "r") as h5:
+        if "cg" not in h5:
+            raise ValueError(f"{path}: no cg/ group (run `hessid data map` / `hessid targets`)")
+        cg = h5["cg"]
+        vocab = cg["bead_types"].attrs.get("bead_vocabulary", cg.attrs.get("bead_vocabulary",
+                                                                           h5.attrs.get("bead_vocabulary", "[]")))
+        vocab = json.loads(vocab.decode() if isinstance(vocab, bytes) else vocab)
+        name = h5.attrs.get("name", path.stem)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        p = ProteinData(
+            name=name or path.stem, path=path, temperature=float(h5.attrs.get("temperature", 300.0)),
+            frame_id=h5["frame_id"][sl].astype(np.int64),
+            cg_coordinates=cg["coordinates"][sl], cg_forces=cg["forces"][sl],
+            bead_types=cg["bead_types"][()].astype(np.int64), vocabulary=list(vocab),
+            weights=cg["weights"][()], projector=cg["projector"][()],
+            aa_frame0=h5["coordinates"][0],
+            potential_energy=h5["potential_energy"][sl] if "potential_energy" in h5 else None,
+        )
+        if "hvp_term1" in cg:
+            p.term1 = cg["hvp_term1"][sl]
+            p.term1_attrs = dict(cg["hvp_term1"].attrs)
+            done = cg["hvp_term1_done"][sl].astype(bool) if "hvp_term1_done" in cg else None
+            p.term1_done = done if done is not None else np.ones(p.term1.shape[0], bool)
+        if "hessian_block" in cg:
+            p.hessian_block = cg["hessian_block"][sl]
+            p.hessian_done = (cg["hessian_block_done"][sl].astype(bool) if "hessian_block_done" in cg
+                              else np.ones(p.hessian_block.shape[0], bool))
+    n = p.n_beads
+    if p.cg_forces.shape != p.cg_coordinates.shape or p.bead_types.shape != (n,):
+        raise ValueError(f"{path}: cg/forces {p.cg_forces.shape}, cg/coordinates "
+                         f"{p.cg_coordinates.shape}, cg/bead_types {p.bead_types.shape} disagree")
+    if p.term1 is not None and p.term1.shape[2:] != (n, 3):
+        raise ValueError(f"{path}: cg/hvp_term1 {p.term1.shape} is not (T, k, {n}, 3)")
+    if not p.vocabulary:
+        p.vocabulary = [f"type{i}" for i in range(int(p.bead_types.max()) + 1)]
+    return p
+
+
+def merge_vocabularies(proteins: list[ProteinData]) -> tuple[list[str], list[np.ndarray]]:
+    """One bead vocabulary for all proteins (first-seen order) and each file's type map.
+
+    Args:
+        proteins: loaded datasets.
+
+    Returns:
+        ``(vocabulary, type_maps)``: ``type_maps[i]`` (len of protein i's vocabulary,) int64
+        maps protein i's bead-type indices into ``vocabulary``.
+    """
+    vocabulary: list[str] = []
+    for p in proteins:
+        for name in p.vocabulary:
+            if name not in vocabulary:
+                vocabulary.append(name)
+    type_maps = [np.array([vocabulary.index(v) for v in p.vocabulary], dtype=np.int64) for p in proteins]
+    return vocabulary, type_maps
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def split_frames(proteins: list[ProteinData], cfg: TrainConfig, need_term1: bool,
+                 need_hessian: bool = False) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Train/validation split of the usable frames (``cfg.data.split``).
+
+    A frame is usable when it has the targets the loss needs (``cg/hvp_term1_done`` with
+    ``need_term1``, ``cg/hessian_block_done`` with ``need_hessian``). ``split: frames`` holds
+    out ``round(val_fraction · usable)`` random frames of each protein (generator seeded by
+    ``[cfg.seed, 1]``); ``split: protein`` holds out every frame of ``val_proteins``.
+
+    Args:
+        proteins: loaded datasets.
+        cfg: the run config (``seed``, ``data.split``, ``data.val_fraction``,
+            ``data.val_proteins``).
+        need_term1, need_hessian: whether the loss needs Term 1 / full Hessian blocks.
+
+    Returns:
+        ``(train_items, val_items)``: lists of ``(protein index, frame index)``, sorted per
+        protein.
+
+    Raises:
+        ValueError: a protein lacks the targets the loss needs, ``val_proteins`` names an
+            unknown protein, or no training frame is left.
+    """
+    train_items, val_items = [], []
+    rng = np.random.default_rng([cfg.seed, 1])
+    for pi, p in enumerate(proteins):
+        ok = np.ones(p.n_frames, bool)
+        if need_term1:
+            if p.term1 is None:
+                raise ValueError(f"{p.path}: loss mode fm_hvp needs cg/hvp_term1 (run `hessid targets`)")
+            ok &= p.term1_done
+            if (~ok).any():
+                log.info("%s: %d frames without Term 1 are not used", p.name, int((~ok).sum()))
+        if need_hessian:
+            if p.hessian_block is None:
+                raise ValueError(f"{p.path}: loss mode fm_hessian needs cg/hessian_block "
+                                 "(`hessid targets --full-block`)")
+            ok &= p.hessian_done
+        frames = np.flatnonzero(ok)
+        if cfg.data.split == "protein":
+            (val_items if p.name in cfg.data.val_proteins else train_items).extend((pi, int(t)) for t in frames)
+        else:
+            perm = rng.permutation(frames)
+            n_val = int(round(cfg.data.val_fraction * len(frames)))
+            val_items.extend((pi, int(t)) for t in sorted(perm[:n_val]))
+            train_items.extend((pi, int(t)) for t in sorted(perm[n_val:]))
+    if cfg.data.split == "protein":
+        unknown = set(cfg.data.val_proteins) - {p.name for p in proteins}
+        if unknown:
+            raise ValueError(f"data.val_proteins names unknown proteins {sorted(unknown)}")
+    if not train_items:
+        raise ValueError("no training frames after the split")
+    return train_items, val_items
+
+
+def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, int]],
+                          need_term1: bool, need_hessian: bool) -> dict[str, float]:
+    """Mean squared target norms over the training frames (the loss divisors,
+    :meth:`~hessid.training.learning.configs.LossConfig.norm`).
+
+    ``force_norm = mean_t ‖P f_t‖²`` ((kcal/mol/Å)²); ``hvp_norm = mean_t c · mean_k ‖Term1_tk‖²``
+    with ``c = probe_scale(kind, 3n)`` ((kcal/mol/Å²)²); ``hessian_norm = mean_t ‖block_t‖_F²``
+    ((kcal/mol/Å²)²); ``energy_norm = var_t U_t`` ((kcal/mol)²; 1 when zero).
+
+    Args:
+        proteins: loaded datasets.
+        items: training frames ``(protein index, frame index)``.
+        need_term1, need_hessian: include ``hvp_norm`` / ``hessian_norm``.
+
+    Returns:
+        ``{"force_norm": …}`` plus ``hvp_norm``, ``hessian_norm``, ``energy_norm`` where the
+        data has them.
+
+    Raises:
+        ValueError: ``need_term1`` and a protein without a stored probe spec.
+    """
+    fn, hn, hs, en = [], [], [], []
+    for pi, t in items:
+        p = proteins[pi]
+        fn.append(float((p.cg_forces[t] ** 2).sum()))
+        if need_term1:
+            kind = p.probe_spec()[0]
+            hn.append(probe_scale(kind, 3 * p.n_beads) * float((p.term1[t] ** 2).sum(-1).sum(-1).mean()))
+        if need_hessian and p.hessian_block is not None:
+            hs.append(float((p.hessian_block[t] ** 2).sum()))
+        if p.potential_energy is not None:
+            en.append(float(p.potential_energy[t]))
+    out = {"force_norm": float(np.mean(fn))}
+    if hn:
+        out["hvp_norm"] = float(np.mean(hn))
+    if hs:
+        out["hessian_norm"] = float(np.mean(hs))
+    if en:
+        out["energy_norm"] = float(np.var(en)) or 1.0
+    return out
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
+                   type_maps: list[np.ndarray], dtype: torch.dtype, need_probes: bool,
+                   need_hessian: bool = False) -> dict:
+    """Graph-batch frames ``(protein index, frame index)`` with targets and online probes.
+
+    Probes are regenerated from frame ids with each protein's stored probe spec:
+    ``draw_probes(kind, seed, [frame_id], k, 3n)`` reshaped (k, n, 3) — the probes its Term 1
+    used (spec §5; never stored).
+
+    Returns:
+        dict of tensors: ``positions`` (A, 3) Å, ``bead_types`` (A,), ``batch`` (A,),
+        ``forces`` (A, 3) kcal/mol/Å, ``frame_id`` (B,), ``beta`` (B,) mol/kcal, and with
+        probes ``probes``/``term1`` (k, A, 3) and ``probe_scale`` (B,); with Hessians
+        ``hessian_blocks`` (list of (3n, 3n)); ``energy`` (B,) when every frame has one.
+
+    Raises:
+        ValueError: proteins in one batch stored different k.
+    """
+    pos, types, batch, forces, fid, beta, probes, term1, scale, hess, energy = ([] for _ in range(11))
+    ks = set()
+    for b, (pi, t) in enumerate(items):
+        p = proteins[pi]
+        n = p.n_beads
+        pos.append(torch.as_tensor(p.cg_coordinates[t]))
+        forces.append(torch.as_tensor(p.cg_forces[t]))
+        types.append(torch.as_tensor(type_maps[pi][p.bead_types]))
+        batch.append(torch.full((n,), b, dtype=torch.long))
+        fid.append(int(p.frame_id[t]))
+        beta.append(beta_of_temperature(p.temperature))
+        if p.potential_energy is not None:
+            energy.append(float(p.potential_energy[t]))
+        if need_probes:
+            kind, seed, k = p.probe_spec()
+            ks.add(k)
+            v = draw_probes(kind, seed, [int(p.frame_id[t])], k, 3 * n)  # (1, k, 3n)
+            probes.append(v.reshape(k, n, 3))  # (k, n, 3)
+            term1.append(torch.as_tensor(p.term1[t]))  # (k, n, 3)
+            stored = p.term1_attrs.get("probe_scale")
+            c = probe_scale(kind, 3 * n)
+            if stored is not None and not math.isclose(float(stored), c, rel_tol=1e-12):
+                raise ValueError(f"{p.path}: stored probe_scale {stored} != probe_scale({kind!r}, "
+                                 f"{3 * n}) = {c}")
+            scale.append(c)
+        if need_hessian:
+            if p.hessian_block is None:
+                raise ValueError(f"{p.path}: mode fm_hessian needs cg/hessian_block")
+            hess.append(torch.as_tensor(p.hessian_block[t], dtype=dtype))
+    if len(ks) > 1:
+        raise ValueError(f"proteins in one batch stored different probe counts {sorted(ks)}")
+    out = {
+        "positions": torch.cat(pos).to(dtype), "bead_types": torch.cat(types).long(),
+        "batch": torch.cat(batch), "forces": torch.cat(forces).to(dtype),
+        "frame_id": torch.tensor(fid, dtype=torch.long), "beta": torch.tensor(beta, dtype=dtype),
+    }
+    if len(energy) == len(items):
+        out["energy"] = torch.tensor(energy, dtype=dtype)
+    if need_probes:
+        out["probes"] = torch.cat(probes, 1).to(dtype)  # (k, A, 3)
+        out["term1"] = torch.cat(term1, 1).to(dtype)  # (k, A, 3)
+        out["probe_scale"] = torch.tensor(scale, dtype=dtype)
+    if need_hessian:
+        out["hessian_blocks"] = hess
+    return out
+
+
+class FrameStream:
+    """Deterministic, resumable, rank-sharded batches of frames (a Lightning train/val loader).
+
+    Global step s of epoch e = s // L (L batches per epoch) uses the global batch
+    ``perm(seed, e)[(s % L)·b : (s % L + 1)·b]``; rank r of w keeps items ``r::w``. Iteration
+    starts at the owning trainer's ``global_step``, so a resumed run sees the same batches.
+
+    Args:
+        items: frames ``(protein index, frame index)``.
+        batch_size: global batch size b (clipped to ``[1, len(items)]``).
+        seed: data-order seed.
+        collate: maps a list of items to a batch (e.g. :func:`collate_frames` bound to the data).
+        shuffle: True for training (a new permutation per epoch, incomplete last batch
+            dropped), False for validation (items in order, every batch).
+        module: the LightningModule whose trainer gives rank, world size and ``global_step``
+            (None: rank 0 of 1; a shuffled stream then cannot be iterated).
+
+    Raises:
+        ValueError: on iteration, a shuffled stream whose batch size does not divide by the
+            number of ranks.
+    """
+
+    def __init__(self, items, batch_size, seed, collate, shuffle, module=None):
+        self.items = list(items)
+        self.batch_size = max(1, min(int(batch_size), len(self.items)))
+        self.seed = int(seed)
+        self.collate = collate
+        self.shuffle = shuffle
+        self.module = module
+        if shuffle:
+            self.n_batches = len(self.items) // self.batch_size  # drop_last: equal rank shares
+        else:
+            self.n_batches = math.ceil(len(self.items) / self.batch_size)
+
+    def _rank_world(self):
+        trainer = getattr(self.module, "_trainer", None) if self.module is not None else None
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def order(self, epoch: int) -> list:
+        """The items in epoch ``epoch``'s order (permuted by ``[seed, epoch]`` when shuffled)."""
+        if not self.shuffle:
+            return self.items
+        perm = np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.items))
+        return [self.items[i] for i in perm]
+
+    def global_batch(self, step: int) -> list:
+        """The items of global step ``step`` over all ranks."""
+        epoch, pos = divmod(int(step), self.n_batches)
+        order = self.order(epoch)
+        return order[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def __iter__(self):
+        rank, world = self._rank_world()
+        if self.shuffle and self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the "
+                             f"number of ranks ({world}) so results do not depend on it")
+        if self.shuffle:
+            trainer = self.module._trainer
+            start = int(trainer.global_step)
+            first = start - start % self.n_batches
+            for step in range(start, first + self.n_batches):
+                yield self.collate(self.global_batch(step)[rank::world])
+        else:
+            # every rank sees a share of every validation batch, so no rank is left without a
+            # validation metric (early stopping and sync_dist need one on each rank); a batch
+            # smaller than the rank count repeats its last frame on the ranks it cannot fill
+            for pos in range(self.n_batches):
+                batch = self.items[pos * self.batch_size : (pos + 1) * self.batch_size]
+                yield self.collate(batch[rank::world] or batch[-1:])
+
+    # Lightning's resumable-loader protocol: the position is derived from global_step
+    def state_dict(self) -> dict:
+        """``{"seed": seed}`` (the position is not stored: it follows from ``global_step``)."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Check a resumed run uses the same data seed.
+
+        Raises:
+            ValueError: ``state`` holds a different seed.
+        """
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError("resuming with a different data seed changes the data order")

@@ -1,0 +1,146 @@
+"""The LightningModule of a training run: :class:`CGTrainingModule` (losses, optimizer,
+LR schedule, checkpoint contents)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from hessid.training.learning.configs import OptimConfig, TrainConfig
+from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
+from hessid.training.learning.losses import (
+    energy_loss,
+    force_matching_loss,
+    hessian_loss,
+    hessian_targets,
+    hvp_loss,
+    hvp_targets,
+)
+from hessid.training.learning.models import CGPotential
+
+__all__ = ["CGTrainingModule"]
+
+
+def _lr_lambda(cfg: OptimConfig, max_steps: int):
+    """LR factor of each step: linear warm-up times constant, ``gamma_per_1000^(s/1000)`` or
+    cosine from 1 to ``min_lr_ratio`` at ``max_steps``."""
+
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        if cfg.schedule == "constant":
+            return warm
+        if cfg.schedule == "exponential":
+            return warm * cfg.gamma_per_1000 ** (step / 1000.0)
+        frac = min(1.0, step / max(1, max_steps))
+        return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    return f
+
+
+class CGTrainingModule(pl.LightningModule):
+    """LightningModule around a :class:`CGPotential`: the losses of spec §5, AdamW + LR schedule.
+
+    The loss of a batch (:meth:`compute_losses`) is
+    ``λ_F L_FM / force_norm + λ_H L_curv / curv_norm + λ_E L_E / energy_norm`` where the
+    curvature term ``L_curv`` is the HVP loss (``loss.mode = "fm_hvp"``, targets
+    ``Term1 − γ β dF (dF·v)``) or the full-Hessian loss (``"fm_hessian"``), switched on from
+    ``hvp_start_step`` with γ ramped over ``cov_ramp_steps`` (:meth:`gamma`).
+
+    Args:
+        potential: the potential to train (its parameters are the optimised ones).
+        cfg: the run config (``loss``, ``optim``, ``trainer.max_steps``,
+            ``trainer.hvp_probe_chunk``, ``hvp_start_step``, ``cov_ramp_steps``).
+        run_info: JSON-like metadata stored with the potential in every Lightning checkpoint
+            (under ``hessid_potential``; None: none).
+    """
+
+    def __init__(self, potential: CGPotential, cfg: TrainConfig, run_info: dict | None = None):
+        super().__init__()
+        self.potential = potential
+        self.cfg = cfg
+        self.run_info = {} if run_info is None else run_info
+
+    def gamma(self, step: int) -> float:
+        """γ at optimizer step ``step``: ``loss.cov_weight``, ramped linearly from 0 over
+        ``cov_ramp_steps`` steps after ``hvp_start_step`` when ``cov_ramp_steps > 0``."""
+        target = float(self.cfg.loss.cov_weight)
+        if self.cfg.cov_ramp_steps <= 0:
+            return target
+        return target * min(1.0, max(0, step - self.cfg.hvp_start_step) / self.cfg.cov_ramp_steps)
+
+    def compute_losses(self, data: dict, step: int) -> dict:
+        """Every loss term of one batch at optimizer step ``step``.
+
+        Args:
+            data: a batch of :func:`~hessid.training.learning.datasets.collate_frames`.
+            step: optimizer step (selects FM only before ``hvp_start_step`` and γ).
+
+        Returns:
+            scalar tensors ``fm`` ((kcal/mol/Å)²), ``hvp`` or ``hessian`` ((kcal/mol/Å²)²) when
+            the curvature term is on, ``energy`` ((kcal/mol)²) when used, ``total`` (the
+            normalised weighted sum, with a θ-graph) and ``gamma``.
+        """
+        lc = self.cfg.loss
+        n_graphs = int(data["frame_id"].shape[0])
+        curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step
+        use_hvp = curvature and lc.mode == "fm_hvp"
+        out = energy_forces_hvp(self.potential, data["positions"], data["bead_types"],
+                                data["batch"], data["probes"] if use_hvp else None,
+                                create_graph=True,
+                                probe_chunk=self.cfg.trainer.hvp_probe_chunk)
+        terms = {"fm": force_matching_loss(out.forces, data["forces"], data["batch"], n_graphs)}
+        total = lc.lambda_force * terms["fm"] / lc.norm("force")
+        gamma = self.gamma(step)
+        if use_hvp:
+            h = hvp_targets(data["term1"], data["forces"] - out.forces, data["probes"],
+                            data["beta"], gamma, data["batch"], n_graphs)
+            terms["hvp"] = hvp_loss(out.hvp, h, data["batch"], n_graphs, data["probe_scale"])
+            total = total + lc.lambda_hvp * terms["hvp"] / lc.norm("hvp")
+        elif curvature:  # full-Hessian matching
+            hs = full_hessian(self.potential, data["positions"], data["bead_types"],
+                              data["batch"], probe_chunk=self.cfg.trainer.hvp_probe_chunk)
+            counts = torch.bincount(data["batch"]).tolist()
+            residual = torch.split(data["forces"] - out.forces.detach(), counts)
+            tg = hessian_targets(data["hessian_blocks"], list(residual), data["beta"], gamma)
+            terms["hessian"] = hessian_loss(hs, tg)
+            total = total + lc.lambda_hvp * terms["hessian"] / lc.norm("hessian")
+        if lc.lambda_energy > 0 and "energy" in data:
+            terms["energy"] = energy_loss(out.energy, data["energy"])
+            total = total + lc.lambda_energy * terms["energy"] / lc.norm("energy")
+        terms["total"] = total
+        terms["gamma"] = torch.tensor(gamma)
+        return terms
+
+    def training_step(self, data, batch_idx):
+        """Log every term as ``train/<term>`` and the LR as ``lr``; return ``total``."""
+        terms = self.compute_losses(data, int(self.global_step))
+        bs = int(data["frame_id"].shape[0])
+        for k, v in terms.items():
+            self.log(f"train/{k}", v.detach(), batch_size=bs, prog_bar=k in ("fm", "hvp"))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        return terms["total"]
+
+    def validation_step(self, data, batch_idx):
+        """Log every term but γ as ``val/<term>`` (averaged over ranks)."""
+        with torch.enable_grad():
+            terms = self.compute_losses(data, int(self.global_step))
+        bs = int(data["frame_id"].shape[0])
+        for k, v in terms.items():
+            if k != "gamma":
+                self.log(f"val/{k}", v.detach(), batch_size=bs, sync_dist=True,
+                         prog_bar=k == "fm")
+
+    def configure_optimizers(self):
+        """AdamW (``optim.lr``, ``optim.weight_decay``) with the per-step LR schedule."""
+        oc = self.cfg.optim
+        opt = torch.optim.AdamW(self.potential.parameters(), lr=oc.lr,
+                                weight_decay=oc.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(oc, self.cfg.trainer.max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        """Store the potential (:meth:`CGPotential.checkpoint_dict`, with ``run_info`` and the
+        config) under ``hessid_potential``, so :func:`load_potential` reads Lightning checkpoints."""
+        checkpoint["hessid_potential"] = self.potential.checkpoint_dict(
+            extra=dict(self.run_info, config=self.cfg.to_dict()))
