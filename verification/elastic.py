@@ -24,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hessid.verification.checks import (
+from hessid.verification.results import (
     DETECTION_THRESHOLD,
+    DTYPE,
+    ELASTIC_TOL,
+    PROJECTOR_TOL,
     CheckResult,
     linear_negative_control_errors,
     relative_error,
 )
 
+from hessid.maps import LinearMap
 from hessid.units import beta as beta_of_temperature
 
 __all__ = [
@@ -45,8 +49,6 @@ __all__ = [
     "check_structure_file",
 ]
 
-DTYPE = torch.float64
-
 #: standard atomic weights, g/mol (enough for proteins, nucleic acids and common ions)
 ELEMENT_MASSES = {
     "H": 1.008, "D": 2.014, "C": 12.011, "N": 14.007, "O": 15.999, "S": 32.06, "P": 30.974,
@@ -54,12 +56,6 @@ ELEMENT_MASSES = {
     "K": 39.098, "MG": 24.305, "CA": 40.078, "ZN": 65.38, "FE": 55.845, "MN": 54.938,
     "CU": 63.546,
 }
-
-#: default tolerance of the identity on an elastic network (relative, max-norm)
-ELASTIC_TOL = 1e-8
-#: default tolerance of ``max |Q Sᵀ − I|``
-PROJECTOR_TOL = 1e-10
-
 
 @dataclass(frozen=True)
 class PDBStructure:
@@ -265,7 +261,7 @@ def check_linear_map_on_structure(positions, cg_map, temperature: float = 300.0,
         seed: seed of the random CG displacement δ.
 
     Returns:
-        list of :class:`~verification.checks.CheckResult`.
+        list of :class:`~hessid.verification.results.CheckResult`.
 
     Raises:
         ValueError: positions not (N, 3) or inconsistent with the map's number of atoms.
@@ -315,8 +311,6 @@ def structure_map(structure: PDBStructure, kind: str = "ca", projector: str = "m
     Raises:
         ValueError: unknown kind, or no Cα atoms.
     """
-    from hessid.maps import LinearMap
-
     if kind == "ca":
         idx = structure.ca_indices()
         if not idx:
