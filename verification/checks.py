@@ -1,13 +1,14 @@
-"""The built-in verification suite: identity vs exact, with negative controls (spec §7, §9).
+"""The built-in suite: identity vs exact, with negative controls (docs/identities.md §7, §9).
 
 For a :class:`hessid.quadrature.QuadratureSystem` and each of its CG points R, the exact
 mean force and Hessian (6th-order FD of the quadrature A(R), or a closed form) are compared
 with the identities of :mod:`hessid.identities` evaluated on the *same* quadrature nodes and
 weights:
 
-* linear maps, each projector P: ``F = ⟨P f⟩`` and ``𝓗 = ⟨P∇²HPᵀ⟩ − β Cov(Pf)`` (spec §2);
+* linear maps, each projector P: ``F = ⟨P f⟩`` and ``𝓗 = ⟨P∇²HPᵀ⟩ − β Cov(Pf)``
+  (docs/identities.md, eqs. (2.2), (2.3));
 * every map, each metric of G: ``F = ⟨Gf + β⁻¹ div G⟩`` and the compact, split and
-  symmetric Hessian forms (spec §3), plus the symmetry of each averaged Hessian;
+  symmetric Hessian forms (docs/identities.md §3), plus the symmetry of each averaged Hessian;
 * translation zero modes ``𝓗 t = 0`` where the system declares them;
 * negative controls — wrong formulas that must be *detected* (error above
   :data:`DETECTION_THRESHOLD`): Term 2 sign flipped, Term 1 only, no div G, the linear
@@ -231,7 +232,8 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
 def check_quadrature_system(system: QuadratureSystem,
                             forms: tuple[str, ...] = ("compact", "split", "symmetric"),
                             negative_controls: bool = True) -> list[CheckResult]:
-    """Identity vs exact for one quadrature system at all its points (spec §2, §3, §7.5).
+    """Identity vs exact for one quadrature system at all its points (docs/identities.md §2, §3,
+    §7.5).
 
     Args:
         system: the system (built-in or a user's SYSTEM.py).
@@ -289,7 +291,8 @@ def _check_quadrature_system(system, forms, negative_controls) -> list[CheckResu
 
 
 def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[CheckResult]:
-    """Gaussian H = ½(r−r₀)ᵀK(r−r₀), random SPD K and full-rank M: identity vs S⁻¹ (spec §7.1).
+    """Gaussian H = ½(r−r₀)ᵀK(r−r₀), random SPD K and full-rank M: identity vs S⁻¹
+    (docs/identities.md §7.1).
 
     Three projectors: minimum-norm, a random member of the family, and the K-metric
     ``P = S⁻¹ M K⁻¹`` for which Cov(Pf) = 0. Closed-form Gaussian moments, β = β(300 K).
@@ -333,8 +336,8 @@ def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[Ch
 
 
 def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
-    """Every built-in check: the §7.5 quadrature systems, the Gaussian closed form and the
-    elastic network of the shipped villin structure (Cα map; residue COM map with the
+    """Every built-in check: the quadrature systems of docs/identities.md §7.5, the Gaussian closed
+    form and the elastic network of the shipped villin structure (Cα map; residue COM map with the
     min-norm and bead-sum projectors).
 
     Returns:

@@ -3,12 +3,12 @@
 An anisotropic elastic network (springs of constant ``spring`` between atoms closer than
 ``cutoff``) plus a weak harmonic tether of every atom to its reference position is a Gaussian
 AA model ``H = ½ (r − r₀)ᵀ K (r − r₀)`` with SPD K (the tether removes the six rigid-body zero
-modes). For any linear map ``R = M r`` its CG Hessian is exact (spec §7.1):
+modes). For any linear map ``R = M r`` its CG Hessian is exact (docs/identities.md §7.1):
 
     𝓗 = S⁻¹ = (M K⁻¹ Mᵀ)⁻¹,        F(R) = −S⁻¹ (R − M r₀)
 
-and the identity of spec §2 can be evaluated with the closed-form Gaussian moments of the
-constrained ensemble (mean ``μ = r₀ + K⁻¹MᵀS⁻¹(R − Mr₀)``, covariance
+and the identity (docs/identities.md, eq. (2.3)) can be evaluated with the closed-form Gaussian
+moments of the constrained ensemble (mean ``μ = r₀ + K⁻¹MᵀS⁻¹(R − Mr₀)``, covariance
 ``Σ = β⁻¹(K⁻¹ − K⁻¹MᵀS⁻¹MK⁻¹)``):
 
     Term 1 = P K Pᵀ,    Cov(P f) = P K Σ K Pᵀ,    𝓗 = Term 1 − β Cov(P f),   F = −P K (μ − r₀)
@@ -200,7 +200,8 @@ def elastic_network_matrix(positions, cutoff: float = 7.0, spring: float = 1.0,
 
 
 def gaussian_identity(K, M, P, beta: float, displacement=None) -> dict:
-    """Exact CG quantities of a Gaussian model and the spec §2 identity from its moments.
+    """Exact CG quantities of a Gaussian model and the identity of docs/identities.md, eq. (2.3),
+    from its moments.
 
     Args:
         K: AA Hessian, (D, D) SPD, kcal/mol/Å².
@@ -245,11 +246,11 @@ def check_linear_map_on_structure(positions, cg_map, temperature: float = 300.0,
                                   seed: int = 0) -> list:
     """Check a linear CG map and its projector on an elastic network of a structure.
 
-    Builds the tethered elastic network of ``positions`` (:func:`elastic_network_matrix`),
-    then compares, at a random CG point R = M r₀ + δ (|δ| ~ 0.3 Å):
-    ``Q Sᵀ = I``; the mean force ⟨P f⟩ with −S⁻¹δ; the Hessian Term 1 − β Cov(P f) with
-    (M K⁻¹ Mᵀ)⁻¹ (spec §2, §7.1); and reports two negative controls (Term 2 sign flipped,
-    Term 1 only) that must be detected.
+    Builds the tethered elastic network of ``positions`` (:func:`elastic_network_matrix`), then
+    compares, at a random CG point R = M r₀ + δ (|δ| ~ 0.3 Å): ``Q Sᵀ = I``; the mean force ⟨P f⟩
+    with −S⁻¹δ; the Hessian Term 1 − β Cov(P f) with (M K⁻¹ Mᵀ)⁻¹ (docs/identities.md, eqs. (2.3),
+    (7.1)); and reports two negative controls (Term 2 sign flipped, Term 1 only) that must be
+    detected.
 
     Args:
         positions: reference structure, (N, 3), Å.

@@ -1,4 +1,4 @@
-"""CG Langevin dynamics: integrator laws, units, resume, failure handling (issue 5 §1)."""
+"""CG Langevin dynamics: integrator laws, units, resume, failure handling."""
 
 from __future__ import annotations
 
