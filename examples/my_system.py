@@ -4,7 +4,7 @@ A heteronuclear dimer in a 2-D anisotropic trap (D = 4: atoms 1 and 2, x and y e
 coarse-grained to its centre of mass (d = 2). The question a user asks: "does the identity
 hold for my map, and is my force projector right?" Here the projector is the bead-sum one,
 P = [[1, 0, 1, 0], [0, 1, 0, 1]]: the CG force is the sum of the two atomic forces, which
-satisfies P Mᵀ = I for a centre-of-mass map (spec §2).
+satisfies P Mᵀ = I for a centre-of-mass map (docs/identities.md, eq. (2.1)).
 
 The fiber of R (all dimers with centre of mass R) is parametrised by the bond length b and
 angle θ:  r1 = R − (m2/m) b u(θ),  r2 = R + (m1/m) b u(θ),  u = (cos θ, sin θ).

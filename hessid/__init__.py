@@ -5,8 +5,10 @@ Core modules (torch, numpy, scipy only):
 - :mod:`hessid.units`      — k_B, β(T), OpenMM (kJ/mol, nm) ↔ hessid (kcal/mol, Å) conversions
 - :mod:`hessid.maps`       — linear and nonlinear CG maps and their force projectors
 - :mod:`hessid.probes`     — deterministic per-frame probe vectors and estimator scales
-- :mod:`hessid.identities` — mean force, CG Hessian and HVP-target estimators (spec §2–§5)
-- :mod:`hessid.toy`        — systems with exact answers and a quadrature engine (spec §7)
+- :mod:`hessid.identities` — mean force, CG Hessian and HVP-target estimators
+  (docs/identities.md §2–§5)
+- :mod:`hessid.toy`        — systems with exact answers and a quadrature engine
+  (docs/identities.md §7)
 
 Subpackages: :mod:`hessid.verification` (exact checks, ``hessid verify``) and
 :mod:`hessid.training` (data, targets, models, losses, training, simulation, evaluation).

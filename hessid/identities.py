@@ -1,4 +1,4 @@
-"""Estimators of CG mean forces, CG Hessians and per-frame HVP targets (spec §2, §3, §5).
+"""Estimators of CG mean forces, CG Hessians and HVP targets (docs/identities.md §2, §3, §5).
 
 Conditional averages ``⟨·⟩_R`` are estimated from samples on the fiber ``ξ(r) = R`` with
 normalised weights (quadrature weights, importance weights, or uniform ``1/S`` for i.i.d.
@@ -101,7 +101,8 @@ def weighted_mean(x: torch.Tensor, weights=None) -> torch.Tensor:
 
 
 def weighted_covariance(x: torch.Tensor, y: torch.Tensor | None = None, weights=None) -> torch.Tensor:
-    """Weighted (plug-in) covariance ``Cov(x, y) = Σ_s w_s (x_s − x̄)(y_s − ȳ)ᵀ`` (spec §0).
+    """Weighted (plug-in) covariance ``Cov(x, y) = Σ_s w_s (x_s − x̄)(y_s − ȳ)ᵀ``
+    (docs/identities.md, eq. (0.1)).
 
     Args:
         x: (S, a).
@@ -137,7 +138,7 @@ def _check_linear_inputs(forces: torch.Tensor, P: torch.Tensor) -> None:
 
 
 def mean_force_linear(forces: torch.Tensor, projector, weights=None) -> torch.Tensor:
-    """CG mean force for a linear map, ``F(R) = ⟨P f⟩_R`` (spec §2).
+    """CG mean force for a linear map, ``F(R) = ⟨P f⟩_R`` (docs/identities.md, eq. (2.2)).
 
     Args:
         forces: AA forces f = −∇H of the fiber samples, (S, D), kcal/mol/Å (flat ``3i + α``).
@@ -163,7 +164,7 @@ def cg_hessian_linear(
     weights=None,
     return_terms: bool = False,
 ):
-    """CG Hessian of the free energy for a linear map (spec §2).
+    """CG Hessian of the free energy for a linear map (docs/identities.md, eq. (2.3)).
 
     Hess A(R) = ⟨P ∇²H Pᵀ⟩_R − β Cov_R(P f)      (Term 1 + Term 2)
 
@@ -199,7 +200,8 @@ def cg_hessian_linear(
 
 
 def term1_linear_exact(hessians: torch.Tensor, projector, probes: torch.Tensor) -> torch.Tensor:
-    """Per-frame Term 1 of the HVP target, ``P ∇²H Pᵀ v`` (spec §5), exactly from Hessians.
+    """Per-frame Term 1 of the HVP target, ``P ∇²H Pᵀ v`` (docs/identities.md, eq. (5.2)), exactly
+    from Hessians.
 
     Reference for the finite-difference Term 1 of the data pipeline (tests).
 
@@ -241,12 +243,12 @@ def hvp_target_linear(
     beta: float,
     cov_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Per-frame HVP target for a linear map (spec §5).
+    """Per-frame HVP target for a linear map (docs/identities.md, eq. (5.2)).
 
     h(v) = Term1(v) − γ β dF (dF · v),   dF = P f(r_t) − F_θ(R_t) (detached here)
 
     With γ = 1 and an exact model force, ``E[h | R] = Hess A(R) v``; otherwise the target is
-    biased by ``−β b (b·v)``, ``b = F − F_θ`` (spec §5).
+    biased by ``−β b (b·v)``, ``b = F − F_θ`` (docs/identities.md, eq. (5.4)).
 
     Args:
         term1: ``P ∇²H Pᵀ v`` per frame and probe, (B, k, d) (or (B, k, n, 3)), kcal/mol/Å².
@@ -282,7 +284,7 @@ def hvp_target_linear(
 
 # ====================================================================== nonlinear maps
 def local_mean_force(G: torch.Tensor, div_G: torch.Tensor, forces: torch.Tensor, beta: float) -> torch.Tensor:
-    """Local mean force ``L = G f + β⁻¹ div G`` (spec §3).
+    """Local mean force ``L = G f + β⁻¹ div G`` (docs/identities.md, eq. (3.2)).
 
     Args:
         G: projector field, (S, d, D), with ``G Jᵀ = I``.
@@ -306,7 +308,8 @@ def local_mean_force(G: torch.Tensor, div_G: torch.Tensor, forces: torch.Tensor,
 
 
 def mean_force_nonlinear(cg_map: NonlinearMap, samples: torch.Tensor, forces: torch.Tensor, beta: float, weights=None) -> torch.Tensor:
-    """CG mean force for a nonlinear map, ``F(R) = ⟨G f + β⁻¹ div G⟩_R`` (spec §3).
+    """CG mean force for a nonlinear map, ``F(R) = ⟨G f + β⁻¹ div G⟩_R``
+    (docs/identities.md, eq. (3.2)).
 
     Args:
         cg_map: the :class:`~hessid.maps.NonlinearMap` ξ.
@@ -377,7 +380,8 @@ def cg_hessian_nonlinear(
     form: str = "compact",
     return_terms: bool = False,
 ):
-    """CG Hessian of the free energy for a nonlinear map (spec §3), by autograd.
+    """CG Hessian of the free energy for a nonlinear map (docs/identities.md, eqs. (3.4), (3.6),
+    (3.7)), by autograd.
 
     ``compact``:   Hess A = −⟨G (∂L/∂r)ᵀ⟩ − β Cov(L)
     ``split``:     ⟨G ∇²H Gᵀ⟩ − β Cov(Gf) − [Cov(Gf, g) + Cov(g, Gf)] − β⁻¹ Cov(g)
@@ -470,7 +474,7 @@ def hvp_target_nonlinear(
     cov_weight: float = 1.0,
     form: str = "vjp",
 ) -> torch.Tensor:
-    """Per-frame HVP target for a nonlinear map (spec §5).
+    """Per-frame HVP target for a nonlinear map (docs/identities.md, eq. (5.5)).
 
     h(v) = T1(v) − γ β dL (dL · v),    dL = L(r_t) − F_θ(R_t) (detached)
     ``vjp``: T1(v) = −G ∇_r(v·L) = −G (∂L/∂r)ᵀ v

@@ -1,4 +1,4 @@
-"""Coarse-graining maps and their force projectors (spec §2, §3).
+"""Coarse-graining maps and their force projectors (docs/identities.md §2, §3).
 
 :class:`LinearMap` is a linear map ``R = M r`` with bead weights ``S`` (n_beads × n_atoms)
 acting per Cartesian component, ``M = S ⊗ I_sd``, together with a force projector
@@ -51,7 +51,8 @@ def _as_float64_matrix(x, name: str) -> torch.Tensor:
 
 
 def check_projector(weights, projector, tol: float = PROJECTOR_TOL) -> float:
-    """Check that a force projector is valid for a linear map: ``Q Sᵀ = I_n`` (spec §2).
+    """Check that a force projector is valid for a linear map: ``Q Sᵀ = I_n``
+    (docs/identities.md, eq. (2.4)).
 
     With ``M = S ⊗ I_sd`` and ``P = Q ⊗ I_sd`` this is ``P Mᵀ = I_d``.
 
@@ -77,7 +78,7 @@ def check_projector(weights, projector, tol: float = PROJECTOR_TOL) -> float:
     if not residual <= tol:
         raise ValueError(
             f"invalid force projector: max |Q Sᵀ − I| = {residual:.3e} exceeds tolerance "
-            f"{tol:.1e} (a projector must satisfy P Mᵀ = I, spec §2)"
+            f"{tol:.1e} (a projector must satisfy P Mᵀ = I, docs/identities.md §2)"
         )
     return residual
 
@@ -147,9 +148,10 @@ def constraint_aware_projector(
     its columns if they are already equal (its lift is rigid, e.g. all zero); singletons are
     always kept.
 
-    Source: spec §2 projector condition Q Sᵀ = I, extended to holonomic constraints: the lift
-    Pᵀv must be tangent to the constraint manifold (mean force ⟨F_a + F_h⟩ for a hydrogen h
-    rigidly bonded to a CG site a; Krämer et al., JCTC 2023, force aggregation).
+    Source: docs/identities.md, eq. (2.6): the projector condition Q Sᵀ = I (2.1), extended to
+    holonomic constraints: the lift Pᵀv must be tangent to the constraint manifold (mean force
+    ⟨F_a + F_h⟩ for a hydrogen h rigidly bonded to a CG site a; Krämer et al., JCTC 2023, force
+    aggregation).
 
     Args:
         weights: bead weights S, (n, N), dimensionless.
@@ -239,9 +241,9 @@ def _resolve_projector(S: torch.Tensor, projector) -> torch.Tensor:
 class LinearMap:
     """Linear CG map ``R = M r`` with ``M = S ⊗ I_sd`` and force projector ``P = Q ⊗ I_sd``.
 
-    Spec §2 ("Atom × Cartesian form"). Each bead position is ``R_I = Σ_i S_Ii r_i``; the
-    projected force is ``(P f)_I = Σ_i Q_Ii f_i``. Any Q with ``Q Sᵀ = I`` gives the same mean
-    force and CG Hessian; the Term-1 / Term-2 split depends on Q.
+    docs/identities.md, eq. (2.4) (atom × Cartesian form). Each bead position is
+    ``R_I = Σ_i S_Ii r_i``; the projected force is ``(P f)_I = Σ_i Q_Ii f_i``. Any Q with
+    ``Q Sᵀ = I`` gives the same mean force and CG Hessian; the Term-1 / Term-2 split depends on Q.
 
     Args:
         weights: S, (n_beads, n_atoms), dimensionless, full row rank.
@@ -296,7 +298,8 @@ class LinearMap:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def selection(cls, indices: Sequence[int], n_atoms: int, spatial_dim: int = 3) -> LinearMap:
-        """Selection map (e.g. Cα atoms): bead I is atom ``indices[I]``; ``P = M`` (spec §2).
+        """Selection map (e.g. Cα atoms): bead I is atom ``indices[I]``; ``P = M``
+        (docs/identities.md, eq. (2.1)).
 
         Raises:
             ValueError: an index is out of range or repeated.
@@ -406,7 +409,8 @@ class LinearMap:
         return torch.einsum("nN,...Nk->...nk", Q, f)  # (..., n, sd)
 
     def embed(self, v: torch.Tensor) -> torch.Tensor:
-        """AA displacement ``Pᵀ v = Qᵀ v`` of a CG vector (Term-1 probe embedding, spec §5).
+        """AA displacement ``Pᵀ v = Qᵀ v`` of a CG vector (Term-1 probe embedding,
+        docs/identities.md, eq. (5.3)).
 
         (..., n, sd) → (..., N, sd); units of v (Å for a displacement).
 
@@ -418,7 +422,7 @@ class LinearMap:
         return torch.einsum("nN,...nk->...Nk", Q, v)  # (..., N, sd)
 
     def project_hessian(self, hessian: torch.Tensor) -> torch.Tensor:
-        """Projected AA Hessian ``P ∇²H Pᵀ`` (spec §2, Term 1 integrand).
+        """Projected AA Hessian ``P ∇²H Pᵀ`` (Term 1 integrand, docs/identities.md, eq. (2.3)).
 
         Args:
             hessian: (..., N·sd, N·sd), kcal/mol/Å², flat index ``sd·i + α``.
@@ -468,7 +472,7 @@ def _with_grad(r: torch.Tensor) -> torch.Tensor:
 
 
 class NonlinearMap:
-    """Nonlinear CG map ``R = ξ(r)`` with the projector field G of spec §3.
+    """Nonlinear CG map ``R = ξ(r)`` with the projector field G of docs/identities.md §3.
 
     ``G = (J W Jᵀ)⁻¹ J W`` with ``W = I`` (``metric="identity"``, G = (J⁺)ᵀ) or
     ``W = diag(1/m)`` (``metric="inverse_mass"``, Blue-Moon choice); ``G Jᵀ = I_d``.
@@ -562,7 +566,7 @@ class NonlinearMap:
             raise ValueError(
                 f"Jacobian of the CG map is rank-deficient at frame {b}: smallest singular value "
                 f"{float(s[b, -1]):.3e} (singular values {s[b].tolist()}); G = (J W Jᵀ)⁻¹ J W is "
-                f"undefined there (spec §3 needs rank J = d on the level set)"
+                f"undefined there (docs/identities.md §3 needs rank J = d on the level set)"
             )
         w = self._metric_diagonal(r)
         JW = J if w is None else J * w  # (B, d, D)
@@ -570,7 +574,8 @@ class NonlinearMap:
         return torch.linalg.solve(JWJt, JW)  # (B, d, D)
 
     def projector(self, r: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """Projector field ``G = (J W Jᵀ)⁻¹ J W`` with ``G Jᵀ = I`` (spec §3), (B, D) → (B, d, D).
+        """Projector field ``G = (J W Jᵀ)⁻¹ J W`` with ``G Jᵀ = I``
+        (docs/identities.md, eq. (3.1)), (B, D) → (B, d, D).
 
         Units: inverse of the unit of J (dimensionless when ξ is a position).
 
@@ -587,7 +592,8 @@ class NonlinearMap:
     def projector_and_divergence(
         self, r: torch.Tensor, create_graph: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """G (B, d, D) and its row divergence ``(div G)_a = Σ_i ∂G_ai/∂r_i`` (B, d) (spec §3).
+        """G (B, d, D) and its row divergence ``(div G)_a = Σ_i ∂G_ai/∂r_i`` (B, d)
+        (docs/identities.md, eq. (3.2)).
 
         Units of div G: unit of G per Å. Cost: d·D backward passes.
 
@@ -611,7 +617,8 @@ class NonlinearMap:
             return G, div
 
     def divergence(self, r: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """Row divergence of G, ``(div G)_a = Σ_i ∂_i G_ai``, (B, D) → (B, d) (spec §3).
+        """Row divergence of G, ``(div G)_a = Σ_i ∂_i G_ai``, (B, D) → (B, d)
+        (docs/identities.md, eq. (3.2)).
 
         Raises:
             ValueError: J is rank-deficient at a frame.
@@ -621,7 +628,8 @@ class NonlinearMap:
     def local_mean_force(
         self, r: torch.Tensor, forces: torch.Tensor, beta: float, create_graph: bool = False
     ) -> torch.Tensor:
-        """Local mean force ``L = G f + β⁻¹ div G`` (spec §3), kcal/mol/Å for positional ξ.
+        """Local mean force ``L = G f + β⁻¹ div G`` (docs/identities.md, eq. (3.2)), kcal/mol/Å for
+        positional ξ.
 
         Args:
             r: flat coordinates (B, D), Å.

@@ -1,4 +1,4 @@
-"""Probe vectors for stochastic Hessian-vector-product matching (spec §5, §6).
+"""Probe vectors for stochastic Hessian-vector-product matching (docs/identities.md §5, §6).
 
 Probes are drawn per frame from a counter-based generator (numpy's Philox keyed by
 ``(seed, frame_id)``) on the CPU in float64, then cast. The probes of a frame therefore depend
@@ -8,7 +8,7 @@ the rounding of the float64 draw). This is what lets Term 1 be precomputed once 
 same probes be regenerated online during training.
 
 Kinds and the scale that makes ``scale · ‖A v‖²`` an unbiased estimate of ``‖A‖_F²`` for
-one probe (spec §6):
+one probe (docs/identities.md §6):
 
 =============  ===========================================  =====
 kind           distribution of one probe v ∈ R^d             scale
@@ -20,8 +20,8 @@ one_hot        e_i, i uniform in {0..d−1} (with replacement) d
 orthonormal    k orthonormal columns of a Haar-random frame  d
 =============  ===========================================  =====
 
-The paper's probes are unit vectors; ``E‖Av‖² = ‖A‖_F²/d`` for them (spec §8), so a loss
-built with ``unit_sphere`` probes must multiply by ``probe_scale`` to be on the ‖·‖_F² scale.
+The paper's probes are unit vectors; ``E‖Av‖² = ‖A‖_F²/d`` for them (docs/identities.md §8), so a
+loss built with ``unit_sphere`` probes must multiply by ``probe_scale`` to be on the ‖·‖_F² scale.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def draw_probes(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Deterministic probes for each frame (spec §5, "Deterministic seeding per frame").
+    """Deterministic probes for each frame (docs/identities.md §5, "Deterministic probes").
 
     Args:
         kind: one of :data:`PROBE_KINDS`.
@@ -127,7 +127,8 @@ def draw_probes(
 
 
 def probe_scale(kind: str, dim: int) -> float:
-    """Scale c with E[c ‖A v‖²] = ‖A‖_F² for one probe v of ``kind`` in R^dim (spec §6).
+    """Scale c with E[c ‖A v‖²] = ‖A‖_F² for one probe v of ``kind`` in R^dim
+    (docs/identities.md, table (6.1)).
 
     Also the scale of the trace estimator: E[c vᵀ A v] = tr A.
 
@@ -141,7 +142,8 @@ def probe_scale(kind: str, dim: int) -> float:
 
 
 def frobenius_estimate(A: torch.Tensor, probes: torch.Tensor, kind: str) -> torch.Tensor:
-    """Unbiased estimate of ‖A‖_F² from k probes: ``scale · mean_m ‖A v_m‖²`` (spec §6).
+    """Unbiased estimate of ‖A‖_F² from k probes: ``scale · mean_m ‖A v_m‖²``
+    (docs/identities.md, table (6.1)).
 
     Args:
         A: (m, d) matrix.
@@ -164,7 +166,8 @@ def _haar_subspace_factor(d: int, k: int) -> float:
 
 
 def frobenius_estimator_variance(kind: str, A, k: int = 1) -> float:
-    """Variance of the unbiased ‖A‖_F² estimator ``scale · mean_{m≤k} ‖A v_m‖²`` (spec §6).
+    """Variance of the unbiased ‖A‖_F² estimator ``scale · mean_{m≤k} ‖A v_m‖²``
+    (docs/identities.md, table (6.1)).
 
     With ``B = AᵀA`` (d×d) and ``c_i = B_ii``, for one probe:
     gaussian ``2‖B‖_F²``; rademacher ``2(‖B‖_F² − Σ B_ii²)``; unit_sphere
@@ -204,7 +207,8 @@ def frobenius_estimator_variance(kind: str, A, k: int = 1) -> float:
 
 
 def trace_estimator_variance(kind: str, A, k: int = 1) -> float:
-    """Variance of the unbiased tr A estimator ``scale · mean_{m≤k} v_mᵀ A v_m`` (spec §6).
+    """Variance of the unbiased tr A estimator ``scale · mean_{m≤k} v_mᵀ A v_m``
+    (docs/identities.md, table (6.1)).
 
     With ``S = (A + Aᵀ)/2``: gaussian ``2‖S‖_F²``; rademacher ``2(‖S‖_F² − Σ S_ii²)``;
     unit_sphere ``(2d/(d+2))(‖S‖_F² − (tr S)²/d)``; one_hot ``d Σ A_ii² − (tr A)²``;

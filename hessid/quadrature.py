@@ -1,11 +1,11 @@
-"""Exact constrained averages by quadrature over the fiber ξ(r) = R (spec §1, §7.5).
+"""Exact constrained averages by quadrature over the fiber ξ(r) = R (docs/identities.md §1, §7.5).
 
 A CG point R fixes d of the D AA coordinates; the remaining D − d ≤ 3 *fiber coordinates*
 ``s`` parametrise the level set through a user function ``r = fiber(R, s)`` with
 ``ξ(fiber(R, s)) = R``. Changing variables ``r → (R', s)`` in
 ``Z(R) = ∫ exp(−βH(r)) δ(ξ(r) − R) dr`` integrates the δ away and leaves
 
-    Z(R) = ∫ exp(−βH(fiber(R, s))) |det ∂r/∂(R, s)| ds                        (spec §1)
+    Z(R) = ∫ exp(−βH(fiber(R, s))) |det ∂r/∂(R, s)| ds      (docs/identities.md, eq. (9.1))
 
 where ``∂r/∂(R, s)`` is the D×D Jacobian of ``(R, s) ↦ r`` (the δ-measure Jacobian, e.g.
 ``ρ`` for a radius; computed here by autograd). The s-integral is a tensor product of
@@ -139,7 +139,7 @@ def _parse_bounds(fiber_bounds) -> list[tuple[float, float, bool]]:
 
 
 def potential_forces(potential: Callable, r: torch.Tensor) -> torch.Tensor:
-    """AA forces f = −∇H by autograd (spec §0).
+    """AA forces f = −∇H by autograd (docs/identities.md §0).
 
     Args:
         potential: H, (S, D) → (S,), kcal/mol.
@@ -170,7 +170,7 @@ def potential_hessians(potential: Callable, r: torch.Tensor) -> torch.Tensor:
 
 
 class QuadratureSystem:
-    """A CG map with an exact PMF by quadrature over its fibers (spec §1, §7.5).
+    """A CG map with an exact PMF by quadrature over its fibers (docs/identities.md §1, §7.5).
 
     This is also the protocol of a user's ``SYSTEM.py`` for ``hessid verify``.
 
@@ -291,7 +291,8 @@ class QuadratureSystem:
         return r.reshape(B, S, self.D), log_w - self.beta * energy
 
     def conditional_samples(self, R, n_nodes: int | None = None, jacobian: bool = True):
-        """Weighted nodes representing the constrained Boltzmann measure at R (spec §1).
+        """Weighted nodes representing the constrained Boltzmann measure at R
+        (docs/identities.md §1).
 
         Args:
             R: CG point, (d,), Å.
@@ -307,7 +308,7 @@ class QuadratureSystem:
 
     def log_partition(self, R, n_nodes: int | None = None, shift: float | None = None,
                       jacobian: bool = True):
-        """ln Z(R) − shift for a batch of points (spec §1), R (B, d) → (B,).
+        """ln Z(R) − shift for a batch of points (docs/identities.md §1), R (B, d) → (B,).
 
         ``jacobian=False`` drops |det ∂r/∂(R, s)| (a deliberately wrong δ-measure, used only
         by negative controls)."""
@@ -424,7 +425,7 @@ class QuadratureSystem:
 
 
 # ---------------------------------------------------------------------------------------
-# Built-in systems (spec §7.5)
+# Built-in systems (docs/identities.md §7.5)
 # ---------------------------------------------------------------------------------------
 BETA_300K = 1.0 / (0.0019872041 * 300.0)
 
@@ -552,7 +553,7 @@ def _cylindrical_3d() -> QuadratureSystem:
 
 
 def isotropic_radius_system(dim: int = 3, beta: float = BETA_300K) -> QuadratureSystem:
-    """Isotropic radius ξ = |r| in ``dim`` ≤ 3 dimensions, H = U(|r|) (spec §7.3).
+    """Isotropic radius ξ = |r| in ``dim`` ≤ 3 dimensions, H = U(|r|) (docs/identities.md §7.3).
 
     U(ρ) = ρ² − 0.4ρ + 0.1ρ⁴ (kcal/mol, ρ in Å); closed form
     A = U(ρ) − (dim − 1)β⁻¹ ln ρ, so ``exact_hessian`` is left to the FD of A and the
@@ -583,7 +584,7 @@ def isotropic_radius_system(dim: int = 3, beta: float = BETA_300K) -> Quadrature
 
 
 def builtin_systems() -> list[QuadratureSystem]:
-    """The quadrature systems of spec §7.5 (fresh objects on every call).
+    """The quadrature systems of docs/identities.md §7.5 (fresh objects on every call).
 
     Linear: 2-D anharmonic with R = x and R = 0.8x + 0.5y; 3 atoms in 1-D with an
     overlapping non-orthonormal 2×3 M; translation-invariant 3-atom chain with a Cα-like

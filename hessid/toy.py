@@ -1,15 +1,16 @@
-"""Toy systems with exact answers (spec §7, items 1–4).
+"""Toy systems with exact answers (docs/identities.md §7, items 1–4).
 
 * :class:`GaussianSystem` — quadratic H with a linear map: exact CG Hessian, mean force,
   conditional law, moment-matched fiber samples and the exact moments of the per-frame HVP
-  target (spec §7.1, §5).
-* :class:`SeparableSystem` — ``H = U(x) + V(y)``, ``R = x`` (spec §7.2).
-* :class:`IsotropicRadiusSystem` — ``H = U(|r|)``, ``ξ = |r|`` in D dimensions (spec §7.3).
+  target (docs/identities.md §7.1, §5).
+* :class:`SeparableSystem` — ``H = U(x) + V(y)``, ``R = x`` (docs/identities.md §7.2).
+* :class:`IsotropicRadiusSystem` — ``H = U(|r|)``, ``ξ = |r|`` in D dimensions
+  (docs/identities.md §7.3).
 * :class:`BijectiveSystem` with :func:`polar_system` and :func:`shear_system` — bijective
-  maps with ``A = H(r*) + β⁻¹ ln|det J(r*)|`` (spec §7.4).
+  maps with ``A = H(r*) + β⁻¹ ln|det J(r*)|`` (docs/identities.md §7.4).
 
-The quadrature engine (``QuadratureSystem``, ``builtin_systems``; spec §7.5) lives in
-:mod:`hessid.quadrature` and is re-exported here lazily.
+The quadrature engine (``QuadratureSystem``, ``builtin_systems``; docs/identities.md §7.5)
+lives in :mod:`hessid.quadrature` and is re-exported here lazily.
 
 All systems use flat coordinates (``spatial_dim = 1``), float64, Å and kcal/mol.
 """
@@ -71,9 +72,9 @@ def __getattr__(name):  # lazy re-export of the quadrature engine (owned by hess
     raise AttributeError(f"module 'hessid.toy' has no attribute {name!r}")
 
 
-# ====================================================================== §7.1 Gaussian
+# ================================================================= docs/identities.md §7.1 Gaussian
 class GaussianSystem:
-    """Gaussian AA system with a linear map (spec §7.1).
+    """Gaussian AA system with a linear map (docs/identities.md §7.1).
 
     ``H(r) = ½ (r − r0)ᵀ K (r − r0)`` (kcal/mol), ``R = M r``. K may be singular (e.g.
     translation invariant) as long as it is positive definite on ``null(M)`` (the fiber
@@ -161,7 +162,8 @@ class GaussianSystem:
     def conditional_mean(self, R: torch.Tensor) -> torch.Tensor:
         """Mean of the Boltzmann law on the fiber M r = R, (..., d) → (..., D) Å.
 
-        μ = M⁺R + N y*,  y* = −K_yy⁻¹ Nᵀ K (M⁺R − r0)   (= r0 + K⁻¹Mᵀ S⁻¹ (R − M r0), spec §7.1)
+        μ = M⁺R + N y*,  y* = −K_yy⁻¹ Nᵀ K (M⁺R − r0)   (= r0 + K⁻¹Mᵀ S⁻¹ (R − M r0),
+        docs/identities.md §7.1)
         """
         R = _r(R)
         rp = R @ self.Mplus.T  # (..., D)
@@ -185,9 +187,9 @@ class GaussianSystem:
     def moment_matched_samples(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """2(D−d) weighted fiber points with exactly the conditional mean and covariance.
 
-        Points ``μ ± √m c_k`` (c_k columns of a factor of Σ, m = D − d), weights 1/(2m). Since
-        H is quadratic, every conditional average in the linear identities (spec §2) depends on
-        the first two moments only, so these points make those averages exact.
+        Points ``μ ± √m c_k`` (c_k columns of a factor of Σ, m = D − d), weights 1/(2m). Since H is
+        quadratic, every conditional average in the linear identities (docs/identities.md §2)
+        depends on the first two moments only, so these points make those averages exact.
 
         Returns:
             samples (2m, D) Å with M r = R, weights (2m,) summing to 1.
@@ -202,7 +204,8 @@ class GaussianSystem:
         return samples, weights
 
     def metric_projector(self) -> torch.Tensor:
-        """P = (M K⁻¹ Mᵀ)⁻¹ M K⁻¹ (needs invertible K): Term 2 vanishes identically (spec §2)."""
+        """P = (M K⁻¹ Mᵀ)⁻¹ M K⁻¹ (needs invertible K): Term 2 vanishes identically
+        (docs/identities.md §2)."""
         Kinv_Mt = torch.linalg.solve(self.K, self.M.T)  # (D, d)
         return torch.linalg.solve(self.M @ Kinv_Mt, Kinv_Mt.T)  # (d, D)
 
@@ -217,7 +220,8 @@ class GaussianSystem:
         return P @ self.K @ self.conditional_cov() @ self.K @ P.T
 
     def hvp_target_moments(self, P, probe, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact mean and per-component variance of the per-frame linear HVP target (spec §5).
+        """Exact mean and per-component variance of the per-frame linear HVP target
+        (docs/identities.md §5).
 
         Target ``h = P K Pᵀ v − β dF (dF·v)`` with ``dF = P f(r) − F_θ(R)``, r from the
         conditional law, and ``bias = b = F(R) − F_θ(R)``. Since ``P f ~ N(F, C)``,
@@ -244,9 +248,10 @@ class GaussianSystem:
         return mean, var
 
 
-# ====================================================================== §7.2 separable
+# ================================================================ docs/identities.md §7.2 separable
 class SeparableSystem:
-    """Separable 2-D system ``H = U(x) + V(y)`` with the selection map ``R = x`` (spec §7.2).
+    """Separable 2-D system ``H = U(x) + V(y)`` with the selection map ``R = x``
+    (docs/identities.md §7.2).
 
     ``U(x) = ½ kx x² + ¼ λ x⁴``, ``V(y) = ½ ky y² + ¼ μ y⁴`` (kcal/mol, Å). Exact:
     ``F(R) = −U'(R)``, ``Hess A = U''(R)``. With the projector ``P = [1, c]`` (valid since
@@ -303,14 +308,14 @@ class SeparableSystem:
         return c * c * self.mean_v_curvature() / self.beta
 
 
-# ====================================================================== §7.3 radius
+# =================================================================== docs/identities.md §7.3 radius
 def radius(r: torch.Tensor) -> torch.Tensor:
     """ξ(r) = |r|, (B, D) Å → (B, 1) Å."""
     return torch.linalg.vector_norm(r, dim=-1, keepdim=True)  # (B, 1)
 
 
 class IsotropicRadiusSystem:
-    """``H = U(|r|)`` in D dimensions with ``ξ = |r|`` (spec §7.3).
+    """``H = U(|r|)`` in D dimensions with ``ξ = |r|`` (docs/identities.md §7.3).
 
     ``U(ρ) = ½ k (ρ − ρ0)² + ¼ λ (ρ − ρ0)⁴``. Exact: ``A = U(ρ) − (D−1) β⁻¹ ln ρ``,
     ``F = −U'(ρ) + (D−1)/(βρ)``, ``Hess A = U''(ρ) + (D−1)/(βρ²)``. L is constant on spheres.
@@ -364,7 +369,7 @@ class IsotropicRadiusSystem:
         return rho * pts, torch.full((n,), 1.0 / n, dtype=_F64)
 
 
-# ====================================================================== §7.4 bijective
+# ================================================================ docs/identities.md §7.4 bijective
 def polar(r: torch.Tensor) -> torch.Tensor:
     """ξ(x, y) = (ρ, θ), θ = atan2(y, x) ∈ (−π, π]: (B, 2) → (B, 2) (Å, rad)."""
     x, y = r[:, 0], r[:, 1]
@@ -392,7 +397,7 @@ def anharmonic_2d(r: torch.Tensor) -> torch.Tensor:
 
 
 class BijectiveSystem:
-    """Bijective map (d = D): ``A(R) = H(r*(R)) + β⁻¹ ln|det J(r*)|`` (spec §3, §7.4).
+    """Bijective map (d = D): ``A(R) = H(r*(R)) + β⁻¹ ln|det J(r*)|`` (docs/identities.md §3, §7.4).
 
     The fiber of R is the single point ``r* = ξ⁻¹(R)`` (weight 1); all covariances vanish.
 
@@ -440,7 +445,8 @@ class BijectiveSystem:
 
 
 def polar_system(potential=anharmonic_2d, beta: float = 1.0) -> BijectiveSystem:
-    """Polar map (x, y) → (ρ, θ): ``|det J| = 1/ρ`` so ``A = H(r*) − β⁻¹ ln ρ`` (spec §7.4)."""
+    """Polar map (x, y) → (ρ, θ): ``|det J| = 1/ρ`` so ``A = H(r*) − β⁻¹ ln ρ``
+    (docs/identities.md §7.4)."""
 
     def inverse(R):
         rho, theta = R[:, 0], R[:, 1]
@@ -453,7 +459,8 @@ def polar_system(potential=anharmonic_2d, beta: float = 1.0) -> BijectiveSystem:
 
 
 def shear_system(a: float = 0.4, potential=anharmonic_2d, beta: float = 1.0) -> BijectiveSystem:
-    """Shear (x, y) → (x + a y², y): ``det J = 1``, ``A = H(R₁ − a R₂², R₂)``, div G ≡ 0 (§7.4)."""
+    """Shear (x, y) → (x + a y², y): ``det J = 1``, ``A = H(R₁ − a R₂², R₂)``, div G ≡ 0
+    (docs/identities.md §7.4)."""
 
     def inverse(R):
         return torch.stack([R[:, 0] - a * R[:, 1] ** 2, R[:, 1]], dim=-1)  # (B, 2)

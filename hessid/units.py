@@ -1,4 +1,4 @@
-"""Physical constants and unit conversions (spec §0, "Units").
+"""Physical constants and unit conversions (docs/identities.md §0, "Units").
 
 hessid works in kcal/mol, Å, K and ps. OpenMM works in kJ/mol and nm; every crossing of
 that boundary goes through the functions here, whose names say both unit systems.
@@ -28,7 +28,8 @@ def kT(temperature: float) -> float:
 
 
 def beta(temperature: float) -> float:
-    """Inverse temperature β = 1/(k_B T) in mol/kcal for ``temperature`` in K (spec §0).
+    """Inverse temperature β = 1/(k_B T) in mol/kcal for ``temperature`` in K
+    (docs/identities.md §0, "Units").
 
     ``beta(300.0) == 1.677399...`` mol/kcal.
 

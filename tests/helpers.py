@@ -46,7 +46,7 @@ def assert_symmetric(h, dtype=torch.float64, rtol: float | None = None):
 
 def assert_unbiased(samples, mean: float, var: float, z_max: float = 5.0):
     """z-test: the sample mean of i.i.d. ``samples`` agrees with ``mean`` given the exact
-    per-sample variance ``var`` (from the spec's formulas), |z| < z_max."""
+    per-sample variance ``var`` (from docs/identities.md, table (6.1)), |z| < z_max."""
     x = np.asarray(samples, dtype=np.float64).ravel()
     z = (x.mean() - mean) / math.sqrt(var / x.size) if var > 0 else 0.0
     assert abs(z) < z_max, f"biased: mean {x.mean():.6g} vs {mean:.6g}, z = {z:.2f}"

@@ -1,13 +1,14 @@
-"""The built-in verification suite: identity vs exact, with negative controls (spec §7, §9).
+"""The built-in suite: identity vs exact, with negative controls (docs/identities.md §7, §9).
 
 For a :class:`hessid.quadrature.QuadratureSystem` and each of its CG points R, the exact
 mean force and Hessian (6th-order FD of the quadrature A(R), or a closed form) are compared
 with the identities of :mod:`hessid.identities` evaluated on the *same* quadrature nodes and
 weights:
 
-* linear maps, each projector P: ``F = ⟨P f⟩`` and ``𝓗 = ⟨P∇²HPᵀ⟩ − β Cov(Pf)`` (spec §2);
+* linear maps, each projector P: ``F = ⟨P f⟩`` and ``𝓗 = ⟨P∇²HPᵀ⟩ − β Cov(Pf)``
+  (docs/identities.md, eqs. (2.2), (2.3));
 * every map, each metric of G: ``F = ⟨Gf + β⁻¹ div G⟩`` and the compact, split and
-  symmetric Hessian forms (spec §3), plus the symmetry of each averaged Hessian;
+  symmetric Hessian forms (docs/identities.md §3), plus the symmetry of each averaged Hessian;
 * translation zero modes ``𝓗 t = 0`` where the system declares them;
 * negative controls — wrong formulas that must be *detected* (error above
   :data:`DETECTION_THRESHOLD`): Term 2 sign flipped, Term 1 only, no div G, the linear
@@ -20,105 +21,56 @@ negative control: the weakest detection). Relative error = ``max|a − b| / max|
 from __future__ import annotations
 
 import contextlib
-import json
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
+from hessid.verification.elastic import check_structure_file, gaussian_identity
+from hessid.verification.results import (
+    CLOSED_FORM_TOL,
+    DETECTION_THRESHOLD,
+    DTYPE,
+    QUADRATURE_TOL,
+    CheckResult,
+    all_passed,
+    format_table,
+    linear_negative_control_errors,
+    relative_error,
+    results_to_dict,
+    timed,
+    write_json,
+)
 
-from hessid.quadrature import QuadratureSystem, potential_forces, potential_hessians
+# module attribute access (identities.f), so the verifier always checks the library's current
+# functions (a test replaces one to prove the verifier catches a broken identity)
+from hessid import identities
+from hessid.maps import NonlinearMap
+from hessid.quadrature import (
+    QuadratureSystem,
+    builtin_systems,
+    potential_forces,
+    potential_hessians,
+)
 
 __all__ = [
-    "CheckResult",
-    "relative_error",
-    "linear_negative_control_errors",
     "check_quadrature_system",
     "check_gaussian_closed_form",
     "run_builtin_checks",
+    "single_threaded",
+    # re-exported from hessid.verification.results, where they are defined
+    "CheckResult",
+    "relative_error",
+    "linear_negative_control_errors",
     "format_table",
     "results_to_dict",
     "write_json",
     "all_passed",
-    "single_threaded",
+    "timed",
     "QUADRATURE_TOL",
     "CLOSED_FORM_TOL",
     "DETECTION_THRESHOLD",
 ]
 
-DTYPE = torch.float64
-#: identity vs quadrature ground truth (relative, max-norm)
-QUADRATURE_TOL = 1e-8
-#: identity vs closed form (Gaussian; relative)
-CLOSED_FORM_TOL = 1e-10
-#: a wrong formula counts as detected when its relative error exceeds this
-DETECTION_THRESHOLD = 1e-5
 #: a wrong formula is only reported where it differs structurally from the right one
 _STRUCTURAL = 1e-9
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One row of a verification report.
-
-    Attributes:
-        system: system label.
-        map: map / projector label (e.g. ``P=min_norm``, ``G=identity``).
-        quantity: what was compared; negative controls start with ``neg:``.
-        max_rel_error: relative error (worst over the points), dimensionless.
-        tolerance: for a normal check the largest accepted error; for a negative control the
-            detection threshold the error must exceed.
-        passed: ``max_rel_error <= tolerance`` (normal) or ``> tolerance`` (negative control).
-        detail: free text (points, term sizes).
-        negative_control: True for rows that check a wrong formula is detected.
-    """
-
-    system: str
-    map: str
-    quantity: str
-    max_rel_error: float
-    tolerance: float
-    passed: bool
-    detail: str = ""
-    negative_control: bool = False
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max|a − b| / max|b|`` (max-norm relative error; absolute if b = 0).
-
-    Args:
-        a: computed value; b: reference, same shape.
-
-    Returns:
-        float, dimensionless.
-
-    Raises:
-        ValueError: shapes differ.
-    """
-    a = torch.as_tensor(a, dtype=DTYPE)
-    b = torch.as_tensor(b, dtype=DTYPE)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    err = float((a - b).abs().max()) if a.numel() else 0.0
-    return err / scale if scale > 0 else err
-
-
-def linear_negative_control_errors(term1: torch.Tensor, term2: torch.Tensor,
-                                   exact_hessian: torch.Tensor) -> list[tuple[str, float]]:
-    """Errors of the two wrong linear formulas every linear check must detect (spec §2).
-
-    Args:
-        term1: ⟨P ∇²H Pᵀ⟩, (d, d) kcal/mol/Å².
-        term2: β Cov(P f) as subtracted by the identity, (d, d) kcal/mol/Å².
-        exact_hessian: the exact CG Hessian, (d, d) kcal/mol/Å².
-
-    Returns:
-        ``[(quantity, relative error)]`` for Term 2 with its sign flipped (Term1 + β Cov) and
-        Term 1 alone; each must exceed :data:`DETECTION_THRESHOLD`.
-    """
-    return [("neg: term2 sign flipped detected", relative_error(term1 - term2, exact_hessian)),
-            ("neg: term1 only detected", relative_error(term1, exact_hessian))]
 
 
 class _Rows:
@@ -191,14 +143,12 @@ def _curvature_force_term(nl_map, samples, forces, weights) -> torch.Tensor:
 
 def _linear_rows(rows: _Rows, system: QuadratureSystem, M, pt, samples, forces, hessians,
                  weights, F_ex, H_ex, negative_controls: bool) -> dict:
-    from hessid.identities import cg_hessian_linear, mean_force_linear
-
     hess_by_projector = {}
     for key, P in system.projectors.items():
         label = f"P={key}"
-        F = mean_force_linear(forces, P, weights)
-        H, (term1, term2) = cg_hessian_linear(hessians, forces, P, system.beta, weights,
-                                              return_terms=True)
+        F = identities.mean_force_linear(forces, P, weights)
+        H, (term1, term2) = identities.cg_hessian_linear(hessians, forces, P, system.beta,
+                                                         weights, return_terms=True)
         hess_by_projector[key] = (H, term1, term2)
         if M is not None:
             res = float((P @ M.T - torch.eye(M.shape[0], dtype=DTYPE)).abs().max())
@@ -215,13 +165,6 @@ def _linear_rows(rows: _Rows, system: QuadratureSystem, M, pt, samples, forces, 
 
 def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, forces, weights,
                     F_ex, H_ex, forms, negative_controls: bool, is_linear: bool) -> dict:
-    from hessid.identities import (
-        cg_hessian_nonlinear,
-        mean_force_nonlinear,
-        weighted_covariance,
-    )
-    from hessid.maps import NonlinearMap
-
     metrics = {"identity": NonlinearMap(system.cg_map)}
     if system.masses is not None:
         metrics["inverse_mass"] = NonlinearMap(system.cg_map, metric="inverse_mass",
@@ -229,12 +172,13 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
     compact_by_metric = {}
     for key, nl in metrics.items():
         label = f"G={key}"
-        F = mean_force_nonlinear(nl, samples, forces, system.beta, weights)
+        F = identities.mean_force_nonlinear(nl, samples, forces, system.beta, weights)
         rows.add(label, "mean force <G f + div G / beta>", relative_error(F, F_ex),
                  QUADRATURE_TOL, pt)
         hessians = {}
         for form in forms:
-            H = cg_hessian_nonlinear(nl, system.potential, samples, system.beta, weights, form=form)
+            H = identities.cg_hessian_nonlinear(nl, system.potential, samples, system.beta,
+                                                weights, form=form)
             hessians[form] = H
             rows.add(label, f"hessian ({form})", relative_error(H, H_ex), QUADRATURE_TOL, pt)
             rows.add(label, f"symmetry of averaged hessian ({form})", _symmetry_error(H),
@@ -244,7 +188,7 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
             continue
         G, div = nl.projector_and_divergence(samples)
         L = nl.local_mean_force(samples, forces, system.beta)
-        cov_L = weighted_covariance(L, weights=weights)
+        cov_L = identities.weighted_covariance(L, weights=weights)
         scale = float(H_ex.abs().max())
         if "compact" in hessians and float(cov_L.abs().max()) > _STRUCTURAL * scale:
             H = hessians["compact"]
@@ -261,8 +205,9 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
             rows.add(label, "neg: no div G (mean force) detected",
                      relative_error(F_no_div, F_ex), DETECTION_THRESHOLD, pt, negative=True)
         if "split" in forms:
-            H_split, terms = cg_hessian_nonlinear(nl, system.potential, samples, system.beta,
-                                                  weights, form="split", return_terms=True)
+            H_split, terms = identities.cg_hessian_nonlinear(nl, system.potential, samples,
+                                                             system.beta, weights, form="split",
+                                                             return_terms=True)
             rows.add(label, "neg: linear formula on nonlinear map detected",
                      relative_error(terms["linear_form"], H_ex), DETECTION_THRESHOLD, pt,
                      negative=True)
@@ -274,7 +219,7 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
         if not system.jacobian_is_constant():
             # the PMF of a δ-measure without |det ∂r/∂(R,s)| (e.g. without ρ for a radius)
             F_nj, H_nj = system.exact_force_and_hessian(R, jacobian=False)
-            F_id = mean_force_nonlinear(nl, samples, forces, system.beta, weights)
+            F_id = identities.mean_force_nonlinear(nl, samples, forces, system.beta, weights)
             rows.add(label, "neg: missing fiber Jacobian (mean force) detected",
                      relative_error(F_id, F_nj), DETECTION_THRESHOLD, pt, negative=True)
             if "compact" in hessians:
@@ -287,7 +232,8 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
 def check_quadrature_system(system: QuadratureSystem,
                             forms: tuple[str, ...] = ("compact", "split", "symmetric"),
                             negative_controls: bool = True) -> list[CheckResult]:
-    """Identity vs exact for one quadrature system at all its points (spec §2, §3, §7.5).
+    """Identity vs exact for one quadrature system at all its points (docs/identities.md §2, §3,
+    §7.5).
 
     Args:
         system: the system (built-in or a user's SYSTEM.py).
@@ -345,7 +291,8 @@ def _check_quadrature_system(system, forms, negative_controls) -> list[CheckResu
 
 
 def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[CheckResult]:
-    """Gaussian H = ½(r−r₀)ᵀK(r−r₀), random SPD K and full-rank M: identity vs S⁻¹ (spec §7.1).
+    """Gaussian H = ½(r−r₀)ᵀK(r−r₀), random SPD K and full-rank M: identity vs S⁻¹
+    (docs/identities.md §7.1).
 
     Three projectors: minimum-norm, a random member of the family, and the K-metric
     ``P = S⁻¹ M K⁻¹`` for which Cov(Pf) = 0. Closed-form Gaussian moments, β = β(300 K).
@@ -353,8 +300,6 @@ def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[Ch
     Returns:
         list of CheckResult (tolerance :data:`CLOSED_FORM_TOL`).
     """
-    from hessid.verification.elastic import gaussian_identity
-
     gen = torch.Generator().manual_seed(seed)
     A = torch.randn(D, D, generator=gen, dtype=DTYPE)
     K = A @ A.T + 0.5 * torch.eye(D, dtype=DTYPE)
@@ -391,17 +336,13 @@ def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[Ch
 
 
 def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
-    """Every built-in check: the §7.5 quadrature systems, the Gaussian closed form and the
-    elastic network of the shipped villin structure (Cα map; residue COM map with the
+    """Every built-in check: the quadrature systems of docs/identities.md §7.5, the Gaussian closed
+    form and the elastic network of the shipped villin structure (Cα map; residue COM map with the
     min-norm and bead-sum projectors).
 
     Returns:
         list of CheckResult; the suite passes when every row passed.
     """
-    from hessid.verification.elastic import check_structure_file
-
-    from hessid.quadrature import builtin_systems
-
     results: list[CheckResult] = []
     with single_threaded():
         for system in builtin_systems():
@@ -412,56 +353,3 @@ def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
             results.extend(check_structure_file(None, "com", "min_norm"))
             results.extend(check_structure_file(None, "com", "bead_sum"))
     return results
-
-
-def all_passed(results: list[CheckResult]) -> bool:
-    """True when every row passed (and there is at least one row)."""
-    return bool(results) and all(r.passed for r in results)
-
-
-def format_table(results: list[CheckResult]) -> str:
-    """Plain-text table: system, map, quantity, max relative error, tolerance, PASS/FAIL.
-
-    Negative controls show their threshold as ``>1e-05`` (the error must exceed it).
-    """
-    header = ("system", "map", "quantity", "max rel err", "tolerance", "result")
-    lines = [header]
-    for r in results:
-        tol = f">{r.tolerance:.0e}" if r.negative_control else f"{r.tolerance:.0e}"
-        lines.append((r.system, r.map, r.quantity, f"{r.max_rel_error:.2e}", tol,
-                      "PASS" if r.passed else "FAIL"))
-    widths = [max(len(row[k]) for row in lines) for k in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    n_fail = sum(not r.passed for r in results)
-    n_neg = sum(r.negative_control for r in results)
-    text.append("")
-    text.append(f"{len(results)} checks ({n_neg} negative controls): "
-                f"{len(results) - n_fail} passed, {n_fail} failed")
-    return "\n".join(text)
-
-
-def results_to_dict(results: list[CheckResult], wall_time_s: float | None = None) -> dict:
-    """JSON-ready dict: ``{"summary": {...}, "results": [CheckResult fields, ...]}``."""
-    n_fail = sum(not r.passed for r in results)
-    summary = {"n_checks": len(results), "n_passed": len(results) - n_fail, "n_failed": n_fail,
-               "n_negative_controls": sum(r.negative_control for r in results),
-               "all_passed": all_passed(results)}
-    if wall_time_s is not None:
-        summary["wall_time_s"] = round(wall_time_s, 3)
-    return {"summary": summary, "results": [asdict(r) for r in results]}
-
-
-def write_json(results: list[CheckResult], path, wall_time_s: float | None = None) -> Path:
-    """Write :func:`results_to_dict` to ``path`` (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results_to_dict(results, wall_time_s), indent=2) + "\n")
-    return path
-
-
-def timed(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), wall seconds) — small helper for the CLI and benchmarks."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

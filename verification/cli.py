@@ -32,7 +32,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``verify`` subcommand to an argparse ``subparsers`` object; sets ``func``."""
     p = subparsers.add_parser(
         "verify", help="check CG identities against exact Hessians",
-        description="Check the mean-force and CG-Hessian identities (spec §2, §3) against "
+        description="Check the mean-force and CG-Hessian identities (docs/identities.md §2, "
+                    "§3) against "
                     "exact answers: quadrature of Z(R) with 6th-order FD of A(R), Gaussian "
                     "closed forms, and elastic networks of real structures.")
     p.add_argument("system", nargs="?", help="a SYSTEM.py file (see docs/verification.md)")

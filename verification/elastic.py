@@ -3,12 +3,12 @@
 An anisotropic elastic network (springs of constant ``spring`` between atoms closer than
 ``cutoff``) plus a weak harmonic tether of every atom to its reference position is a Gaussian
 AA model ``H = ½ (r − r₀)ᵀ K (r − r₀)`` with SPD K (the tether removes the six rigid-body zero
-modes). For any linear map ``R = M r`` its CG Hessian is exact (spec §7.1):
+modes). For any linear map ``R = M r`` its CG Hessian is exact (docs/identities.md §7.1):
 
     𝓗 = S⁻¹ = (M K⁻¹ Mᵀ)⁻¹,        F(R) = −S⁻¹ (R − M r₀)
 
-and the identity of spec §2 can be evaluated with the closed-form Gaussian moments of the
-constrained ensemble (mean ``μ = r₀ + K⁻¹MᵀS⁻¹(R − Mr₀)``, covariance
+and the identity (docs/identities.md, eq. (2.3)) can be evaluated with the closed-form Gaussian
+moments of the constrained ensemble (mean ``μ = r₀ + K⁻¹MᵀS⁻¹(R − Mr₀)``, covariance
 ``Σ = β⁻¹(K⁻¹ − K⁻¹MᵀS⁻¹MK⁻¹)``):
 
     Term 1 = P K Pᵀ,    Cov(P f) = P K Σ K Pᵀ,    𝓗 = Term 1 − β Cov(P f),   F = −P K (μ − r₀)
@@ -24,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hessid.verification.checks import (
+from hessid.verification.results import (
     DETECTION_THRESHOLD,
+    DTYPE,
+    ELASTIC_TOL,
+    PROJECTOR_TOL,
     CheckResult,
     linear_negative_control_errors,
     relative_error,
 )
 
+from hessid.maps import LinearMap
 from hessid.units import beta as beta_of_temperature
 
 __all__ = [
@@ -45,8 +49,6 @@ __all__ = [
     "check_structure_file",
 ]
 
-DTYPE = torch.float64
-
 #: standard atomic weights, g/mol (enough for proteins, nucleic acids and common ions)
 ELEMENT_MASSES = {
     "H": 1.008, "D": 2.014, "C": 12.011, "N": 14.007, "O": 15.999, "S": 32.06, "P": 30.974,
@@ -54,12 +56,6 @@ ELEMENT_MASSES = {
     "K": 39.098, "MG": 24.305, "CA": 40.078, "ZN": 65.38, "FE": 55.845, "MN": 54.938,
     "CU": 63.546,
 }
-
-#: default tolerance of the identity on an elastic network (relative, max-norm)
-ELASTIC_TOL = 1e-8
-#: default tolerance of ``max |Q Sᵀ − I|``
-PROJECTOR_TOL = 1e-10
-
 
 @dataclass(frozen=True)
 class PDBStructure:
@@ -204,7 +200,8 @@ def elastic_network_matrix(positions, cutoff: float = 7.0, spring: float = 1.0,
 
 
 def gaussian_identity(K, M, P, beta: float, displacement=None) -> dict:
-    """Exact CG quantities of a Gaussian model and the spec §2 identity from its moments.
+    """Exact CG quantities of a Gaussian model and the identity of docs/identities.md, eq. (2.3),
+    from its moments.
 
     Args:
         K: AA Hessian, (D, D) SPD, kcal/mol/Å².
@@ -249,11 +246,11 @@ def check_linear_map_on_structure(positions, cg_map, temperature: float = 300.0,
                                   seed: int = 0) -> list:
     """Check a linear CG map and its projector on an elastic network of a structure.
 
-    Builds the tethered elastic network of ``positions`` (:func:`elastic_network_matrix`),
-    then compares, at a random CG point R = M r₀ + δ (|δ| ~ 0.3 Å):
-    ``Q Sᵀ = I``; the mean force ⟨P f⟩ with −S⁻¹δ; the Hessian Term 1 − β Cov(P f) with
-    (M K⁻¹ Mᵀ)⁻¹ (spec §2, §7.1); and reports two negative controls (Term 2 sign flipped,
-    Term 1 only) that must be detected.
+    Builds the tethered elastic network of ``positions`` (:func:`elastic_network_matrix`), then
+    compares, at a random CG point R = M r₀ + δ (|δ| ~ 0.3 Å): ``Q Sᵀ = I``; the mean force ⟨P f⟩
+    with −S⁻¹δ; the Hessian Term 1 − β Cov(P f) with (M K⁻¹ Mᵀ)⁻¹ (docs/identities.md, eqs. (2.3),
+    (7.1)); and reports two negative controls (Term 2 sign flipped, Term 1 only) that must be
+    detected.
 
     Args:
         positions: reference structure, (N, 3), Å.
@@ -265,7 +262,7 @@ def check_linear_map_on_structure(positions, cg_map, temperature: float = 300.0,
         seed: seed of the random CG displacement δ.
 
     Returns:
-        list of :class:`~verification.checks.CheckResult`.
+        list of :class:`~hessid.verification.results.CheckResult`.
 
     Raises:
         ValueError: positions not (N, 3) or inconsistent with the map's number of atoms.
@@ -315,8 +312,6 @@ def structure_map(structure: PDBStructure, kind: str = "ca", projector: str = "m
     Raises:
         ValueError: unknown kind, or no Cα atoms.
     """
-    from hessid.maps import LinearMap
-
     if kind == "ca":
         idx = structure.ca_indices()
         if not idx:

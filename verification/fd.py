@@ -1,12 +1,11 @@
-"""Finite-difference cross-checks with measured convergence order (spec §5, §7.5).
+"""Finite-difference cross-checks with measured convergence order (docs/identities.md §5, §7.5).
 
 Two jobs:
 
-* Term 1 of the per-frame HVP target is computed in the data pipeline by central differences
-  of AA forces, ``∇²H u ≈ −[f(r + εu) − f(r − εu)]/(2ε)`` (spec §5, error O(ε²)).
+* Term 1 of the per-frame HVP target is computed in the data pipeline by central differences of AA
+  forces, ``∇²H u ≈ −[f(r + εu) − f(r − εu)]/(2ε)`` (docs/identities.md, eq. (5.3), error O(ε²)).
   :func:`central_difference_hvp` is that formula; :func:`hvp_convergence` compares it with the
-  autograd HVP over a ladder of steps and fits the convergence order (2 for central
-  differences).
+  autograd HVP over a ladder of steps and fits the convergence order (2 for central differences).
 * The exact ground truth of ``hessid verify`` is the quadrature free energy differentiated by
   6th-order central differences; :func:`fd6_gradient_and_hessian` (re-exported from the core)
   and :func:`fd6_convergence` measure that stencil's order (6) on any smooth function.
@@ -36,7 +35,7 @@ DTYPE = torch.float64
 def central_difference_hvp(
     force_fn: Callable[[torch.Tensor], torch.Tensor], r: torch.Tensor, u: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """Hessian-vector product from AA forces by central differences (spec §5, Term 1).
+    """Term-1 HVP from AA forces by central differences (docs/identities.md, eq. (5.3)).
 
     ``∇²H u ≈ −[f(r + εu) − f(r − εu)] / (2ε)``, error ``O(ε² |∂³f|)``.
 
@@ -110,7 +109,7 @@ def hvp_convergence(
     potential: Callable, r: torch.Tensor, u: torch.Tensor,
     steps: Sequence[float] = (0.08, 0.04, 0.02, 0.01),
 ) -> dict:
-    """Measured order of the central-difference Term-1 HVP against autograd (spec §5).
+    """Measured order of the central-difference HVP vs autograd (docs/identities.md, eq. (5.3)).
 
     Args:
         potential: H, (B, D) → (B,), kcal/mol.

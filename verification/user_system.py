@@ -23,7 +23,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from hessid.verification.checks import CheckResult, check_quadrature_system
+from hessid.verification.checks import check_quadrature_system
+from hessid.verification.results import CheckResult
 
 from hessid.quadrature import QuadratureSystem
 

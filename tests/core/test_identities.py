@@ -1,4 +1,4 @@
-"""Laws of hessid.identities: CG mean force, CG Hessian and HVP targets (spec §2, §3, §5).
+"""Laws of hessid.identities: mean force, CG Hessian, HVP targets (docs/identities.md §2, §3, §5).
 
 Ground truths are independent of the identities under test:
 * Gaussian + linear map: closed form (M K⁻¹ Mᵀ)⁻¹ (or its Schur complement), with
@@ -288,7 +288,8 @@ def test_term1_linear_exact_matches_projected_hessian_times_probe():
 
 
 def test_separable_system_stein_identity_cancels_the_c_dependence():
-    """H = U(x) + V(y), R = x, P = [1, c]: Term1 = U'' + c²⟨V''⟩, β Cov = c²⟨V''⟩ (spec §7.2)."""
+    """H = U(x) + V(y), R = x, P = [1, c]: Term1 = U'' + c²⟨V''⟩, β Cov = c²⟨V''⟩
+    (docs/identities.md §7.2)."""
     sys = SeparableSystem(kx=1.0, lam=0.5, ky=2.0, mu=0.3, beta=1.4)
     R = 0.7
     L = 12.0 / math.sqrt(sys.beta * sys.ky)
@@ -485,7 +486,8 @@ def test_nonlinear_hvp_target_averages_to_hessian_times_probe(fiber, form):
 
 
 def test_per_frame_nonlinear_term1_is_asymmetric_but_its_average_is_symmetric():
-    """Shear: −G (∂L/∂r)ᵀ is not symmetric per frame (spec §3), vjp ≠ jvp per frame."""
+    """Shear: −G (∂L/∂r)ᵀ is not symmetric per frame (docs/identities.md §3), vjp ≠ jvp per
+    frame."""
     f = FIBERS[3]
     x, w = f.samples()
     eye = torch.eye(2, dtype=F64).expand(len(x), 2, 2)

@@ -92,7 +92,8 @@ def test_flat_matrices_agree_with_the_atom_by_cartesian_actions(S, sd, seed):
 
 
 def _general_projector(S: torch.Tensor, seed: int) -> torch.Tensor:
-    """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) with a seeded random C: a valid projector (spec §2)."""
+    """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) with a seeded random C: a valid projector
+    (docs/identities.md §2)."""
     n, N = S.shape
     C = torch.randn(n, N, dtype=F64, generator=torch.Generator().manual_seed(seed % 2**31))
     Q0 = torch.linalg.solve(S @ S.T, S)
@@ -102,7 +103,7 @@ def _general_projector(S: torch.Tensor, seed: int) -> torch.Tensor:
 @FAST
 @given(S=full_rank_maps(), seed=seeds)
 def test_general_projector_family_passes_the_check(S, seed):
-    """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) satisfies P Mᵀ = I for any C (spec §2)."""
+    """P = (M Mᵀ)⁻¹M + C(I − Mᵀ(M Mᵀ)⁻¹M) satisfies P Mᵀ = I for any C (docs/identities.md §2)."""
     S = torch.as_tensor(S)
     Q = _general_projector(S, seed)
     cg = LinearMap(S, spatial_dim=1).with_projector(Q)

@@ -1,4 +1,5 @@
-"""Probe estimators (spec §6) and deterministic per-frame seeding (spec §5)."""
+"""Probe estimators (docs/identities.md §6) and deterministic per-frame seeding
+(docs/identities.md §5)."""
 
 import itertools
 
@@ -31,7 +32,7 @@ def _random_matrix(seed, m, d):
 
 @given(seed=seeds, d=st.integers(2, 7), m=st.integers(1, 5))
 @FAST
-def test_rademacher_frobenius_estimator_is_unbiased_with_spec_variance_by_enumeration(seed, d, m):
+def test_rademacher_frobenius_estimator_is_unbiased_with_known_variance_by_enumeration(seed, d, m):
     A = _random_matrix(seed, m, d)
     values = [float(np.sum((A @ np.array(s)) ** 2)) for s in itertools.product([-1.0, 1.0], repeat=d)]
     values = np.array(values)  # every sign vector is equally likely: exact moments
@@ -41,7 +42,7 @@ def test_rademacher_frobenius_estimator_is_unbiased_with_spec_variance_by_enumer
 
 @given(seed=seeds, d=st.integers(2, 9), m=st.integers(1, 5))
 @FAST
-def test_one_hot_estimators_are_unbiased_with_spec_variance_by_enumeration(seed, d, m):
+def test_one_hot_estimators_are_unbiased_with_known_variance_by_enumeration(seed, d, m):
     A = _random_matrix(seed, m, d)
     scale = probe_scale("one_hot", d)
     fro = np.array([scale * np.sum(A[:, i] ** 2) for i in range(d)])
@@ -73,11 +74,11 @@ def test_d_orthonormal_probes_give_the_frobenius_norm_exactly(seed, d, m):
     assert frobenius_estimator_variance("orthonormal", A, k=d) == pytest.approx(0.0, abs=1e-9)
 
 
-# --- Monte Carlo z-tests with the spec's variances -------------------------------------------
+# --- Monte Carlo z-tests with the variances of docs/identities.md, table (6.1) -----------
 
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 @pytest.mark.parametrize("k", [1, 3])
-def test_frobenius_estimator_is_unbiased_z_test_with_spec_variance(kind, k):
+def test_frobenius_estimator_is_unbiased_z_test_with_known_variance(kind, k):
     d, m, n = 12, 7, 6000
     A = torch.as_tensor(_random_matrix(11, m, d))
     v = draw_probes(kind, 2024, range(n), k, d)  # (n, k, d)
@@ -90,7 +91,7 @@ def test_frobenius_estimator_is_unbiased_z_test_with_spec_variance(kind, k):
 
 
 @pytest.mark.parametrize("kind", PROBE_KINDS)
-def test_trace_estimator_is_unbiased_z_test_with_spec_variance(kind):
+def test_trace_estimator_is_unbiased_z_test_with_known_variance(kind):
     d, n = 10, 6000
     A = torch.as_tensor(_random_matrix(5, d, d))
     v = draw_probes(kind, 7, range(n), 1, d)[:, 0]  # (n, d)
@@ -101,7 +102,8 @@ def test_trace_estimator_is_unbiased_z_test_with_spec_variance(kind):
 
 
 def test_unscaled_unit_sphere_estimator_is_detected_as_biased():
-    """Negative control: the paper's unit probes without the factor d miss ‖A‖_F² (spec §8)."""
+    """Negative control: the paper's unit probes without the factor d miss ‖A‖_F²
+    (docs/identities.md §8)."""
     d, n = 12, 4000
     A = torch.as_tensor(_random_matrix(3, 6, d))
     v = draw_probes("unit_sphere", 1, range(n), 1, d)[:, 0]

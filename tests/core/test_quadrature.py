@@ -1,4 +1,4 @@
-"""Quadrature engine: exact against closed forms (spec §1, §7.1, §7.3)."""
+"""Quadrature engine: exact against closed forms (docs/identities.md §1, §7.1, §7.3)."""
 
 import math
 

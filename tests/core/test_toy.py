@@ -1,4 +1,4 @@
-"""Laws of hessid.toy: the closed forms of spec §7 items 1–4 are self-consistent."""
+"""Laws of hessid.toy: the closed forms of docs/identities.md §7 items 1–4 are self-consistent."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def gaussians(draw):
 
 @FAST
 @given(case=gaussians())
-def test_gaussian_conditional_law_matches_the_spec_formulas(case):
+def test_gaussian_conditional_law_matches_the_closed_forms(case):
     g, R = case
     K, M, r0, beta = g.K, g.M, g.r0, g.beta
     Kinv = torch.linalg.inv(K)

@@ -1,4 +1,4 @@
-"""Units and constants (spec §0)."""
+"""Units and constants (docs/identities.md §0)."""
 
 import pytest
 
@@ -13,7 +13,7 @@ def test_beta_at_300_kelvin_matches_the_spec():
     assert units.KB_KJ_PER_MOL_K / units.KB_KCAL_PER_MOL_K == pytest.approx(units.KJ_PER_KCAL, rel=1e-7)
 
 
-def test_openmm_conversions_match_the_spec_factors_and_round_trip():
+def test_openmm_conversions_match_the_documented_factors_and_round_trip():
     assert units.force_kj_nm_to_kcal_angstrom(41.84) == pytest.approx(1.0)
     assert units.hessian_kj_nm2_to_kcal_angstrom2(418.4) == pytest.approx(1.0)
     assert units.length_nm_to_angstrom(0.1) == pytest.approx(1.0)

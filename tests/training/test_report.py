@@ -1,4 +1,4 @@
-"""Report page (issue 5 §3): the table equals metrics.json, figures exist, provenance shown;
+"""Report page: the table equals metrics.json, figures exist, provenance shown;
 and the three subcommands run end to end through ``hessid`` (upstream defect 3 not copied)."""
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def test_fd_term1_matches_exact_hessian_of_bond_angle_subset(subset, which):
 
 
 def test_embedding_with_m_transpose_instead_of_p_transpose_is_detected(subset):
-    """COM map with the bead-sum projector: u = Mᵀv is not Pᵀv (spec §5) and must fail."""
+    """COM map with the bead-sum projector: u = Mᵀv is not Pᵀv (docs/identities.md §5) and must
+    fail."""
     ctx, x, hess, _, com = subset
     v = draw_probes("gaussian", 7, [0], 3, 3 * com.n_beads).numpy().reshape(3, com.n_beads, 3)
     q, s = com.projector.numpy(), com.weights.numpy()
@@ -155,7 +156,7 @@ def test_fd_error_is_second_order_in_epsilon(subset):
     exact = _exact_term1(hess, ca, v)
     q = ca.projector.numpy()
     e1, e2 = (_rel(term1_fd(ctx, x, q, v, eps), exact) for eps in (4e-3, 2e-3))
-    assert 3.5 < e1 / e2 < 4.5  # O(ε²), spec §5
+    assert 3.5 < e1 / e2 < 4.5  # O(ε²), docs/identities.md §5
 
 
 # ----------------------------------------------------------------------------- storage

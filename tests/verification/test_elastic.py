@@ -1,4 +1,4 @@
-"""Elastic-network (Gaussian) check of linear maps on real structures (spec §2, §7.1)."""
+"""Elastic-network check of linear maps on real structures (docs/identities.md §2, §7.1)."""
 
 from pathlib import Path
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Finite-difference helpers: measured convergence orders (spec §5 'tested: order 2.00')."""
+"""Finite-difference helpers: measured convergence orders (docs/identities.md, eq. (5.3))."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Fast batched HVPs == per-probe reference == autograd Hessian @ v (float64), spec §5."""
+"""Batched HVPs == per-probe reference == autograd Hessian @ v, float64 (docs/identities.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Losses (spec §5): exact gradients, target formula, E-F-H limit, and a learning test with an
-exact answer (Gaussian AA system, CG Hessian (M K⁻¹ Mᵀ)⁻¹)."""
+"""Losses (docs/identities.md §5): exact gradients, target formula, E-F-H limit, and a learning test
+with an exact answer (Gaussian AA system, CG Hessian (M K⁻¹ Mᵀ)⁻¹)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def _tiny_model_and_data(n=5, B=2, k=2):
 def test_hvp_loss_parameter_gradient_matches_finite_differences():
     """d(λ_F L_FM + λ_H L_HVP)/dθ by triple backward vs central differences (float64).
 
-    The target h is detached (semi-gradient, spec §5 (ii)), so the FD is taken with h held
-    at its value at θ."""
+    The target h is detached (semi-gradient, docs/identities.md §5 (ii)), so the FD is taken with h
+    held at its value at θ."""
     model, pos, types, batch, probes = _tiny_model_and_data()
     f_target = torch.randn_like(pos)
     term1 = 30.0 * torch.randn_like(probes)
@@ -150,7 +150,8 @@ def _train_quadratic(system, frames, seed, mode, k=4, steps=350, warmup=100):
         As = 0.5 * (A + A.T)
         F = -(R - c) @ As  # (T, d)
         loss = force_matching_loss(F.reshape(-1, 1), Pf.reshape(-1, 1), batch, T) / f_norm
-        if mode != "fm" and step >= warmup:  # FM warm-up: b large early (spec §5 (iii))
+        # FM warm-up: b is large early (docs/identities.md §5 (iii))
+        if mode != "fm" and step >= warmup:
             gamma = 1.0 if mode == "fm_aa_cov" else 0.0
             hv = torch.einsum("ab,tkb->kta", As, v).reshape(k, T * d, 1)
             h = hvp_targets(t1, (Pf - F).reshape(-1, 1), vv, system.beta, gamma, batch, T)

@@ -1,4 +1,4 @@
-"""Priors by Boltzmann inversion recover known parameters (spec: CGSchNet priors)."""
+"""Priors by Boltzmann inversion recover known parameters (CGSchNet priors)."""
 
 from __future__ import annotations
 
