@@ -166,7 +166,7 @@ def _chain_laplacian(N: int, seed: int) -> torch.Tensor:
 @FAST
 @given(seed=seeds, N=st.integers(4, 7), kind=st.sampled_from(["selection", "row_stochastic"]))
 def test_translation_zero_mode_appears_only_in_the_sum_of_the_terms(seed, N, kind):
-    """H(r + c1) = H(r) and S 1 = 1  ⇒  Hess A · 1_n = 0; Term 1 and Term 2 alone are O(1)."""
+    """H(r + c1) = H(r) and S 1 = 1  ⇒  Hess A · 1_n = 0; Term 1 and Term 2 alone are not zero on 1_n."""
     K = _chain_laplacian(N, seed)
     rng = np.random.default_rng(seed)
     if kind == "selection":
@@ -180,8 +180,11 @@ def test_translation_zero_mode_appears_only_in_the_sum_of_the_terms(seed, N, kin
     ones = torch.ones(cg.n_beads, dtype=F64)
     scale = float(t1.abs().max())
     assert float((total @ ones).abs().max()) < 1e-12 * scale
-    assert float((t1 @ ones).abs().max()) > 1e-3 * scale
-    assert float((t2 @ ones).abs().max()) > 1e-3 * scale
+    # Negative controls: each term alone fails the zero-mode check above by at least four orders
+    # of magnitude. Not "O(1)": for random row-stochastic weights |Term 1 · 1| / max|Term 1|
+    # goes down to 1.6e-4 (worst of 24 000 drawn cases), so a 1e-3 bound was a flaky test.
+    assert float((t1 @ ones).abs().max()) > 1e-8 * scale
+    assert float((t2 @ ones).abs().max()) > 1e-8 * scale
     assert_close(total, g.exact_hessian(), rtol=1e-10, what="Hessian with a zero mode")
 
 
