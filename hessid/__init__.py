@@ -6,6 +6,8 @@ Core modules (torch, numpy, scipy only):
 - :mod:`hessid.maps`       — linear and nonlinear CG maps and their force projectors
 - :mod:`hessid.probes`     — deterministic per-frame probe vectors and estimator scales
 - :mod:`hessid.identities` — mean force, CG Hessian and HVP-target estimators (spec §2–§5)
+- :mod:`hessid.hvp_loss`   — per-frame and Rao–Blackwellised HVP losses (docs/variance_reduction.md)
+- :mod:`hessid.optimal_projector` — variance-minimising force projector Q* (docs/variance_reduction.md)
 - :mod:`hessid.toy`        — systems with exact answers and a quadrature engine (spec §7)
 
 Subpackages: :mod:`hessid.verification` (exact checks, ``hessid verify``) and
