@@ -1,6 +1,6 @@
 """Rao–Blackwellised HVP-matching loss (docs/variance_reduction.md, part 1).
 
-The per-frame HVP loss of spec §5 with the covariance target ``h(v) = T1 v − γβ dF (dF·v)``,
+The per-frame HVP loss of docs/identities.md §5 with the covariance target ``h(v) = T1 v − γβ dF (dF·v)``,
 
     ℓ = (c/k) Σ_j ‖H_θ v_j − T1 v_j + γβ dF (dF·v_j)‖²,                              (1)
 
@@ -88,7 +88,7 @@ def per_frame_hvp_loss(
     gamma: float,
     scale,
 ) -> torch.Tensor:
-    """Current (per-frame estimator) HVP loss of every frame, equation (1) (spec §5).
+    """Current (per-frame estimator) HVP loss of every frame, equation (1) (docs/identities.md §5).
 
     ``ℓ_t = (c_t/k) Σ_j ‖H_θ v_tj − (T1 v_tj − γ β_t dF_t (dF_t·v_tj))‖²``, dF detached.
     The same number as ``scale · mean_j ‖H_θ v − hessid.identities.hvp_target_linear(...)‖²``.
@@ -259,7 +259,7 @@ def hvp_gradient_probe_variance(kind: str, residual, hessian_derivatives, k: int
     ``R`` depends on θ only through H_θ (``∂R/∂θ_p = E_p = ∂H_θ/∂θ_p``):
     ``R = H_θ − T1 + γβ dF dFᵀ`` for (1), ``R = H_θ − T1`` for (2) (whose second term is
     probe-free). Then ``∂_p = (c/k) Σ_j v_jᵀ (2 Rᵀ E_p) v_j`` is a trace estimator of
-    ``2 Rᵀ E_p`` and its variance is the spec §6 trace-estimator variance
+    ``2 Rᵀ E_p`` and its variance is the docs/identities.md §6 trace-estimator variance
     (:func:`hessid.probes.trace_estimator_variance`; exact, no sampling).
 
     Args:

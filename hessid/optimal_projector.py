@@ -1,7 +1,7 @@
 """Variance-minimising force projector (docs/variance_reduction.md, part 2).
 
 For a linear map with bead weights S (n, N), every projector Q with ``Q Sᵀ = I`` gives the same
-mean force ``⟨Q f⟩_R`` and the same CG Hessian (spec §2); the projected force ``Q f`` of a
+mean force ``⟨Q f⟩_R`` and the same CG Hessian (docs/identities.md §2); the projected force ``Q f`` of a
 single frame, and hence the Term-2 estimator ``β dF dFᵀ`` and Term 1, depend on Q. This module
 fits the member of the family with the smallest mean squared projected force,
 

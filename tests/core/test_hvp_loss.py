@@ -7,7 +7,7 @@ Ground truths are independent of the estimators under test:
   orthonormal basis with k = d, whose estimator is exact per draw);
 * the closed forms ‖A + γβ w wᵀ‖_F² and ‖A‖_F² + 2γβ wᵀHw differentiated by autograd;
 * Monte Carlo for Gaussian and unit-sphere probes with a z-score from the exact per-component
-  variance (spec §6 trace-estimator variances), |z| < 5.
+  variance (docs/identities.md §6 trace-estimator variances), |z| < 5.
 A wrong estimator (the RB loss without its 2γβ dFᵀH_θdF term) must miss by a relative 1e-4
 (exact) or a |z| of 20 (Monte Carlo).
 """
@@ -206,7 +206,7 @@ def test_per_frame_loss_is_scaled_mean_squared_error_to_the_spec_target(seed, d,
     W = w.expand(3, -1)
     h = hvp_target_linear(T1v, W, v, beta, gamma)
     expected = d * ((Hv - h) ** 2).sum(-1).mean(-1)
-    assert_close(per_frame_hvp_loss(Hv, T1v, W, v, beta, gamma, d), expected, what="ℓ vs spec §5 target")
+    assert_close(per_frame_hvp_loss(Hv, T1v, W, v, beta, gamma, d), expected, what="ℓ vs docs/identities.md §5 target")
 
 
 def test_graph_layout_shapes_give_the_flat_result():
@@ -254,7 +254,7 @@ def test_monte_carlo_gradients_are_unbiased_and_dropping_the_cross_term_is_detec
 
 
 def test_monte_carlo_gradient_variance_matches_the_exact_formula():
-    """Gaussian probes: sample variance of each gradient component vs the spec §6 formula, z from
+    """Gaussian probes: sample variance of each gradient component vs the docs/identities.md §6 formula, z from
     the sample fourth central moment (standard error of a variance estimate)."""
     d, k, P, gamma, beta = 4, 3, 20000, 1.0, 1.0
     H0, T1, w = _instance(5, d)

@@ -9,7 +9,7 @@ Ground truths are independent of the solver under test:
   J(Q* + Δ) = J(Q*) + J(Δ) ≥ J(Q*) (ridge 0);
 * the Gaussian toy (hessid.toy.GaussianSystem) with its exact moments: the CG Hessian identity
   and the mean force hold for P = Q* ⊗ I; without constraints the optimum on the exact
-  conditional covariance is the K-metric projector, whose Term 2 vanishes (spec §2);
+  conditional covariance is the K-metric projector, whose Term 2 vanishes (docs/identities.md §2);
 * a two-atom system whose optimum is known in closed form.
 """
 
@@ -221,7 +221,7 @@ def test_hessian_identity_and_mean_force_hold_exactly_with_the_optimal_projector
 @given(seed=seeds)
 @FAST
 def test_unconstrained_optimum_on_the_exact_covariance_is_the_metric_projector(seed):
-    """spatial_dim = 1, no groups or mask: Cov_R(Q* f) = 0, Q* = (M K⁻¹ Mᵀ)⁻¹ M K⁻¹ (spec §2)."""
+    """spatial_dim = 1, no groups or mask: Cov_R(Q* f) = 0, Q* = (M K⁻¹ Mᵀ)⁻¹ M K⁻¹ (docs/identities.md §2)."""
     S, lm, system, _ = _gaussian(seed, 2, 5, 1)
     C = (system.K @ system.conditional_cov() @ system.K).numpy()
     Q = optimal_projector(S, second_moment=C, ridge=0.0)
