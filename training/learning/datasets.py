@@ -276,7 +276,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
 
     Probes are regenerated from frame ids with each protein's stored probe spec:
     ``draw_probes(kind, seed, [frame_id], k, 3n)`` reshaped (k, n, 3) — the probes its Term 1
-    used (spec §5; never stored).
+    used (docs/identities.md §5; never stored).
 
     Returns:
         dict of tensors: ``positions`` (A, 3) Å, ``bead_types`` (A,), ``batch`` (A,),

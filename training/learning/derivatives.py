@@ -1,4 +1,4 @@
-"""Exact, batched Hessian-vector products of a CGSchNet potential (spec §5, model side).
+"""Exact, batched Hessian-vector products of a CGSchNet potential (docs/identities.md §5, model side).
 
 ``H_θ v = ∇_R (v · ∇_R U_θ)`` for k probes per structure, differentiable w.r.t. θ so that the
 HVP loss can be trained. Two implementations, tested against each other and against the full
@@ -450,7 +450,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
                       method: str = "dense") -> EnergyForcesHVP:
     """Energy, forces and exact HVPs of a :class:`~hessid.training.learning.models.CGPotential` (fast).
 
-    ``H_θ v = ∇_R(v·∇_R U_θ)`` (spec §5, model side), computed by the edge-factored
+    ``H_θ v = ∇_R(v·∇_R U_θ)`` (docs/identities.md §5, model side), computed by the edge-factored
     forward-over-reverse scheme of the module docstring; equal to :func:`hvp_reference`
     and to ``hessian_autograd(...) @ v`` to rounding (tested in float64, ~1e-13 relative).
 
@@ -546,7 +546,7 @@ def hvp_reference(potential, positions: torch.Tensor, bead_types: torch.Tensor,
                   batch: torch.Tensor | None, probes: torch.Tensor,
                   create_graph: bool = False) -> EnergyForcesHVP:
     """Slow, obvious HVPs: TorchMD-Net forward, ``g = ∇_R U`` with a graph, one double backward
-    ``∇_R(g·v)`` per probe (spec §5). The benchmark's "naive per-probe loop".
+    ``∇_R(g·v)`` per probe (docs/identities.md §5). The benchmark's "naive per-probe loop".
 
     Args/Returns: as :func:`energy_forces_hvp` (probes (k, A, 3) required).
     """

@@ -38,7 +38,7 @@ def run_verification_gate(proteins: list[ProteinData], skip: bool = False) -> di
     Calls :func:`hessid.verification.elastic.check_linear_map_on_structure` on the frame-0 AA
     structure (N, 3) Å with the dataset's ``LinearMap`` (S, Q) at the dataset temperature:
     ``Q Sᵀ = I``, the mean force and the CG Hessian ``Term1 − β Cov(P f)`` against the exact
-    ``(M K⁻¹ Mᵀ)⁻¹`` of the elastic network (spec §2, §7.1), plus negative controls.
+    ``(M K⁻¹ Mᵀ)⁻¹`` of the elastic network (docs/identities.md §2, §7.1), plus negative controls.
 
     Args:
         proteins: loaded datasets.

@@ -1,4 +1,4 @@
-"""Training losses: force matching, HVP matching, full-Hessian matching (spec §5).
+"""Training losses: force matching, HVP matching, full-Hessian matching (docs/identities.md §5).
 
 All tensors are graph-batched (TorchMD-Net layout): beads of B frames flattened to A rows,
 ``batch`` (A,) gives each bead's frame. Probes and HVPs carry a leading probe axis k:
@@ -51,7 +51,7 @@ def per_frame_sum(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> t
 
 def force_matching_loss(model_forces: torch.Tensor, target_forces: torch.Tensor,
                         batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
-    """Force matching, spec §5: ``L_FM = (1/T) Σ_t ‖P f(r_t) − F_θ(R_t)‖²``.
+    """Force matching, docs/identities.md §5: ``L_FM = (1/T) Σ_t ‖P f(r_t) − F_θ(R_t)‖²``.
 
     Args:
         model_forces: F_θ, (A, 3) kcal/mol/Å (with a θ-graph).
@@ -74,7 +74,7 @@ def force_matching_loss(model_forces: torch.Tensor, target_forces: torch.Tensor,
 def hvp_targets(term1: torch.Tensor, force_residual: torch.Tensor, probes: torch.Tensor,
                 beta: torch.Tensor | float, cov_weight: float, batch: torch.Tensor,
                 n_graphs: int) -> torch.Tensor:
-    """HVP targets, spec §5: ``h(v) = Term1(v) − γ β dF (dF·v)``, graph layout.
+    """HVP targets, docs/identities.md §5: ``h(v) = Term1(v) − γ β dF (dF·v)``, graph layout.
 
     The same formula as :func:`hessid.identities.hvp_target_linear` (tested equal) for frames
     of different bead counts batched as graphs; ``dF = P f − F_θ`` is detached here.
@@ -109,9 +109,9 @@ def hvp_targets(term1: torch.Tensor, force_residual: torch.Tensor, probes: torch
 
 def hvp_loss(model_hvp: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor,
              n_graphs: int, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """HVP matching, spec §5: ``L_HVP = (1/T) Σ_t (1/k) Σ_m c_t ‖H_θ v_tm − h_t(v_tm)‖²``.
+    """HVP matching, docs/identities.md §5: ``L_HVP = (1/T) Σ_t (1/k) Σ_m c_t ‖H_θ v_tm − h_t(v_tm)‖²``.
 
-    ``c_t = probe_scale(kind, 3 n_t)`` (spec §6) makes each frame's term an unbiased estimate
+    ``c_t = probe_scale(kind, 3 n_t)`` (docs/identities.md §6) makes each frame's term an unbiased estimate
     of ``‖H_θ − E[T|R]‖_F²`` plus a θ-independent variance (1 for Gaussian/Rademacher, d for
     unit-sphere and one-hot probes).
 
@@ -134,7 +134,7 @@ def hvp_loss(model_hvp: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor
 
 def hessian_targets(term1_blocks: list[torch.Tensor], force_residuals: list[torch.Tensor],
                     beta: torch.Tensor | float, cov_weight: float) -> list[torch.Tensor]:
-    """Full per-frame Hessian targets ``T = P∇²H Pᵀ − γ β dF dFᵀ`` (spec §5, matrix form).
+    """Full per-frame Hessian targets ``T = P∇²H Pᵀ − γ β dF dFᵀ`` (docs/identities.md §5, matrix form).
 
     Args:
         term1_blocks: B tensors (3n_t, 3n_t) kcal/mol/Å² (``cg/hessian_block``).
@@ -154,7 +154,7 @@ def hessian_targets(term1_blocks: list[torch.Tensor], force_residuals: list[torc
 
 def hessian_loss(model_hessians: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
     """Full-Hessian matching: ``L_H = (1/T) Σ_t ‖H_θ(R_t) − T_t‖_F²`` (the k = 3n, exact limit
-    of :func:`hvp_loss` with orthonormal probes, spec §6).
+    of :func:`hvp_loss` with orthonormal probes, docs/identities.md §6).
 
     Args:
         model_hessians: B tensors (3n_t, 3n_t) with a θ-graph.

@@ -146,7 +146,7 @@ class CGPotential(torch.nn.Module):
         return -g
 
     def hessian_vector_product(self, positions, bead_types, batch, probes, create_graph=False):
-        """Exact ``H_θ v`` for each probe (fast edge-factored path, spec §5).
+        """Exact ``H_θ v`` for each probe (fast edge-factored path, docs/identities.md §5).
 
         Args:
             positions: (A, 3) Å; bead_types, batch: (A,) int64.

@@ -39,7 +39,7 @@ def _lr_lambda(cfg: OptimConfig, max_steps: int):
 
 
 class CGTrainingModule(pl.LightningModule):
-    """LightningModule around a :class:`CGPotential`: the losses of spec §5, AdamW + LR schedule.
+    """LightningModule around a :class:`CGPotential`: the losses of docs/identities.md §5, AdamW + LR schedule.
 
     The loss of a batch (:meth:`compute_losses`) is
     ``λ_F L_FM / force_norm + λ_H L_curv / curv_norm + λ_E L_E / energy_norm`` where the

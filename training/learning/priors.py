@@ -1,6 +1,6 @@
 """Physical priors of a CG protein potential, fitted by Boltzmann inversion (CGSchNet style).
 
-The prior is the fixed part of ``U_θ = U_prior + U_network`` (spec §5 trains only the network):
+The prior is the fixed part of ``U_θ = U_prior + U_network`` (docs/identities.md §5 trains only the network):
 
 - harmonic Cα bonds    ``½ k_b (r − r_0)²``           r: consecutive-bead distance, Å
 - harmonic Cα angles   ``½ k_a (θ − θ_0)²``           θ: angle of three consecutive beads, rad

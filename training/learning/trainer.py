@@ -1,4 +1,4 @@
-"""The trainer: CGSchNet + priors fitted by FM, FM+AA or FM+AA+Cov (spec §5), with Lightning.
+"""The trainer: CGSchNet + priors fitted by FM, FM+AA or FM+AA+Cov (docs/identities.md §5), with Lightning.
 
 ``train(config)`` (or ``hessid train --config run.yaml``) does, in order:
 
@@ -164,7 +164,7 @@ class TrainResult:
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False,
           skip_verification: bool | None = None, callbacks: list | None = None) -> TrainResult:
-    """Train a CG potential (FM / FM+AA / FM+AA+Cov / full Hessian; spec §5).
+    """Train a CG potential (FM / FM+AA / FM+AA+Cov / full Hessian; docs/identities.md §5).
 
     Args:
         config: :class:`TrainConfig`, a dict of its sections, or a YAML path.
