@@ -1,7 +1,7 @@
-"""Benchmark evaluation of CG ensembles against an AA reference (benchmark.md; issue 5 §2).
+"""Benchmark evaluation of CG ensembles against an AA reference (docs/evaluation.md).
 
 The protocol is that of Aghili et al. 2025 (fast-folding benchmark) as written in
-``shared/spec/benchmark.md``; the section names below ("Inputs", "Slow-mode metrics",
+``docs/evaluation.md``; the section names below ("Inputs", "Slow-mode metrics",
 "Structural metrics", "Reporting") refer to it. Three defects of the public benchmark code
 are *not* copied: every per-TIC W1 is computed and returned (defect 1), every KL is
 KL(ref‖model) with the reference first (defect 2), and the CLI flags are the function's

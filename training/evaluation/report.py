@@ -1,5 +1,5 @@
 """One HTML page per evaluation run: metrics table, free-energy surfaces, densities,
-training curves and provenance (issue 5 §3; benchmark.md "Plots" and "Reporting").
+training curves and provenance (docs/evaluation.md "Plots" and "Reporting").
 
 ``build_report(eval_dir)`` reads what ``hessid evaluate`` wrote (``evaluation.json``,
 ``*/metrics.json``, ``reference_features.npz``, ``*/features.npz``) and writes

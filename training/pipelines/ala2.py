@@ -1,4 +1,4 @@
-"""Alanine dipeptide (ACE-ALA-NME) in a 5-bead backbone CG representation (issue 6).
+"""Alanine dipeptide (ACE-ALA-NME) in a 5-bead backbone CG representation.
 
 System
     The all-atom structure is pdbfixer's shipped test file ``alanine-dipeptide.pdb`` (heavy
@@ -400,7 +400,7 @@ def phi_psi_kl(reference: np.ndarray, model: np.ndarray, floor: float = KL_FLOOR
 
     ``Σ_cells P_ref log(max(ρ_ref, floor) / max(ρ_model, floor))`` with ρ = P / h² the density
     in rad⁻² (h the bin width), i.e. the expectation over the reference of the log density
-    ratio with the benchmark's density floor 1e-6 (evaluate.kl_divergence's convention).
+    ratio with the benchmark's density floor 1e-6 (divergences.kl_divergence's convention).
 
     Args:
         reference, model: (n, n) cell probabilities (each summing to 1).
