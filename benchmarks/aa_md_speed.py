@@ -22,26 +22,10 @@ import argparse
 import datetime
 import json
 import os
-import platform as _platform
 import sys
 import time
 
-
-def machine_info() -> dict:
-    """Host name, CPU model, core count and load average (the VM is shared)."""
-    model = _platform.processor() or _platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"node": _platform.node(), "cpu": model, "cores": os.cpu_count(),
-            "os": f"{_platform.system()} {_platform.release()}",
-            "python": _platform.python_version(), "loadavg_1_5_15": load}  # fmt: skip
+from _common import finish, machine_info
 
 
 def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: float,
@@ -110,9 +94,7 @@ def main(argv=None) -> dict:
                             padding_nm=args.padding)  # fmt: skip
         out["results"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    out["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(json.dumps(out, indent=1))
-    return out
+    return finish(out, ("hessid", "openmm"))
 
 
 if __name__ == "__main__":

@@ -37,15 +37,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata as im
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+from _common import finish, machine_info
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import LangevinBAOAB, energy_and_forces
 
@@ -243,17 +241,6 @@ def build_models(names: list[str], path: str | None, device) -> dict:
     return models
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def markdown(report: dict) -> str:
     lines = ["| model | device | threads | beads | R | hessid steps/s | hessid replica-steps/s | "
              "TorchMD steps/s | TorchMD bare steps/s | hessid / TorchMD | hessid / TorchMD bare | "
@@ -308,7 +295,7 @@ def main() -> None:
     ap.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     args = ap.parse_args()
     tmd = torchmd_status()
-    load_before = os.getloadavg()
+    machine = machine_info()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     torch.set_num_threads(args.threads)
     results = []
@@ -324,18 +311,12 @@ def main() -> None:
                        "temperature_K": TEMPERATURE_K, "mass_amu": MASS_AMU, "dtype": "float32",
                        "start": "ideal Cα helix, same for every replica", "cpu_threads": args.threads},
         "torchmd": tmd,
-        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "hessid": _version("hessid"), "torchmd": _version("torchmd"),
-                     "torchmd-net": _version("torchmd-net")},
+        "machine": {**machine, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - t_start, 1),
         "results": results,
     }
-    print(json.dumps(report, indent=2))
+    finish(report, ("hessid", "torch", "torchmd", "torchmd-net"), indent=2)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(report))

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import time
 
 import torch
+from _common import finish, machine_info
 
 
 def _graph_bytes_hook():
@@ -70,12 +70,10 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import torchmdnet
     from hessid.training.data.synthetic import compact_chain
     from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference, pair_list
     from hessid.training.learning.models import CGPotential
 
-    import hessid
 
     dev = torch.device(args.device)
     ks = [int(k) for k in str(args.probes).split(",")]
@@ -158,10 +156,7 @@ def main(argv=None) -> dict:
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "repeats": args.repeats,
            "memory_kind": "cuda peak allocated bytes" if dev.type == "cuda" else "autograd saved-tensor bytes",
-           "date": datetime.date.today().isoformat(),
-           "versions": {"hessid": hessid.__version__, "torch": torch.__version__,
-                        "torchmdnet": getattr(torchmdnet, "__version__", "?"),
-                        "python": platform.python_version()}}
+           "date": datetime.date.today().isoformat(), "machine": machine_info()}
     res["fm_step_ms"], res["fm_memory_bytes"] = ms["fm"], mem["fm"]
     res["fm_torchmdnet_step_ms"] = ms["fm_torchmdnet"]
     res["fm_torchmdnet_memory_bytes"] = mem["fm_torchmdnet"]
@@ -186,12 +181,7 @@ def main(argv=None) -> dict:
             res[f"naive_memory_per_probe_bytes_k{k}"] = (mn - res["fm_torchmdnet_memory_bytes"]) / k
     if len(ks) == 1:
         res["fm_hvp_step_ms"] = res[f"hvp_step_ms_k{ks[0]}"]
-    text = json.dumps(res, indent=1)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text)
-    print(text)
-    return res
+    return finish(res, ("hessid", "torch", "torchmd-net"), out=args.json)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform as _platform
 import tempfile
 import time
 from pathlib import Path
+
+from _common import finish, machine_info
 
 SYSTEMS = {
     "chignolin": "GYDPETGTWG",  # 10 residues
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     frames = {k: int(v) for k, v in (x.split(":") for x in args.frames.split(","))}
 
     out = {"benchmark": "targets_throughput", "date": datetime.date.today().isoformat(),
-           "machine": f"{_platform.node()} {_platform.machine()}, {os.cpu_count()} cores (shared)",
+           "machine": machine_info(),
            "openmm": openmm.__version__, "platform": args.platform, "threads_per_worker": args.threads,
            "probes": args.probes, "results": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,8 +84,7 @@ def main(argv=None) -> dict:
                 })  # fmt: skip
                 print(json.dumps(out["results"][-1]), flush=True, file=__import__("sys").stderr)
             Path(path).unlink()
-    print(json.dumps(out, indent=1))
-    return out
+    return finish(out, ("hessid", "openmm"))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform as _platform
 
 import numpy as np
+from _common import finish, machine_info
 
 
 def _context(system, name, threads=1, precision=None):
@@ -55,7 +54,7 @@ def main(argv=None) -> dict:
         names.append("CUDA")
     eps_grid = [float(e) for e in np.logspace(-6, -2, 17)]
     out = {"benchmark": "term1_fd_error", "date": datetime.date.today().isoformat(),
-           "machine": f"{_platform.node()} {_platform.processor() or _platform.machine()}",
+           "machine": machine_info(),
            "openmm": openmm.__version__, "epsilon_definition": "largest atomic displacement, nm",
            "reference": f"Richardson (2 levels) on Reference from h={args.h:g}, h/2, h/4 nm",
            "error": "max over probes of ||T1(eps) - ref|| / ||ref|| (per-probe 2-norm); median and max over frames",
@@ -115,8 +114,7 @@ def main(argv=None) -> dict:
                 }
                 del ctx
         out["systems"][solvent] = res
-    print(json.dumps(out, indent=1))
-    return out
+    return finish(out, ("hessid", "openmm"))
 
 
 if __name__ == "__main__":

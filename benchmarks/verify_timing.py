@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import finish, machine_info
 
 
 def _cli_time(json_path: Path) -> tuple[float, int]:
@@ -72,13 +72,11 @@ def main() -> None:
         "suite_wall_seconds_in_process": summary.get("wall_time_s"),
         "n_checks": summary.get("n_checks"),
         "n_negative_controls": summary.get("n_negative_controls"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                    "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
         **_group_times(),
     }
-    print(json.dumps(result, indent=2))
+    finish(result, ("hessid",), indent=2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Benchmark evaluation of CG ensembles against an AA reference (benchmark.md; issue 5 §2).
+"""Benchmark evaluation of CG ensembles against an AA reference (docs/evaluation.md).
 
 The protocol is that of Aghili et al. 2025 (fast-folding benchmark) as written in
-``shared/spec/benchmark.md``; the section names below ("Inputs", "Slow-mode metrics",
+``docs/evaluation.md``; the section names below ("Inputs", "Slow-mode metrics",
 "Structural metrics", "Reporting") refer to it. Three defects of the public benchmark code
 are *not* copied: every per-TIC W1 is computed and returned (defect 1), every KL is
 KL(ref‖model) with the reference first (defect 2), and the CLI flags are the function's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.metadata as im
 import io
 import json
 import logging
@@ -30,7 +31,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mdtraj as md
 import numpy as np
+from deeptime.decomposition import TICA
+from hessid.training.evaluation.divergences import (
+    KL_FLOOR,
+    kl_divergence,
+    subsample,
+    wasserstein_1d,
+    wasserstein_2d,
+)
+from hessid.training.evaluation.features import ca_pair_distances, structural_features
+from hessid.training.md.simulation import load_cg_reference
 
 log = logging.getLogger(__name__)
 
@@ -51,220 +63,6 @@ DEFECTS_NOT_COPIED = [
     "every KL is KL(reference || model), reference first (upstream swapped arguments for 2-D TICA and reaction-coordinate KL)",
     "command-line flags match the function arguments (upstream script did not run as published)",
 ]
-KL_FLOOR = 1e-6
-
-
-# ----------------------------------------------------------------------------------------
-# Features (benchmark.md "Slow-mode metrics" / "Structural metrics")
-# ----------------------------------------------------------------------------------------
-
-
-def _as_traj(xyz_nm: np.ndarray):
-    import mdtraj as md
-    from hessid.training.md.simulation import ca_topology
-
-    xyz = np.asarray(xyz_nm, dtype=np.float32)
-    return md.Trajectory(xyz, ca_topology(xyz.shape[1]))
-
-
-def ca_pair_distances(xyz_nm: np.ndarray) -> np.ndarray:
-    """All Cα–Cα distances i < j in ``np.triu_indices(n, 1)`` order (benchmark.md TICA features).
-
-    Args:
-        xyz_nm: (T, n, 3) nm.
-
-    Returns:
-        (T, n(n−1)/2) float64, nm.
-    """
-    xyz = np.asarray(xyz_nm, dtype=np.float64)
-    i, j = np.triu_indices(xyz.shape[1], 1)
-    return np.linalg.norm(xyz[:, j] - xyz[:, i], axis=-1)  # (T, n(n-1)/2)
-
-
-def bond_lengths(xyz_nm: np.ndarray) -> np.ndarray:
-    """Consecutive Cα distances (i, i+1), (T, n−1) nm (mdtraj.compute_distances)."""
-    import mdtraj as md
-
-    n = np.shape(xyz_nm)[1]
-    pairs = np.stack([np.arange(n - 1), np.arange(1, n)], 1)  # (n-1, 2)
-    return md.compute_distances(_as_traj(xyz_nm), pairs, periodic=False).astype(np.float64)
-
-
-def bond_angles(xyz_nm: np.ndarray) -> np.ndarray:
-    """Cα angles (i, i+1, i+2), (T, n−2) radians in [0, π] (mdtraj.compute_angles)."""
-    import mdtraj as md
-
-    n = np.shape(xyz_nm)[1]
-    idx = np.stack([np.arange(n - 2) + k for k in range(3)], 1)  # (n-2, 3)
-    return md.compute_angles(_as_traj(xyz_nm), idx, periodic=False).astype(np.float64)
-
-
-def dihedral_angles(xyz_nm: np.ndarray) -> np.ndarray:
-    """Cα pseudo-dihedrals (i..i+3), (T, n−3) radians in (−π, π] (``periodic=False``)."""
-    import mdtraj as md
-
-    n = np.shape(xyz_nm)[1]
-    idx = np.stack([np.arange(n - 3) + k for k in range(4)], 1)  # (n-3, 4)
-    return md.compute_dihedrals(_as_traj(xyz_nm), idx, periodic=False).astype(np.float64)
-
-
-def radius_of_gyration(xyz_nm: np.ndarray) -> np.ndarray:
-    """Radius of gyration of the Cα trace (equal weights), (T,) nm (mdtraj.compute_rg)."""
-    import mdtraj as md
-
-    return md.compute_rg(_as_traj(xyz_nm)).astype(np.float64)
-
-
-def structural_features(xyz_nm: np.ndarray) -> dict[str, np.ndarray]:
-    """Pooled structural distributions of frames (T, n, 3) nm (benchmark.md "Structural").
-
-    Returns:
-        ``{"bond": (T(n−1),) nm, "angle": (T(n−2),) rad, "dihedral": (T(n−3),) rad, "rg": (T,) nm}``.
-    """
-    return {"bond": bond_lengths(xyz_nm).ravel(), "angle": bond_angles(xyz_nm).ravel(),
-            "dihedral": dihedral_angles(xyz_nm).ravel(), "rg": radius_of_gyration(xyz_nm)}
-
-
-# ----------------------------------------------------------------------------------------
-# Metrics on samples (benchmark.md "Slow-mode metrics")
-# ----------------------------------------------------------------------------------------
-
-
-def _subsample(x: np.ndarray, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
-    if max_points is None or len(x) <= max_points:
-        return x
-    return x[np.sort(rng.choice(len(x), max_points, replace=False))]
-
-
-def _kde(x: np.ndarray):
-    from scipy.stats import gaussian_kde
-
-    x = np.asarray(x, dtype=np.float64)
-    return gaussian_kde(x.T if x.ndim == 2 else x)  # Scott bandwidth
-
-
-def _check_samples(*xs, dim=1):
-    for x in xs:
-        x = np.asarray(x)
-        if len(x) < 2 or not np.all(np.isfinite(x)):
-            raise ValueError("need at least two finite samples for a KDE")
-        if dim == 2 and (x.ndim != 2 or x.shape[1] != 2):
-            raise ValueError(f"expected (N, 2) samples, got {x.shape}")
-
-
-def kl_divergence(reference: np.ndarray, model: np.ndarray, floor: float = KL_FLOOR,
-                  max_kde_points: int | None = 5000, max_eval_points: int | None = 5000,
-                  seed: int = 0) -> float:
-    """KL(ref‖model) of two 1-D samples by Gaussian KDEs (benchmark.md "Slow-mode metrics").
-
-    KL = mean over reference points x of ``log(max(p_ref(x), floor) / max(p_model(x), floor))``
-    with Scott-bandwidth ``scipy.stats.gaussian_kde``. Reference first: it measures how much of
-    the reference the model misses (the upstream code swapped the order in places; not here).
-
-    Args:
-        reference: (N,) samples (e.g. TIC i of the reference).
-        model: (M,) samples.
-        floor: density floor (1e-6 in the benchmark).
-        max_kde_points: KDEs are built on at most this many points (seeded subsample).
-        max_eval_points: the Monte-Carlo mean uses at most this many reference points.
-        seed: subsampling seed (each sample subsampled by its own ``default_rng(seed)``
-            stream, so identical inputs give exactly 0).
-
-    Returns:
-        KL in nats (float). Not exactly ≥ 0 (finite-sample MC estimate).
-
-    Raises:
-        ValueError: fewer than two or non-finite samples.
-    """
-    _check_samples(reference, model)
-    ref = np.asarray(reference, dtype=np.float64).ravel()
-    mod = np.asarray(model, dtype=np.float64).ravel()
-    p_ref = _kde(_subsample(ref, max_kde_points, np.random.default_rng(seed)))
-    p_mod = _kde(_subsample(mod, max_kde_points, np.random.default_rng(seed)))
-    x = _subsample(ref, max_eval_points, np.random.default_rng(seed + 1))
-    return float(np.mean(np.log(np.maximum(p_ref(x), floor) / np.maximum(p_mod(x), floor))))
-
-
-def wasserstein_1d(reference: np.ndarray, model: np.ndarray, n_grid: int = 100,
-                   lower: float | None = None, max_kde_points: int | None = 5000,
-                   seed: int = 0) -> float:
-    """W1 between the KDEs of two 1-D samples on a common grid (benchmark.md "Slow-mode").
-
-    Both KDEs are evaluated on ``n_grid`` points over [min, max] of the union of the samples
-    (from ``lower`` instead of the minimum when given, e.g. 0 for Rg), normalised to sum 1,
-    and compared by exact 1-D transport (``scipy.stats.wasserstein_distance`` with weights).
-
-    Args:
-        reference: (N,) samples. model: (M,) samples.
-        n_grid: grid points (100 in the benchmark).
-        lower: grid start (None: the union's minimum).
-        max_kde_points: KDEs built on at most this many points (seeded subsample).
-        seed: subsampling seed.
-
-    Returns:
-        W1 in the samples' unit (float ≥ 0).
-
-    Raises:
-        ValueError: fewer than two or non-finite samples.
-    """
-    from scipy.stats import wasserstein_distance
-
-    _check_samples(reference, model)
-    ref = np.asarray(reference, dtype=np.float64).ravel()
-    mod = np.asarray(model, dtype=np.float64).ravel()
-    lo = min(ref.min(), mod.min()) if lower is None else float(lower)
-    hi = max(ref.max(), mod.max())
-    grid = np.linspace(lo, hi, n_grid)
-    p = _kde(_subsample(ref, max_kde_points, np.random.default_rng(seed)))(grid)
-    q = _kde(_subsample(mod, max_kde_points, np.random.default_rng(seed)))(grid)
-    if p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError("a KDE vanishes on the whole grid")
-    return float(wasserstein_distance(grid, grid, p / p.sum(), q / q.sum()))
-
-
-def density_grid_2d(reference: np.ndarray, model: np.ndarray, n_grid: int = 25,
-                    padding: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Axes of the 2-D grid spanning both samples with ``padding`` × range on each side.
-
-    Returns:
-        ``(xs (n_grid,), ys (n_grid,))``.
-    """
-    both = np.concatenate([np.asarray(reference), np.asarray(model)])  # (N+M, 2)
-    lo, hi = both.min(0), both.max(0)
-    pad = padding * (hi - lo)
-    return np.linspace(lo[0] - pad[0], hi[0] + pad[0], n_grid), np.linspace(lo[1] - pad[1], hi[1] + pad[1], n_grid)
-
-
-def wasserstein_2d(reference: np.ndarray, model: np.ndarray, n_grid: int = 25,
-                   padding: float = 0.1, max_kde_points: int | None = 5000, seed: int = 0) -> float:
-    """W1 between 2-D KDEs on an ``n_grid``² grid (benchmark.md "TICA 2D W1").
-
-    KDEs of both (N, 2) samples on the grid of :func:`density_grid_2d` (10 % padding),
-    normalised, exact transport with Euclidean ground cost (POT ``ot.emd2``).
-
-    Args:
-        reference: (N, 2). model: (M, 2).
-        n_grid: points per axis (25). padding: fraction of the range added on each side.
-        max_kde_points, seed: seeded KDE subsampling.
-
-    Returns:
-        W1 in the samples' unit (float ≥ 0).
-
-    Raises:
-        ValueError: samples are not (N, 2), fewer than two, or non-finite.
-    """
-    import ot
-
-    _check_samples(reference, model, dim=2)
-    ref = np.asarray(reference, dtype=np.float64)
-    mod = np.asarray(model, dtype=np.float64)
-    xs, ys = density_grid_2d(ref, mod, n_grid, padding)
-    gx, gy = np.meshgrid(xs, ys, indexing="ij")
-    points = np.stack([gx.ravel(), gy.ravel()], 1)  # (n_grid², 2)
-    p = _kde(_subsample(ref, max_kde_points, np.random.default_rng(seed)))(points.T)
-    q = _kde(_subsample(mod, max_kde_points, np.random.default_rng(seed)))(points.T)
-    cost = ot.dist(points, points, metric="euclidean")  # (n_grid², n_grid²)
-    return float(ot.emd2(p / p.sum(), q / q.sum(), cost))
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,8 +107,6 @@ def load_reference(path, dt: float | None = None, name: str | None = None, top=N
     Raises:
         ValueError: no frame spacing known, or spacing not positive.
     """
-    from hessid.training.md.simulation import load_cg_reference
-
     paths = [path] if isinstance(path, str | Path) else list(path)
     if len(paths) == 1 and str(paths[0]).endswith((".h5", ".hdf5")):
         try:
@@ -334,8 +130,6 @@ def load_reference(path, dt: float | None = None, name: str | None = None, top=N
                 parts = [np.arange(len(xyz))]
             return Trajectories([xyz[p] for p in parts if len(p)], float(dt), name or ref["name"],
                                 sources=[str(paths[0])], residue_names=ref["residue_names"])
-    import mdtraj as md
-
     if dt is None:
         raise ValueError("pass dt (ps) for reference trajectories in mdtraj formats")
     if dt <= 0:
@@ -369,8 +163,6 @@ def load_simulation(directory, name: str | None = None) -> Trajectories:
     Raises:
         FileNotFoundError: no ``simulation.json`` in ``directory``.
     """
-    import mdtraj as md
-
     directory = Path(directory)
     meta = json.loads((directory / "simulation.json").read_text())
     top = str(directory / meta.get("topology", "topology.pdb"))
@@ -589,8 +381,6 @@ class BenchmarkEvaluator:
         Raises:
             ValueError: no frame spacing, or no reference trajectory longer than the lag.
         """
-        from deeptime.decomposition import TICA
-
         if not isinstance(reference, Trajectories):
             if dt is None:
                 raise ValueError("pass dt (ps) with plain reference arrays")
@@ -649,8 +439,6 @@ class BenchmarkEvaluator:
 
 
 def _versions() -> dict:
-    import importlib.metadata as im
-
     out = {}
     for pkg in ("hessid", "numpy", "scipy", "deeptime", "pot", "mdtraj"):
         try:
@@ -662,7 +450,7 @@ def _versions() -> dict:
 
 def _subsampled(features: dict, max_points: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {k: _subsample(np.asarray(v), max_points, rng) for k, v in features.items()}
+    return {k: subsample(np.asarray(v), max_points, rng) for k, v in features.items()}
 
 
 def _safe(label: str) -> str:
@@ -795,3 +583,8 @@ def read_metrics(directory) -> list[dict]:
     if not paths:
         raise FileNotFoundError(f"no metrics.json under {directory}")
     return [json.loads(p.read_text()) for p in paths]
+
+
+__all__ = ["DEFECTS_NOT_COPIED", "METRIC_LABELS", "METRIC_NAMES", "METRIC_UNITS", "BenchmarkEvaluator",
+           "EvaluationResult", "ReferenceEnsemble", "Trajectories", "comparison_table", "evaluate",
+           "filter_replicas", "format_value", "load_reference", "load_simulation", "read_metrics"]

@@ -1,5 +1,5 @@
 """One HTML page per evaluation run: metrics table, free-energy surfaces, densities,
-training curves and provenance (issue 5 §3; benchmark.md "Plots" and "Reporting").
+training curves and provenance (docs/evaluation.md "Plots" and "Reporting").
 
 ``build_report(eval_dir)`` reads what ``hessid evaluate`` wrote (``evaluation.json``,
 ``*/metrics.json``, ``reference_features.npz``, ``*/features.npz``) and writes
@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from hessid.training.evaluation.evaluate import (
     METRIC_LABELS,
@@ -26,6 +28,8 @@ from hessid.training.evaluation.evaluate import (
     format_value,
     read_metrics,
 )
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import gaussian_kde
 
 from hessid.units import KB_KCAL_PER_MOL_K
 
@@ -36,12 +40,15 @@ STRUCTURE_PANELS = [("bond", "Cα–Cα bond length (nm)"), ("angle", "Cα angle
                     ("dihedral", "Cα dihedral (rad)"), ("rg", "radius of gyration (nm)")]
 
 
-def _plt():
-    import matplotlib
+def pyplot():
+    """``matplotlib.pyplot`` switched to the headless Agg backend, with the report's font sizes.
 
+    Every figure of the reports is drawn through it (files only, no window).
+
+    Returns:
+        the ``matplotlib.pyplot`` module.
+    """
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12,
                          "legend.fontsize": 11, "figure.dpi": 110})
     return plt
@@ -61,8 +68,6 @@ def free_energy_2d(x: np.ndarray, y: np.ndarray, grid_x: np.ndarray, grid_y: np.
     Returns:
         (n_x, n_y) float64; NaN where p is below 1e-8 of its maximum (empty region).
     """
-    from scipy.stats import gaussian_kde
-
     pts = np.stack([np.asarray(x, float), np.asarray(y, float)])  # (2, N)
     if pts.shape[1] > max_points:
         pts = pts[:, np.sort(np.random.default_rng(seed).choice(pts.shape[1], max_points, replace=False))]
@@ -87,7 +92,7 @@ def plot_free_energy(reference: np.ndarray, models: Mapping[str, np.ndarray], pa
         path: PNG file. temperature: K (None: k_BT units). n_grid: grid points per axis.
         f_max: colour-scale top (default 5 k_BT in the plotted unit).
     """
-    plt = _plt()
+    plt = pyplot()
     everything = np.concatenate([reference[:, :2], *[m[:, :2] for m in models.values()]])
     lo, hi = np.percentile(everything, 0.1, axis=0), np.percentile(everything, 99.9, axis=0)
     pad = 0.1 * (hi - lo)
@@ -110,8 +115,6 @@ def plot_free_energy(reference: np.ndarray, models: Mapping[str, np.ndarray], pa
         ax.set_title(label)
         ax.set_xlabel("TIC0")
     axes[0][0].set_ylabel("TIC1")
-    from matplotlib.ticker import MaxNLocator
-
     fig.colorbar(filled, ax=axes[0].tolist(), label=f"free energy ({unit})", shrink=0.9, ticks=MaxNLocator(6))
     fig.savefig(path)
     plt.close(fig)
@@ -119,8 +122,6 @@ def plot_free_energy(reference: np.ndarray, models: Mapping[str, np.ndarray], pa
 
 
 def _kde_curve(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    from scipy.stats import gaussian_kde
-
     s = np.asarray(samples, dtype=np.float64)
     s = s[np.isfinite(s)]
     if len(s) < 2 or np.ptp(s) == 0:
@@ -136,7 +137,7 @@ def plot_densities(reference: Mapping[str, np.ndarray], models: Mapping[str, Map
         reference: ``{key: (N,) samples}``. models: ``{label: {key: (M,) samples}}``.
         panels: ``[(key, x-axis label)]``. path: PNG file.
     """
-    plt = _plt()
+    plt = pyplot()
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, min(ncols, len(panels)), figsize=(4.3 * min(ncols, len(panels)), 3.5 * nrows),
                              squeeze=False, constrained_layout=True)
@@ -158,8 +159,6 @@ def plot_densities(reference: Mapping[str, np.ndarray], models: Mapping[str, Map
 
 def _save_panel_grid(fig, axes, n_used: int, path) -> Path:
     """Hide the unused panels of a grid, put the legend on the first, save and close."""
-    import matplotlib.pyplot as plt
-
     for ax in axes.ravel()[n_used:]:
         ax.set_visible(False)
     axes.ravel()[0].legend(frameon=False)
@@ -192,7 +191,7 @@ def plot_training_curves(curves: Mapping[str, str | Path], path) -> Path | None:
     Returns:
         The PNG path, or None when no numeric loss column was found.
     """
-    plt = _plt()
+    plt = pyplot()
     tables = {label: read_training_csv(p) for label, p in curves.items()}
     xkeys = ("step", "global_step", "epoch")
     ykeys = sorted({k for t in tables.values() for k in t if k not in xkeys and ("loss" in k or "mse" in k or "error" in k)})
@@ -367,3 +366,8 @@ def build_report(eval_dir, out_dir=None, training_curves: Mapping[str, str | Pat
     path.write_text("\n".join(parts), encoding="utf-8")
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     return path
+
+
+__all__ = ["MODEL_COLORS", "REFERENCE_COLOR", "STRUCTURE_PANELS", "build_report", "free_energy_2d",
+           "metrics_table_html", "plot_densities", "plot_free_energy", "plot_training_curves", "pyplot",
+           "read_training_csv"]

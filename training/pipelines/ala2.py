@@ -1,4 +1,4 @@
-"""Alanine dipeptide (ACE-ALA-NME) in a 5-bead backbone CG representation (issue 6).
+"""Alanine dipeptide (ACE-ALA-NME) in a 5-bead backbone CG representation.
 
 System
     The all-atom structure is pdbfixer's shipped test file ``alanine-dipeptide.pdb`` (heavy
@@ -8,7 +8,7 @@ System
 
 CG map
     Five backbone heavy atoms, found by residue and atom name: C of ACE, N, CA and C of ALA,
-    N of NME (:data:`BEADS`). A selection map (P = M, spec §2), so φ and ψ are functions of
+    N of NME (:data:`BEADS`). A selection map (P = M), so φ and ψ are functions of
     the CG coordinates. Each bead has its own type (:data:`BEAD_VOCABULARY`, 5 types), and
     the chain bonds are (0,1), (1,2), (2,3), (3,4).
 
@@ -34,7 +34,7 @@ the φ < 0 regions by the same ψ rule.
 Densities and distances on the torus (:func:`phi_psi_density`, :func:`phi_psi_kl`,
 :func:`phi_psi_w1`): a 36 × 36 histogram on [−π, π)² smoothed by a Gaussian of 1 bin with
 wrap-around, normalised to sum 1; KL(ref‖model) with the density floor 1e-6 rad⁻² of
-:data:`hessid.training.evaluation.evaluate.KL_FLOOR` (benchmark.md); W1 by exact transport (POT
+:data:`hessid.training.evaluation.divergences.KL_FLOOR` (docs/evaluation.md); W1 by exact transport (POT
 ``ot.emd2``) with the periodic ground distance ``√(Σ_axis min(|Δ|, 2π − |Δ|)²)`` (radians).
 
 Units: Å for coordinates, radians for angles, kcal/mol/Å² for Hessians.
@@ -42,11 +42,25 @@ Units: Å for coordinates, radians for angles, kcal/mol/Å² for Hessians.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
+import openmm.app as app
+import openmm.unit as unit
+import ot
+import torch
+from hessid.training.data.aa_md import forcefield_files
+from hessid.training.data.io import topology_from_pdb, write_cg
+from hessid.training.data.structures import Structure
+from hessid.training.learning.derivatives import hessian_autograd
+from scipy.ndimage import gaussian_filter
+
+from hessid.maps import LinearMap
+from hessid.units import KB_KCAL_PER_MOL_K, length_nm_to_angstrom
 
 #: (residue name, atom name) of each bead, in bead order
 BEADS = (("ACE", "C"), ("ALA", "N"), ("ALA", "CA"), ("ALA", "C"), ("NME", "N"))
@@ -61,7 +75,7 @@ BASINS = ("alpha_R", "beta_PII", "alpha_L")
 #: basin boundaries in degrees (module docstring)
 ALPHA_L_PHI = (0.0, 120.0)
 ALPHA_R_PSI = (-120.0, 50.0)
-#: KL density floor (rad⁻²), the benchmark's convention (evaluate.KL_FLOOR)
+#: KL density floor (rad⁻²), the benchmark's convention (divergences.KL_FLOOR)
 KL_FLOOR = 1e-6
 #: default Cα-style bond check range for CG MD / evaluation of this map, Å (bonds are 1.3–1.6 Å)
 BOND_RANGE = (1.0, 2.2)
@@ -80,8 +94,6 @@ def pdbfixer_structure_path() -> Path:
         FileNotFoundError: pdbfixer is installed without its test data.
         ImportError: pdbfixer is not installed.
     """
-    import importlib.resources
-
     path = Path(str(importlib.resources.files("pdbfixer") / "tests" / "data" / "alanine-dipeptide.pdb"))
     if not path.exists():
         raise FileNotFoundError(f"{path}: pdbfixer's alanine-dipeptide.pdb not found (pdbfixer installed "
@@ -106,16 +118,13 @@ def build_structure(forcefield: str = "amber14-all.xml", solvent: str = "gbn2"):
         FileNotFoundError, ImportError: see :func:`pdbfixer_structure_path`.
         ValueError: unknown solvent.
     """
-    import openmm.app as app
-    from hessid.training.data.aa_md import forcefield_files
-    from hessid.training.data.structures import Structure, _positions_angstrom
-
     path = pdbfixer_structure_path()
     pdb = app.PDBFile(str(path))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     if not any(a.element is not None and a.element.symbol == "H" for a in modeller.topology.atoms()):
         modeller.addHydrogens(app.ForceField(*forcefield_files(forcefield, solvent)))
-    return Structure(modeller.topology, _positions_angstrom(modeller.positions), str(path))
+    positions = length_nm_to_angstrom(np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64))
+    return Structure(modeller.topology, positions, str(path))
 
 
 def write_structure(name: str = "ala2", root: str | Path = ".", overwrite: bool = False) -> Path:
@@ -165,7 +174,7 @@ def backbone_indices(topology) -> np.ndarray:
 
 
 def backbone_map(topology):
-    """The 5-bead backbone selection map of alanine dipeptide (P = M, spec §2).
+    """The 5-bead backbone selection map of alanine dipeptide (P = M).
 
     Args:
         topology: OpenMM ``Topology`` of the AA system (N atoms).
@@ -177,8 +186,6 @@ def backbone_map(topology):
     Raises:
         ValueError: see :func:`backbone_indices`.
     """
-    from hessid.maps import LinearMap
-
     idx = backbone_indices(topology)
     cg_map = LinearMap.selection(idx.tolist(), topology.getNumAtoms())
     return cg_map, np.arange(5, dtype=np.int64), BONDS.copy(), list(BEAD_VOCABULARY)
@@ -198,13 +205,22 @@ def map_dataset(path: str | Path, overwrite: bool = False):
         DatasetError: invalid file, or ``cg/`` exists and not ``overwrite``.
         ValueError: the topology is not alanine dipeptide.
     """
-    import h5py
-    from hessid.training.data import io as _data
+    cg_map, types, bonds, vocab = backbone_map(dataset_topology(path))
+    return write_cg(path, cg_map, types, bonds, vocab, overwrite=overwrite)
 
+
+def dataset_topology(path: str | Path):
+    """The OpenMM ``Topology`` stored in a dataset file (its ``topology`` PDB text).
+
+    Raises:
+        DatasetError: the stored PDB text cannot be parsed.
+        KeyError: the file holds no ``topology``.
+    """
+    # TODO(data layer): replace by the public topology reader of training/data/io.py
     with h5py.File(path, "r") as h5:
-        top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{path}: topology")
-    cg_map, types, bonds, vocab = backbone_map(top)
-    return _data.write_cg(path, cg_map, types, bonds, vocab, overwrite=overwrite)
+        raw = h5["topology"][()]
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return topology_from_pdb(text, f"{path}: topology")
 
 
 # ----------------------------------------------------------------------------- dihedrals
@@ -358,8 +374,6 @@ def phi_psi_density(angles: np.ndarray, n_bins: int = 36, sigma_bins: float = 1.
     Raises:
         ValueError: not (T, 2), no finite frame.
     """
-    from scipy.ndimage import gaussian_filter
-
     a = np.asarray(angles, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"expected (T, 2) (phi, psi) in radians, got {a.shape}")
@@ -386,7 +400,7 @@ def phi_psi_kl(reference: np.ndarray, model: np.ndarray, floor: float = KL_FLOOR
 
     ``Σ_cells P_ref log(max(ρ_ref, floor) / max(ρ_model, floor))`` with ρ = P / h² the density
     in rad⁻² (h the bin width), i.e. the expectation over the reference of the log density
-    ratio with the benchmark's density floor 1e-6 (evaluate.kl_divergence's convention).
+    ratio with the benchmark's density floor 1e-6 (divergences.kl_divergence's convention).
 
     Args:
         reference, model: (n, n) cell probabilities (each summing to 1).
@@ -437,8 +451,6 @@ def phi_psi_w1(reference: np.ndarray, model: np.ndarray, periodic: bool = True) 
     Raises:
         ValueError: shapes differ or are not square.
     """
-    import ot
-
     p, q = np.asarray(reference, dtype=np.float64), np.asarray(model, dtype=np.float64)
     if p.shape != q.shape or p.ndim != 2 or p.shape[0] != p.shape[1]:
         raise ValueError(f"need two equal square grids, got {p.shape} and {q.shape}")
@@ -455,8 +467,6 @@ def free_energy_grid(density: np.ndarray, temperature: float = 300.0) -> np.ndar
     Returns:
         (n, n) float64, kcal/mol.
     """
-    from hessid.units import KB_KCAL_PER_MOL_K
-
     p = np.asarray(density, dtype=np.float64)
     with np.errstate(divide="ignore"):
         f = -KB_KCAL_PER_MOL_K * temperature * np.log(p / p.max())
@@ -549,6 +559,72 @@ def hessian_soft_relative_error(model: np.ndarray, reference: np.ndarray, n_stif
     return num / den
 
 
+def basin_frames(angles: np.ndarray) -> dict[str, int]:
+    """Index of the frame nearest the φ/ψ density maximum of each visited basin.
+
+    The maximum is taken over the grid cells of :func:`phi_psi_density` (36², 1-bin
+    smoothing) that :func:`assign_basins` puts in the basin; the nearest frame of that basin
+    by periodic (φ, ψ) distance is returned.
+
+    Args:
+        angles: (T, 2) φ, ψ in radians (e.g. of a reference run).
+
+    Returns:
+        ``{basin name: frame index}`` for every basin of :data:`BASINS` with at least one frame.
+    """
+    p = phi_psi_density(angles)
+    c = grid_centers(p.shape[0])
+    labels = assign_basins(angles)
+    gp, gs = np.meshgrid(c, c, indexing="ij")
+    cells = assign_basins(np.stack([gp.ravel(), gs.ravel()], 1)).reshape(p.shape)
+    out = {}
+    for b, name in enumerate(BASINS):
+        if not np.any(labels == b):
+            continue
+        i, j = np.unravel_index(np.argmax(np.where(cells == b, p, -1)), p.shape)
+        d = np.linalg.norm(wrap_angle(angles - np.array([c[i], c[j]])), axis=1)
+        d[labels != b] = np.inf
+        out[name] = int(np.argmin(d))
+    return out
+
+
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error (ddof 1) of the finite values (None and NaN left out).
+
+    Returns:
+        ``(mean, s.e.)``; s.e. NaN for one value, both NaN for none.
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def summarise_seeds(per_seed: list[dict]) -> dict:
+    """Mean ± s.e. over training seeds of the study's per-seed metrics.
+
+    Args:
+        per_seed: dicts with ``phi_psi_kl``, ``phi_psi_w1``, ``wall_s_per_epoch``, ``basins``
+            (:func:`basin_populations` or None) and optionally ``hessian_rel_error`` /
+            ``hessian_soft_rel_error`` ({basin: relative error}).
+
+    Returns:
+        ``{name: (mean, s.e.)}`` for those keys, ``pop_<basin>``, ``hess_err_<basin>``,
+        ``hess_err_mean`` and ``hess_soft_err_mean`` (per-seed mean over basins).
+    """
+    out = {k: mean_sem([m[k] for m in per_seed]) for k in ("phi_psi_kl", "phi_psi_w1", "wall_s_per_epoch")}
+    for b in BASINS:
+        out[f"pop_{b}"] = mean_sem([m["basins"]["populations"][b] if m["basins"] else None for m in per_seed])
+    if per_seed and "hessian_rel_error" in per_seed[0]:
+        for b in per_seed[0]["hessian_rel_error"]:
+            out[f"hess_err_{b}"] = mean_sem([m["hessian_rel_error"].get(b) for m in per_seed])
+        out["hess_err_mean"] = mean_sem([float(np.mean(list(m["hessian_rel_error"].values())))
+                                         for m in per_seed if m.get("hessian_rel_error")])
+        out["hess_soft_err_mean"] = mean_sem([float(np.mean(list(m["hessian_soft_rel_error"].values())))
+                                              for m in per_seed if m.get("hessian_soft_rel_error")])
+    return out
+
+
 def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray | None = None) -> np.ndarray:
     """Hessians ∇²U_θ of a CG potential at given configurations, by autograd.
 
@@ -561,9 +637,6 @@ def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray
     Returns:
         (B, 15, 15) float64, kcal/mol/Å², flat index 3·bead + axis.
     """
-    import torch
-    from hessid.training.learning.derivatives import hessian_autograd
-
     x = np.asarray(cg_coordinates, dtype=np.float64)
     types = torch.as_tensor(np.arange(x.shape[1]) if bead_types is None else bead_types, dtype=torch.long)
     dtype = getattr(potential, "dtype", torch.float64)
@@ -575,7 +648,7 @@ def model_hessians(potential, cg_coordinates: np.ndarray, bead_types: np.ndarray
 __all__ = [
     "ALPHA_L_PHI", "ALPHA_R_PSI", "BASINS", "BEADS", "BEAD_MASSES", "BEAD_VOCABULARY", "BONDS",
     "BOND_RANGE", "KL_FLOOR", "assign_basins", "backbone_indices", "backbone_map",
-    "basin_populations", "block_average", "build_structure", "dihedral", "free_energy_grid",
+    "basin_frames", "basin_populations", "block_average", "dataset_topology", "mean_sem", "summarise_seeds", "build_structure", "dihedral", "free_energy_grid",
     "grid_centers", "hessian_relative_error", "hessian_soft_relative_error", "map_dataset", "model_hessians",
     "pdbfixer_structure_path", "phi_psi", "phi_psi_density", "phi_psi_kl", "phi_psi_metrics",
     "phi_psi_w1", "torus_cost_matrix", "wrap_angle", "write_structure",

@@ -10,23 +10,35 @@ Stages (each resumable; a killed demo continues where it stopped):
 6. ``evaluate``  benchmark metrics against the AA reference (TICA KL/W1, structural W1)
 7. ``report``    one HTML page with the table, free-energy surfaces, densities, curves
 
-Progress and per-stage wall times are kept in ``<out>/demo_state.json``. Scales:
+Progress and per-stage wall times are kept in ``<out>/demo_state.json`` (a
+:class:`~hessid.training.pipelines.runner.StageRunner` state). Scales:
 ``ci`` (a miniature, ~2–4 min on 2 CPU cores), ``default`` (~20–30 min on 2 CPU cores) and
 ``full`` (research-sized, meant for a GPU).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from hessid.training.data.aa_md import MDConfig
+from hessid.training.data.aa_md import simulate as simulate_aa
+from hessid.training.data.structures import build_structure
+from hessid.training.data.targets import compute_targets
+from hessid.training.evaluation.evaluate import evaluate as run_evaluation
+from hessid.training.evaluation.report import build_report
+from hessid.training.learning.models import load_potential
+from hessid.training.learning.trainer import train
+from hessid.training.md.simulation import simulate as simulate_cg
+from hessid.training.pipelines.runner import StageRunner
 
 log = logging.getLogger(__name__)
 
 #: the three loss variants of the paper: (label, cov_weight γ or None for force matching only)
 VARIANTS: tuple[tuple[str, float | None], ...] = (("FM", None), ("FM+AA", 0.0), ("FM+AA+Cov", 1.0))
+#: the demo's state file inside its output folder
+STATE_FILE = "demo_state.json"
 
 
 @dataclass(frozen=True)
@@ -75,53 +87,6 @@ SCALES: dict[str, DemoScale] = {
 }
 
 
-class DemoState:
-    """Which stages are done and how long each took: ``<out>/demo_state.json``."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}}
-
-    def done(self, stage: str) -> bool:
-        """Whether ``stage`` finished in an earlier (or this) run."""
-        return self.data["stages"].get(stage, {}).get("done", False)
-
-    def mark(self, stage: str, seconds: float, **info) -> None:
-        """Record ``stage`` as done after ``seconds`` (added to earlier interrupted attempts)."""
-        prior = self.data["stages"].get(stage, {}).get("seconds", 0.0)
-        self.data["stages"][stage] = {"done": True, "seconds": prior + seconds, **info}
-        self._write()
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        """Add the wall time of an interrupted attempt of ``stage``."""
-        entry = self.data["stages"].setdefault(stage, {"done": False})
-        entry["seconds"] = entry.get("seconds", 0.0) + seconds
-        self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
-
-
-def _stage(state: DemoState, name: str, fn, say=print):
-    """Run ``fn()`` unless ``name`` is done; record its wall time (also when it fails)."""
-    if state.done(name):
-        say(f"[demo] {name}: done earlier ({state.data['stages'][name]['seconds']:.0f} s), skipped")
-        return None
-    say(f"[demo] {name} ...")
-    t0 = time.perf_counter()
-    try:
-        info = fn() or {}
-    except BaseException:
-        state.add_time(name, time.perf_counter() - t0)
-        raise
-    dt = time.perf_counter() - t0
-    state.mark(name, dt, **info)
-    say(f"[demo] {name}: {dt:.1f} s")
-    return info
-
-
 def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPETGTWG",
              name: str = "chignolin", pdb: str | Path | None = None, scale: str = "default",
              platform: str | None = None, seed: int = 0, progress: bool = True,
@@ -138,98 +103,78 @@ def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPET
         platform: OpenMM platform for AA MD and targets (default CUDA if present, else CPU).
         seed: seed of AA MD, probes, training and CG MD.
         progress: progress bars.
-        say: where stage messages go.
+        say: where stage messages go (lines ``[demo] <stage> ...``).
 
     Returns:
         Path of ``<out>/report/report.html``.
 
     Raises:
-        ValueError: unknown scale, or a resumed folder built with another scale/protein.
+        ValueError: unknown scale, a resumed folder built with another scale/protein, or a
+            state file this version cannot read.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     sc = SCALES[scale]
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    state = DemoState(out / "demo_state.json")
+    runner = StageRunner(out, STATE_FILE, label="demo", say=say)
     settings = {"scale": scale, "name": name, "sequence": None if pdb else sequence,
                 "pdb": str(pdb) if pdb else None, "seed": seed, "sizes": asdict(sc)}
-    if "settings" in state.data and state.data["settings"] != settings:
-        raise ValueError(f"{out} holds a demo run with other settings ({state.data['settings']}); "
-                         f"use another --out folder")
-    state.data["settings"] = settings
-    state._write()
+    runner.use_settings(settings)
 
     data_root = out / "data"
     dataset = data_root / name / f"{name}.h5"
 
     def build():
-        from hessid.training.data.structures import build_structure
-
         path = build_structure(name, sequence=None if pdb else sequence, pdb=pdb, out_dir=data_root)
-        return {"pdb": str(path)}
+        return {"pdb": Path(path)}
 
     def aa_md():
-        from hessid.training.data.aa_md import MDConfig, simulate
-
         cfg = MDConfig(steps=sc.aa_steps, stride=sc.aa_stride, equilibration_steps=sc.aa_equilibration,
                        platform=platform, seed=seed, chunk_frames=max(10, sc.aa_steps // sc.aa_stride // 50))
         resume = (data_root / name / f"{name}.chk").exists() and dataset.exists()
-        simulate(name, cfg, root=data_root, resume=resume, overwrite=not resume, progress=progress)
+        simulate_aa(name, cfg, root=data_root, resume=resume, overwrite=not resume, progress=progress)
         return {"frames": sc.aa_steps // sc.aa_stride}
 
     def targets():
-        import h5py
-        from hessid.training.data.targets import compute_targets
-
-        resume = False
-        if dataset.exists():
-            with h5py.File(dataset, "r") as h5:
-                resume = "cg/hvp_term1" in h5
+        # resume=True also starts a run when the dataset holds no Term 1 yet
         res = compute_targets(dataset, n_probes=sc.n_probes, probe_kind="gaussian", seed=seed,
-                              platform=platform, workers=0, resume=resume, progress=progress)
-        return {"summary": str(res)[:500]}
+                              platform=platform, workers=0, resume=True, progress=progress)
+        return {"summary": res}
 
-    _stage(state, "build", build, say)
-    _stage(state, "aa_md", aa_md, say)
-    _stage(state, "targets", targets, say)
+    runner.run("build", build)
+    runner.run("aa_md", aa_md)
+    runner.run("targets", targets)
 
     models: dict[str, list[str]] = {}
-    curves: dict[str, str] = {}
+    curves: dict[str, Path] = {}
     for label, gamma in VARIANTS:
         run_dir = out / "runs" / _safe(label)
-        info = _stage(state, f"train:{label}",
-                      lambda run_dir=run_dir, gamma=gamma, label=label: _train(
-                          dataset, run_dir, label, gamma, sc, seed, progress), say)
-        info = info or state.data["stages"][f"train:{label}"]
-        curves[label] = info["metrics_csv"]
+        info = runner.run(f"train:{label}",
+                          lambda run_dir=run_dir, gamma=gamma, label=label: _train(
+                              dataset, run_dir, label, gamma, sc, seed, progress))
+        curves[label] = runner.resolve(info["metrics_csv"])
         sim_dir = out / "sim" / _safe(label)
-        _stage(state, f"simulate:{label}",
-               lambda sim_dir=sim_dir, model=info["model"]: _simulate(
-                   model, dataset, sim_dir, sc, seed, progress), say)
+        model = runner.resolve(info["model"])
+        runner.run(f"simulate:{label}",
+                   lambda sim_dir=sim_dir, model=model: _simulate(model, dataset, sim_dir, sc, seed, progress))
         models[label] = [str(sim_dir)]
 
     eval_dir = out / "evaluation"
 
     def evaluate():
-        from hessid.training.evaluation.evaluate import evaluate as run_eval
-
-        docs = run_eval(dataset, models, eval_dir, protein=name, lag_time=sc.lag_time, seed=seed)
+        docs = run_evaluation(dataset, models, eval_dir, protein=name, lag_time=sc.lag_time, seed=seed)
         return {"models": [d.get("model") for d in docs]}
 
     def report():
-        from hessid.training.evaluation.report import build_report
-
-        provenance = {"demo": settings, "dataset": str(dataset), "stages": state.data["stages"]}
+        provenance = {"demo": settings, "dataset": str(dataset), "stages": runner.stages}
         path = build_report(eval_dir, out / "report", training_curves=curves, provenance=provenance,
                             title=f"hessid demo — {name} ({scale})")
-        return {"report": str(path)}
+        return {"report": Path(path)}
 
-    _stage(state, "evaluate", evaluate, say)
-    _stage(state, "report", report, say)
-    report_path = Path(state.data["stages"]["report"]["report"])
-    total = sum(s.get("seconds", 0.0) for s in state.data["stages"].values())
-    say(f"[demo] finished in {total / 60:.1f} min of stage time; report: {report_path}")
+    runner.run("evaluate", evaluate)
+    runner.run("report", report)
+    report_path = runner.resolve(runner.result("report")["report"])
+    say(f"[demo] finished in {runner.seconds() / 60:.1f} min of stage time; report: {report_path}")
     return report_path
 
 
@@ -240,8 +185,6 @@ def _safe(label: str) -> str:
 def _train(dataset: Path, run_dir: Path, label: str, gamma: float | None, sc: DemoScale,
            seed: int, progress: bool) -> dict:
     """Train one variant (γ None = force matching only); returns model and curve paths."""
-    from hessid.training.learning.trainer import train
-
     hvp = gamma is not None
     config = {
         "name": run_dir.name, "output_dir": str(run_dir.parent), "seed": seed,
@@ -261,25 +204,22 @@ def _train(dataset: Path, run_dir: Path, label: str, gamma: float | None, sc: De
     }
     resume = (run_dir / "checkpoints" / "last.ckpt").exists()
     result = train(config, resume=resume)
-    return {"model": str(result.model), "metrics_csv": str(result.metrics_csv),
+    return {"model": Path(result.model), "metrics_csv": Path(result.metrics_csv),
             "global_step": result.global_step, "best_val_fm": result.best_val_fm,
             "label": label}
 
 
-def _simulate(model: str, dataset: Path, sim_dir: Path, sc: DemoScale, seed: int, progress: bool):
-    from hessid.training.learning.models import load_potential
-    from hessid.training.md.simulation import simulate
-
+def _simulate(model: Path, dataset: Path, sim_dir: Path, sc: DemoScale, seed: int, progress: bool) -> dict:
     potential = load_potential(model)
     resume = (sim_dir / "checkpoint.pt").exists()
-    result = simulate(potential, sim_dir, n_steps=sc.cg_steps, save_interval=sc.cg_stride,
-                      reference=str(dataset), n_replicas=sc.cg_replicas, timestep=sc.cg_timestep,
-                      seed=seed, resume=resume, overwrite=not resume and sim_dir.exists(),
-                      progress=progress, provenance={"model": model})
-    return {"result": str(result)[:500]}
+    result = simulate_cg(potential, sim_dir, n_steps=sc.cg_steps, save_interval=sc.cg_stride,
+                         reference=str(dataset), n_replicas=sc.cg_replicas, timestep=sc.cg_timestep,
+                         seed=seed, resume=resume, overwrite=not resume and sim_dir.exists(),
+                         progress=progress, provenance={"model": str(model)})
+    return {"result": result}
 
 
-__all__ = ["DemoScale", "SCALES", "VARIANTS", "run_demo"]
+__all__ = ["DemoScale", "SCALES", "STATE_FILE", "VARIANTS", "run_demo"]
 
 
 def register(subparsers) -> None:

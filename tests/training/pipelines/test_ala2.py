@@ -263,7 +263,7 @@ def test_model_hessians_of_a_harmonic_chain():
 def _driver():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ala2.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "ala2.py"
     spec = importlib.util.spec_from_file_location("ala2_benchmark_driver", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -271,11 +271,12 @@ def _driver():
 
 
 @pytest.mark.parametrize("mode", ["quick", "small", "full"])
-def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_path):
+def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_path, monkeypatch):
     """``_call_trainer`` builds a config the trainer accepts; variants differ only in the loss."""
     from types import SimpleNamespace
 
     from hessid.training.learning.configs import TrainConfig
+    from hessid.training.pipelines import ala2_study
 
     drv = _driver()
     s = drv.settings(mode)
@@ -291,10 +292,11 @@ def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_p
         return SimpleNamespace(model=run / "model.pt", metrics_csv=None, global_step=cfg.trainer.max_steps,
                                best_val_fm=None, verification={"passed": True})
 
+    monkeypatch.setattr(ala2_study, "train", fake_train)
     for label, v in s["variants"].items():
-        job = {"variant": v, "train": s["train"], "name": drv._safe(label), "seed": 0, "data": "x.h5",
-               "run_dir": str(tmp_path / drv._safe(label)), "model": s["model"], "n_frames": 100}
-        r = drv._call_trainer(SimpleNamespace(train=fake_train), job)
+        job = {"variant": v, "train": s["train"], "name": ala2_study._safe(label), "seed": 0, "data": "x.h5",
+               "run_dir": str(tmp_path / ala2_study._safe(label)), "model": s["model"], "n_frames": 100}
+        r = ala2_study._call_trainer(job)
         assert r["global_step"] == s["train"]["steps"]
     configs = list(seen.values())
     for c in configs:

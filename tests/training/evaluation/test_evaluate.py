@@ -13,23 +13,23 @@ import math
 import h5py
 import numpy as np
 import pytest
+from hessid.training.evaluation.divergences import kl_divergence, wasserstein_1d, wasserstein_2d
 from hessid.training.evaluation.evaluate import (
     METRIC_NAMES,
     BenchmarkEvaluator,
     Trajectories,
+    comparison_table,
+    evaluate,
+    filter_replicas,
+    load_reference,
+    read_metrics,
+)
+from hessid.training.evaluation.features import (
     bond_angles,
     bond_lengths,
     ca_pair_distances,
-    comparison_table,
     dihedral_angles,
-    evaluate,
-    filter_replicas,
-    kl_divergence,
-    load_reference,
     radius_of_gyration,
-    read_metrics,
-    wasserstein_1d,
-    wasserstein_2d,
 )
 
 FAST = dict(max_kde_points=1000, max_eval_points=1000)

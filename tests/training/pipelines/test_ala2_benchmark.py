@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("openmm")
 pytest.importorskip("torchmdnet")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _load_benchmark():

@@ -80,3 +80,31 @@ def test_a_folder_of_another_scale_is_refused(demo_dir):
     out, _, _ = demo_dir
     with pytest.raises(ValueError, match="other settings"):
         run_demo(out, scale="default", progress=False, say=lambda m: None)
+
+
+def test_a_folder_of_the_first_demo_version_resumes_from_its_state(tmp_path):
+    """An old ``demo_state.json`` (stage results beside done/seconds, absolute paths) is read:
+    every stage it marks done is skipped and its report path returned."""
+    from dataclasses import asdict
+
+    out = tmp_path / "old"
+    out.mkdir()
+    settings = {"scale": "ci", "name": "chignolin", "sequence": "GYDPETGTWG", "pdb": None, "seed": 0,
+                "sizes": asdict(SCALES["ci"])}
+    stages = {name: {"done": True, "seconds": 1.0} for name in ("build", "aa_md", "targets", "evaluate")}
+    stages["build"]["pdb"] = str(out / "data" / "chignolin" / "chignolin.pdb")
+    stages["targets"]["summary"] = "TargetsResult(path=...)"  # the first version stored a repr
+    for label, _ in VARIANTS:
+        stages[f"train:{label}"] = {"done": True, "seconds": 1.0, "model": str(out / "runs" / label / "model.pt"),
+                                    "metrics_csv": str(out / "runs" / label / "metrics.csv")}
+        stages[f"simulate:{label}"] = {"done": True, "seconds": 1.0, "result": "SimulationResult(...)"}
+    stages["report"] = {"done": True, "seconds": 1.0, "report": str(out / "report" / "report.html")}
+    (out / "demo_state.json").write_text(json.dumps({"stages": stages, "settings": settings}))
+    messages = []
+    report = run_demo(out, scale="ci", platform="CPU", progress=False, say=messages.append)
+    assert report == out / "report" / "report.html"
+    assert any("older hessid version" in m for m in messages)
+    stage_lines = [m for m in messages if m.startswith("[demo]") and "finished" not in m and "older" not in m]
+    assert len(stage_lines) == len(stages) and all("skipped" in m for m in stage_lines)
+    state = json.loads((out / "demo_state.json").read_text())
+    assert state["version"] == 1 and state["stages"]["report"]["result"]["report"] == str(report)
