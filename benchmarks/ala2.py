@@ -179,9 +179,9 @@ def _safe(label: str) -> str:
 
 def _pool_executor(jobs: int):
     if jobs <= 1:
-        from hessid.training.data.targets import _InlineExecutor
+        from hessid.training.data.targets import InlineExecutor
 
-        return _InlineExecutor()
+        return InlineExecutor()
     return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
@@ -662,15 +662,15 @@ def _basin_frames(ref_angles: np.ndarray) -> dict:
 def _hessian_reference_one(job: dict) -> dict:
     """Frozen-bead sampling at one basin configuration → map → Term-1 blocks → estimate."""
     import h5py
-    from hessid.training.data import io as _data
     from hessid.training.data.conditional import estimate_cg_hessian, sample_frozen
+    from hessid.training.data.reader import open_dataset
     from hessid.training.data.targets import compute_targets
     from hessid.training.pipelines import ala2
 
     c = job["config"]
-    with h5py.File(job["reference"], "r") as h5:
-        top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{job['reference']}: topology")
-        xyz = h5["coordinates"][job["frame"]]  # (N, 3) Å
+    with open_dataset(job["reference"]) as ds:
+        top = ds.topology()
+        xyz = ds.coordinates(job["frame"])  # (N, 3) Å
     path = Path(job["path"])
     t0 = time.perf_counter()
     with h5py.File(path, "r") if path.exists() else _Null() as f:

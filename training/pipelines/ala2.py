@@ -108,14 +108,14 @@ def build_structure(forcefield: str = "amber14-all.xml", solvent: str = "gbn2"):
     """
     import openmm.app as app
     from hessid.training.data.aa_md import forcefield_files
-    from hessid.training.data.structures import Structure, _positions_angstrom
+    from hessid.training.data.structures import Structure, positions_angstrom
 
     path = pdbfixer_structure_path()
     pdb = app.PDBFile(str(path))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     if not any(a.element is not None and a.element.symbol == "H" for a in modeller.topology.atoms()):
         modeller.addHydrogens(app.ForceField(*forcefield_files(forcefield, solvent)))
-    return Structure(modeller.topology, _positions_angstrom(modeller.positions), str(path))
+    return Structure(modeller.topology, positions_angstrom(modeller.positions), str(path))
 
 
 def write_structure(name: str = "ala2", root: str | Path = ".", overwrite: bool = False) -> Path:
@@ -188,23 +188,23 @@ def map_dataset(path: str | Path, overwrite: bool = False):
     """Write the backbone map's ``cg/`` group into a dataset file (``hessid data map``).
 
     Args:
-        path: dataset ``.h5`` (validated by :func:`hessid.training.data.io.write_cg`).
+        path: dataset ``.h5`` (validated by :func:`hessid.training.data.cg_map.write_cg`).
         overwrite: replace an existing ``cg/`` group (drops its targets).
 
     Returns:
-        :class:`hessid.training.data.io.CGData` as written.
+        :class:`hessid.training.data.reader.CGData` as written.
 
     Raises:
         DatasetError: invalid file, or ``cg/`` exists and not ``overwrite``.
         ValueError: the topology is not alanine dipeptide.
     """
-    import h5py
-    from hessid.training.data import io as _data
+    from hessid.training.data.cg_map import write_cg
+    from hessid.training.data.reader import open_dataset
 
-    with h5py.File(path, "r") as h5:
-        top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{path}: topology")
+    with open_dataset(path) as ds:
+        top = ds.topology()
     cg_map, types, bonds, vocab = backbone_map(top)
-    return _data.write_cg(path, cg_map, types, bonds, vocab, overwrite=overwrite)
+    return write_cg(path, cg_map, types, bonds, vocab, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- dihedrals
