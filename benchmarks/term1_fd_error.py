@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     import openmm
     import openmm.unit as u
     from hessid.training.data.aa_md import create_system
-    from hessid.training.data.io import ca_map
+    from hessid.training.data.cg_map import ca_map
     from hessid.training.data.structures import build_from_sequence
     from hessid.training.data.targets import term1_fd
 

@@ -272,9 +272,24 @@ class ProbeSpec:
         """:func:`probe_scale` of this kind at dimension ``dim``."""
         return probe_scale(self.kind, dim)
 
-    def to_attrs(self) -> dict:
-        """Attributes to store beside precomputed targets."""
-        return {"probe_kind": self.kind, "probe_seed": int(self.seed), "n_probes": int(self.n_probes)}
+    def to_attrs(self, dim: int | None = None) -> dict:
+        """Attributes to store beside precomputed targets.
+
+        Args:
+            dim: probe dimension d (= 3n for CG probes); when given, ``probe_dim`` (int) and
+                ``probe_scale`` (float, :func:`probe_scale` at d) are stored too.
+
+        Returns:
+            dict ``probe_kind`` (str), ``probe_seed`` (int), ``n_probes`` (int)
+            [, ``probe_scale``, ``probe_dim``].
+
+        Raises:
+            ValueError: dim < 1.
+        """
+        out = {"probe_kind": self.kind, "probe_seed": int(self.seed), "n_probes": int(self.n_probes)}
+        if dim is not None:
+            out.update(probe_scale=float(self.scale(int(dim))), probe_dim=int(dim))
+        return out
 
     @classmethod
     def from_attrs(cls, attrs) -> ProbeSpec:

@@ -59,7 +59,7 @@ def _simulate(args) -> int:
 def _import(args) -> int:
     from pathlib import Path
 
-    from hessid.training.data import io as data
+    from hessid.training.data import importers as data
 
     t0 = time.perf_counter()
     out = Path(args.root) / args.name / f"{args.name}.h5"
@@ -96,11 +96,12 @@ def _import(args) -> int:
 
 def _map(args) -> int:
     from hessid.training.data import io as data
+    from hessid.training.data.cg_map import write_cg
 
     t0 = time.perf_counter()
     path = data.dataset_path(args.name, args.root)
     try:
-        cg = data.write_cg(path, overwrite=args.overwrite,
+        cg = write_cg(path, overwrite=args.overwrite,
                            constraint_aware=not args.no_constraint_aware)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         return _fail(exc)

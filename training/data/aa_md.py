@@ -24,7 +24,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from hessid.training.data import io as _data
+import openmm
+import openmm.app as app
+import openmm.unit as u
+from hessid.training.data import schema as sc
+from hessid.training.data.io import (
+    append_frames,
+    commit,
+    create_dataset,
+    dataset_path,
+    open_for_append,
+    read_topology_text,
+    topology_from_pdb,
+    truncate_frames,
+)
+from hessid.training.data.structures import Structure, structure_from_pdb_text
+from tqdm.auto import tqdm
 
 from hessid.units import (
     energy_kj_to_kcal,
@@ -117,8 +132,6 @@ def create_system(topology, forcefield: str = "amber14-all.xml", solvent: str = 
         ValueError: unknown solvent or constraints; a residue without a template; a
             non-positive ``hydrogen_mass``.
     """
-    import openmm.app as app
-    import openmm.unit as u
 
     files = forcefield_files(forcefield, solvent)
     cons = {"hbonds": app.HBonds, "none": None}.get(str(constraints).lower(), "bad")
@@ -175,7 +188,6 @@ def system_hash(system) -> str:
     Returns:
         64 hex digits.
     """
-    import openmm
 
     xml = openmm.XmlSerializer.serialize(system)
     pairs = sorted((min(int(i), int(j)), max(int(i), int(j)), d)
@@ -199,7 +211,6 @@ def choose_platform(name: str | None = None, threads: int | None = None,
     Raises:
         ValueError: the named platform is not available (message lists the available ones).
     """
-    import openmm
 
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
     if name is None:
@@ -233,9 +244,13 @@ def _write_checkpoint(context, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _state_arrays(context, periodic: bool):
-    import openmm.unit as u
+def state_arrays(context, periodic: bool):
+    """The current state of an OpenMM context in hessid units.
 
+    Returns:
+        ``(positions (N, 3) float64 Å, forces (N, 3) float64 kcal/mol/Å of those positions,
+        potential energy float kcal/mol, time float ps, box (3, 3) Å or None)``.
+    """
     st = context.getState(getPositions=True, getForces=True, getEnergy=True)
     pos = length_nm_to_angstrom(st.getPositions(asNumpy=True).value_in_unit(u.nanometer))
     frc = force_kj_nm_to_kcal_angstrom(
@@ -288,36 +303,25 @@ def simulate(
         ValueError: bad settings (stride < 1, unknown solvent/platform), the stored file
             disagrees with the checkpoint, or (``resume``) the file cannot be opened.
     """
-    import openmm
-    import openmm.app as app
-    import openmm.unit as u
-    from hessid.training.data.structures import structure_from_pdb_text
 
     cfg = config or MDConfig()
-    h5_path = _data.dataset_path(name, root)
+    h5_path = dataset_path(name, root)
     folder, stem = h5_path.parent, h5_path.stem
     chk_path = folder / f"{stem}.chk"
     if cfg.stride < 1 or cfg.steps < 0:
         raise ValueError(f"need stride >= 1 and steps >= 0, got stride={cfg.stride}, steps={cfg.steps}")
-    import h5py
 
     if resume:
         if not (h5_path.exists() and chk_path.exists()):
             raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
-        try:
-            h5 = h5py.File(h5_path, "r+")
-        except OSError as exc:  # e.g. killed during a chunk write (docs/data.md, "Crash safety")
-            raise ValueError(f"{h5_path}: cannot be opened for --resume ({exc}); the file was "
-                             "probably damaged by a kill during a chunk write. Start again "
-                             "with --overwrite") from exc  # fmt: skip
-        stored = json.loads(h5.attrs["md_config"])
+        h5 = open_for_append(h5_path)  # DatasetError (a ValueError) if a kill damaged it
+        stored = json.loads(h5.attrs[sc.ATTR_MD_CONFIG])
         stored["steps"] = cfg.steps
         for k in ("platform", "threads", "chunk_frames"):  # execution, not physics: may change
             if getattr(cfg, k) is not None and config is not None:
                 stored[k] = getattr(cfg, k)
         cfg = MDConfig(**stored)
-        topology_text = _data._read_topology_text(h5)
-        top = _data.topology_from_pdb(topology_text, f"{h5_path}: topology")
+        top = topology_from_pdb(read_topology_text(h5), f"{h5_path}: topology")
         positions = None
     else:
         pdb_path = folder / f"{stem}.pdb"
@@ -345,11 +349,11 @@ def simulate(
         if context.getStepCount() % cfg.stride:
             raise ValueError(f"{chk_path}: step count {context.getStepCount()} is not a multiple of stride {cfg.stride}")
         n_done = context.getStepCount() // cfg.stride
-        if h5["coordinates"].shape[0] < n_done:
-            raise ValueError(f"{h5_path}: dataset 'coordinates' has {h5['coordinates'].shape[0]} frames "
+        if h5[sc.COORDINATES].shape[0] < n_done:
+            raise ValueError(f"{h5_path}: dataset 'coordinates' has {h5[sc.COORDINATES].shape[0]} frames "
                              f"but the checkpoint stands for {n_done}")  # fmt: skip
-        _data.truncate_frames(h5, n_done)  # frames flushed after the last checkpoint
-        _data.commit(h5)
+        truncate_frames(h5, n_done)  # frames flushed after the last checkpoint
+        commit(h5)
     else:
         context.setPositions(positions)
         if periodic:
@@ -364,7 +368,6 @@ def simulate(
         st = context.getState(getPositions=True)
         if periodic:
             top.setPeriodicBoxVectors(st.getPeriodicBoxVectors())
-        from hessid.training.data.structures import Structure
 
         pdb_text = Structure(top, length_nm_to_angstrom(
             st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
@@ -372,7 +375,7 @@ def simulate(
         potential = system if cfg.hydrogen_mass is None else create_system(
             top, cfg.forcefield, cfg.solvent, cfg.constraints)  # fmt: skip
         attrs = dataset_attrs(stem, cfg, plat, props, system_hash(potential))
-        h5 = _data.create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
+        h5 = create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
                                   overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
         _write_checkpoint(context, chk_path)
         n_done = 0
@@ -387,7 +390,6 @@ def simulate(
 
 def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, periodic,
                 progress, interrupt_after_chunks):  # fmt: skip
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=n_target, initial=n_done, unit="frame", disable=not progress,
                desc=f"{Path(h5.filename).stem} MD")  # fmt: skip
@@ -399,7 +401,7 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
     try:
         while n < n_target:
             integrator.step(int(cfg.stride))
-            buf.append(_state_arrays(context, periodic))
+            buf.append(state_arrays(context, periodic))
             n += 1
             frames_run += 1
             elapsed = _time.perf_counter() - t_start
@@ -407,13 +409,13 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
             bar.set_postfix(ns_per_day=f"{ns_per_frame * frames_run / elapsed * 86400:.1f}")
             if len(buf) == cfg.chunk_frames or n == n_target:
                 pos, frc, ene, tim, box = zip(*buf, strict=True)
-                _data.append_frames(
+                append_frames(
                     h5, np.stack(pos), np.stack(frc), np.asarray(tim, "f8"),
                     np.arange(n - len(buf), n, dtype=np.int64), np.asarray(ene, "f8"),
                     np.stack(box) if periodic else None,
                 )  # flushed before the checkpoint: the checkpoint never runs ahead of the file
-                h5.attrs["checkpoint_frames"] = n
-                _data.commit(h5)  # flush + fsync: the checkpoint never runs ahead of the file
+                h5.attrs[sc.ATTR_CHECKPOINT_FRAMES] = n
+                commit(h5)  # flush + fsync: the checkpoint never runs ahead of the file
                 _write_checkpoint(context, chk_path)
                 buf.clear()
                 chunks += 1
@@ -430,5 +432,6 @@ def ns_per_day(steps: int, timestep_fs: float, seconds: float) -> float:
 
 __all__ = [
     "SOLVENTS", "MDConfig", "SimulationInterrupted", "choose_platform", "create_system",
-    "dataset_attrs", "forcefield_files", "platform_precision", "simulate", "system_hash", "ns_per_day",
+    "dataset_attrs", "forcefield_files", "platform_precision", "simulate", "state_arrays", "system_hash",
+    "ns_per_day",
 ]  # fmt: skip

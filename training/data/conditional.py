@@ -37,9 +37,23 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
-from hessid.training.data import io as _data
+import openmm
+import openmm.unit as u
+from hessid.training.data import schema as sc
+from hessid.training.data.aa_md import (
+    MDConfig,
+    choose_platform,
+    create_system,
+    dataset_attrs,
+    state_arrays,
+    system_hash,
+)
+from hessid.training.data.io import append_frames, commit, create_dataset
+from hessid.training.data.reader import open_dataset
+from hessid.training.data.schema import DatasetError
+from hessid.training.data.structures import Structure, positions_angstrom, structure_from_pdb_text
+from tqdm.auto import tqdm
 
 from hessid.units import beta as _beta
 from hessid.units import length_angstrom_to_nm, length_nm_to_angstrom
@@ -58,14 +72,13 @@ class FrozenAtomsDrifted(RuntimeError):
 
 def _structure_of(structure):
     """(topology, positions (N, 3) float64 Å) of a Structure, PDB text/path or (topology, positions)."""
-    from hessid.training.data.structures import _positions_angstrom, structure_from_pdb_text
 
     if hasattr(structure, "topology") and hasattr(structure, "positions"):
         return structure.topology, np.asarray(structure.positions, dtype=np.float64)
     if isinstance(structure, tuple) and len(structure) == 2:
         top, pos = structure
         if hasattr(pos, "value_in_unit"):  # openmm Quantity
-            pos = _positions_angstrom(pos)
+            pos = positions_angstrom(pos)
         return top, np.asarray(pos, dtype=np.float64)
     if isinstance(structure, Path) or (isinstance(structure, str) and "\n" not in structure
                                        and structure.lower().endswith((".pdb", ".ent"))):  # fmt: skip
@@ -81,7 +94,6 @@ def _structure_of(structure):
 
 def _restore(context, positions_nm: np.ndarray, frozen: np.ndarray, r0_nm: np.ndarray, tol: float):
     """Put the frozen atoms back at R0 with zero velocity; re-apply position/velocity constraints."""
-    import openmm.unit as u
 
     st = context.getState(getVelocities=True)
     vel = st.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
@@ -96,8 +108,6 @@ def _restore(context, positions_nm: np.ndarray, frozen: np.ndarray, r0_nm: np.nd
 
 
 def _positions_nm(context) -> np.ndarray:
-    import openmm.unit as u
-
     st = context.getState(getPositions=True)
     return np.asarray(st.getPositions(asNumpy=True).value_in_unit(u.nanometer), dtype=np.float64)
 
@@ -177,17 +187,6 @@ def sample_frozen(
         FileExistsError: ``out_path`` exists and not ``overwrite``.
         FrozenAtomsDrifted: a saved frame has a frozen atom further than ``tolerance`` from R0.
     """
-    import openmm
-    import openmm.unit as u
-    from hessid.training.data.aa_md import (
-        MDConfig,
-        _state_arrays,  # (positions Å, forces kcal/mol/Å, energy kcal/mol, time ps, box)
-        choose_platform,
-        create_system,
-        dataset_attrs,
-        system_hash,
-    )
-    from hessid.training.data.structures import Structure
 
     out_path = Path(out_path)
     if int(n_frames) < 1 or int(stride) < 1 or int(equilibration_steps) < 0:
@@ -247,9 +246,8 @@ def sample_frozen(
         "frozen_max_displacement_angstrom": 0.0,
     }  # fmt: skip
     pdb_text = Structure(top, start_a, "").to_pdb()
-    h5 = _data.create_dataset(out_path, pdb_text, attrs, overwrite=overwrite, chunk_frames=chunk_frames)
+    h5 = create_dataset(out_path, pdb_text, attrs, overwrite=overwrite, chunk_frames=chunk_frames)
 
-    from tqdm.auto import tqdm
 
     r0_a = np.asarray(pos_a[frozen], dtype=np.float64)
     drift = 0.0
@@ -258,7 +256,7 @@ def sample_frozen(
     try:
         for t in range(int(n_frames)):
             integrator.step(int(stride))
-            pos, frc, ene, tim, _ = _state_arrays(context, False)  # Å, kcal/mol/Å, kcal/mol, ps
+            pos, frc, ene, tim, _ = state_arrays(context, False)  # Å, kcal/mol/Å, kcal/mol, ps
             d = float(np.linalg.norm(pos[frozen] - r0_a, axis=1).max())
             drift = max(drift, d)
             buf.append((pos, frc, ene, tim))
@@ -269,9 +267,9 @@ def sample_frozen(
             if len(buf) == int(chunk_frames) or t == int(n_frames) - 1 or d > tolerance:
                 p, f, e, tm = zip(*buf, strict=True)
                 ids = np.arange(t + 1 - len(buf), t + 1, dtype=np.int64)  # frame_id = frame index
-                _data.append_frames(h5, np.stack(p), np.stack(f), np.asarray(tm, "f8"), ids, np.asarray(e, "f8"))
+                append_frames(h5, np.stack(p), np.stack(f), np.asarray(tm, "f8"), ids, np.asarray(e, "f8"))
                 h5.attrs["frozen_max_displacement_angstrom"] = drift
-                _data.commit(h5)
+                commit(h5)
                 buf.clear()
             if d > tolerance:
                 raise FrozenAtomsDrifted(
@@ -281,13 +279,6 @@ def sample_frozen(
         bar.close()
         h5.close()
     return out_path
-
-
-def _read_block(h5, path, key):
-    if key not in h5:
-        raise _data.DatasetError(path, key, "missing (run map_dataset/write_cg and "
-                                 "compute_targets(full_block=True) first)")  # fmt: skip
-    return h5[key]
 
 
 def estimate_cg_hessian(path: str | Path, temperature: float | None = None, n_blocks: int = 10) -> dict:
@@ -315,46 +306,43 @@ def estimate_cg_hessian(path: str | Path, temperature: float | None = None, n_bl
         ‖sem‖_F/‖hessian‖_F; ``drift_angstrom`` (root ``frozen_max_displacement_angstrom``, or None).
 
     Raises:
-        FileNotFoundError: no such file.
+        DatasetNotFoundError: no such file (also a ``FileNotFoundError``).
         DatasetError: ``cg/hessian_block`` or ``cg/forces`` missing, shapes inconsistent, no
             temperature, or a frame not computed (done flag 0, or NaN/inf) — naming the first.
         ValueError: ``n_blocks`` out of range.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such dataset file")
-    with h5py.File(path, "r") as h5:
-        hb = _read_block(h5, path, "cg/hessian_block")
-        fr = _read_block(h5, path, "cg/forces")
-        t = int(hb.shape[0])
-        if hb.ndim != 3 or fr.ndim != 3 or fr.shape[0] != t or hb.shape[1:] != (3 * fr.shape[1],) * 2:
-            raise _data.DatasetError(path, "cg/hessian_block", f"shape {hb.shape} does not match cg/forces "
-                                     f"{fr.shape} (expected (T, 3n, 3n) and (T, n, 3))")  # fmt: skip
+    with open_dataset(path) as ds:
+        hb = ds.hessian_block  # NoHessianBlockError names the file
+        hshape, fshape = hb.shape, ds.shape_of(sc.CG_FORCES)  # DatasetError if cg/forces is missing
+        t = int(hshape[0])
+        if len(hshape) != 3 or len(fshape) != 3 or fshape[0] != t or hshape[1:] != (3 * fshape[1],) * 2:
+            raise DatasetError(ds.path, sc.HESSIAN_BLOCK, f"shape {hshape} does not match cg/forces "
+                               f"{fshape} (expected (T, 3n, 3n) and (T, n, 3))")  # fmt: skip
         d = int(hb.shape[1])
         if temperature is None:
-            if "temperature" not in h5.attrs:
-                raise _data.DatasetError(path, "/", "no 'temperature' attribute; pass temperature")
-            temperature = float(h5.attrs["temperature"])
+            if ds.temperature is None:
+                raise DatasetError(ds.path, "/", "no 'temperature' attribute; pass temperature")
+            temperature = ds.temperature
         b = _beta(float(temperature))
         if not 2 <= int(n_blocks) <= t // 2:
             raise ValueError(f"need 2 <= n_blocks <= T // 2 (T={t} frames), got n_blocks={n_blocks}")
-        done = (h5["cg/hessian_block_done"][()].astype(bool) if "cg/hessian_block_done" in h5
-                else np.ones(t, dtype=bool))  # fmt: skip
+        done = hb.done()
         if not done.all():
             f0 = int(np.argmin(done))
-            raise _data.DatasetError(path, "cg/hessian_block", "not computed (done flag 0); finish "
-                                     "compute_targets(full_block=True, resume=True)", f0)  # fmt: skip
-        drift = h5.attrs.get("frozen_max_displacement_angstrom")
+            raise DatasetError(ds.path, sc.HESSIAN_BLOCK, "not computed (done flag 0); finish "
+                               "compute_targets(full_block=True, resume=True)", f0)  # fmt: skip
+        drift = ds.attr(sc.ATTR_FROZEN_DRIFT)
         drift = None if drift is None else float(drift)
         blocks = []  # (n_t, mean block (d, d), mean Pf (d,), M2 (d, d))
         for sl in np.array_split(np.arange(t), int(n_blocks)):
-            h = np.asarray(hb[sl[0] : sl[-1] + 1], dtype=np.float64)  # (m, d, d)
-            f = np.asarray(fr[sl[0] : sl[-1] + 1], dtype=np.float64).reshape(len(sl), d)  # (m, d)
-            for key, arr in (("cg/hessian_block", h), ("cg/forces", f)):
+            rows = slice(int(sl[0]), int(sl[-1]) + 1)
+            h = np.asarray(hb.values(rows), dtype=np.float64)  # (m, d, d)
+            f = np.asarray(ds.cg.forces(rows), dtype=np.float64).reshape(len(sl), d)  # (m, d)
+            for key, arr in ((sc.HESSIAN_BLOCK, h), (sc.CG_FORCES, f)):
                 bad = ~np.isfinite(arr.reshape(len(sl), -1)).all(axis=1)
                 if bad.any():
-                    raise _data.DatasetError(path, key, "contains NaN or inf (frame not computed?)",
-                                             int(sl[0] + np.argmax(bad)))  # fmt: skip
+                    raise DatasetError(ds.path, key, "contains NaN or inf (frame not computed?)",
+                                       int(sl[0] + np.argmax(bad)))  # fmt: skip
             fm = f.mean(axis=0)
             blocks.append((len(sl), h.mean(axis=0), fm, (f - fm).T @ (f - fm)))
 

@@ -1,27 +1,13 @@
-"""The hessid dataset file: one HDF5 per protein (docs/architecture.md, "Dataset file").
+"""Writing and validating the hessid dataset file (layout: :mod:`hessid.training.data.schema`).
 
-Layout (all arrays in hessid units; OpenMM's nm and kJ/mol are converted before writing)::
-
-    topology            scalar UTF-8 string      PDB text of the AA system
-    coordinates         (T, N, 3) float64        Å
-    forces              (T, N, 3) float64        kcal/mol/Å, forces of the saved positions
-    potential_energy    (T,) float64             kcal/mol (optional for imported data)
-    time                (T,) float64             ps, strictly increasing
-    frame_id            (T,) int64               global frame id (probe seeding key), unique
-    box                 (T, 3, 3) float64        Å, periodic systems only
-    cg/weights, cg/projector        (n, N)       S and Q (Q aggregated over rigid X–H groups
-                                                 for HBond-constrained data, see write_cg)
-    cg/coordinates, cg/forces       (T, n, 3)    Å; P f in kcal/mol/Å
-    cg/bead_types (n,) int64, cg/bonds (n_bonds, 2) int64
-    cg/hvp_term1 (T, k, n, 3) kcal/mol/Å², cg/hvp_term1_done (T,) uint8   (training.targets)
-    cg/hessian_block (T, 3n, 3n) kcal/mol/Å², cg/hessian_block_done (T,) uint8  (optional)
-
-Public functions: :func:`create_dataset`, :func:`append_frames`, :func:`truncate_frames`,
-:func:`write_dataset`, :func:`validate_dataset`, :func:`load_dataset`, the importers
-:func:`import_hdf5`, :func:`import_arrays`, :func:`import_trajectory`, and the CG step
-:func:`ca_map`, :func:`hbond_pairs`, :func:`write_cg`, :func:`load_cg`. Every validation
-failure raises :class:`DatasetError` naming the file, the dataset and (where it applies) the
-frame.
+Public functions: :func:`dataset_path` (name or path → file), :func:`create_dataset`,
+:func:`append_frames`, :func:`commit`, :func:`truncate_frames`, :func:`open_for_append`,
+:func:`write_dataset`, :func:`validate_dataset`, :func:`copy_frames`, and the topology helpers
+:func:`read_topology_text`, :func:`topology_from_pdb`, :func:`count_pdb_atoms`. Reading is
+:func:`hessid.training.data.reader.open_dataset`; imports of foreign files are in
+:mod:`.importers`, the CG map in :mod:`.cg_map`. Every validation failure raises
+:class:`~hessid.training.data.schema.DatasetError` naming the file, the dataset and (where it
+applies) the frame.
 """
 
 from __future__ import annotations
@@ -30,99 +16,41 @@ import io
 import json
 import os
 import platform as _platform
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+import openmm
+from hessid.training.data import schema as sc
+from hessid.training.data.schema import DatasetError, DatasetNotFoundError
+from openmm.app import PDBFile
 
-from hessid.units import ANGSTROM_PER_NM, KJ_PER_KCAL
+import hessid
 
-#: accepted spellings → factor that converts a value in that unit to hessid's unit
-LENGTH_UNITS = {"angstrom": 1.0, "nm": ANGSTROM_PER_NM}
-FORCE_UNITS = {
-    "kcal/mol/angstrom": 1.0,
-    "kj/mol/nm": 1.0 / (KJ_PER_KCAL * ANGSTROM_PER_NM),
-    "kcal/mol/nm": 1.0 / ANGSTROM_PER_NM,
-    "kj/mol/angstrom": 1.0 / KJ_PER_KCAL,
-}
-ENERGY_UNITS = {"kcal/mol": 1.0, "kj/mol": 1.0 / KJ_PER_KCAL}
-_UNIT_ALIASES = {
-    "a": "angstrom", "å": "angstrom", "ang": "angstrom", "angstroms": "angstrom",
-    "nanometer": "nm", "nanometers": "nm",
-}  # fmt: skip
+__all__ = [
+    "DatasetError", "append_frames", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
+    "dataset_path", "open_for_append", "read_topology_text", "software_versions", "topology_from_pdb",
+    "truncate_frames", "validate_dataset", "write_dataset",
+]  # fmt: skip
 
-#: the 20 standard residues (bead-type vocabulary, index = bead type); others are appended
-STANDARD_RESIDUES = (
-    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
-    "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL",
-)  # fmt: skip
-#: protonation/bonding variants mapped to their standard residue for bead types
-RESIDUE_ALIASES = {
-    "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS",
-    "CYX": "CYS", "CYM": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS",
-}  # fmt: skip
-
-_AA_REQUIRED = ("topology", "coordinates", "forces", "time", "frame_id")
-_FRAME_BLOCK = 256  # frames read at a time while validating
-
-
-class DatasetError(ValueError):
-    """A dataset file is malformed. The message names the file, dataset and frame."""
-
-    def __init__(self, path, dataset: str, message: str, frame: int | None = None):
-        where = f"{path}: dataset '{dataset}'"
-        if frame is not None:
-            where += f", frame {frame}"
-        super().__init__(f"{where}: {message}")
-        self.path, self.dataset, self.frame = str(path), dataset, frame
+#: frames read at a time while validating and mapping
+FRAME_BLOCK = 256
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def normalize_unit(unit: str | bytes | None, kind: str) -> str:
-    """Canonical spelling of a length ("angstrom", "nm"), force ("kcal/mol/angstrom", ...)
-    or energy ("kcal/mol", "kj/mol") unit.
-
-    Raises:
-        ValueError: unit is None or not recognised for ``kind``.
-    """
-    table = {"length": LENGTH_UNITS, "force": FORCE_UNITS, "energy": ENERGY_UNITS}[kind]
-    if unit is None:
-        raise ValueError(f"{kind} unit not given")
-    if isinstance(unit, bytes):
-        unit = unit.decode()
-    u = str(unit).strip().lower().replace(" ", "").replace("kilojoule", "kj")
-    u = u.replace("kilocalorie", "kcal").replace("/mole", "/mol").replace("**-1", "")
-    parts = [_UNIT_ALIASES.get(p, p) for p in re.split(r"/", u)]
-    u = "/".join(parts)
-    if u not in table:
-        raise ValueError(f"{kind} unit {unit!r} not recognised; use one of {sorted(table)}")
-    return u
-
-
 def software_versions() -> dict:
     """Versions of the software that produced a file (stored as the ``versions`` attr)."""
-    import hessid
-
-    out = {"python": _platform.python_version(), "numpy": np.__version__,
-           "h5py": h5py.__version__, "hessid": hessid.__version__}  # fmt: skip
-    try:
-        import openmm
-
-        out["openmm"] = openmm.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+    return {"python": _platform.python_version(), "numpy": np.__version__,
+            "h5py": h5py.__version__, "hessid": hessid.__version__, "openmm": openmm.__version__}  # fmt: skip
 
 
 def dataset_path(name_or_path: str | Path, root: str | Path = ".") -> Path:
-    """Resolve ``hessid`` CLI dataset arguments to the HDF5 path.
+    """Resolve a dataset argument (name or path) to the HDF5 path; the file need not exist.
 
     ``chignolin`` → ``<root>/chignolin/chignolin.h5``; a directory ``d`` → ``d/<d.name>.h5``;
-    a path ending in ``.h5`` is returned as is.
+    a path ending in ``.h5``/``.hdf5`` is returned as is.
     """
     p = Path(name_or_path)
     if p.suffix in (".h5", ".hdf5"):
@@ -138,15 +66,14 @@ def topology_from_pdb(text: str, source: str = "topology"):
     Raises:
         ValueError: the text cannot be parsed as PDB.
     """
-    from openmm.app import PDBFile
-
     try:
         return PDBFile(io.StringIO(text)).topology
     except Exception as exc:  # noqa: BLE001 - re-raised with the source named
         raise ValueError(f"{source}: not readable as PDB text ({exc})") from exc
 
 
-def _count_pdb_atoms(text: str) -> int:
+def count_pdb_atoms(text: str) -> int:
+    """Number of ATOM/HETATM records of the first model of PDB text (no parsing beyond that)."""
     n = 0
     for line in text.splitlines():
         if line.startswith(("ATOM  ", "HETATM")):
@@ -156,8 +83,13 @@ def _count_pdb_atoms(text: str) -> int:
     return n
 
 
-def _read_topology_text(h5: h5py.File) -> str:
-    raw = h5["topology"][()]
+def read_topology_text(h5) -> str:
+    """The ``topology`` string (PDB text) of an open dataset file (``h5py.File`` or group).
+
+    Raises:
+        KeyError: no ``topology`` dataset.
+    """
+    raw = h5[sc.TOPOLOGY][()]
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
@@ -178,7 +110,8 @@ def create_dataset(
         path: output ``.h5`` path (parents created).
         topology_pdb: PDB text of the AA system (N atoms).
         attrs: root attributes; ``temperature`` (K), ``forcefield``, ``solvent``, ``platform``,
-            ``seed``, ``name`` as known. ``length_unit``/``energy_unit``/``versions`` are set here.
+            ``seed``, ``name`` as known. ``format_version``/``length_unit``/``energy_unit``/
+            ``versions`` are set here.
         periodic: also create the ``box`` dataset (T, 3, 3) Å.
         overwrite: replace an existing file.
         chunk_frames: HDF5 chunk length along the frame axis.
@@ -193,32 +126,56 @@ def create_dataset(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (use --overwrite to replace, --resume to continue)")
-    n_atoms = _count_pdb_atoms(topology_pdb)
+    n_atoms = count_pdb_atoms(topology_pdb)
     if n_atoms == 0:
         raise ValueError(f"{path}: topology has no ATOM/HETATM records")
     path.parent.mkdir(parents=True, exist_ok=True)
     h5 = h5py.File(path, "w")
-    h5.create_dataset("topology", data=topology_pdb, dtype=h5py.string_dtype("utf-8"))
+    h5.create_dataset(sc.TOPOLOGY, data=topology_pdb, dtype=h5py.string_dtype("utf-8"))
     c = max(1, int(chunk_frames))
-    for key in ("coordinates", "forces"):
+    for key in (sc.COORDINATES, sc.FORCES):
         h5.create_dataset(key, shape=(0, n_atoms, 3), maxshape=(None, n_atoms, 3),
                           dtype="f8", chunks=(c, n_atoms, 3))  # fmt: skip
-    for key, dt in (("potential_energy", "f8"), ("time", "f8"), ("frame_id", "i8")):
+    for key, dt in ((sc.POTENTIAL_ENERGY, "f8"), (sc.TIME, "f8"), (sc.FRAME_ID, "i8")):
         h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(max(c, 64),))
     if periodic:
-        h5.create_dataset("box", shape=(0, 3, 3), maxshape=(None, 3, 3), dtype="f8",
+        h5.create_dataset(sc.BOX, shape=(0, 3, 3), maxshape=(None, 3, 3), dtype="f8",
                           chunks=(max(c, 64), 3, 3))  # fmt: skip
-    h5["coordinates"].attrs["unit"] = "angstrom"
-    h5["forces"].attrs["unit"] = "kcal/mol/angstrom"
-    h5["potential_energy"].attrs["unit"] = "kcal/mol"
-    h5["time"].attrs["unit"] = "ps"
-    h5.attrs["length_unit"] = "angstrom"
-    h5.attrs["energy_unit"] = "kcal/mol"
-    h5.attrs["versions"] = json.dumps(software_versions())
+    for key, unit in sc.AA_UNITS.items():
+        h5[key].attrs[sc.ATTR_UNIT] = unit
+    h5.attrs[sc.ATTR_FORMAT_VERSION] = sc.FORMAT_VERSION
+    for attr, unit in sc.ROOT_UNITS.items():
+        h5.attrs[attr] = unit
+    h5.attrs[sc.ATTR_VERSIONS] = json.dumps(software_versions())
     for k, v in attrs.items():
         if v is not None:
             h5.attrs[k] = v
     h5.flush()
+    return h5
+
+
+def open_for_append(path: str | Path) -> h5py.File:
+    """Open an existing dataset file for :func:`append_frames` / :func:`truncate_frames`
+    (``--resume`` of a simulation).
+
+    Returns:
+        ``h5py.File`` in mode ``r+`` (caller closes it).
+
+    Raises:
+        DatasetNotFoundError: no such file.
+        DatasetError: the file cannot be opened (e.g. damaged by a kill during a chunk write,
+            docs/data.md "Crash safety"); the message says to start again with --overwrite.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetNotFoundError(path)
+    try:
+        h5 = h5py.File(path, "r+")
+    except OSError as exc:
+        raise DatasetError(path, None, f"cannot be opened for --resume ({exc}); the file was "
+                           "probably damaged by a kill during a chunk write. Start again "
+                           "with --overwrite") from exc  # fmt: skip
+    sc.format_version_of(h5.attrs, path)
     return h5
 
 
@@ -242,12 +199,12 @@ def append_frames(
     """
     coordinates = np.asarray(coordinates, dtype=np.float64)
     b = coordinates.shape[0]
-    t0 = h5["coordinates"].shape[0]
-    items = {"coordinates": coordinates, "forces": forces, "time": time, "frame_id": frame_id}
+    t0 = h5[sc.COORDINATES].shape[0]
+    items = {sc.COORDINATES: coordinates, sc.FORCES: forces, sc.TIME: time, sc.FRAME_ID: frame_id}
     if potential_energy is not None:
-        items["potential_energy"] = potential_energy
+        items[sc.POTENTIAL_ENERGY] = potential_energy
     if box is not None:
-        items["box"] = box
+        items[sc.BOX] = box
     for key, arr in items.items():
         arr = np.asarray(arr)
         ds = h5[key]
@@ -284,11 +241,9 @@ def commit(h5: h5py.File) -> None:
 
 
 def truncate_frames(h5: h5py.File, n_frames: int) -> None:
-    """Cut every per-frame AA dataset (and any cg/ per-frame dataset) to ``n_frames`` frames.
-
-    Used by ``--resume`` when the file holds frames written after the last checkpoint.
-    """
-    for key in ("coordinates", "forces", "potential_energy", "time", "frame_id", "box"):
+    """Cut every per-frame AA dataset to ``n_frames`` frames (``--resume`` when the file holds
+    frames written after the last checkpoint). The ``cg/`` group is left as is."""
+    for key in sc.AA_PER_FRAME:
         if key in h5 and h5[key].shape[0] > n_frames:
             h5[key].resize(n_frames, axis=0)
     h5.flush()
@@ -326,7 +281,7 @@ def write_dataset(
     attrs = dict(attrs or {})
     if time is None:
         time = np.arange(t, dtype=np.float64)
-        attrs["time_is_index"] = True
+        attrs[sc.ATTR_TIME_IS_INDEX] = True
     if frame_id is None:
         frame_id = np.arange(t, dtype=np.int64)
     with create_dataset(path, topology_pdb, attrs, periodic=box is not None,
@@ -336,9 +291,81 @@ def write_dataset(
                       None if potential_energy is None else np.asarray(potential_energy, "f8"),
                       None if box is None else np.asarray(box, "f8"))  # fmt: skip
         if potential_energy is None:
-            del h5["potential_energy"]
+            del h5[sc.POTENTIAL_ENERGY]
     validate_dataset(path)
     return Path(path)
+
+
+def copy_frames(
+    sources: list[tuple[str | Path, np.ndarray]],
+    dst: str | Path,
+    frame_id: np.ndarray | None = None,
+    time: np.ndarray | None = None,
+    extra_datasets: dict | None = None,
+    extra_attrs: dict | None = None,
+) -> Path:
+    """Write a new dataset holding chosen frames of one or more dataset files (concatenated in
+    the order given), e.g. a training pool or a subset of it.
+
+    Per-frame datasets (first axis T of the first source, except ``topology`` and the CG map
+    arrays ``cg/weights``, ``cg/projector``, ``cg/bead_types``, ``cg/bonds``) are taken at the
+    given rows; every other dataset and all attributes come from the first source. The file is
+    written to ``<dst>.tmp.h5`` and renamed, so ``dst`` is never half-written.
+
+    Args:
+        sources: ``[(file, rows)]``, rows (R,) int indices into that file's frames.
+        dst: output ``.h5`` (parents created; replaced if it exists).
+        frame_id: (ΣR,) int64 replacing the copied ``frame_id`` (e.g. made unique across runs).
+        time: (ΣR,) float64 ps replacing the copied ``time``.
+        extra_datasets: ``{key: array}`` written as new datasets (e.g. a per-frame draw rank).
+        extra_attrs: root attributes added or replaced.
+
+    Returns:
+        ``dst`` as a Path (not validated; frame ids may repeat across sources).
+
+    Raises:
+        DatasetNotFoundError: a source does not exist.
+    """
+    dst = Path(dst)
+    for f, _ in sources:
+        if not Path(f).exists():
+            raise DatasetNotFoundError(f)
+    tmp = dst.with_suffix(".tmp.h5")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fixed = (sc.CG_WEIGHTS, sc.CG_PROJECTOR, sc.CG_BEAD_TYPES, sc.CG_BONDS)
+    with h5py.File(sources[0][0], "r") as first, h5py.File(tmp, "w") as o:
+        t_first = first[sc.COORDINATES].shape[0]
+        for k, v in first.attrs.items():
+            o.attrs[k] = v
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group):
+                g = o.require_group(name)
+                for k, v in obj.attrs.items():
+                    g.attrs[k] = v
+                return
+            per_frame = obj.shape and obj.shape[0] == t_first and name != sc.TOPOLOGY and not name.startswith(fixed)
+            if not per_frame:
+                ds = o.create_dataset(name, data=obj[()], dtype=obj.dtype)
+            else:
+                parts = []
+                for f, r in sources:
+                    with h5py.File(f, "r") as h:
+                        parts.append(h[name][()][np.asarray(r)])
+                ds = o.create_dataset(name, data=np.concatenate(parts), dtype=obj.dtype)
+            for k, v in obj.attrs.items():
+                ds.attrs[k] = v
+
+        first.visititems(visit)
+        for key, arr in ((sc.FRAME_ID, frame_id), (sc.TIME, time)):
+            if arr is not None:
+                o[key][...] = np.asarray(arr, dtype=o[key].dtype)
+        for key, arr in (extra_datasets or {}).items():
+            o.create_dataset(key, data=np.asarray(arr))
+        for k, v in (extra_attrs or {}).items():
+            o.attrs[k] = v
+    os.replace(tmp, dst)
+    return dst
 
 
 # ----------------------------------------------------------------------------- validation
@@ -346,8 +373,8 @@ def write_dataset(
 
 def _check_finite(path, h5, key: str, mask: np.ndarray | None = None) -> None:
     ds = h5[key]
-    for start in range(0, ds.shape[0], _FRAME_BLOCK):
-        block = ds[start : start + _FRAME_BLOCK]
+    for start in range(0, ds.shape[0], FRAME_BLOCK):
+        block = ds[start : start + FRAME_BLOCK]
         bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
         if mask is not None:
             bad &= mask[start : start + block.shape[0]].astype(bool)
@@ -356,9 +383,10 @@ def _check_finite(path, h5, key: str, mask: np.ndarray | None = None) -> None:
 
 
 def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool = True) -> dict:
-    """Check a dataset file against the layout in the module docstring.
+    """Check a dataset file against the layout of :mod:`hessid.training.data.schema`.
 
-    Checks: required datasets and unit attributes present; shapes consistent (T, N, 3) with N
+    Checks: required datasets and unit attributes present; a readable format version (absent
+    = 1); shapes consistent (T, N, 3) with N
     = atoms of the topology; CG arrays consistent with (n, N); ``time`` strictly increasing;
     ``frame_id`` unique; no NaN/inf in coordinates, forces, energies, CG arrays and finished
     ``hvp_term1`` frames (``check_values``). ``check_cg=False`` skips the ``cg/`` group (the
@@ -369,62 +397,63 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
         summary dict: ``n_frames``, ``n_atoms``, ``n_beads`` (or None), ``n_probes`` (or None).
 
     Raises:
-        FileNotFoundError: no such file.
+        DatasetNotFoundError: no such file (also a ``FileNotFoundError``).
         DatasetError: the first problem found, naming file, dataset and frame.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such dataset file")
+        raise DatasetNotFoundError(path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
         raise DatasetError(path, "/", f"not a readable HDF5 file ({exc})") from exc
     with h5:
-        for key in _AA_REQUIRED:
+        for key in sc.AA_REQUIRED:
             if key not in h5:
                 raise DatasetError(path, key, "missing")
-        for attr, want in (("length_unit", "angstrom"), ("energy_unit", "kcal/mol")):
+        sc.format_version_of(h5.attrs, path)
+        for attr, want in sc.ROOT_UNITS.items():
             if attr not in h5.attrs:
                 raise DatasetError(path, "/", f"missing units: root attribute '{attr}'")
             if str(h5.attrs[attr]) != want:
                 raise DatasetError(path, "/", f"attribute {attr}={h5.attrs[attr]!r}, expected {want!r}")
-        n_top = _count_pdb_atoms(_read_topology_text(h5))
-        coords = h5["coordinates"]
+        n_top = count_pdb_atoms(read_topology_text(h5))
+        coords = h5[sc.COORDINATES]
         if coords.ndim != 3 or coords.shape[2] != 3:
             raise DatasetError(path, "coordinates", f"shape {coords.shape}, expected (T, N, 3)")
         t, n_atoms = coords.shape[:2]
         if n_atoms != n_top:
             raise DatasetError(path, "coordinates",
                                f"{n_atoms} atoms but the topology has {n_top}")  # fmt: skip
-        expect = {"forces": (t, n_atoms, 3), "time": (t,), "frame_id": (t,),
-                  "potential_energy": (t,), "box": (t, 3, 3)}  # fmt: skip
+        expect = {sc.FORCES: (t, n_atoms, 3), sc.TIME: (t,), sc.FRAME_ID: (t,),
+                  sc.POTENTIAL_ENERGY: (t,), sc.BOX: (t, 3, 3)}  # fmt: skip
         for key, shape in expect.items():
             if key in h5 and h5[key].shape != shape:
                 raise DatasetError(path, key, f"shape {h5[key].shape}, expected {shape} "
                                    f"(T={t} frames, N={n_atoms} atoms)")  # fmt: skip
-        time = h5["time"][()]
+        time = h5[sc.TIME][()]
         if not np.isfinite(time).all():
             raise DatasetError(path, "time", "contains NaN or inf", int(np.argmax(~np.isfinite(time))))
         if t > 1 and not (np.diff(time) > 0).all():
             bad = int(np.argmax(~(np.diff(time) > 0))) + 1
             raise DatasetError(path, "time", f"not strictly increasing ({time[bad - 1]} → {time[bad]} ps)", bad)
-        fid = h5["frame_id"][()]
+        fid = h5[sc.FRAME_ID][()]
         if np.unique(fid).size != fid.size:
             _, first = np.unique(fid, return_index=True)
             dup = int(np.setdiff1d(np.arange(fid.size), first)[0])
             raise DatasetError(path, "frame_id", f"duplicate frame id {fid[dup]}", dup)
         if check_values:
-            for key in ("coordinates", "forces", "potential_energy", "box"):
+            for key in (sc.COORDINATES, sc.FORCES, sc.POTENTIAL_ENERGY, sc.BOX):
                 if key in h5:
                     _check_finite(path, h5, key)
         summary = {"n_frames": int(t), "n_atoms": int(n_atoms), "n_beads": None, "n_probes": None}
-        if "cg" in h5 and check_cg:
+        if sc.CG in h5 and check_cg:
             summary.update(_validate_cg(path, h5, t, n_atoms, check_values))
     return summary
 
 
 def _validate_cg(path, h5, t: int, n_atoms: int, check_values: bool) -> dict:
-    cg = h5["cg"]
+    cg = h5[sc.CG]
     for key in ("weights", "projector"):
         if key not in cg:
             raise DatasetError(path, f"cg/{key}", "missing")
@@ -446,7 +475,7 @@ def _validate_cg(path, h5, t: int, n_atoms: int, check_values: bool) -> dict:
         if h.ndim != 4 or h.shape[0] != t or h.shape[2:] != (n, 3):
             raise DatasetError(path, "cg/hvp_term1", f"shape {h.shape}, expected ({t}, k, {n}, 3)")
         k = int(h.shape[1])
-        for attr in ("probe_kind", "probe_seed", "epsilon_nm", "unit"):
+        for attr in sc.TERM1_REQUIRED_ATTRS:
             if attr not in h.attrs:
                 raise DatasetError(path, "cg/hvp_term1", f"missing attribute '{attr}'")
     if check_values:
@@ -460,497 +489,3 @@ def _validate_cg(path, h5, t: int, n_atoms: int, check_values: bool) -> dict:
     return {"n_beads": int(n), "n_probes": k}
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-@dataclass
-class CGData:
-    """The ``cg/`` group in memory (hessid units).
-
-    Attributes:
-        weights, projector: (n, N) float64, S and Q.
-        coordinates: (T, n, 3) Å.  forces: (T, n, 3) kcal/mol/Å (P f).
-        bead_types: (n,) int64.  bonds: (n_bonds, 2) int64.  vocabulary: residue names.
-        hvp_term1: (T, k, n, 3) kcal/mol/Å² or None; ``term1_attrs`` its attributes.
-        term1_done: (T,) bool or None.
-    """
-
-    weights: np.ndarray
-    projector: np.ndarray
-    coordinates: np.ndarray | None = None
-    forces: np.ndarray | None = None
-    bead_types: np.ndarray | None = None
-    bonds: np.ndarray | None = None
-    vocabulary: list = field(default_factory=list)
-    hvp_term1: np.ndarray | None = None
-    term1_attrs: dict = field(default_factory=dict)
-    term1_done: np.ndarray | None = None
-
-    def linear_map(self):
-        """:class:`hessid.maps.LinearMap` with these weights and projector."""
-        from hessid.maps import LinearMap
-
-        return LinearMap(self.weights, self.projector)
-
-
-@dataclass
-class AADataset:
-    """A loaded dataset file (all arrays in memory, hessid units).
-
-    Attributes:
-        path: the file.  topology_pdb: PDB text.  attrs: root attributes.
-        coordinates: (T, N, 3) Å.  forces: (T, N, 3) kcal/mol/Å.  time: (T,) ps.
-        frame_id: (T,) int64.  potential_energy: (T,) kcal/mol or None.  box: (T, 3, 3) Å or None.
-        cg: :class:`CGData` or None.
-    """
-
-    path: Path
-    topology_pdb: str
-    attrs: dict
-    coordinates: np.ndarray
-    forces: np.ndarray
-    time: np.ndarray
-    frame_id: np.ndarray
-    potential_energy: np.ndarray | None = None
-    box: np.ndarray | None = None
-    cg: CGData | None = None
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.coordinates.shape[0])
-
-    @property
-    def topology(self):
-        """OpenMM ``Topology`` parsed from :attr:`topology_pdb`."""
-        return topology_from_pdb(self.topology_pdb, f"{self.path}: topology")
-
-
-def load_cg(path: str | Path) -> CGData:
-    """Read the ``cg/`` group of a dataset file.
-
-    Raises:
-        DatasetError: the file has no ``cg/`` group (run ``hessid data map``).
-    """
-    with h5py.File(path, "r") as h5:
-        if "cg" not in h5:
-            raise DatasetError(path, "cg", "missing (run `hessid data map`)")
-        return _read_cg(h5["cg"])
-
-
-def _read_cg(cg) -> CGData:
-    def get(key):
-        return cg[key][()] if key in cg else None
-
-    out = CGData(weights=get("weights"), projector=get("projector"),
-                 coordinates=get("coordinates"), forces=get("forces"),
-                 bead_types=get("bead_types"), bonds=get("bonds"))  # fmt: skip
-    if "bead_types" in cg:
-        out.vocabulary = json.loads(cg["bead_types"].attrs.get("bead_vocabulary", "[]"))
-    if "hvp_term1" in cg:
-        out.hvp_term1 = cg["hvp_term1"][()]
-        out.term1_attrs = dict(cg["hvp_term1"].attrs)
-        if "hvp_term1_done" in cg:
-            out.term1_done = cg["hvp_term1_done"][()].astype(bool)
-    return out
-
-
-def load_dataset(path: str | Path, validate: bool = True) -> AADataset:
-    """Load a dataset file into memory (validated first unless ``validate=False``).
-
-    Raises:
-        FileNotFoundError, DatasetError: see :func:`validate_dataset`.
-    """
-    path = Path(path)
-    if validate:
-        validate_dataset(path)
-    with h5py.File(path, "r") as h5:
-        get = lambda k: h5[k][()] if k in h5 else None  # noqa: E731
-        return AADataset(
-            path=path, topology_pdb=_read_topology_text(h5), attrs=dict(h5.attrs),
-            coordinates=h5["coordinates"][()], forces=h5["forces"][()], time=h5["time"][()],
-            frame_id=h5["frame_id"][()], potential_energy=get("potential_energy"),
-            box=get("box"), cg=_read_cg(h5["cg"]) if "cg" in h5 else None,
-        )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- imports
-
-
-def _unit_from_attrs(ds, fallback_attrs, keys) -> str | None:
-    for attrs in (ds.attrs, fallback_attrs):
-        for k in keys:
-            if k in attrs:
-                v = attrs[k]
-                return v.decode() if isinstance(v, bytes) else str(v)
-    return None
-
-
-def _find_key(h5, candidates, explicit, src, what):
-    if explicit is not None:
-        if explicit not in h5:
-            raise DatasetError(src, explicit, f"missing ({what})")
-        return explicit
-    for c in candidates:
-        if c in h5 and isinstance(h5[c], h5py.Dataset):
-            return c
-    found = []
-    h5.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) and
-                  n.rsplit("/", 1)[-1] in candidates else None)  # fmt: skip
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise DatasetError(src, "/", f"no {what} dataset (looked for {candidates}); name it explicitly")
-    raise DatasetError(src, "/", f"several {what} datasets {found}; name one explicitly")
-
-
-def _topology_text(topology: str | Path | None, src) -> str:
-    if topology is None:
-        raise ValueError(f"{src}: a topology (PDB file) is required")
-    p = Path(topology)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such topology file")
-    if p.suffix.lower() == ".pdb":
-        return p.read_text()
-    import mdtraj
-
-    t = mdtraj.load_frame(str(p), 0) if p.suffix.lower() not in (".prmtop", ".psf") else None
-    if t is None:
-        raise ValueError(f"{p}: give a PDB topology (or a structure file mdtraj reads)")
-    out = io.StringIO()
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".pdb") as tmp:
-        t.save_pdb(tmp.name)
-        out.write(Path(tmp.name).read_text())
-    return out.getvalue()
-
-
-def _convert(arr, unit, kind, src, key):
-    try:
-        u = normalize_unit(unit, kind)
-    except ValueError as exc:
-        raise DatasetError(src, key, f"missing units: {exc}; declare it (e.g. --{kind}-unit)") from exc
-    table = {"length": LENGTH_UNITS, "force": FORCE_UNITS, "energy": ENERGY_UNITS}[kind]
-    return np.asarray(arr, dtype=np.float64) * table[u], u
-
-
-def _check_import_shapes(src, coords, forces, n_top):
-    if coords.ndim != 3 or coords.shape[2] != 3:
-        raise DatasetError(src, "coordinates", f"shape {coords.shape}, expected (T, N, 3)")
-    if forces.shape != coords.shape:
-        raise DatasetError(src, "forces", f"shape {forces.shape} != coordinates {coords.shape}")
-    if coords.shape[1] != n_top:
-        raise DatasetError(src, "coordinates", f"{coords.shape[1]} atoms but the topology has {n_top}")
-    for key, arr in (("coordinates", coords), ("forces", forces)):
-        bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-        if bad.any():
-            raise DatasetError(src, key, "contains NaN or inf", int(np.argmax(bad)))
-
-
-def import_hdf5(
-    source: str | Path,
-    out: str | Path,
-    topology: str | Path | None = None,
-    coordinates_key: str | None = None,
-    forces_key: str | None = None,
-    length_unit: str | None = None,
-    force_unit: str | None = None,
-    timestep_ps: float | None = None,
-    attrs: dict | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Import an Aghili/mdCATH-style HDF5 file (datasets ``coordinates``/``coords`` and
-    ``forces``, possibly nested in groups) into the hessid layout.
-
-    Units come from the arguments or from the datasets' ``unit``/``units`` attributes (or
-    root ``length_unit``/``force_unit``); they are never guessed: a missing unit is an error.
-    The topology comes from ``topology`` (PDB) or a ``topology``/``pdb``/``pdbProteinAtoms``
-    string dataset in the source.
-
-    Args:
-        source: input HDF5.  out: output ``.h5``.
-        coordinates_key, forces_key: dataset paths inside ``source`` (searched if None).
-        length_unit: of the coordinates ("angstrom" | "nm").  force_unit: of the forces
-            ("kcal/mol/angstrom" | "kj/mol/nm" | ...).
-        timestep_ps: time between frames, ps (else ``time`` from the source or the index).
-
-    Returns:
-        the output path (validated).
-
-    Raises:
-        DatasetError: missing dataset or unit, shape mismatch, NaN/inf, atom-count mismatch.
-    """
-    src = Path(source)
-    with h5py.File(src, "r") as h5:
-        ck = _find_key(h5, ("coordinates", "coords", "positions"), coordinates_key, src, "coordinate")
-        fk = _find_key(h5, ("forces",), forces_key, src, "force")
-        lu = length_unit or _unit_from_attrs(h5[ck], h5.attrs, ("unit", "units", "length_unit"))
-        fu = force_unit or _unit_from_attrs(h5[fk], h5.attrs, ("unit", "units", "force_unit"))
-        coords, lu = _convert(h5[ck][()], lu, "length", src, ck)
-        forces, fu = _convert(h5[fk][()], fu, "force", src, fk)
-        if topology is None:
-            tk = next((k for k in ("topology", "pdb", "pdbProteinAtoms") if k in h5), None)
-            if tk is None:
-                raise DatasetError(src, "topology", "missing: pass a PDB topology file")
-            raw = h5[tk][()]
-            top = raw.decode() if isinstance(raw, bytes) else str(raw)
-        else:
-            top = _topology_text(topology, src)
-        time = h5["time"][()] if "time" in h5 and timestep_ps is None else None
-    if coords.ndim == 2:
-        coords, forces = coords[None], forces[None]
-    _check_import_shapes(src, coords, forces, _count_pdb_atoms(top))
-    if time is None and timestep_ps is not None:
-        time = np.arange(1, coords.shape[0] + 1) * float(timestep_ps)
-    meta = {"source": str(src), "source_length_unit": lu, "source_force_unit": fu}
-    meta.update(attrs or {})
-    return write_dataset(out, top, coords, forces, time=time, attrs=meta, overwrite=overwrite)
-
-
-def import_arrays(
-    coordinates: str | Path | np.ndarray,
-    forces: str | Path | np.ndarray,
-    topology: str | Path,
-    out: str | Path,
-    length_unit: str,
-    force_unit: str,
-    timestep_ps: float | None = None,
-    attrs: dict | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Import npy/npz coordinate and force arrays (T, N, 3) with a PDB topology.
-
-    An ``.npz`` is read for keys ``coordinates``/``coords``/``positions`` and ``forces``.
-    Units must be declared (``length_unit``, ``force_unit``).
-
-    Raises:
-        DatasetError: unit missing, shape or atom-count mismatch, NaN/inf (file, array, frame).
-    """
-
-    def read(x, keys, what):
-        if isinstance(x, np.ndarray):
-            return x, what
-        p = Path(x)
-        if p.suffix == ".npz":
-            z = np.load(p)
-            for k in keys:
-                if k in z:
-                    return z[k], f"{p}:{k}"
-            raise DatasetError(p, "/", f"no {what} array (looked for {keys})")
-        return np.load(p), str(p)
-
-    c, csrc = read(coordinates, ("coordinates", "coords", "positions"), "coordinates")
-    f, fsrc = read(forces, ("forces",), "forces")
-    c, lu = _convert(c, length_unit, "length", csrc, "coordinates")
-    f, fu = _convert(f, force_unit, "force", fsrc, "forces")
-    top = _topology_text(topology, csrc)
-    _check_import_shapes(csrc, c, f, _count_pdb_atoms(top))
-    time = None if timestep_ps is None else np.arange(1, c.shape[0] + 1) * float(timestep_ps)
-    meta = {"source": str(csrc), "source_length_unit": lu, "source_force_unit": fu}
-    meta.update(attrs or {})
-    return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
-
-
-def import_trajectory(
-    trajectory: str | Path,
-    forces: str | Path | np.ndarray,
-    out: str | Path,
-    force_unit: str,
-    topology: str | Path | None = None,
-    attrs: dict | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Import any trajectory mdtraj reads (lengths known: mdtraj works in nm) plus a force
-    array (npy/npz, (T, N, 3)) whose unit must be declared.
-
-    Times come from the trajectory (ps) when strictly increasing, else the frame index.
-
-    Raises:
-        DatasetError: see :func:`import_arrays`.
-    """
-    import mdtraj
-
-    traj = mdtraj.load(str(trajectory), top=None if topology is None else str(topology))
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".pdb") as tmp:
-        traj[0].save_pdb(tmp.name)
-        top = Path(tmp.name).read_text()
-    f = np.load(forces) if not isinstance(forces, np.ndarray) else forces
-    if isinstance(f, np.lib.npyio.NpzFile):
-        f = f["forces"]
-    f, fu = _convert(f, force_unit, "force", str(forces), "forces")
-    c = np.asarray(traj.xyz, dtype=np.float64) * ANGSTROM_PER_NM
-    _check_import_shapes(trajectory, c, f, traj.n_atoms)
-    time = np.asarray(traj.time, dtype=np.float64)
-    if time.size > 1 and not (np.diff(time) > 0).all():
-        time = None
-    meta = {"source": str(trajectory), "source_length_unit": "nm", "source_force_unit": fu}
-    meta.update(attrs or {})
-    return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
-
-
-# ----------------------------------------------------------------------------- CG map
-
-
-def _residue_key(name: str) -> str:
-    name = name.upper()
-    return RESIDUE_ALIASES.get(name, name)
-
-
-def ca_map(topology, vocabulary: list[str] | None = None):
-    """Cα map of a protein topology: selection weights (P = M), bead types, chain bonds.
-
-    One bead per residue that has N, CA and C atoms (so calcium ions named CA are skipped).
-
-    Args:
-        topology: OpenMM ``Topology``.
-        vocabulary: residue-name list giving bead-type indices (default
-            :data:`STANDARD_RESIDUES`; unseen names are appended).
-
-    Returns:
-        ``(cg_map, bead_types (n,) int64, bonds (n_bonds, 2) int64, vocabulary)`` where
-        bonds join consecutive beads of the same chain (n − 1 for one chain).
-
-    Raises:
-        ValueError: no residue has a Cα.
-    """
-    from hessid.maps import LinearMap
-
-    vocab = list(vocabulary or STANDARD_RESIDUES)
-    idx, types, chain_of = [], [], []
-    n_atoms = 0
-    for chain in topology.chains():
-        for res in chain.residues():
-            atoms = {a.name: a.index for a in res.atoms()}
-            if {"N", "CA", "C"} <= atoms.keys():
-                key = _residue_key(res.name)
-                if key not in vocab:
-                    vocab.append(key)
-                idx.append(atoms["CA"])
-                types.append(vocab.index(key))
-                chain_of.append(chain.index)
-    n_atoms = topology.getNumAtoms()
-    if not idx:
-        raise ValueError("no residue with N, CA and C atoms: cannot build a Cα map")
-    bonds = [(i, i + 1) for i in range(len(idx) - 1) if chain_of[i] == chain_of[i + 1]]
-    cg_map = LinearMap.selection(idx, n_atoms)
-    return (cg_map, np.asarray(types, dtype=np.int64),
-            np.asarray(bonds, dtype=np.int64).reshape(-1, 2), vocab)  # fmt: skip
-
-
-def hbond_pairs(topology) -> np.ndarray:
-    """Atom pairs that OpenMM's ``constraints=HBonds`` makes rigid: every bond of the topology
-    with a hydrogen at either end (the rule of ``ForceField.createSystem``).
-
-    Args:
-        topology: OpenMM ``Topology`` (with bonds, e.g. from :func:`topology_from_pdb`).
-
-    Returns:
-        (m, 2) int64 atom indices.
-    """
-    from openmm.app import element
-
-    pairs = [(b.atom1.index, b.atom2.index) for b in topology.bonds()
-             if b.atom1.element is element.hydrogen or b.atom2.element is element.hydrogen]  # fmt: skip
-    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-def write_cg(
-    path: str | Path,
-    cg_map=None,
-    bead_types: np.ndarray | None = None,
-    bonds: np.ndarray | None = None,
-    vocabulary: list[str] | None = None,
-    overwrite: bool = False,
-    constraint_aware: bool = True,
-) -> CGData:
-    """Apply a linear CG map to a dataset file and write its ``cg/`` group (``hessid data map``).
-
-    R = S r (cg/coordinates, Å) and P f = Q f (cg/forces, kcal/mol/Å), spec §2.
-
-    Constrained data: when the file's root attribute ``constraints`` is ``"HBonds"`` (datasets
-    simulated by :mod:`.aa_md`), every bond with a hydrogen was rigid, and a projector is valid
-    only if its lift Pᵀv moves each rigid X–H group as one body. Q is then replaced by
-    :func:`hessid.maps.constraint_aware_projector` (spec §2 projector condition Q Sᵀ = I
-    extended to holonomic constraints; Krämer et al., JCTC 2023, force aggregation): for the
-    Cα map the force on a bead is f_CA + f_HA, the mean force of the constrained ensemble,
-    and the Term-1 lift moves HA with CA. ``cg/projector``, ``cg/forces`` and, through them,
-    the Term-1 targets use this Q; the attribute ``cg.attrs["projector_constraints"]`` is
-    ``"HBonds"`` or ``"none"``. Files without the attribute (imports) or with ``"none"`` keep
-    the map's projector.
-
-    Args:
-        path: dataset file (validated first).
-        cg_map: :class:`hessid.maps.LinearMap` with ``n_atoms == N``; default: :func:`ca_map`.
-        bead_types, bonds, vocabulary: required with a custom ``cg_map`` unless its bead count
-            equals the Cα count (then the Cα types and bonds are used).
-        overwrite: replace an existing ``cg/`` group (drops its targets).
-        constraint_aware: aggregate the projector over HBond-constrained groups (above); False
-            keeps ``cg_map.projector`` as given (use it with a projector that is already valid
-            under the constraints).
-
-    Returns:
-        the written :class:`CGData`.
-
-    Raises:
-        DatasetError: invalid file, ``cg/`` exists and not ``overwrite``, map/atom mismatch, or
-            no constraint-aware projector exists for this map (a rigid X–H group split between
-            beads; the message says so).
-    """
-    path = Path(path)
-    validate_dataset(path, check_cg=not overwrite)  # a group to be replaced may be stale
-    with h5py.File(path, "r") as h5:
-        top = topology_from_pdb(_read_topology_text(h5), f"{path}: topology")
-        exists = "cg" in h5
-        raw = h5.attrs.get("constraints", "none")
-        constraints = raw.decode() if isinstance(raw, bytes) else str(raw)
-    if exists and not overwrite:
-        raise DatasetError(path, "cg", "exists (pass overwrite=True / --overwrite to replace it)")
-    ca, ca_types, ca_bonds, ca_vocab = ca_map(top, vocabulary)
-    if cg_map is None:
-        cg_map = ca
-    if cg_map.n_atoms != top.getNumAtoms():
-        raise DatasetError(path, "cg/weights", f"map has {cg_map.n_atoms} atoms, file has {top.getNumAtoms()}")
-    n = cg_map.n_beads
-    if bead_types is None:
-        if n != ca.n_beads:
-            raise ValueError("a custom map with a different bead count needs bead_types and bonds")
-        bead_types, vocabulary = ca_types, ca_vocab
-    if bonds is None:
-        bonds = ca_bonds if n == ca.n_beads else np.zeros((0, 2), np.int64)
-    S = cg_map.weights.numpy()
-    Q = cg_map.projector.numpy()
-    projector_constraints = "none"
-    if constraint_aware and constraints.strip().lower() == "hbonds":
-        from hessid.maps import constraint_aware_projector
-
-        try:
-            Q = constraint_aware_projector(S, Q, hbond_pairs(top), n_atoms=S.shape[1]).numpy()
-        except ValueError as exc:
-            raise DatasetError(path, "cg/projector", f"HBond-constrained data: {exc} "
-                               "(or write_cg(..., constraint_aware=False) with a projector "
-                               "valid under the constraints)") from exc  # fmt: skip
-        projector_constraints = "HBonds"
-    with h5py.File(path, "r+") as h5:
-        if "cg" in h5:
-            del h5["cg"]
-        g = h5.create_group("cg")
-        g.create_dataset("weights", data=S)
-        g.create_dataset("projector", data=Q)
-        t = h5["coordinates"].shape[0]
-        for key, mat in (("coordinates", S), ("forces", Q)):
-            ds = g.create_dataset(key, shape=(t, n, 3), dtype="f8")
-            for start in range(0, t, _FRAME_BLOCK):
-                block = h5[key][start : start + _FRAME_BLOCK]  # (b, N, 3)
-                ds[start : start + block.shape[0]] = np.einsum("nN,bNc->bnc", mat, block)
-        g["coordinates"].attrs["unit"] = "angstrom"
-        g["forces"].attrs["unit"] = "kcal/mol/angstrom"
-        g["forces"].attrs["meaning"] = "P f, projected AA forces (spec §2)"
-        bt = g.create_dataset("bead_types", data=np.asarray(bead_types, dtype=np.int64))
-        bt.attrs["bead_vocabulary"] = json.dumps(list(vocabulary or []))
-        g.create_dataset("bonds", data=np.asarray(bonds, dtype=np.int64).reshape(-1, 2))
-        g.attrs["map"] = "ca" if cg_map is ca else "custom"
-        g.attrs["projector_constraints"] = projector_constraints
-        h5.flush()
-    return load_cg(path)

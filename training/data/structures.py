@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import openmm.unit as u
+import PeptideBuilder
+from Bio.PDB import PDBIO
+from openmm.app import Modeller, PDBFile, PDBxFile
+from pdbfixer import PDBFixer
+from PeptideBuilder import Geometry
 
 from hessid.units import length_angstrom_to_nm, length_nm_to_angstrom
 
@@ -55,8 +61,6 @@ class Structure:
 
     def to_pdb(self) -> str:
         """PDB text of the structure (OpenMM writer, ids kept, CONECT records for bonds)."""
-        import openmm.unit as u
-        from openmm.app import PDBFile
 
         out = io.StringIO()
         PDBFile.writeFile(self.topology, self.positions_nm() * u.nanometer, out, keepIds=True)
@@ -70,9 +74,8 @@ class Structure:
         return path
 
 
-def _positions_angstrom(positions) -> np.ndarray:
-    import openmm.unit as u
-
+def positions_angstrom(positions) -> np.ndarray:
+    """(N, 3) float64 Å of an OpenMM position ``Quantity`` (any length unit)."""
     return length_nm_to_angstrom(
         np.asarray(positions.value_in_unit(u.nanometer), dtype=np.float64)
     )
@@ -84,10 +87,9 @@ def structure_from_pdb_text(text: str, source: str = "") -> Structure:
     Raises:
         ValueError: the text holds no atoms.
     """
-    from openmm.app import PDBFile
 
     pdb = PDBFile(io.StringIO(text))
-    pos = _positions_angstrom(pdb.getPositions())
+    pos = positions_angstrom(pdb.getPositions())
     if pos.shape[0] == 0:
         raise ValueError(f"{source or 'PDB text'}: no atoms")
     return Structure(pdb.topology, pos, source)
@@ -114,9 +116,6 @@ def build_from_sequence(
     Raises:
         ValueError: empty sequence or a letter that is not a standard amino acid.
     """
-    import PeptideBuilder
-    from Bio.PDB import PDBIO
-    from PeptideBuilder import Geometry
 
     seq = sequence.strip().upper()
     if not seq:
@@ -141,8 +140,6 @@ def build_from_sequence(
 
 
 def _fix(text: str, ph: float, source: str) -> Structure:
-    from pdbfixer import PDBFixer
-
     fixer = PDBFixer(pdbfile=io.StringIO(text))
     fixer.findMissingResidues()
     fixer.missingResidues = {}  # never invent unresolved loops silently
@@ -151,7 +148,7 @@ def _fix(text: str, ph: float, source: str) -> Structure:
     fixer.findMissingAtoms()
     fixer.addMissingAtoms()
     fixer.addMissingHydrogens(ph)
-    return Structure(fixer.topology, _positions_angstrom(fixer.positions), source)
+    return Structure(fixer.topology, positions_angstrom(fixer.positions), source)
 
 
 def load_pdb(
@@ -179,7 +176,6 @@ def load_pdb(
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file holds no atoms.
     """
-    from openmm.app import Modeller, PDBFile, PDBxFile
 
     path = Path(path)
     if not path.exists():
@@ -200,7 +196,7 @@ def load_pdb(
         modeller.delete(drop)
     if modeller.topology.getNumAtoms() == 0:
         raise ValueError(f"{path}: no atoms left after stripping waters/ions")
-    s = Structure(modeller.topology, _positions_angstrom(modeller.positions), str(path))
+    s = Structure(modeller.topology, positions_angstrom(modeller.positions), str(path))
     if not fix:
         return s
     return _fix(s.to_pdb(), ph=ph, source=str(path))

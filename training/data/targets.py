@@ -38,8 +38,22 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from hessid.training.data import io as _data
+import openmm
+from hessid.training.data import schema as sc
+from hessid.training.data.aa_md import (
+    choose_platform,
+    create_system,
+    platform_precision,
+    system_hash,
+)
+from hessid.training.data.cg_map import write_cg
+from hessid.training.data.io import commit, dataset_path, validate_dataset
+from hessid.training.data.reader import Dataset, open_dataset
+from hessid.training.data.schema import DatasetError
+from openmm import unit
+from tqdm.auto import tqdm
 
+from hessid.probes import PROBE_KINDS, ProbeSpec
 from hessid.units import (
     ANGSTROM_PER_NM,
     hessian_kj_nm2_to_kcal_angstrom2,
@@ -76,11 +90,9 @@ def default_epsilon(precision: str) -> float:
 
 
 def _forces_nm(context, positions_nm: np.ndarray) -> np.ndarray:
-    import openmm.unit as u
-
     context.setPositions(positions_nm)
     f = context.getState(getForces=True).getForces(asNumpy=True)
-    return np.asarray(f.value_in_unit(u.kilojoule_per_mole / u.nanometer))
+    return np.asarray(f.value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
 
 
 def term1_fd(
@@ -183,8 +195,6 @@ def _context_for(spec: WorkerSpec):
         ``(context, spec)``.
     """
     if _WORKER.context is None or _WORKER.key != spec.key:
-        import openmm
-
         system = openmm.XmlSerializer.deserialize(spec.system_xml)
         integrator = openmm.VerletIntegrator(0.001)
         platform = openmm.Platform.getPlatformByName(spec.platform)
@@ -235,7 +245,7 @@ def _run_chunk(chunk: _Chunk, spec: WorkerSpec | None = None):
             (_worker_id(), _CONTEXTS_BUILT[0]))  # fmt: skip
 
 
-class _InlineExecutor(cf.Executor):
+class InlineExecutor(cf.Executor):
     """Runs tasks in the calling process (workers=0): no pickling, for tests and debugging."""
 
     def submit(self, fn, /, *args, **kwargs):
@@ -291,7 +301,7 @@ def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str |
     """
     if scheduler:
         try:
-            from dask.distributed import Client
+            from dask.distributed import Client  # optional: distributed (dask extra)
         except ImportError as exc:
             raise ImportError(
                 "--scheduler needs dask.distributed, which is not installed; "
@@ -307,7 +317,7 @@ def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str |
             raise
         return _DaskExecutor(client), task_spec, n
     if workers <= 0:
-        return _InlineExecutor(), spec, 1
+        return InlineExecutor(), spec, 1
     pool = cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(spec,),
@@ -359,19 +369,19 @@ class TargetsResult:
         return self.extra.get("frames_computed", 0) * self.n_probes / max(self.wall_s, 1e-12)
 
 
-def _system_for(h5, path, forcefield, solvent, constraints):
-    from hessid.training.data.aa_md import create_system, system_hash
-
-    ff = forcefield or str(h5.attrs.get("forcefield", "amber14-all.xml"))
-    solv = solvent or (str(h5.attrs["solvent"]) if "solvent" in h5.attrs else None)
+def _system_for(ds: Dataset, forcefield, solvent, constraints):
+    """(System, its sha256, force field, solvent, constraints) rebuilt from the dataset's
+    topology and attributes (arguments override them; imports lack them)."""
+    ff = forcefield or str(ds.attr(sc.ATTR_FORCEFIELD, "amber14-all.xml"))
+    solv = solvent or ds.attr(sc.ATTR_SOLVENT)
     if solv is None:
-        raise _data.DatasetError(path, "/", "no 'solvent' attribute; pass --solvent")
-    cons = constraints or str(h5.attrs.get("constraints", "HBonds"))
-    top = _data.topology_from_pdb(_data._read_topology_text(h5), f"{path}: topology")
-    if "box" in h5 and h5["box"].shape[0]:
-        import openmm.unit as u
-
-        top.setPeriodicBoxVectors(length_angstrom_to_nm(h5["box"][0]) * u.nanometer)
+        raise DatasetError(ds.path, "/", "no 'solvent' attribute; pass --solvent")
+    solv = str(solv)
+    cons = constraints or str(ds.attr(sc.ATTR_CONSTRAINTS, "HBonds"))
+    top = ds.topology()
+    box = ds.box(slice(0, 1))
+    if box is not None and box.shape[0]:
+        top.setPeriodicBoxVectors(length_angstrom_to_nm(box[0]) * unit.nanometer)
     system = create_system(top, ff, solv, cons)
     return system, system_hash(system), ff, solv, cons
 
@@ -436,19 +446,14 @@ def compute_targets(
         ImportError: ``scheduler`` without dask.distributed.
         ValueError: bad k, kind, ε, platform.
     """
-    import openmm
-    from hessid.training.data.aa_md import choose_platform, platform_precision
-
-    from hessid.probes import draw_probes, probe_scale
-
     t_start = _time.perf_counter()
-    path = _data.dataset_path(path)
-    _data.validate_dataset(path)
-    with h5py.File(path, "r") as h5:
-        has_cg = "cg" in h5
+    path = dataset_path(path)
+    validate_dataset(path)
+    with open_dataset(path) as ds:
+        has_cg = ds.has_cg
     if not has_cg:
-        _data.write_cg(path)
-    key = "hessian_block" if full_block else "hvp_term1"
+        write_cg(path)
+    key = sc.HESSIAN_BLOCK_NAME if full_block else sc.TERM1_NAME  # inside cg/
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     plat, props = choose_platform(platform, threads, precision)
@@ -459,16 +464,16 @@ def compute_targets(
     if n_probes < 1:
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
 
-    with h5py.File(path, "r") as h5:
-        system, fhash, ff, solv, cons = _system_for(h5, path, forcefield, solvent, constraints)
-        q = h5["cg/projector"][()]  # (n, N)
-        t_frames = h5["coordinates"].shape[0]
-        frame_ids = h5["frame_id"][()]
+    with open_dataset(path) as ds:
+        system, fhash, ff, solv, cons = _system_for(ds, forcefield, solvent, constraints)
+        q = ds.cg.projector  # (n, N)
+        t_frames = ds.n_frames
+        frame_ids = ds.frame_id()
     n = q.shape[0]
     d = 3 * n
     k = d if full_block else int(n_probes)
     attrs = {
-        "unit": "kcal/mol/angstrom**2", "epsilon_nm": eps,
+        "unit": sc.HESSIAN_UNIT, "epsilon_nm": eps,
         "epsilon_definition": "largest Cartesian displacement of any atom (nm); step s = eps/max|P^T v|",
         "method": "central finite difference of OpenMM forces along u = P^T v (spec §5)",
         "constraints_applied_to_displacements": False, "platform": plat.getName(),
@@ -476,38 +481,35 @@ def compute_targets(
         "constraints": cons, "threads": str(props.get("Threads", "")),
         "projector_sha256": hashlib.sha256(np.ascontiguousarray(q, dtype=np.float64).tobytes()).hexdigest(),
     }  # fmt: skip
-    if full_block:
-        attrs.update(probe_kind="one_hot_all", probe_seed=0, probe_scale=1.0, n_probes=k,
-                     layout="[t, a, b] = (P ∇²H Pᵀ)_ab, a, b flat CG indices 3*I + alpha")  # fmt: skip
+    probe_spec = None
+    if full_block:  # every unit vector e_a: not a ProbeSpec kind
+        attrs.update(probe_kind=sc.FULL_BLOCK_PROBE_KIND, probe_seed=0, probe_scale=1.0, n_probes=k,
+                     layout=sc.FULL_BLOCK_LAYOUT)  # fmt: skip
     else:
-        from hessid.probes import PROBE_KINDS
-
         if probe_kind not in PROBE_KINDS:
             raise ValueError(f"probe kind {probe_kind!r} is not one of {PROBE_KINDS}")
-        attrs.update(probe_kind=probe_kind, probe_seed=int(seed), n_probes=k,
-                     probe_scale=float(probe_scale(probe_kind, d)), probe_dim=d,
-                     probe_reshape="draw_probes(kind, seed, [frame_id], k, 3n).reshape(k, n, 3)")  # fmt: skip
+        probe_spec = ProbeSpec(kind=probe_kind, seed=int(seed), n_probes=k)
+        attrs.update(probe_spec.to_attrs(dim=d), probe_reshape=sc.PROBE_RESHAPE)
     chunk_frames = max(1, int(chunk_frames))
     attrs["chunk_frames"] = chunk_frames
     shape = (t_frames, d, d) if full_block else (t_frames, k, n, 3)
     chunks = (min(chunk_frames, max(t_frames, 1)),) + shape[1:]
 
     with h5py.File(path, "r+") as h5:
-        g = h5["cg"]
+        g = h5[sc.CG]
         if key in g:
             if not (resume or overwrite):
                 raise FileExistsError(f"{path}: dataset 'cg/{key}' exists (use --resume or --overwrite)")
             if resume:
                 old = dict(g[key].attrs)
-                for a in ("probe_kind", "probe_seed", "n_probes", "epsilon_nm", "platform",
-                          "precision", "forcefield_hash", "chunk_frames", "threads", "projector_sha256"):  # fmt: skip
-                    if a == "projector_sha256" and a not in old:
+                for a in sc.TERM1_RESUME_ATTRS:
+                    if a == sc.ATTR_PROJECTOR_SHA256 and a not in old:
                         continue  # targets written before the projector was recorded
                     if str(old.get(a)) != str(attrs[a]):
-                        raise _data.DatasetError(path, f"cg/{key}", f"--resume with {a}={attrs[a]!r} but the "
-                                                 f"stored run used {old.get(a)!r}")  # fmt: skip
+                        raise DatasetError(path, f"cg/{key}", f"--resume with {a}={attrs[a]!r} but the "
+                                           f"stored run used {old.get(a)!r}")  # fmt: skip
                 if g[key].shape != shape:
-                    raise _data.DatasetError(path, f"cg/{key}", f"shape {g[key].shape}, expected {shape}")
+                    raise DatasetError(path, f"cg/{key}", f"shape {g[key].shape}, expected {shape}")
             else:
                 del g[key]
                 del g[f"{key}_done"]
@@ -520,7 +522,7 @@ def compute_targets(
                 ds.attrs[a] = v
             g.create_dataset(f"{key}_done", shape=(t_frames,), dtype="u1", fillvalue=0,
                              dcpl=_early_alloc())  # fmt: skip
-            _data.commit(h5)
+            commit(h5)
         done = g[f"{key}_done"][()].astype(bool)
 
     todo = [c for c in range(0, t_frames, chunk_frames) if not done[c : c + chunk_frames].all()]
@@ -537,17 +539,15 @@ def compute_targets(
     frames_done = 0
 
     def make_chunk(h5, ci: int, start: int) -> _Chunk:
-        pos = length_angstrom_to_nm(h5["coordinates"][start : start + chunk_frames])  # (b, N, 3) nm
-        box = h5["box"][start : start + chunk_frames] / ANGSTROM_PER_NM if "box" in h5 else None
+        pos = length_angstrom_to_nm(h5[sc.COORDINATES][start : start + chunk_frames])  # (b, N, 3) nm
+        box = h5[sc.BOX][start : start + chunk_frames] / ANGSTROM_PER_NM if sc.BOX in h5 else None
         b = pos.shape[0]
         if full_block:
             probes = np.broadcast_to(np.eye(d).reshape(1, d, n, 3), (b, d, n, 3)).copy()
         else:
-            probes = draw_probes(probe_kind, seed, frame_ids[start : start + b], k, d).numpy()
+            probes = probe_spec.draw(frame_ids[start : start + b], d).numpy()
             probes = probes.reshape(b, k, n, 3)  # (b, k, n, 3)
         return _Chunk(ci, start, pos, probes, box)
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=t_frames, initial=t_frames - sum(min(chunk_frames, t_frames - s) for s in todo),
                unit="frame", disable=not progress, desc=f"{path.stem} Term 1")  # fmt: skip
@@ -574,9 +574,9 @@ def compute_targets(
                     # commit order: values durable first, then their done flags, so a flag
                     # never stands for values that a kill or power loss could still lose
                     ds[start : start + b] = values
-                    _data.commit(h5)
+                    commit(h5)
                     dm[start : start + b] = 1
-                    _data.commit(h5)
+                    commit(h5)
                     contexts[wid] = max(contexts.get(wid, 0), n_ctx)
                     result.openmm_s += omm_s
                     result.extra["worker_s"] = result.extra.get("worker_s", 0.0) + worker_s
@@ -609,17 +609,8 @@ def load_probes(path: str | Path, frames: np.ndarray | None = None) -> np.ndarra
         (F, k, n, 3) float64 probes, dimensionless.
 
     Raises:
-        DatasetError: no ``cg/hvp_term1``.
+        NotMappedError, NoTargetsError: no ``cg/`` or no ``cg/hvp_term1`` (both DatasetError).
+        DatasetError: probe attributes missing.
     """
-    from hessid.probes import draw_probes
-
-    with h5py.File(path, "r") as h5:
-        if "cg/hvp_term1" not in h5:
-            raise _data.DatasetError(path, "cg/hvp_term1", "missing (run `hessid targets`)")
-        a = h5["cg/hvp_term1"].attrs
-        n = h5["cg/projector"].shape[0]
-        fid = h5["frame_id"][()]
-        kind, seed, k = str(a["probe_kind"]), int(a["probe_seed"]), int(a["n_probes"])
-    if frames is not None:
-        fid = fid[np.asarray(frames)]
-    return draw_probes(kind, seed, fid, k, 3 * n).numpy().reshape(len(fid), k, n, 3)
+    with open_dataset(path) as ds:
+        return ds.term1.probes(None if frames is None else np.asarray(frames))

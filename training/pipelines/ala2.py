@@ -47,20 +47,19 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import openmm.app as app
-import openmm.unit as unit
 import ot
 import torch
 from hessid.training.data.aa_md import forcefield_files
-from hessid.training.data.io import topology_from_pdb, write_cg
-from hessid.training.data.structures import Structure
+from hessid.training.data.cg_map import write_cg
+from hessid.training.data.reader import open_dataset
+from hessid.training.data.structures import Structure, positions_angstrom
 from hessid.training.learning.derivatives import hessian_autograd
 from scipy.ndimage import gaussian_filter
 
 from hessid.maps import LinearMap
-from hessid.units import KB_KCAL_PER_MOL_K, length_nm_to_angstrom
+from hessid.units import KB_KCAL_PER_MOL_K
 
 #: (residue name, atom name) of each bead, in bead order
 BEADS = (("ACE", "C"), ("ALA", "N"), ("ALA", "CA"), ("ALA", "C"), ("NME", "N"))
@@ -123,8 +122,7 @@ def build_structure(forcefield: str = "amber14-all.xml", solvent: str = "gbn2"):
     modeller = app.Modeller(pdb.topology, pdb.positions)
     if not any(a.element is not None and a.element.symbol == "H" for a in modeller.topology.atoms()):
         modeller.addHydrogens(app.ForceField(*forcefield_files(forcefield, solvent)))
-    positions = length_nm_to_angstrom(np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64))
-    return Structure(modeller.topology, positions, str(path))
+    return Structure(modeller.topology, positions_angstrom(modeller.positions), str(path))
 
 
 def write_structure(name: str = "ala2", root: str | Path = ".", overwrite: bool = False) -> Path:
@@ -195,11 +193,11 @@ def map_dataset(path: str | Path, overwrite: bool = False):
     """Write the backbone map's ``cg/`` group into a dataset file (``hessid data map``).
 
     Args:
-        path: dataset ``.h5`` (validated by :func:`hessid.training.data.io.write_cg`).
+        path: dataset ``.h5`` (validated by :func:`hessid.training.data.cg_map.write_cg`).
         overwrite: replace an existing ``cg/`` group (drops its targets).
 
     Returns:
-        :class:`hessid.training.data.io.CGData` as written.
+        :class:`hessid.training.data.reader.CGData` as written.
 
     Raises:
         DatasetError: invalid file, or ``cg/`` exists and not ``overwrite``.
@@ -213,14 +211,10 @@ def dataset_topology(path: str | Path):
     """The OpenMM ``Topology`` stored in a dataset file (its ``topology`` PDB text).
 
     Raises:
-        DatasetError: the stored PDB text cannot be parsed.
-        KeyError: the file holds no ``topology``.
+        DatasetError: missing file, not a hessid dataset, or unparsable PDB text.
     """
-    # TODO(data layer): replace by the public topology reader of training/data/io.py
-    with h5py.File(path, "r") as h5:
-        raw = h5["topology"][()]
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return topology_from_pdb(text, f"{path}: topology")
+    with open_dataset(path) as ds:
+        return ds.topology()
 
 
 # ----------------------------------------------------------------------------- dihedrals

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hessid.training.data import cg_map, reader
 from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, create_system, simulate
 from hessid.training.data.structures import build_from_sequence, build_structure
@@ -94,7 +95,7 @@ def subset():
     hess = _exact_hessian_nm(x, bonds, angles)  # (3N, 3N) kJ/mol/nm²
     groups = [[a.index for a in r.atoms()] for r in s.topology.residues()]
     masses = [system.getParticleMass(i)._value for i in range(s.n_atoms)]
-    ca = data.ca_map(s.topology)[0]
+    ca = cg_map.ca_map(s.topology)[0]
     com = LinearMap.center_of_mass(groups, masses, s.n_atoms, projector="bead_sum")
     return ctx, x, hess, ca, com
 
@@ -181,7 +182,7 @@ def test_targets_create_cg_group_and_store_attributes(dataset, tmp_path):
     path = _copy(dataset, tmp_path, "a.h5")
     res = compute_targets(path, n_probes=2, workers=0, chunk_frames=2, progress=False, **CPU1)
     assert res.chunks_computed == 4 and res.n_frames == 7
-    cg = data.load_cg(path)
+    cg = reader.load_cg(path)
     assert cg.hvp_term1.shape == (7, 2, 3, 3) and cg.term1_done.all()
     a = cg.term1_attrs
     assert a["probe_kind"] == "gaussian" and a["probe_seed"] == 0 and a["n_probes"] == 2
@@ -209,7 +210,7 @@ def test_full_block_applied_to_the_probes_reproduces_hvp_term1(dataset, tmp_path
         assert h5["cg/hessian_block_done"][()].all()
     v = load_probes(path).reshape(7, 2, 9)
     hv = np.einsum("tab,tkb->tka", block, v)
-    np.testing.assert_allclose(hv, data.load_cg(path).hvp_term1.reshape(7, 2, 9),
+    np.testing.assert_allclose(hv, reader.load_cg(path).hvp_term1.reshape(7, 2, 9),
                                rtol=0, atol=1e-6 * np.abs(hv).max())  # fmt: skip
     sym = np.abs(block - block.transpose(0, 2, 1)).max() / np.abs(block).max()
     assert sym < 1e-7  # Hessian symmetry at the Reference FD error level
@@ -222,7 +223,7 @@ def test_killed_run_resumed_is_byte_identical(dataset, tmp_path):
     with pytest.raises(TargetsInterrupted):
         compute_targets(part, n_probes=3, workers=0, chunk_frames=2, progress=False,
                         interrupt_after_chunks=2, **CPU1)  # fmt: skip
-    done = data.load_cg(part).term1_done
+    done = reader.load_cg(part).term1_done
     assert done.sum() == 4 and not done.all()
     with pytest.raises(data.DatasetError, match="probe_seed"):
         compute_targets(part, n_probes=3, seed=5, workers=0, chunk_frames=2, resume=True,
@@ -248,7 +249,7 @@ def test_process_pool_workers_give_the_same_bytes_as_in_process(dataset, tmp_pat
     compute_targets(a, n_probes=2, workers=0, chunk_frames=3, progress=False, **CPU1)
     res = compute_targets(b, n_probes=2, workers=2, chunk_frames=3, progress=False, **CPU1)
     assert res.workers == 2 and res.openmm_s > 0
-    assert np.array_equal(data.load_cg(a).hvp_term1, data.load_cg(b).hvp_term1)
+    assert np.array_equal(reader.load_cg(a).hvp_term1, reader.load_cg(b).hvp_term1)
 
 
 def test_dask_cluster_gives_the_same_bytes_as_in_process_with_one_context_per_worker(

@@ -7,6 +7,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from hessid.training.data import cg_map, importers, reader
 from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, SimulationInterrupted, simulate
 from hessid.training.data.structures import build_structure
@@ -27,7 +28,7 @@ def test_simulation_writes_layout_units_and_attributes(simulated):
     _, path = simulated
     summary = data.validate_dataset(path)
     assert summary["n_frames"] == 12 and summary["n_atoms"] == 33
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     np.testing.assert_allclose(ds.time, 0.02 * np.arange(1, 13))  # ps: stride 10 × 2 fs
     np.testing.assert_array_equal(ds.frame_id, np.arange(12))
     for key in ("temperature", "forcefield", "solvent", "platform", "seed", "versions", "name"):
@@ -45,7 +46,7 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
     from hessid.training.data.aa_md import create_system
 
     _, path = simulated
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     plain = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
     hmr = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds", hydrogen_mass=3.0)
 
@@ -74,7 +75,7 @@ def test_hmr_run_stores_the_hash_of_the_potential_not_of_its_masses(simulated, t
     build_structure("aaa", sequence="AAA", out_dir=tmp_path)
     hmr = simulate("aaa", MDConfig(**{**MD, "steps": 20, "stride": 10, "timestep": 4.0, "hydrogen_mass": 3.0}),
                    root=tmp_path, progress=False)  # fmt: skip
-    ds = data.load_dataset(hmr)
+    ds = reader.load_dataset(hmr)
     with h5py.File(hmr) as h5, h5py.File(path) as plain:
         assert h5.attrs["forcefield_hash"] == plain.attrs["forcefield_hash"]
         assert h5.attrs["forcefield_hash"] == system_hash(create_system(ds.topology, "amber14-all.xml", "gbn2"))
@@ -90,7 +91,7 @@ def test_saved_forces_are_forces_of_saved_positions(simulated):
     from hessid.training.data.aa_md import create_system
 
     _, path = simulated
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     system = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
     ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
                          openmm.Platform.getPlatformByName("Reference"))  # fmt: skip
@@ -122,7 +123,7 @@ def test_interrupted_simulation_resumes_without_lost_or_duplicated_frames(simula
     with pytest.raises(FileExistsError):
         simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
-    a, b = data.load_dataset(ref_path), data.load_dataset(path)
+    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
     np.testing.assert_array_equal(b.frame_id, a.frame_id)
     np.testing.assert_array_equal(b.time, a.time)
     # the OpenMM checkpoint restores the Langevin RNG: the continuation is bit-identical
@@ -198,7 +199,7 @@ def test_bad_file_is_refused_with_file_dataset_and_frame(small_file, corrupt, da
 
 
 def test_nan_in_cg_targets_of_finished_frames_is_refused(small_file):
-    data.write_cg(small_file)
+    cg_map.write_cg(small_file)
     with h5py.File(small_file, "r+") as h5:
         g = h5["cg"]
         ds = g.create_dataset("hvp_term1", data=np.zeros((12, 2, 3, 3)))
@@ -224,13 +225,13 @@ def test_nan_in_cg_targets_of_finished_frames_is_refused(small_file):
 
 def test_array_import_converts_declared_units(simulated, tmp_path):
     _, path = simulated
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     np.savez(tmp_path / "x.npz", coordinates=ds.coordinates / 10.0, forces=ds.forces * 41.84)
     pdb = tmp_path / "top.pdb"
     pdb.write_text(ds.topology_pdb)
-    out = data.import_arrays(tmp_path / "x.npz", tmp_path / "x.npz", pdb, tmp_path / "imp.h5",
+    out = importers.import_arrays(tmp_path / "x.npz", tmp_path / "x.npz", pdb, tmp_path / "imp.h5",
                              length_unit="nm", force_unit="kJ/mol/nm", timestep_ps=0.02)  # fmt: skip
-    got = data.load_dataset(out)
+    got = reader.load_dataset(out)
     np.testing.assert_allclose(got.coordinates, ds.coordinates, rtol=1e-12)
     np.testing.assert_allclose(got.forces, ds.forces, rtol=1e-12)
     np.testing.assert_allclose(got.time, ds.time)
@@ -238,7 +239,7 @@ def test_array_import_converts_declared_units(simulated, tmp_path):
 
 def test_import_without_units_is_an_error_never_a_guess(simulated, tmp_path):
     _, path = simulated
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     src = tmp_path / "mdcath.h5"
     with h5py.File(src, "w") as h5:
         g = h5.create_group("dom/320/0")
@@ -246,19 +247,19 @@ def test_import_without_units_is_an_error_never_a_guess(simulated, tmp_path):
         g.create_dataset("forces", data=ds.forces)
         h5.create_dataset("topology", data=ds.topology_pdb)
     with pytest.raises(data.DatasetError, match="missing units"):
-        data.import_hdf5(src, tmp_path / "a.h5")
+        importers.import_hdf5(src, tmp_path / "a.h5")
     with h5py.File(src, "r+") as h5:  # mdCATH-style unit attributes are read
         h5["dom/320/0/coords"].attrs["unit"] = "Angstrom"
         h5["dom/320/0/forces"].attrs["unit"] = "kcal/mol/Angstrom"
-    got = data.load_dataset(data.import_hdf5(src, tmp_path / "b.h5"))
+    got = reader.load_dataset(importers.import_hdf5(src, tmp_path / "b.h5"))
     np.testing.assert_array_equal(got.forces, ds.forces)
     with pytest.raises(data.DatasetError, match="30 atoms but the topology has 33"):
-        data.import_arrays(ds.coordinates[:, :30], ds.forces[:, :30], path.with_suffix(".pdb"),
+        importers.import_arrays(ds.coordinates[:, :30], ds.forces[:, :30], path.with_suffix(".pdb"),
                            tmp_path / "c.h5", "angstrom", "kcal/mol/angstrom")  # fmt: skip
     bad = ds.forces.copy()
     bad[2, 0, 0] = np.inf
     with pytest.raises(data.DatasetError, match="'forces', frame 2"):
-        data.import_arrays(ds.coordinates, bad, path.with_suffix(".pdb"), tmp_path / "d.h5",
+        importers.import_arrays(ds.coordinates, bad, path.with_suffix(".pdb"), tmp_path / "d.h5",
                            "angstrom", "kcal/mol/angstrom")  # fmt: skip
 
 
@@ -266,14 +267,14 @@ def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
     import mdtraj
 
     _, path = simulated
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     top = mdtraj.load(str(path.with_suffix(".pdb"))).topology
     traj = mdtraj.Trajectory(ds.coordinates / 10.0, top)  # nm
     traj.save_dcd(str(tmp_path / "t.dcd"))
     np.save(tmp_path / "f.npy", ds.forces)
-    out = data.import_trajectory(tmp_path / "t.dcd", tmp_path / "f.npy", tmp_path / "t.h5",
+    out = importers.import_trajectory(tmp_path / "t.dcd", tmp_path / "f.npy", tmp_path / "t.h5",
                                  force_unit="kcal/mol/angstrom", topology=path.with_suffix(".pdb"))  # fmt: skip
-    got = data.load_dataset(out)
+    got = reader.load_dataset(out)
     np.testing.assert_allclose(got.coordinates, ds.coordinates, atol=1e-3)  # DCD is float32
 
 
@@ -281,8 +282,8 @@ def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
 
 
 def test_ca_map_gives_projected_forces_types_and_chain_bonds(small_file):
-    cg = data.write_cg(small_file)
-    ds = data.load_dataset(small_file)
+    cg = cg_map.write_cg(small_file)
+    ds = reader.load_dataset(small_file)
     ca = [a.index for a in ds.topology.atoms() if a.name == "CA"]
     ha = [a.index for a in ds.topology.atoms() if a.name == "HA"]
     np.testing.assert_array_equal(cg.coordinates, ds.coordinates[:, ca])
@@ -293,7 +294,7 @@ def test_ca_map_gives_projected_forces_types_and_chain_bonds(small_file):
     np.testing.assert_array_equal(cg.bonds, [[0, 1], [1, 2]])
     assert data.validate_dataset(small_file)["n_beads"] == 3
     with pytest.raises(data.DatasetError, match="exists"):
-        data.write_cg(small_file)
+        cg_map.write_cg(small_file)
 
 
 def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its_hydrogens(
@@ -306,8 +307,8 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
 
     with h5py.File(small_file) as h5:
         assert h5.attrs["constraints"] == "HBonds"
-    cg = data.write_cg(small_file)
-    ds = data.load_dataset(small_file)
+    cg = cg_map.write_cg(small_file)
+    ds = reader.load_dataset(small_file)
     top = ds.topology  # parsed anew on every access: keep one
     atoms = list(top.atoms())
     S, Q = cg.weights, cg.projector
@@ -326,7 +327,7 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
         assert h5["cg"].attrs["projector_constraints"] == "HBonds"
         np.testing.assert_array_equal(h5["cg/projector"][()], Q)
 
-    plain = data.write_cg(small_file, overwrite=True, constraint_aware=False)
+    plain = cg_map.write_cg(small_file, overwrite=True, constraint_aware=False)
     np.testing.assert_array_equal(plain.projector, S)
     np.testing.assert_array_equal(plain.forces, ds.forces[:, np.flatnonzero(S.sum(axis=0))])
     with h5py.File(small_file) as h5:
@@ -334,15 +335,15 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
 
     pdb = tmp_path / "top.pdb"
     pdb.write_text(ds.topology_pdb)
-    imported = data.import_arrays(ds.coordinates, ds.forces, pdb, tmp_path / "imp.h5",
+    imported = importers.import_arrays(ds.coordinates, ds.forces, pdb, tmp_path / "imp.h5",
                                   length_unit="angstrom", force_unit="kcal/mol/angstrom")  # fmt: skip
-    np.testing.assert_array_equal(data.write_cg(imported).projector, S)
+    np.testing.assert_array_equal(cg_map.write_cg(imported).projector, S)
 
 
 def test_write_cg_overwrite_replaces_a_stale_group_of_a_shorter_run(small_file):
     """After a simulation is extended its cg/ group has fewer frames than the file: reading
     validation names that group, and ``overwrite=True`` re-maps instead of refusing."""
-    data.write_cg(small_file)
+    cg_map.write_cg(small_file)
     with h5py.File(small_file, "r+") as h5:
         stale = h5["cg/coordinates"][:3]
         del h5["cg/coordinates"]
@@ -350,16 +351,16 @@ def test_write_cg_overwrite_replaces_a_stale_group_of_a_shorter_run(small_file):
     with pytest.raises(data.DatasetError, match="cg/coordinates"):
         data.validate_dataset(small_file)
     with pytest.raises(data.DatasetError, match="cg/coordinates"):
-        data.write_cg(small_file)  # without overwrite the file is still validated in full
-    cg = data.write_cg(small_file, overwrite=True)
+        cg_map.write_cg(small_file)  # without overwrite the file is still validated in full
+    cg = cg_map.write_cg(small_file, overwrite=True)
     assert cg.coordinates.shape[0] == data.validate_dataset(small_file)["n_frames"]
 
 
 def test_hbond_pairs_follow_openmms_rule(small_file):
     """Every bond with a hydrogen, and only those: each H atom of AAA is in exactly one pair."""
-    ds = data.load_dataset(small_file)
+    ds = reader.load_dataset(small_file)
     top = ds.topology
-    pairs = data.hbond_pairs(top)
+    pairs = cg_map.hbond_pairs(top)
     atoms = list(top.atoms())
     n_h = sum(a.element.symbol == "H" for a in atoms)
     assert pairs.shape == (n_h, 2) and pairs.dtype == np.int64
@@ -405,7 +406,7 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
     with h5py.File(path, "r") as h5:
         assert h5["coordinates"].shape[0] == 9 and h5.attrs["checkpoint_frames"] == 9
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
-    a, b = data.load_dataset(ref_path), data.load_dataset(path)
+    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
     np.testing.assert_array_equal(b.frame_id, a.frame_id)
     np.testing.assert_array_equal(b.coordinates, a.coordinates)
     np.testing.assert_array_equal(b.forces, a.forces)
@@ -425,15 +426,14 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
     compute_targets(ref, **kw)
     _run_until_sigkill(f"""
 import os, signal
-from hessid.training.data import io as data
 from hessid.training.data import targets
-calls, commit = [0], data.commit
+calls, commit = [0], targets.commit
 def killing_commit(h5):  # 1: datasets created; 2, 3: a chunk's values, flags; 4: next values
     commit(h5)
     calls[0] += 1
     if calls[0] == 4:
         os.kill(os.getpid(), signal.SIGKILL)
-data.commit = killing_commit
+targets.commit = killing_commit
 targets.compute_targets({str(part)!r}, **{kw!r})
 """)
     with h5py.File(part, "r") as h5:
@@ -483,7 +483,7 @@ def test_explicit_solvent_stores_constant_box_and_all_atom_forces(explicit):
 
     _, path = explicit
     summary = data.validate_dataset(path)
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     t, n_atoms = summary["n_frames"], summary["n_atoms"]
     assert t == 2 and n_atoms == ds.topology.getNumAtoms() > 600  # peptide (22) + waters
     assert ds.coordinates.shape == ds.forces.shape == (2, n_atoms, 3)
@@ -501,7 +501,7 @@ def test_crystal_water_is_kept_or_stripped_per_flag_and_solvent_is_stored(explic
     src, path = explicit
     stripped = build_structure("ag", pdb=src, out_dir=tmp_path)  # default: waters stripped
     assert "HOH" not in stripped.read_text() and "HOH" in path.with_suffix(".pdb").read_text()
-    ds = data.load_dataset(path)
+    ds = reader.load_dataset(path)
     chains = [[r.name for r in c.residues()] for c in ds.topology.chains()]
     assert [c for c in chains if "ALA" in c] == [["ALA", "GLY"]]
     waters = [c for c in chains if c and set(c) == {"HOH"}]
@@ -522,7 +522,7 @@ def test_explicit_targets_rebuild_the_same_periodic_potential_and_map_only_the_p
     shutil.copy(src, path)
     compute_targets(path, n_probes=1, workers=0, chunk_frames=2, platform="CPU", threads=1,
                     progress=False)  # fmt: skip
-    cg = data.load_cg(path)
+    cg = reader.load_cg(path)
     assert cg.hvp_term1.shape == (2, 1, 2, 3) and np.isfinite(cg.hvp_term1).all()
     with h5py.File(path) as h5:
         assert h5["cg/hvp_term1"].attrs["forcefield_hash"] == h5.attrs["forcefield_hash"]
