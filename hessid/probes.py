@@ -54,12 +54,19 @@ def _generator(seed: int, frame_id: int) -> np.random.Generator:
 
 
 def _orthonormal_columns(g: np.ndarray) -> np.ndarray:
-    """Modified Gram–Schmidt on the columns of ``g`` (d, k), elementwise numpy only (no
-    LAPACK/BLAS, whose kernels differ between machines), giving a Haar-distributed frame."""
+    """Modified Gram–Schmidt with one reorthogonalisation pass on the columns of ``g`` (d, k),
+    elementwise numpy only (no LAPACK/BLAS, whose kernels differ between machines), giving a
+    Haar-distributed frame.
+
+    One MGS pass loses orthogonality in proportion to ε·κ(g) (seen: 3.8e-13 at d = 7); the
+    second pass ("twice is enough", Giraud et al., Numer. Math. 101, 2005) brings ‖QᵀQ − I‖ to
+    O(ε) for any numerically full-rank g. It changes the frame only at that round-off level.
+    """
     q = g.copy()
     for j in range(q.shape[1]):
-        for i in range(j):
-            q[:, j] -= np.sum(q[:, i] * q[:, j]) * q[:, i]
+        for _ in range(2):
+            for i in range(j):
+                q[:, j] -= np.sum(q[:, i] * q[:, j]) * q[:, i]
         q[:, j] /= math.sqrt(np.sum(q[:, j] * q[:, j]))
     return q
 
