@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import jsonargparse
+import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "JobFailed",
     "add_dataclass",
     "add_run_flags",
+    "add_set_flag",
     "attribute_docs",
     "configure_logging",
     "dataclass_from",
@@ -257,6 +259,30 @@ def add_run_flags(parser: ArgumentParser, *, resume: str | None = None,
     if progress:
         parser.add_argument("--progress", action=ActionYesNo(no_prefix="no-"), default=True,
                             help="progress bars (--no-progress: none)")
+
+
+class _SetKey(argparse.Action):
+    """``--set KEY=VALUE``: assign a config key (dotted) while parsing, VALUE read as YAML."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, sep, text = str(values).partition("=")
+        key = key.strip()
+        if not sep or not key or key not in namespace or key in ("config", "print_config"):
+            raise argparse.ArgumentError(self, f"expected KEY=VALUE with a config key, got "
+                                               f"{values!r}")
+        value = yaml.safe_load(text)
+        if isinstance(namespace[key], str) and not isinstance(value, str):
+            value = text.strip()  # a string option keeps "7" as written
+        namespace[key] = value
+
+
+def add_set_flag(parser: ArgumentParser) -> None:
+    """Add ``--set KEY=VALUE`` (repeatable): assign any config key by its dotted name, e.g.
+    ``--set loss.cov_weight=1``; applied where it stands on the command line, like the flags,
+    and type-checked like them (VALUE is read as YAML)."""
+    parser.add_argument("--set", action=_SetKey, dest=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                        help="assign a config key, e.g. --set loss.cov_weight=1 (repeatable)")
 
 
 def signature_default(fn: Callable, name: str):

@@ -6,8 +6,8 @@
 
 The options are the fields of :class:`~hessid.training.learning.trainer.TrainConfig`
 (``--data.batch-size``, ``--trainer.val-every-steps``, ...; docs/training.md), so a run YAML
-is a ``--config`` file; flags after ``--config`` override it and ``--set KEY=VALUE`` (dotted
-config keys, values parsed as YAML) is applied last. Short names: ``--out`` = ``output_dir``,
+is a ``--config`` file; flags after ``--config`` override it, and so does ``--set KEY=VALUE``
+(a dotted config key, VALUE read as YAML). Short names: ``--out`` = ``output_dir``,
 ``--steps`` = ``trainer.max_steps``, ``--devices``/``--num-nodes``/``--accelerator`` =
 ``trainer.*``, ``--no-progress`` = ``trainer.progress_bar: false``. The resolved config is
 saved as ``<out>/<name>/hessid-train.yaml``. Exit codes: 0 trained, 1 the verification gate
@@ -20,12 +20,18 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from hessid.training.data.io import dataset_path
 from hessid.training.learning.trainer import TrainConfig, VerificationGateError, train
 from jsonargparse import ArgumentParser, Namespace
 
-from hessid.cli.options import JobFailed, add_dataclass, add_run_flags, new_parser, save_config
+from hessid.cli.options import (
+    JobFailed,
+    add_dataclass,
+    add_run_flags,
+    add_set_flag,
+    new_parser,
+    save_config,
+)
 
 __all__ = ["build_parser", "run", "train_config"]
 
@@ -34,7 +40,7 @@ RENAME = {"output_dir": "out", "trainer.progress_bar": "progress"}
 ALIASES = {"trainer.max_steps": ["--steps", "--max-steps"], "trainer.devices": ["--devices"],
            "trainer.num_nodes": ["--num-nodes"], "trainer.accelerator": ["--accelerator"]}
 #: parsed keys that are not TrainConfig keys
-_RUNTIME = ("config", "print_config", "verbose", "quiet", "log_file", "resume", "set")
+_RUNTIME = ("config", "print_config", "verbose", "quiet", "log_file", "resume")
 
 
 def build_parser(prog: str = "hessid train") -> ArgumentParser:
@@ -44,30 +50,20 @@ def build_parser(prog: str = "hessid train") -> ArgumentParser:
     add_dataclass(parser, TrainConfig, rename=RENAME, aliases=ALIASES,
                   help={"skip_verification": "DANGEROUS: train without verifying the CG map "
                                              "and projector"})
-    parser.add_argument("--set", type=str, default=[], action="append",
-                        help="override a config key, e.g. --set loss.cov_weight=1 (repeatable, "
-                             "applied last)")
+    add_set_flag(parser)
     add_run_flags(parser, resume="continue from <out>/<name>/checkpoints/last.ckpt with the "
                                  "same data order")
     return parser
 
 
 def train_config(cfg: Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed options: ``--set`` overrides applied, dataset names
+    """The :class:`TrainConfig` of parsed options: dataset names
     resolved (``NAME`` → ``NAME/NAME.h5``, :func:`~hessid.training.data.io.dataset_path`),
     relative paths looked up in the working directory, then next to the ``--config`` file.
 
     Raises:
-        ValueError: a malformed or unknown ``--set`` key, or an invalid config.
+        ValueError: an invalid config.
     """
-    cfg = cfg.clone()
-    for item in cfg.get("set") or []:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r} must look like key.sub=value")
-        key, value = (s.strip() for s in item.split("=", 1))
-        if key not in cfg or key in _RUNTIME:
-            raise ValueError(f"--set: unknown config key {key!r}")
-        cfg[key] = yaml.safe_load(value)
     values = {k: v for k, v in cfg.as_dict().items() if k not in _RUNTIME}
     data = values.get("data") or {}
     data["datasets"] = [str(dataset_path(p)) for p in data.get("datasets") or []]
