@@ -79,8 +79,6 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
     NotADirectoryError, argparse.ArgumentError)
 
-log = logging.getLogger("hessid.cli")
-
 
 class JobFailed(RuntimeError):
     """A check or job ran to its end and failed: :func:`run_command` prints it, exit 1."""
@@ -170,14 +168,14 @@ def add_dataclass(parser: ArgumentParser, cls, *, nested: str | None = None,
                   rename: Mapping[str, str] | None = None,
                   aliases: Mapping[str, Iterable[str]] | None = None,
                   positional: Iterable[str] = (), skip: Iterable[str] = (),
-                  defaults: Mapping[str, object] | None = None,
                   help: Mapping[str, str] | None = None) -> None:
     """Add one option per field of the dataclass ``cls`` (recursing into dataclass fields).
 
     The option of field ``hydrogen_mass`` is ``--hydrogen-mass`` (in a nested dataclass
     ``data``: ``--data.batch-size``); its destination, and so its config-file key, is the field
     name. Type and default come from the dataclass (a field without a default is required); a
-    ``list`` field takes several values (``--datasets a.h5 b.h5``; a bare ``list`` holds
+    ``list`` field takes several values and may be repeated (``--datasets a.h5 --datasets b.h5``
+    = ``--datasets a.h5 b.h5``; they add to a ``--config`` file's list; a bare ``list`` holds
     strings), a ``tuple[float, float]`` two (``--bond-range 2 6``);
     help comes from its ``Attributes:`` docstring (:func:`attribute_docs`). A ``bool`` field
     whose option has no dot gets ``--name``/``--no-name``; dotted ones take ``true``/``false``.
@@ -192,7 +190,6 @@ def add_dataclass(parser: ArgumentParser, cls, *, nested: str | None = None,
         aliases: field → extra option strings (``{"trainer.max_steps": ["--steps"]}``).
         positional: fields given as positional arguments (top level only).
         skip: fields not offered on the command line (dotted for nested ones).
-        defaults: field → default overriding the dataclass's (e.g. a CLI-only convenience).
         help: field → help text overriding the docstring's.
 
     Raises:
@@ -200,7 +197,7 @@ def add_dataclass(parser: ArgumentParser, cls, *, nested: str | None = None,
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    rename, aliases, defaults, help = rename or {}, aliases or {}, defaults or {}, help or {}
+    rename, aliases, help = rename or {}, aliases or {}, help or {}
     skip, positional = set(skip), set(positional)
     hints = typing.get_type_hints(cls)
     docs = attribute_docs(cls)
@@ -211,16 +208,17 @@ def add_dataclass(parser: ArgumentParser, cls, *, nested: str | None = None,
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             add_dataclass(parser, hint, nested=key, rename=rename, aliases=aliases, skip=skip,
-                          defaults=defaults, help=help)
+                          help=help)
             continue
-        default = defaults.get(key, _default_of(f))
+        default = _default_of(f)
         kwargs: dict = {"help": help.get(key, docs.get(f.name, ""))}
         if default is not dataclasses.MISSING:
             kwargs["default"] = default
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if hint is list or origin is list:  # --x A B C (a bare list holds strings)
+        if hint is list or origin is list:  # --x A B --x C (a bare list holds strings)
             hint = args[0] if args else str
             kwargs["nargs"] = "+" if default is dataclasses.MISSING else "*"
+            kwargs["action"] = _Collect
         elif origin is tuple and args and Ellipsis not in args and len(set(args)) == 1:
             hint, kwargs["nargs"] = args[0], len(args)  # --x A B for tuple[float, float]
         if "nargs" in kwargs and isinstance(kwargs.get("default"), tuple):
@@ -259,6 +257,14 @@ def add_run_flags(parser: ArgumentParser, *, resume: str | None = None,
     if progress:
         parser.add_argument("--progress", action=ActionYesNo(no_prefix="no-"), default=True,
                             help="progress bars (--no-progress: none)")
+
+
+class _Collect(argparse.Action):
+    """A list option: each occurrence adds its values (``--model A --model B C`` → [A, B, C]);
+    after ``--config`` they add to the file's list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace[self.dest] = [*(namespace.get(self.dest) or []), *values]
 
 
 class _SetKey(argparse.Action):

@@ -134,10 +134,10 @@ def test_dataclass_flags_use_dashes_keys_use_field_names_and_defaults_come_from_
     parser = new_parser("hessid x", "test")
     add_dataclass(parser, _Stage)
     cfg = parser.parse_args(["--hydrogen-mass", "3", "--no-minimize", "--bond-range", "1", "5",
-                             "--datasets", "a.h5", "b.h5"])
+                             "--datasets", "a.h5", "b.h5", "--datasets", "c.h5"])
     stage = dataclass_from(_Stage, cfg)
     assert stage == _Stage(hydrogen_mass=3.0, minimize=False, bond_range=(1.0, 5.0),
-                           datasets=["a.h5", "b.h5"])
+                           datasets=["a.h5", "b.h5", "c.h5"])
     assert dataclass_from(_Stage, parser.parse_args([])) == _Stage()
 
 

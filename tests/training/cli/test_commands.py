@@ -60,7 +60,8 @@ REQUIRED = {
     ("train",): ["--name", "r", "--loss.cov-weight", "1", "--data.datasets", "a.h5", "b.h5"],
     ("simulate",): ["--model", "harmonic", "--reference", "ag", "--out", "sim", "--steps", "60",
                     "--stride", "20"],
-    ("evaluate",): ["--reference", "ag", "--model", "FM=sim", "FM=sim2", "--out", "ev",
+    ("evaluate",): ["--reference", "ag", "--model", "FM=sim", "FM=sim2", "--model", "Cov=s3",
+                    "--out", "ev",
                     "--bond-range", "2.5", "6.5"],
     ("report",): ["ev", "--training", "FM=runs/r/metrics.csv", "--temperature", "310"],
     ("demo",): ["--scale", "ci", "--out", "d"],
@@ -144,3 +145,13 @@ def test_simulate_accepts_a_dataset_name_and_saves_its_config(tmp_path, monkeypa
     assert saved.exists() and "reference: toy" in saved.read_text()
     assert main(argv) == 2  # the folder holds a run: neither --resume nor --overwrite
     assert main(["simulate", "--config", str(saved), "--resume"]) == 0
+
+
+def test_a_repeated_model_flag_collects_labels_and_seeds():
+    from hessid.training.cli.evaluate import _models, build_parser
+
+    cfg = build_parser().parse_args(["--reference", "ref.h5", "--out", "ev", "--model", "FM=a",
+                                     "FM=b", "--model", "Cov=c"])
+    assert _models(cfg.model) == {"FM": ["a", "b"], "Cov": ["c"]}
+    with pytest.raises(ValueError, match="LABEL=SIMDIR"):
+        _models(["nolabel"])
