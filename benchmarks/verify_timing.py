@@ -21,7 +21,7 @@ from _common import finish, machine_info
 
 def _cli_time(json_path: Path) -> tuple[float, int]:
     exe = Path(sys.executable).with_name("hessid")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hessid.training.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hessid"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd + ["verify", "--all", "--quiet", "--json", str(json_path)],
                           capture_output=True, text=True, check=False)

@@ -12,6 +12,9 @@ Core modules (torch, numpy, scipy only):
 - :mod:`hessid.toy`        — systems with exact answers and a quadrature engine
   (docs/identities.md §7)
 
+:mod:`hessid.cli` is the ``hessid`` command line (jsonargparse); it imports a command's module
+only when that command runs.
+
 Subpackages: :mod:`hessid.verification` (exact checks, ``hessid verify``) and
 :mod:`hessid.training` (data, targets, models, losses, training, simulation, evaluation).
 """

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from hessid.training.cli import main
 from hessid.verification.checks import (
     CheckResult,
     all_passed,
@@ -15,6 +14,7 @@ from hessid.verification.checks import (
 )
 
 import hessid.identities as identities
+from hessid.cli import main
 from hessid.quadrature import builtin_systems
 
 NEGATIVE_KINDS = ("term2 sign flipped", "term1 only", "no div G", "linear formula on nonlinear map",

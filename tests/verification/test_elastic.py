@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hessid.training.cli import main
 from hessid.verification.elastic import (
     builtin_structure_path,
     check_linear_map_on_structure,
@@ -15,6 +14,7 @@ from hessid.verification.elastic import (
     structure_map,
 )
 
+from hessid.cli import main
 from hessid.maps import LinearMap
 
 PDBFIXER_VILLIN = Path("/work/venv/lib/python3.11/site-packages/pdbfixer/tests/data/test.pdb")

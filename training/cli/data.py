@@ -1,259 +1,266 @@
-"""``hessid data {build,simulate,import,map,validate}`` and ``hessid targets``: thin argparse
-wrappers over :mod:`hessid.training.data.structures`, :mod:`.aa_md`, :mod:`.data` and
-:mod:`.targets`.
+"""``hessid data {build,simulate,import,map,validate}``: all-atom reference datasets
+(docs/data.md). Each action is a thin layer over one public function:
+:func:`~hessid.training.data.structures.build_structure`,
+:func:`~hessid.training.data.aa_md.simulate` (options: :class:`~hessid.training.data.aa_md.MDConfig`),
+the importers and :func:`~hessid.training.data.io.write_cg` /
+:func:`~hessid.training.data.io.validate_dataset` of :mod:`hessid.training.data.io`.
+
+A dataset argument is a name (``NAME`` → ``ROOT/NAME/NAME.h5``), a folder or an ``.h5`` path
+(:func:`hessid.training.data.io.dataset_path`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
-COMMANDS = ("data", "targets")
+from hessid.training.data import io as data
+from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.structures import build_structure
+from jsonargparse import ArgumentParser, Namespace
 
+from hessid.cli.options import (
+    add_dataclass,
+    add_run_flags,
+    dataclass_from,
+    new_parser,
+    save_config,
+    signature_default,
+)
 
-def _done(msg: str, t0: float) -> int:
-    print(f"{msg} ({time.perf_counter() - t0:.1f} s)")
-    return 0
+__all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "run"]
 
-
-def _fail(exc: Exception) -> int:
-    print(f"hessid: error: {exc}", file=sys.stderr)
-    return 1
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _build(args) -> int:
-    from hessid.training.data.structures import build_structure
-
-    t0 = time.perf_counter()
-    try:
-        path = build_structure(args.name, sequence=args.sequence, pdb=args.pdb, out_dir=args.root,
-                               keep_water=args.keep_water, keep_ions=args.keep_ions,
-                               phi=args.phi, psi=args.psi, ph=args.ph)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail(exc)
-    return _done(f"wrote {path}", t0)
+#: --root: the folder holding NAME/ (same help everywhere)
+ROOT_HELP = "folder holding the dataset folders NAME/ (default: the working directory)"
 
 
-def _simulate(args) -> int:
-    from hessid.training.data.aa_md import MDConfig, simulate
+@dataclass
+class BuildOptions:
+    """Options of ``hessid data build`` (give exactly one of ``sequence``, ``pdb``).
 
-    t0 = time.perf_counter()
-    cfg = MDConfig(steps=args.steps, stride=args.stride, temperature=args.temperature,
-                   friction=args.friction, timestep=args.timestep,
-                   equilibration_steps=args.equilibration_steps, minimize=not args.no_minimize,
-                   solvent=args.solvent, forcefield=args.forcefield, padding=args.padding,
-                   constraints=args.constraints, platform=args.platform, threads=args.threads,
-                   seed=args.seed, chunk_frames=args.chunk_frames)  # fmt: skip
-    try:
-        path = simulate(args.name, cfg, root=args.root, resume=args.resume,
-                        overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        return _fail(exc)
-    return _done(f"wrote {path}", t0)
-
-
-def _import(args) -> int:
-    from pathlib import Path
-
-    from hessid.training.data import importers as data
-
-    t0 = time.perf_counter()
-    out = Path(args.root) / args.name / f"{args.name}.h5"
-    attrs = {"name": args.name, "solvent": args.solvent, "forcefield": args.forcefield,
-             "temperature": args.temperature}  # fmt: skip
-    fmt = args.format
-    if fmt == "auto":
-        suf = Path(args.source).suffix.lower()
-        fmt = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "arrays", ".npz": "arrays"}.get(suf, "trajectory")
-    try:
-        if fmt == "hdf5":
-            path = data.import_hdf5(args.source, out, topology=args.topology,
-                                    coordinates_key=args.coordinates_key, forces_key=args.forces_key,
-                                    length_unit=args.length_unit, force_unit=args.force_unit,
-                                    timestep_ps=args.timestep, attrs=attrs, overwrite=args.overwrite)  # fmt: skip
-        elif fmt == "arrays":
-            if args.forces is None or args.topology is None:
-                raise ValueError("--format arrays needs --forces FILE and --topology PDB")
-            src_forces = args.forces
-            if args.source.endswith(".npz") and args.forces == args.source:
-                src_forces = args.source
-            path = data.import_arrays(args.source, src_forces, args.topology, out,
-                                      length_unit=args.length_unit, force_unit=args.force_unit,
-                                      timestep_ps=args.timestep, attrs=attrs, overwrite=args.overwrite)  # fmt: skip
-        else:
-            if args.forces is None:
-                raise ValueError("--format trajectory needs --forces FILE")
-            path = data.import_trajectory(args.source, args.forces, out, force_unit=args.force_unit,
-                                          topology=args.topology, attrs=attrs, overwrite=args.overwrite)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        return _fail(exc)
-    return _done(f"wrote {path}", t0)
-
-
-def _map(args) -> int:
-    from hessid.training.data import io as data
-    from hessid.training.data.cg_map import write_cg
-
-    t0 = time.perf_counter()
-    path = data.dataset_path(args.name, args.root)
-    try:
-        cg = write_cg(path, overwrite=args.overwrite,
-                           constraint_aware=not args.no_constraint_aware)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail(exc)
-    return _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads)", t0)
-
-
-def _validate(args) -> int:
-    from hessid.training.data import io as data
-
-    try:
-        summary = data.validate_dataset(data.dataset_path(args.name, args.root))
-    except (ValueError, FileNotFoundError) as exc:
-        return _fail(exc)
-    print(summary)
-    return 0
-
-
-def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="build, simulate, import and map AA reference data",
-                       description="All-atom reference data (docs/data.md).")  # fmt: skip
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-
-    b = dsub.add_parser("build", help="structure from a sequence or a PDB file")
-    src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sequence", help="one-letter sequence, e.g. GYDPETGTWG")
-    src.add_argument("--pdb", help="structure file (PDB/mmCIF)")
-    b.add_argument("--name", required=True, help="dataset name: writes ./NAME/NAME.pdb")
-    b.add_argument("--keep-water", action="store_true", help="keep crystal waters (--pdb)")
-    b.add_argument("--keep-ions", action="store_true", help="keep ions (--pdb)")
-    b.add_argument("--phi", type=float, default=-75.0, help="backbone φ, degrees (default PPII)")
-    b.add_argument("--psi", type=float, default=145.0, help="backbone ψ, degrees")
-    b.add_argument("--ph", type=float, default=7.0, help="protonation pH")
-    b.add_argument("--root", default=".", help="folder holding NAME/ (default .)")
-    b.set_defaults(func=_build)
-
-    s = dsub.add_parser("simulate", help="OpenMM AA MD with forces of the saved frames")
-    s.add_argument("name", help="dataset name (./NAME/NAME.pdb → ./NAME/NAME.h5)")
-    s.add_argument("--steps", type=int, default=10000, help="production steps")
-    s.add_argument("--stride", type=int, default=500, help="steps between saved frames")
-    s.add_argument("--temperature", type=float, default=300.0, help="K")
-    s.add_argument("--friction", type=float, default=1.0, help="1/ps")
-    s.add_argument("--timestep", type=float, default=2.0, help="fs")
-    s.add_argument("--equilibration-steps", type=int, default=0)
-    s.add_argument("--no-minimize", action="store_true")
-    s.add_argument("--solvent", default="gbn2", choices=("gbn2", "obc2", "explicit", "vacuum"))
-    s.add_argument("--forcefield", default="amber14-all.xml")
-    s.add_argument("--padding", type=float, default=1.0, help="explicit box padding, nm")
-    s.add_argument("--constraints", default="HBonds", choices=("HBonds", "none"))
-    s.add_argument("--platform", default=None, help="Reference|CPU|CUDA|OpenCL (default CUDA if present, else CPU)")
-    s.add_argument("--threads", type=int, default=None, help="CPU platform threads")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--chunk-frames", type=int, default=10, help="frames per write/checkpoint")
-    s.add_argument("--resume", action="store_true", help="continue from NAME.chk")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--root", default=".")
-    s.set_defaults(func=_simulate)
-
-    i = dsub.add_parser("import", help="import existing AA data (units must be declared or stored)")
-    i.add_argument("source", help="HDF5 (mdCATH-style), npy/npz coordinates, or a trajectory mdtraj reads")
-    i.add_argument("--name", required=True, help="writes ./NAME/NAME.h5")
-    i.add_argument("--format", default="auto", choices=("auto", "hdf5", "arrays", "trajectory"))
-    i.add_argument("--forces", help="force array (npy/npz) for arrays/trajectory")
-    i.add_argument("--topology", help="PDB topology")
-    i.add_argument("--coordinates-key", help="HDF5 dataset path of the coordinates")
-    i.add_argument("--forces-key", help="HDF5 dataset path of the forces")
-    i.add_argument("--length-unit", help="angstrom | nm")
-    i.add_argument("--force-unit", help="kcal/mol/angstrom | kj/mol/nm | kcal/mol/nm | kj/mol/angstrom")
-    i.add_argument("--timestep", type=float, help="ps between frames")
-    i.add_argument("--solvent", help="solvent of the source simulation (needed by `hessid targets`)")
-    i.add_argument("--forcefield", help="force-field XML of the source simulation")
-    i.add_argument("--temperature", type=float, help="K")
-    i.add_argument("--overwrite", action="store_true")
-    i.add_argument("--root", default=".")
-    i.set_defaults(func=_import)
-
-    m = dsub.add_parser("map", help="apply the Cα map: cg/coordinates, cg/forces = P f, bead types")
-    m.add_argument("name")
-    m.add_argument("--overwrite", action="store_true", help="replace cg/ (drops its targets)")
-    m.add_argument("--no-constraint-aware", action="store_true",
-                   help="keep the plain Cα projector on HBond-constrained data (default: the "
-                        "projector also sums the forces of H atoms rigidly bonded to a Cα)")  # fmt: skip
-    m.add_argument("--root", default=".")
-    m.set_defaults(func=_map)
-
-    v = dsub.add_parser("validate", help="check a dataset file; errors name file, dataset, frame")
-    v.add_argument("name")
-    v.add_argument("--root", default=".")
-    v.set_defaults(func=_validate)
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-def _targets(args) -> int:
-    from hessid.training.data import io as data
-    from hessid.training.data.targets import compute_targets
-
-    t0 = time.perf_counter()
-    try:
-        res = compute_targets(
-            data.dataset_path(args.name, args.root), n_probes=args.probes,
-            probe_kind=args.probe_kind, seed=args.seed, epsilon_nm=args.epsilon,
-            platform=args.platform, threads=args.threads, precision=args.precision,
-            workers=args.workers, chunk_frames=args.chunk_frames, scheduler=args.scheduler,
-            resume=args.resume, overwrite=args.overwrite, full_block=args.full_block,
-            forcefield=args.forcefield, solvent=args.solvent, progress=not args.no_progress,
-        )  # fmt: skip
-    except (ValueError, OSError, ImportError) as exc:  # OSError: files, unreachable scheduler
-        return _fail(exc)
-    return _done(f"wrote {res.path}: {res.chunks_computed} chunks computed, "
-                 f"{res.chunks_skipped} already done, {res.frame_probes_per_s:.1f} frame·probes/s", t0)  # fmt: skip
-
-
-def _add_targets(sub) -> None:
-    t = sub.add_parser("targets", help="precompute Term-1 HVP targets by FD of OpenMM forces",
-                       description="Term 1 = P ∇²H Pᵀ v by central differences (docs/data.md).")  # fmt: skip
-    t.add_argument("name", help="dataset name or .h5 path")
-    t.add_argument("--probes", type=int, default=4, help="probes per frame k")
-    t.add_argument("--probe-kind", default="gaussian",
-                   choices=("gaussian", "rademacher", "unit_sphere", "one_hot", "orthonormal"))  # fmt: skip
-    t.add_argument("--seed", type=int, default=0, help="probe seed")
-    t.add_argument("--epsilon", type=float, default=None,
-                   help="largest atomic FD displacement, nm (default by platform precision)")  # fmt: skip
-    t.add_argument("--platform", default=None)
-    t.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
-    t.add_argument("--precision", default=None, choices=("single", "mixed", "double"))
-    t.add_argument("--workers", type=int, default=1, help="worker processes (0: in-process)")
-    t.add_argument("--chunk-frames", type=int, default=4, help="frames per task/commit")
-    t.add_argument("--scheduler", default=None, help="Dask scheduler address (needs hessid[dask])")
-    t.add_argument("--resume", action="store_true", help="skip committed chunks")
-    t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--full-block", action="store_true", help="store cg/hessian_block (2·3n force evals/frame)")
-    t.add_argument("--forcefield", default=None, help="override the file's force field")
-    t.add_argument("--solvent", default=None, help="override the file's solvent")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--root", default=".")
-    t.set_defaults(func=_targets)
-
-
-def register(subparsers: argparse._SubParsersAction, names: tuple[str, ...] | None = None) -> None:
-    """Add the ``data`` and/or ``targets`` parsers to ``subparsers``.
-
-    ``hessid.training.cli`` imports this module for either name and calls ``register`` while
-    walking SUBCOMMANDS, where ``data`` precedes ``targets``: when it is called, a placeholder
-    ``data`` parser exists already iff ``targets`` is being run. So, with ``names=None``: add
-    ``targets`` if ``data`` is already registered, else add ``data`` (never a name that the CLI
-    will add as a placeholder next). Pass ``names`` explicitly to add both elsewhere.
+    Attributes:
+        name: dataset name: writes ROOT/NAME/NAME.pdb.
+        sequence: one-letter sequence, e.g. GYDPETGTWG.
+        pdb: structure file (PDB/mmCIF).
+        keep_water: keep crystal waters (with --pdb).
+        keep_ions: keep ions (with --pdb).
+        phi: backbone φ of a built sequence, degrees (default: PPII).
+        psi: backbone ψ, degrees.
+        ph: protonation pH.
+        root: folder holding NAME/.
     """
-    if names is None:
-        names = ("targets",) if "data" in subparsers._name_parser_map else ("data",)
-    if "data" in names:
-        _add_data(subparsers)
-    if "targets" in names:
-        _add_targets(subparsers)
+
+    name: str
+    sequence: str | None = None
+    pdb: str | None = None
+    keep_water: bool = signature_default(build_structure, "keep_water")
+    keep_ions: bool = signature_default(build_structure, "keep_ions")
+    phi: float = signature_default(build_structure, "phi")
+    psi: float = signature_default(build_structure, "psi")
+    ph: float = signature_default(build_structure, "ph")
+    root: str = "."
+
+
+@dataclass
+class ImportOptions:
+    """Options of ``hessid data import`` (units must be declared here or stored in the source).
+
+    Attributes:
+        source: HDF5 (mdCATH-style), npy/npz coordinates, or a trajectory mdtraj reads.
+        name: dataset name: writes ROOT/NAME/NAME.h5.
+        format: ``auto`` (from the suffix), ``hdf5``, ``arrays`` or ``trajectory``.
+        forces: force array (npy/npz) for arrays/trajectory.
+        topology: PDB topology.
+        coordinates_key: HDF5 dataset path of the coordinates.
+        forces_key: HDF5 dataset path of the forces.
+        length_unit: ``angstrom`` | ``nm``.
+        force_unit: ``kcal/mol/angstrom`` | ``kj/mol/nm`` | ``kcal/mol/nm`` | ``kj/mol/angstrom``.
+        timestep: fs between saved frames (default: the source's time, else the frame index).
+        solvent: solvent of the source simulation (needed by `hessid targets`).
+        forcefield: force-field XML of the source simulation.
+        temperature: K.
+        root: folder holding NAME/.
+    """
+
+    source: str
+    name: str
+    format: Literal["auto", "hdf5", "arrays", "trajectory"] = "auto"
+    forces: str | None = None
+    topology: str | None = None
+    coordinates_key: str | None = None
+    forces_key: str | None = None
+    length_unit: str | None = None
+    force_unit: str | None = None
+    timestep: float | None = None
+    solvent: str | None = None
+    forcefield: str | None = None
+    temperature: float | None = None
+    root: str = "."
+
+
+@dataclass
+class MapOptions:
+    """Options of ``hessid data map``.
+
+    Attributes:
+        name: dataset name or path.
+        constraint_aware: on HBond-constrained data, let the projector also sum the forces of
+            H atoms rigidly bonded to a Cα (--no-constraint-aware: the plain Cα projector).
+        root: folder holding NAME/.
+    """
+
+    name: str
+    constraint_aware: bool = signature_default(data.write_cg, "constraint_aware")
+    root: str = "."
+
+
+def _done(message: str, t0: float) -> None:
+    print(f"{message} ({time.perf_counter() - t0:.1f} s)")
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def _build_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(prog, "Structure from a sequence (PeptideBuilder + pdbfixer) or a "
+                              "PDB/mmCIF file: ROOT/NAME/NAME.pdb.")
+    add_dataclass(parser, BuildOptions)
+    return parser
+
+
+def _simulate_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(prog, "OpenMM all-atom MD with the forces of the saved frames: "
+                              "ROOT/NAME/NAME.h5 (+ NAME.chk for --resume).")
+    parser.add_argument("name", type=str, help="dataset name (ROOT/NAME/NAME.pdb → NAME.h5)")
+    add_dataclass(parser, MDConfig)
+    parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    add_run_flags(parser, resume="continue from ROOT/NAME/NAME.chk (a larger --steps extends)",
+                  overwrite="replace an existing dataset", progress=True)
+    return parser
+
+
+def _import_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(prog, "Import existing all-atom data into the hessid dataset layout.")
+    add_dataclass(parser, ImportOptions, positional=["source"])
+    add_run_flags(parser, overwrite="replace an existing dataset")
+    return parser
+
+
+def _map_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(prog, "Apply the Cα map: cg/coordinates, cg/forces = P f, bead types.")
+    add_dataclass(parser, MapOptions, positional=["name"])
+    add_run_flags(parser, overwrite="replace cg/ (drops its targets)")
+    return parser
+
+
+def _validate_parser(prog: str) -> ArgumentParser:
+    parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame.",
+                        config=False)
+    parser.add_argument("name", type=str, help="dataset name or path")
+    parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    return parser
+
+
+_ACTIONS = {
+    "build": (_build_parser, "structure from a sequence or a PDB file"),
+    "simulate": (_simulate_parser, "OpenMM AA MD with forces of the saved frames"),
+    "import": (_import_parser, "import existing AA data (units declared or stored)"),
+    "map": (_map_parser, "apply the Cα map: cg/coordinates, cg/forces = P f, bead types"),
+    "validate": (_validate_parser, "check a dataset file"),
+}
+
+
+def build_parser(prog: str = "hessid data") -> ArgumentParser:
+    """The parser of ``hessid data`` with one subcommand per action."""
+    parser = new_parser(prog, "All-atom reference data (docs/data.md).", config=False,
+                        logging_flags=False)
+    sub = parser.add_subcommands(dest="subcommand", required=True)
+    for name, (make, help_) in _ACTIONS.items():
+        sub.add_subcommand(name, make(f"{prog} {name}"), help=help_)
+    return parser
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def _build(cfg: Namespace, prog: str) -> None:
+    opts = dataclass_from(BuildOptions, cfg)
+    t0 = time.perf_counter()
+    path = build_structure(opts.name, sequence=opts.sequence, pdb=opts.pdb, out_dir=opts.root,
+                           keep_water=opts.keep_water, keep_ions=opts.keep_ions, phi=opts.phi,
+                           psi=opts.psi, ph=opts.ph)
+    save_config(_build_parser(prog), cfg, path.parent, "data build")
+    _done(f"wrote {path}", t0)
+
+
+def _simulate(cfg: Namespace, prog: str) -> None:
+    t0 = time.perf_counter()
+    path = simulate(cfg.name, dataclass_from(MDConfig, cfg), root=cfg.root, resume=cfg.resume,
+                    overwrite=cfg.overwrite, progress=cfg.progress)
+    save_config(_simulate_parser(prog), cfg, path.parent, "data simulate")
+    _done(f"wrote {path}", t0)
+
+
+def _import(cfg: Namespace, prog: str) -> None:
+    opts = dataclass_from(ImportOptions, cfg)
+    t0 = time.perf_counter()
+    out = Path(opts.root) / opts.name / f"{opts.name}.h5"
+    attrs = {"name": opts.name, "solvent": opts.solvent, "forcefield": opts.forcefield,
+             "temperature": opts.temperature}
+    timestep_ps = None if opts.timestep is None else opts.timestep / 1000.0  # fs → ps
+    fmt = opts.format
+    if fmt == "auto":
+        fmt = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "arrays",
+               ".npz": "arrays"}.get(Path(opts.source).suffix.lower(), "trajectory")
+    if fmt == "hdf5":
+        path = data.import_hdf5(opts.source, out, topology=opts.topology,
+                                coordinates_key=opts.coordinates_key, forces_key=opts.forces_key,
+                                length_unit=opts.length_unit, force_unit=opts.force_unit,
+                                timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+    elif fmt == "arrays":
+        if opts.forces is None or opts.topology is None:
+            raise ValueError("--format arrays needs --forces FILE and --topology PDB")
+        path = data.import_arrays(opts.source, opts.forces, opts.topology, out,
+                                  length_unit=opts.length_unit, force_unit=opts.force_unit,
+                                  timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+    else:
+        if opts.forces is None:
+            raise ValueError("--format trajectory needs --forces FILE")
+        path = data.import_trajectory(opts.source, opts.forces, out, force_unit=opts.force_unit,
+                                      topology=opts.topology, attrs=attrs,
+                                      overwrite=cfg.overwrite)
+    save_config(_import_parser(prog), cfg, Path(path).parent, "data import")
+    _done(f"wrote {path}", t0)
+
+
+def _map(cfg: Namespace, prog: str) -> None:
+    opts = dataclass_from(MapOptions, cfg)
+    t0 = time.perf_counter()
+    path = data.dataset_path(opts.name, opts.root)
+    cg = data.write_cg(path, overwrite=cfg.overwrite, constraint_aware=opts.constraint_aware)
+    save_config(_map_parser(prog), cfg, path.parent, "data map")
+    _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads)", t0)
+
+
+def _validate(cfg: Namespace, prog: str) -> None:
+    print(data.validate_dataset(data.dataset_path(cfg.name, cfg.root)))
+
+
+_RUN = {"build": _build, "simulate": _simulate, "import": _import, "map": _map,
+        "validate": _validate}
+
+
+def run(cfg: Namespace, parser: ArgumentParser) -> int:
+    """Run the parsed ``hessid data`` action; returns 0 (errors raise: see
+    :func:`hessid.cli.options.run_command`).
+
+    Raises:
+        ValueError: invalid options or data (exit 2).
+        FileNotFoundError: a missing structure or dataset (exit 2).
+        FileExistsError: the dataset exists and neither --resume nor --overwrite (exit 2).
+    """
+    action = cfg.subcommand
+    _RUN[action](cfg[action], f"{parser.prog} {action}")
+    return 0

@@ -1,67 +1,95 @@
 """``hessid train``: a thin layer over :func:`hessid.training.learning.trainer.train`.
 
-    hessid train --config run.yaml [--set loss.cov_weight=1 ...] [--resume]
-                 [--devices N] [--num-nodes N] [--accelerator cpu|gpu|auto]
-                 [--max-steps N] [--name NAME] [--output-dir DIR] [--skip-verification]
+    hessid train --config run.yaml [--loss.cov-weight 1 ...] [--set KEY=VALUE ...] [--resume]
+                 [--devices N] [--num-nodes N] [--accelerator cpu|gpu|auto] [--steps N]
+                 [--name NAME] [--out DIR] [--skip-verification]
 
-Every flag is also a config key (docs/training.md); flags override the YAML, ``--set`` overrides
-any key. Exit codes: 0 trained, 3 the verification gate refused, 2 bad config or data.
+The options are the fields of :class:`~hessid.training.learning.trainer.TrainConfig`
+(``--data.batch-size``, ``--trainer.val-every-steps``, ...; docs/training.md), so a run YAML
+is a ``--config`` file; flags after ``--config`` override it, and so does ``--set KEY=VALUE``
+(a dotted config key, VALUE read as YAML). Short names: ``--out`` = ``output_dir``,
+``--steps`` = ``trainer.max_steps``, ``--devices``/``--num-nodes``/``--accelerator`` =
+``trainer.*``, ``--no-progress`` = ``trainer.progress_bar: false``. The resolved config is
+saved as ``<out>/<name>/hessid-train.yaml``. Exit codes: 0 trained, 1 the verification gate
+refused, 2 bad config or data.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
+import os
 import sys
+from pathlib import Path
+
+from hessid.training.data.io import dataset_path
+from hessid.training.learning.configs import TrainConfig
+from hessid.training.learning.gate import VerificationGateError
+from hessid.training.learning.trainer import train
+from jsonargparse import ArgumentParser, Namespace
+
+from hessid.cli.options import (
+    JobFailed,
+    add_dataclass,
+    add_run_flags,
+    add_set_flag,
+    new_parser,
+    save_config,
+)
+
+__all__ = ["build_parser", "run", "train_config"]
+
+#: option names that differ from the TrainConfig keys
+RENAME = {"output_dir": "out", "trainer.progress_bar": "progress"}
+ALIASES = {"trainer.max_steps": ["--steps", "--max-steps"], "trainer.devices": ["--devices"],
+           "trainer.num_nodes": ["--num-nodes"], "trainer.accelerator": ["--accelerator"]}
+#: parsed keys that are not TrainConfig keys
+_RUNTIME = ("config", "print_config", "verbose", "quiet", "log_file", "resume")
 
 
-def register(subparsers) -> None:
-    """Add the ``train`` subcommand to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "train", help="train a CG potential (FM / FM+AA / FM+AA+Cov)",
-        description="Train CGSchNet + priors by force matching and HVP matching (spec §5). "
-                    "The CG map and projector of every dataset are verified first.")
-    p.add_argument("--config", required=True, help="YAML run config (docs/training.md)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set loss.cov_weight=1 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <run>/checkpoints/last.ckpt with the same data order")
-    p.add_argument("--devices", type=int, help="devices per node (DDP when > 1)")
-    p.add_argument("--num-nodes", type=int, help="nodes (DDP when > 1)")
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], help="Lightning accelerator")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--name", help="run name (output folder)")
-    p.add_argument("--output-dir", help="parent folder of runs")
-    p.add_argument("--skip-verification", action="store_true",
-                   help="DANGEROUS: train without verifying the CG map/projector")
-    p.set_defaults(func=main)
+def build_parser(prog: str = "hessid train") -> ArgumentParser:
+    """The parser of ``hessid train``: every :class:`TrainConfig` key, ``--set``, ``--resume``."""
+    parser = new_parser(prog, "Train CGSchNet + priors by force matching and HVP matching. "
+                              "The CG map and projector of every dataset are verified first.")
+    add_dataclass(parser, TrainConfig, rename=RENAME, aliases=ALIASES,
+                  help={"skip_verification": "DANGEROUS: train without verifying the CG map "
+                                             "and projector"})
+    add_set_flag(parser)
+    add_run_flags(parser, resume="continue from <out>/<name>/checkpoints/last.ckpt with the "
+                                 "same data order")
+    return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``train`` from parsed arguments; returns the exit code."""
-    from hessid.training.learning.configs import load_config
-    from hessid.training.learning.gate import VerificationGateError
-    from hessid.training.learning.trainer import train
+def train_config(cfg: Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed options: dataset names
+    resolved (``NAME`` → ``NAME/NAME.h5``, :func:`~hessid.training.data.io.dataset_path`),
+    relative paths looked up in the working directory, then next to the ``--config`` file.
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = list(args.set)
-    for flag, key in (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
-                      ("accelerator", "trainer.accelerator"), ("max_steps", "trainer.max_steps"),
-                      ("name", "name"), ("output_dir", "output_dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    Raises:
+        ValueError: an invalid config.
+    """
+    values = {k: v for k, v in cfg.as_dict().items() if k not in _RUNTIME}
+    data = values.get("data") or {}
+    data["datasets"] = [str(dataset_path(p)) for p in data.get("datasets") or []]
+    configs = cfg.get("config") or []
+    base = Path(os.fspath(configs[-1])).parent if configs else None
+    return TrainConfig.from_dict(values, base_dir=base)
+
+
+def run(cfg: Namespace, parser: ArgumentParser) -> int:
+    """Run ``hessid train``; returns 0 (errors raise: see
+    :func:`hessid.cli.options.run_command`).
+
+    Raises:
+        JobFailed: the verification gate refused a dataset (exit 1).
+        ValueError, FileNotFoundError: bad config or data (exit 2).
+    """
+    config = train_config(cfg)
+    if config.skip_verification:
+        print("WARNING: --skip-verification: the CG map and projector will NOT be verified",
+              file=sys.stderr)
     try:
-        cfg = load_config(args.config, overrides)
-        if args.skip_verification:
-            print("WARNING: --skip-verification: the CG map and projector will NOT be verified",
-                  file=sys.stderr)
-        result = train(cfg, resume=args.resume, skip_verification=args.skip_verification or None)
+        result = train(config, resume=cfg.resume)
     except VerificationGateError as exc:
-        print(f"hessid train: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"hessid train: {exc}", file=sys.stderr)
-        return 2
+        raise JobFailed(str(exc)) from exc
+    save_config(parser, cfg, result.run_dir, "train")
     print(f"model: {result.model}\nmetrics: {result.metrics_csv}\nsteps: {result.global_step}")
     return 0

@@ -220,36 +220,3 @@ def _simulate(model: Path, dataset: Path, sim_dir: Path, sc: DemoScale, seed: in
 
 
 __all__ = ["DemoScale", "SCALES", "STATE_FILE", "VARIANTS", "run_demo"]
-
-
-def register(subparsers) -> None:
-    """Add ``hessid demo`` to the top-level CLI."""
-    p = subparsers.add_parser(
-        "demo", help="the whole pipeline on chignolin (or your protein), resumable",
-        description="Build → AA MD (Amber14/GBn2, OpenMM) → Cα map + Term-1 targets → train FM, "
-                    "FM+AA, FM+AA+Cov → CG MD → evaluation → HTML report. Re-run the same "
-                    "command to resume a killed demo.")
-    p.add_argument("--out", "-o", default="hessid-demo", help="working folder (default hessid-demo)")
-    p.add_argument("--scale", choices=sorted(SCALES), default="default",
-                   help="ci: miniature; default: ~20-30 min on 2 CPU cores; full: research size (GPU)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--sequence", default="GYDPETGTWG", help="one-letter sequence (default chignolin)")
-    src.add_argument("--pdb", help="build from this PDB file instead")
-    p.add_argument("--name", default=None, help="protein name (default chignolin, or the PDB's stem)")
-    p.add_argument("--platform", default=None, help="OpenMM platform (default CUDA if present, else CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    name = args.name or (Path(args.pdb).stem if args.pdb else "chignolin")
-    try:
-        path = run_demo(args.out, sequence=None if args.pdb else args.sequence, name=name, pdb=args.pdb,
-                        scale=args.scale, platform=args.platform, seed=args.seed,
-                        progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"hessid demo: error: {exc}")
-        return 2
-    print(f"report: {path}")
-    return 0

@@ -289,7 +289,7 @@ def test_scheduler_without_dask_fails_clearly(monkeypatch):
 
 
 def test_cli_build_simulate_targets_in_an_empty_folder(tmp_path, monkeypatch):
-    from hessid.training.cli import main
+    from hessid.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["data", "build", "--sequence", "AG", "--name", "ag"]) == 0
@@ -297,7 +297,9 @@ def test_cli_build_simulate_targets_in_an_empty_folder(tmp_path, monkeypatch):
                  "CPU", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
     assert main(["targets", "ag", "--probes", "2", "--workers", "0", "--platform", "CPU",
                  "--threads", "1", "--no-progress"]) == 0  # fmt: skip
-    assert sorted(os.listdir("ag")) == ["ag.chk", "ag.h5", "ag.pdb"]
+    # each command saved its resolved config next to its outputs
+    assert sorted(os.listdir("ag")) == ["ag.chk", "ag.h5", "ag.pdb", "hessid-data-build.yaml",
+                                        "hessid-data-simulate.yaml", "hessid-targets.yaml"]
     with h5py.File("ag/ag.h5") as h5:
         assert {"topology", "coordinates", "forces", "cg"} <= set(h5)
         assert h5["cg/hvp_term1"].shape == (4, 2, 2, 3)
@@ -307,4 +309,4 @@ def test_cli_build_simulate_targets_in_an_empty_folder(tmp_path, monkeypatch):
     assert main(["targets", "ag", "--probes", "2", "--workers", "0", "--resume",
                  "--platform", "CPU", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
     assert main(["data", "validate", "ag"]) == 0
-    assert main(["data", "simulate", "missing", "--steps", "10", "--stride", "5"]) == 1
+    assert main(["data", "simulate", "missing", "--steps", "10", "--stride", "5"]) == 2  # bad input

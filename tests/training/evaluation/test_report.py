@@ -109,12 +109,12 @@ def test_free_energy_is_minus_kt_log_density():
 
 
 def test_simulate_evaluate_report_commands_run_end_to_end(tmp_path, capsys):
-    from hessid.training.cli import main
+    from hessid.cli import main
 
     write_dataset(tmp_path / "toy.h5", chain_ensemble(1200, seed=5))
     sim = tmp_path / "sim"
     argv = ["simulate", "--model", "harmonic", "--reference", str(tmp_path / "toy.h5"), "--out", str(sim),
-            "--n-steps", "600", "--save-interval", "20", "--n-replicas", "3", "--no-progress"]
+            "--steps", "600", "--stride", "20", "--replicas", "3", "--no-progress"]
     assert main(argv) == 0
     assert main([*argv[:-1], "--resume", "--no-progress"]) == 0  # already complete: a no-op
     ev = tmp_path / "ev"

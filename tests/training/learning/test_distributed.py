@@ -26,7 +26,7 @@ def _train(tmp_path, datasets, devices: int):
     }
     path = tmp_path / f"ranks{devices}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    subprocess.run([sys.executable, "-m", "hessid.training.cli", "train", "--config", str(path)],
+    subprocess.run([sys.executable, "-m", "hessid", "train", "--config", str(path)],
                    check=True, capture_output=True, text=True, timeout=300)
     return load_potential(tmp_path / "runs" / f"ranks{devices}" / "model.pt")
 

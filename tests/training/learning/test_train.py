@@ -184,12 +184,13 @@ def test_yaml_config_and_overrides(tmp_path, datasets):
 
 
 def test_cli_registers_train(tmp_path, datasets):
-    from hessid.training.cli import build_parser
+    from hessid.training.cli.train import build_parser
 
-    parser = build_parser(only="train")
-    args = parser.parse_args(["train", "--config", "x.yaml", "--devices", "2", "--num-nodes", "1",
-                              "--skip-verification", "--set", "loss.cov_weight=1"])
-    assert args.devices == 2 and args.skip_verification and args.set == ["loss.cov_weight=1"]
+    (tmp_path / "x.yaml").write_text("name: x\n")
+    args = build_parser().parse_args(["--config", str(tmp_path / "x.yaml"), "--devices", "2",
+                                      "--num-nodes", "1", "--skip-verification",
+                                      "--set", "loss.cov_weight=1"])
+    assert args.trainer.devices == 2 and args.skip_verification and args.loss.cov_weight == 1
 
 
 def test_prior_section_is_typed_and_keeps_its_yaml_keys():

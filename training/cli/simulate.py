@@ -1,0 +1,149 @@
+"""``hessid simulate``: CG Langevin MD of R replicas with a trained potential, a thin layer over
+:func:`hessid.training.md.simulation.simulate` (options: :class:`SimulateOptions`).
+
+Writes ``replica_XXX.dcd`` + ``topology.pdb`` (mdtraj-readable), ``state.csv``,
+``checkpoint.pt``, ``simulation.json`` and ``hessid-simulate.yaml`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import mdtraj as md
+import numpy as np
+import torch
+from hessid.training.data.io import dataset_path
+from hessid.training.data.synthetic import HarmonicChainPotential
+from hessid.training.learning.models import load_potential
+from hessid.training.md.simulation import load_cg_reference, simulate
+from jsonargparse import ArgumentParser, Namespace
+
+from hessid.cli.options import (
+    add_dataclass,
+    add_run_flags,
+    dataclass_from,
+    new_parser,
+    save_config,
+    signature_default,
+)
+
+__all__ = ["SimulateOptions", "build_parser", "load_model", "read_start", "run"]
+
+
+def _default(name: str):
+    return signature_default(simulate, name)
+
+
+@dataclass
+class SimulateOptions:
+    """Options of ``hessid simulate`` (defaults: those of ``simulate``; give exactly one of
+    ``reference`` and ``start``).
+
+    Attributes:
+        model: checkpoint path (load_potential) or ``harmonic[:bond_k,bond_length,angle_k,angle]``.
+        reference: dataset name or path (cg/coordinates): start frames drawn with --seed.
+        start: start structure(s): .npy (R, n, 3) or (n, 3) in Å, or a PDB/trajectory (Cα used).
+        out: output folder.
+        steps: total integration steps.
+        stride: steps between saved frames.
+        replicas: replicas R.
+        timestep: fs.
+        temperature: K (default: the reference dataset's, else 300).
+        friction: 1/ps.
+        mass: bead mass, amu.
+        seed: draws start frames, velocities and noise.
+        device: torch device of the state.
+        precision: ``float32`` or ``float64``.
+        threads: torch CPU threads (1 is fastest for small CG systems).
+        checkpoint_interval: steps between checkpoints (default: 10 × stride).
+    """
+
+    model: str
+    out: str
+    steps: int
+    reference: str | None = None
+    start: str | None = None
+    stride: int = _default("save_interval")
+    replicas: int = _default("n_replicas")
+    timestep: float = _default("timestep")
+    temperature: float | None = None
+    friction: float = _default("friction")
+    mass: float = _default("masses")
+    seed: int = _default("seed")
+    device: str = _default("device")
+    precision: Literal["float32", "float64"] = str(_default("dtype")).removeprefix("torch.")
+    threads: int | None = _default("threads")
+    checkpoint_interval: int | None = _default("checkpoint_interval")
+
+
+def load_model(spec: str):
+    """A CG potential from ``spec``: a checkpoint path (``load_potential``) or
+    ``harmonic[:bond_k,bond_length,angle_k,angle]`` (the :class:`HarmonicChainPotential`
+    fallback used by tests and the demo).
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+    """
+    if spec == "harmonic" or spec.startswith("harmonic:"):
+        args = [float(x) for x in spec.split(":", 1)[1].split(",")] if ":" in spec else []
+        return HarmonicChainPotential(*args)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"model checkpoint {spec} not found")
+    return load_potential(spec)
+
+
+def read_start(path: str) -> np.ndarray:
+    """Start positions, Å: a ``.npy`` array as stored ((R, n, 3) or (n, 3)), else the Cα atoms
+    of every frame of a structure/trajectory mdtraj reads ((F, n, 3); a single frame → (n, 3))."""
+    if path.endswith(".npy"):
+        start = np.load(path)
+    else:
+        t = md.load(path)
+        start = t.xyz[:, t.topology.select("name CA")] * 10.0  # nm → Å, (F, n, 3)
+    return start[0] if start.ndim == 3 and start.shape[0] == 1 else start
+
+
+def build_parser(prog: str = "hessid simulate") -> ArgumentParser:
+    """The parser of ``hessid simulate`` (options: :class:`SimulateOptions`)."""
+    parser = new_parser(prog, "BAOAB Langevin dynamics of R replicas at once; writes "
+                              "replica_XXX.dcd + topology.pdb (mdtraj-readable), state.csv, "
+                              "checkpoint.pt, simulation.json.")
+    add_dataclass(parser, SimulateOptions)
+    add_run_flags(parser, resume="continue from OUT/checkpoint.pt",
+                  overwrite="replace an existing run in OUT", progress=True)
+    return parser
+
+
+def run(cfg: Namespace, parser: ArgumentParser) -> int:
+    """Run ``hessid simulate``; returns 0 (errors raise: see
+    :func:`hessid.cli.options.run_command`).
+
+    Raises:
+        ValueError: neither or both of --reference/--start, bad shapes or intervals (exit 2).
+        FileNotFoundError: a missing model, dataset or start file (exit 2).
+        FileExistsError: OUT holds a run, neither --resume nor --overwrite (exit 2).
+    """
+    opts = dataclass_from(SimulateOptions, cfg)
+    reference = None if opts.reference is None else str(dataset_path(opts.reference))
+    temperature = opts.temperature
+    if temperature is None and reference is not None:
+        temperature = load_cg_reference(reference)["temperature"]
+    start = None if opts.start is None else read_start(opts.start)
+    result = simulate(
+        load_model(opts.model), opts.out, n_steps=opts.steps, save_interval=opts.stride,
+        reference=reference, start_positions=start, n_replicas=opts.replicas,
+        timestep=opts.timestep, temperature=temperature or _default("temperature"),
+        friction=opts.friction, masses=opts.mass, seed=opts.seed, device=opts.device,
+        dtype=getattr(torch, opts.precision), checkpoint_interval=opts.checkpoint_interval,
+        resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress,
+        provenance={"model": str(opts.model), "command": "hessid simulate"},
+        threads=opts.threads)
+    save_config(parser, cfg, result.directory, "simulate")
+    print(f"wrote {len(result.trajectories)} trajectories "
+          f"({result.frames[0] if result.frames else 0} frames each when not stopped) to "
+          f"{result.directory}; {result.steps_per_second:.1f} steps/s")
+    for f in result.failures:
+        print(f"replica {f['replica']} stopped at step {f['step']}: {f['reason']}")
+    return 0
