@@ -1,4 +1,5 @@
-"""All-atom MD speed (ns/day) per solvent model, as ``hessid data simulate`` runs it (issue 3).
+"""All-atom MD speed (ns/day) per solvent model, as ``hessid data simulate`` runs it (results
+in docs/benchmarks/data.md).
 
 Chignolin (GYDPETGTWG) built from its sequence like ``hessid data build`` (extended PPII start),
 amber14-all.xml with ``gbn2``, ``obc2``, ``vacuum`` and ``explicit`` (TIP3P-FB box, 1 nm

@@ -1,4 +1,4 @@
-"""Term-1 precompute throughput (issue 3; results in docs/data.md).
+"""Term-1 precompute throughput (results in docs/data.md).
 
 For each system (chignolin and longer peptides, amber14 + GBn2, Cα map): simulate a few frames,
 then run :func:`hessid.training.data.targets.compute_targets` with 1 and 2 worker processes
@@ -35,6 +35,7 @@ SYSTEMS = {
 def main(argv=None) -> dict:
     import openmm
     from hessid.training.data.aa_md import MDConfig, simulate
+    from hessid.training.data.reader import open_dataset
     from hessid.training.data.structures import build_structure
     from hessid.training.data.targets import compute_targets
 
@@ -62,10 +63,8 @@ def main(argv=None) -> dict:
                                            threads=2 if args.platform == "CPU" else None,
                                            chunk_frames=n_frames), root=tmp, progress=False)  # fmt: skip
             md_s = time.perf_counter() - t0
-            import h5py
-
-            with h5py.File(path) as h5:
-                n_atoms = h5["coordinates"].shape[1]
+            with open_dataset(path) as ds:
+                n_atoms = ds.n_atoms
             for workers in (int(w) for w in args.workers.split(",")):
                 res = compute_targets(path, n_probes=args.probes, platform=args.platform,
                                       threads=args.threads if args.platform == "CPU" else None,

@@ -1,4 +1,4 @@
-"""Term-1 finite-difference error study (issue 3; results in docs/data.md).
+"""Term-1 finite-difference error study (results in docs/data.md).
 
 For a thermal chignolin frame (amber14 + GBn2, HBond constraints as in `hessid data simulate`),
 Cα map, Gaussian probes: relative error of the central difference Term 1 = P∇²HPᵀv at step ε

@@ -3,7 +3,7 @@
 
 Used by the training tests and ``benchmarks/hvp_step.py``; not a physical model. The AA system
 of :func:`write_synthetic_dataset` is a Cα + side-bead chain held by harmonic springs, so its
-forces and exact Term 1 (``P ∇²H Pᵀ v``, spec §5) are available in closed form.
+forces and exact Term 1 (``P ∇²H Pᵀ v``, docs/identities.md §5) are available in closed form.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
+
+from hessid.probes import ProbeSpec
 
 __all__ = ["HarmonicChainPotential", "compact_chain", "spring_network", "write_synthetic_dataset"]
 
@@ -93,7 +96,8 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
 
     Args:
         path: file to write.  n_beads, n_frames: sizes.  seed: structure/noise seed.
-        probe_kind, n_probes, probe_seed: probe spec stored in the ``cg/hvp_term1`` attrs.
+        probe_kind, n_probes, probe_seed: probe spec stored in the ``cg/hvp_term1`` attrs
+            (``ProbeSpec(...).to_attrs(dim=3n)``).
         temperature: K (root attribute).
         frame_id_offset: first global frame id.
         broken_projector: store Q = 1.1 S (violates Q Sᵀ = I; the verification gate must refuse).
@@ -102,11 +106,10 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
 
     Returns:
         the path.
+
+    Raises:
+        ValueError: unknown probe kind or ``n_probes`` < 1 (:class:`hessid.probes.ProbeSpec`).
     """
-    import h5py
-
-    from hessid.probes import draw_probes
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
@@ -125,7 +128,8 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
     S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
     Q = 1.1 * S if broken_projector else S.copy()
     frame_id = np.arange(n_frames, dtype=np.int64) + frame_id_offset
-    probes = draw_probes(probe_kind, probe_seed, frame_id, n_probes, 3 * n_beads)  # (T, k, 3n)
+    spec = ProbeSpec(kind=probe_kind, seed=int(probe_seed), n_probes=int(n_probes))
+    probes = spec.draw(frame_id, 3 * n_beads)  # (T, k, 3n)
     probes = probes.reshape(n_frames, n_probes, n_beads, 3).numpy()  # (T, k, n, 3)
     Qt = torch.as_tensor(Q)
     term1 = np.zeros((n_frames, n_probes, n_beads, 3))
@@ -156,11 +160,9 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
         bt.attrs["bead_vocabulary"] = json.dumps(["ALA", "GLY", "TRP"])
         g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
         ds = g.create_dataset("hvp_term1", data=term1)
-        ds.attrs.update(dict(probe_kind=probe_kind, probe_seed=int(probe_seed),
-                             probe_scale=float(1.0 if probe_kind in ("gaussian", "rademacher")
-                                               else 3 * n_beads),
-                             n_probes=int(n_probes), epsilon_nm=0.0, platform="exact",
-                             precision="double", forcefield_hash="synthetic"))
+        ds.attrs.update(spec.to_attrs(dim=3 * n_beads))
+        ds.attrs.update(dict(epsilon_nm=0.0, platform="exact", precision="double",
+                             forcefield_hash="synthetic"))
         g["hvp_term1_done"] = np.ones(n_frames, dtype=np.uint8)
         if full_block:
             Qf = torch.kron(Qt, torch.eye(3, dtype=torch.float64))  # (3n, 3N)

@@ -34,6 +34,7 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 from deeptime.decomposition import TICA
+from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 from hessid.training.evaluation.divergences import (
     KL_FLOOR,
     kl_divergence,
@@ -106,12 +107,15 @@ def load_reference(path, dt: float | None = None, name: str | None = None, top=N
 
     Raises:
         ValueError: no frame spacing known, or spacing not positive.
+        DatasetNotFoundError: a single ``.h5``/``.hdf5`` path that does not exist.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     if len(paths) == 1 and str(paths[0]).endswith((".h5", ".hdf5")):
         try:
             ref = load_cg_reference(paths[0])
-        except KeyError:
+        except DatasetNotFoundError:
+            raise
+        except DatasetError:  # an HDF5 file that is not a mapped hessid dataset: mdtraj reads it
             ref = None
         if ref is not None:
             xyz = ref["positions"] / 10.0  # Å → nm, (T, n, 3)

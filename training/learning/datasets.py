@@ -9,18 +9,17 @@ regenerates its frames' probes from their frame ids with the dataset's stored pr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
+from hessid.training.data.reader import open_dataset
 from hessid.training.learning.configs import TrainConfig
 
-from hessid.probes import draw_probes, probe_scale
+from hessid.probes import ProbeSpec
 from hessid.units import beta as beta_of_temperature
 
 log = logging.getLogger(__name__)
@@ -79,22 +78,26 @@ class ProteinData:
         """T, frames read."""
         return int(self.cg_coordinates.shape[0])
 
-    def probe_spec(self) -> tuple[str, int, int]:
-        """(kind, seed, k) of the stored Term 1; ``ValueError`` if there is none."""
-        a = self.term1_attrs
-        if self.term1 is None or not {"probe_kind", "probe_seed", "n_probes"} <= set(a):
-            raise ValueError(f"{self.path}: no cg/hvp_term1 with probe_kind/probe_seed/n_probes "
-                             "attributes (run `hessid targets`)")
-        kind = a["probe_kind"]
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        return kind, int(a["probe_seed"]), int(a["n_probes"])
+    def probe_spec(self) -> ProbeSpec:
+        """The :class:`hessid.probes.ProbeSpec` of the stored Term 1 (``ProbeSpec.from_attrs``).
+
+        Raises:
+            ValueError: no ``cg/hvp_term1``, or its probe attributes are missing or invalid.
+        """
+        if self.term1 is None:
+            raise ValueError(f"{self.path}: no cg/hvp_term1 (run `hessid targets`)")
+        try:
+            return ProbeSpec.from_attrs(self.term1_attrs)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{self.path}: cg/hvp_term1: {exc} (run `hessid targets`)") from exc
 
 
 def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData:
     """Read the parts of a dataset file that training needs (contract layout).
 
     Args:
-        path: the dataset's HDF5 file.
+        path: the dataset's HDF5 file (or a dataset name/folder,
+            :func:`hessid.training.data.io.dataset_path`).
         max_frames: read only the first this many frames (None: all).
 
     Returns:
@@ -102,46 +105,33 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
         Hessian blocks kcal/mol/Å²).
 
     Raises:
-        FileNotFoundError: no file.
-        ValueError: no ``cg/`` group, or shapes inconsistent (names the file and dataset).
+        DatasetNotFoundError: no file (a ``FileNotFoundError``).
+        NotMappedError: no ``cg/`` group (a ``ValueError``, as every
+            :class:`~hessid.training.data.schema.DatasetError`).
+        DatasetError: a dataset training needs is missing (names the file and dataset).
+        ValueError: shapes inconsistent (names the file and dataset).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(path)
     sl = slice(None, max_frames)
-    with h5py.File(path, "r") as h5:
-        if "cg" not in h5:
-            raise ValueError(f"{path}: no cg/ group (run `hessid data map` / `hessid targets`)")
-        cg = h5["cg"]
-        vocab = cg["bead_types"].attrs.get("bead_vocabulary", cg.attrs.get("bead_vocabulary",
-                                                                           h5.attrs.get("bead_vocabulary", "[]")))
-        vocab = json.loads(vocab.decode() if isinstance(vocab, bytes) else vocab)
-        name = h5.attrs.get("name", path.stem)
-        name = name.decode() if isinstance(name, bytes) else str(name)
+    with open_dataset(path) as ds:
+        cg = ds.cg
+        temperature = ds.temperature
         p = ProteinData(
-            name=name or path.stem, path=path, temperature=float(h5.attrs.get("temperature", 300.0)),
-            frame_id=h5["frame_id"][sl].astype(np.int64),
-            cg_coordinates=cg["coordinates"][sl], cg_forces=cg["forces"][sl],
-            bead_types=cg["bead_types"][()].astype(np.int64), vocabulary=list(vocab),
-            weights=cg["weights"][()], projector=cg["projector"][()],
-            aa_frame0=h5["coordinates"][0],
-            potential_energy=h5["potential_energy"][sl] if "potential_energy" in h5 else None,
-        )
-        if "hvp_term1" in cg:
-            p.term1 = cg["hvp_term1"][sl]
-            p.term1_attrs = dict(cg["hvp_term1"].attrs)
-            done = cg["hvp_term1_done"][sl].astype(bool) if "hvp_term1_done" in cg else None
-            p.term1_done = done if done is not None else np.ones(p.term1.shape[0], bool)
-        if "hessian_block" in cg:
-            p.hessian_block = cg["hessian_block"][sl]
-            p.hessian_done = (cg["hessian_block_done"][sl].astype(bool) if "hessian_block_done" in cg
-                              else np.ones(p.hessian_block.shape[0], bool))
+            name=ds.name, path=ds.path, temperature=300.0 if temperature is None else temperature,
+            frame_id=ds.frame_id(sl), cg_coordinates=cg.coordinates(sl), cg_forces=cg.forces(sl),
+            bead_types=cg.bead_types, vocabulary=cg.vocabulary, weights=cg.weights,
+            projector=cg.projector, aa_frame0=ds.coordinates(0),
+            potential_energy=ds.potential_energy(sl),
+        )  # fmt: skip
+        if ds.has_term1:
+            p.term1, p.term1_attrs, p.term1_done = ds.term1.values(sl), ds.term1.attrs, ds.term1.done(sl)
+        if ds.has_hessian_block:
+            p.hessian_block, p.hessian_done = ds.hessian_block.values(sl), ds.hessian_block.done(sl)
     n = p.n_beads
     if p.cg_forces.shape != p.cg_coordinates.shape or p.bead_types.shape != (n,):
-        raise ValueError(f"{path}: cg/forces {p.cg_forces.shape}, cg/coordinates "
+        raise ValueError(f"{p.path}: cg/forces {p.cg_forces.shape}, cg/coordinates "
                          f"{p.cg_coordinates.shape}, cg/bead_types {p.bead_types.shape} disagree")
     if p.term1 is not None and p.term1.shape[2:] != (n, 3):
-        raise ValueError(f"{path}: cg/hvp_term1 {p.term1.shape} is not (T, k, {n}, 3)")
+        raise ValueError(f"{p.path}: cg/hvp_term1 {p.term1.shape} is not (T, k, {n}, 3)")
     if not p.vocabulary:
         p.vocabulary = [f"type{i}" for i in range(int(p.bead_types.max()) + 1)]
     return p
@@ -250,8 +240,7 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
         p = proteins[pi]
         fn.append(float((p.cg_forces[t] ** 2).sum()))
         if need_term1:
-            kind = p.probe_spec()[0]
-            hn.append(probe_scale(kind, 3 * p.n_beads) * float((p.term1[t] ** 2).sum(-1).sum(-1).mean()))
+            hn.append(p.probe_spec().scale(3 * p.n_beads) * float((p.term1[t] ** 2).sum(-1).sum(-1).mean()))
         if need_hessian and p.hessian_block is not None:
             hs.append(float((p.hessian_block[t] ** 2).sum()))
         if p.potential_energy is not None:
@@ -301,15 +290,16 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
         if p.potential_energy is not None:
             energy.append(float(p.potential_energy[t]))
         if need_probes:
-            kind, seed, k = p.probe_spec()
+            spec = p.probe_spec()
+            k = spec.n_probes
             ks.add(k)
-            v = draw_probes(kind, seed, [int(p.frame_id[t])], k, 3 * n)  # (1, k, 3n)
+            v = spec.draw([int(p.frame_id[t])], 3 * n)  # (1, k, 3n)
             probes.append(v.reshape(k, n, 3))  # (k, n, 3)
             term1.append(torch.as_tensor(p.term1[t]))  # (k, n, 3)
             stored = p.term1_attrs.get("probe_scale")
-            c = probe_scale(kind, 3 * n)
+            c = spec.scale(3 * n)
             if stored is not None and not math.isclose(float(stored), c, rel_tol=1e-12):
-                raise ValueError(f"{p.path}: stored probe_scale {stored} != probe_scale({kind!r}, "
+                raise ValueError(f"{p.path}: stored probe_scale {stored} != probe_scale({spec.kind!r}, "
                                  f"{3 * n}) = {c}")
             scale.append(c)
         if need_hessian:

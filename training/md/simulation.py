@@ -23,9 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
+from hessid.training.data import schema as sc
+from hessid.training.data.reader import open_dataset
 from hessid.training.md.integrator import (
     DEFAULT_BOND_RANGE,
     STATUS_NAMES,
@@ -150,34 +151,30 @@ class SimulationResult:
 
 
 def load_cg_reference(path) -> dict:
-    """Read the CG part of a hessid dataset HDF5 (docs/architecture.md, "Dataset file").
+    """Read the CG part of a hessid dataset file (docs/architecture.md, "Dataset file") with
+    :func:`hessid.training.data.reader.open_dataset`.
+
+    Args:
+        path: dataset ``.h5`` path (or name/folder, :func:`hessid.training.data.io.dataset_path`).
 
     Returns:
-        dict with ``positions`` (T, n, 3) float64 Å, ``bead_types`` (n,) int64, ``time`` (T,) ps,
-        ``temperature`` K (or None), ``residue_names`` (n,) or None, ``name``, ``path``.
+        dict with ``positions`` (T, n, 3) float64 Å, ``bead_types`` (n,) int64 (zeros when not
+        stored), ``time`` (T,) ps (or None), ``temperature`` K (or None), ``residue_names`` (n,)
+        or None, ``name``, ``path``.
 
     Raises:
-        KeyError: the file has no ``cg/coordinates``.
+        DatasetNotFoundError: no such file (also a ``FileNotFoundError``).
+        DatasetError: not a hessid dataset, or it has no ``cg/coordinates`` (the message names
+            the file and what is missing).
     """
-    with h5py.File(path, "r") as f:
-        if "cg/coordinates" not in f:
-            raise KeyError(f"{path}: no 'cg/coordinates' (not a hessid dataset)")
-        pos = np.asarray(f["cg/coordinates"], dtype=np.float64)
-        n = pos.shape[1]
-        types = np.asarray(f["cg/bead_types"], dtype=np.int64) if "cg/bead_types" in f else np.zeros(n, np.int64)
-        t = np.asarray(f["time"], dtype=np.float64) if "time" in f else None
-        temp = f.attrs.get("temperature")
-        vocab = f["cg/bead_types"].attrs.get("bead_vocabulary") if "cg/bead_types" in f else None
-        if vocab is None:
-            vocab = f["cg"].attrs.get("bead_vocabulary")
-        name = f.attrs.get("name", Path(path).stem)
-    residue_names = None
-    if vocab is not None:
-        vocab = json.loads(vocab) if isinstance(vocab, str | bytes) else list(vocab)
-        residue_names = [str(vocab[i]) for i in types]
-    return {"positions": pos, "bead_types": types, "time": t,
-            "temperature": float(temp) if temp is not None else None,
-            "residue_names": residue_names, "name": str(name), "path": str(path)}
+    with open_dataset(path) as ds:
+        cg = ds.cg
+        pos = np.asarray(cg.coordinates(), dtype=np.float64)
+        types = cg.bead_types if cg.has(sc.CG_BEAD_TYPES) else np.zeros(pos.shape[1], np.int64)
+        t = np.asarray(ds.time(), dtype=np.float64) if ds.has(sc.TIME) else None
+        residue_names = cg.residue_names if cg.has(sc.CG_BEAD_TYPES) else None
+        return {"positions": pos, "bead_types": types, "time": t, "temperature": ds.temperature,
+                "residue_names": residue_names, "name": ds.name, "path": str(path)}
 
 
 def _versions() -> dict:

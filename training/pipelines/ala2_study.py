@@ -34,17 +34,17 @@ import concurrent.futures as cf
 import json
 import math
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from hessid.training.data import aa_md
+from hessid.training.data import schema as sc
 from hessid.training.data.conditional import estimate_cg_hessian, sample_frozen
-from hessid.training.data.io import validate_dataset
+from hessid.training.data.io import copy_frames, dataset_path, validate_dataset
+from hessid.training.data.reader import open_dataset
 from hessid.training.data.targets import compute_targets, make_executor
 from hessid.training.evaluation.evaluate import (
     Trajectories,
@@ -64,6 +64,9 @@ from hessid.training.pipelines.runner import StageRunner, read_json, write_json
 
 #: the study's state file inside its run folder
 STATE_FILE = "state.json"
+#: per-frame dataset of the pool (and the files cut from it): the frame's position in the
+#: pool's seeded permutation, so the training set of size s is ``draw_rank < s``
+DRAW_RANK = "draw_rank"
 
 
 def log(msg: str) -> None:
@@ -83,16 +86,18 @@ def _executor(jobs: int) -> cf.Executor:
 
 
 def _n_frames(path: Path) -> int:
-    with h5py.File(path, "r") as h5:
-        return h5["coordinates"].shape[0]
+    with open_dataset(path) as ds:
+        return ds.shape_of(sc.COORDINATES)[0]
 
 
 def _done_mask_complete(path: Path, key: str) -> bool:
-    """Whether ``cg/<key>_done`` exists in ``path`` and flags every frame."""
+    """Whether the done mask of ``key`` (``schema.TERM1`` or ``schema.HESSIAN_BLOCK``) exists in
+    ``path`` and flags every frame."""
     if not path.exists():
         return False
-    with h5py.File(path, "r") as h5:
-        return f"cg/{key}_done" in h5 and bool(h5[f"cg/{key}_done"][()].all())
+    with open_dataset(path) as ds:
+        done = key + sc.DONE_SUFFIX
+        return ds.has(done) and bool(ds.read(done).all())
 
 
 # ----------------------------------------------------------------------------- 1. reference
@@ -105,7 +110,7 @@ def _run_aa(name: str, root: str, cfg: dict, seed: int) -> dict:
                          equilibration_steps=cfg["equilibration_steps"], solvent=cfg["solvent"],
                          platform="CPU", threads=1, seed=seed, chunk_frames=cfg["chunk_frames"],
                          hydrogen_mass=cfg.get("hydrogen_mass"))  # fmt: skip
-    h5 = Path(root) / name / f"{name}.h5"
+    h5 = dataset_path(name, root)
     n_target = cfg["steps"] // cfg["stride"]
     n0 = _n_frames(h5) if h5.exists() else 0
     if n0 >= n_target:
@@ -130,7 +135,7 @@ def stage_reference(out: Path, s: dict, jobs: int) -> dict:
     with _executor(jobs) as ex:
         futs = [ex.submit(_run_aa, name, str(root), cfg, 1000 + i) for i, name in enumerate(names)]
         runs = [f.result() for f in futs]
-    return {"config": cfg, "runs": runs, "files": [root / n / f"{n}.h5" for n in names],
+    return {"config": cfg, "runs": runs, "files": [dataset_path(n, root) for n in names],
             "total_ns": len(names) * cfg["steps"] * cfg["timestep"] * 1e-6,
             "ns_per_day_per_process": [r["ns_per_day"] for r in runs if r["ns_per_day"]]}  # fmt: skip
 
@@ -142,12 +147,12 @@ def stage_map(out: Path, ref: dict) -> dict:
     """5-bead map of every reference run, φ/ψ angles (``reference/phi_psi.npz``), basin populations."""
     angles, basins = [], []
     for f in (out / p for p in ref["files"]):
-        with h5py.File(f, "r") as h5:
-            ok = "cg/coordinates" in h5 and h5["cg/coordinates"].shape[0] == h5["coordinates"].shape[0]
+        with open_dataset(f) as ds:
+            ok = ds.has(sc.CG_COORDINATES) and ds.shape_of(sc.CG_COORDINATES)[0] == ds.shape_of(sc.COORDINATES)[0]
         if not ok:
             ala2.map_dataset(f, overwrite=True)
-        with h5py.File(f, "r") as h5:
-            a = ala2.phi_psi(h5["cg/coordinates"][()])
+        with open_dataset(f) as ds:
+            a = ala2.phi_psi(ds.cg.coordinates())
         angles.append(a)
         basins.append(ala2.basin_populations(a, n_blocks=min(10, len(a))))
     pooled = ala2.basin_populations(angles, n_blocks=max(2, min(10 * len(angles), sum(map(len, angles)))))
@@ -161,41 +166,16 @@ def stage_map(out: Path, ref: dict) -> dict:
 # ----------------------------------------------------------------------------- 3. pool
 
 
-def _copy_frames(src: Path, dst: Path, rows: np.ndarray | None, per_file: list | None = None) -> None:
-    """Copy the per-frame datasets of ``src`` rows (sorted) into a new dataset ``dst``.
+def _times(path: Path, rows: np.ndarray) -> np.ndarray:
+    """``time`` (ps) of the frames ``rows`` of a dataset file."""
+    with open_dataset(path) as ds:
+        return ds.time(rows)
 
-    ``per_file``: for the pool, a list of ``(file, rows_in_file)`` to concatenate instead of
-    one source. Per-frame datasets are those whose first axis is T; attributes are kept.
-    """
-    tmp = dst.with_suffix(".tmp.h5")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    sources = per_file or [(src, rows)]
-    with h5py.File(sources[0][0], "r") as first, h5py.File(tmp, "w") as o:
-        t_first = first["coordinates"].shape[0]
-        for k, v in first.attrs.items():
-            o.attrs[k] = v
 
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group):
-                g = o.require_group(name)
-                for k, v in obj.attrs.items():
-                    g.attrs[k] = v
-                return
-            per_frame = obj.shape and obj.shape[0] == t_first and name != "topology" and not name.startswith(
-                ("cg/weights", "cg/projector", "cg/bead_types", "cg/bonds"))
-            if not per_frame:
-                ds = o.create_dataset(name, data=obj[()], dtype=obj.dtype)
-            else:
-                parts = []
-                for f, r in sources:
-                    with h5py.File(f, "r") as h:
-                        parts.append(h[name][()][np.asarray(r)])
-                ds = o.create_dataset(name, data=np.concatenate(parts), dtype=obj.dtype)
-            for k, v in obj.attrs.items():
-                ds.attrs[k] = v
-
-        first.visititems(visit)
-    os.replace(tmp, dst)
+def _draw_rank(path: Path) -> np.ndarray:
+    """The pool rank of every frame of ``path`` (:data:`DRAW_RANK`), (T,) int64."""
+    with open_dataset(path) as ds:
+        return ds.read(DRAW_RANK)
 
 
 def stage_pool(out: Path, s: dict, ref: dict) -> dict:
@@ -215,18 +195,14 @@ def stage_pool(out: Path, s: dict, ref: dict) -> dict:
         sel = np.sort(perm[(perm >= offsets[i]) & (perm < offsets[i + 1])]) - offsets[i]
         per_file.append((f, sel))
     pool = out / "pool" / "pool" / "pool.h5"
-    _copy_frames(files[0], pool, None, per_file)
     # frame ids and times made globally unique and increasing: run i → frame id i·10⁷ + frame,
-    # time i·(span + 1 ps) + t (span: longest run, ps)
+    # time i·(span + 1 ps) + t (span: the largest pooled time, ps)
     sel_global = np.concatenate([offsets[i] + r for i, (_, r) in enumerate(per_file)])
-    with h5py.File(pool, "r+") as h5:
-        run_of = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(per_file)])
-        h5["frame_id"][...] = run_of * 10_000_000 + np.concatenate([r for _, r in per_file])
-        t = h5["time"][()]
-        h5["time"][...] = run_of * (float(t.max()) + 1.0) + t
-        h5.create_dataset("draw_rank", data=rank[sel_global])
-        h5.attrs["pool_seed"] = s["pool_seed"]
-        h5.attrs["pool_sources"] = json.dumps([str(f) for f in files])
+    run_of = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(per_file)])
+    t = np.concatenate([_times(f, r) for f, r in per_file])
+    copy_frames(per_file, pool, frame_id=run_of * 10_000_000 + np.concatenate([r for _, r in per_file]),
+                time=run_of * (float(t.max()) + 1.0) + t, extra_datasets={DRAW_RANK: rank[sel_global]},
+                extra_attrs={"pool_seed": s["pool_seed"], "pool_sources": json.dumps([str(f) for f in files])})
     validate_dataset(pool)
     log(f"pool: {n_pool} of {total} reference frames")
     return {"n_pool": n_pool, "files": ref["files"], "pool": pool, "total_reference_frames": total}
@@ -263,25 +239,22 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
             log(f"targets: {tag} holds a different frame set than {n_tag} frames; rebuilt")
             path.unlink()
         if not path.exists():
-            with h5py.File(pool_path, "r") as h5:
-                rank = h5["draw_rank"][()]
-            _copy_frames(pool_path, path, np.flatnonzero(rank < n_tag))
-        key = "hessian_block" if full_block else "hvp_term1"
+            copy_frames([(pool_path, np.flatnonzero(_draw_rank(pool_path) < n_tag))], path)
+        key = sc.HESSIAN_BLOCK if full_block else sc.TERM1
         if not _done_mask_complete(path, key):
-            with h5py.File(path, "r") as h5:
-                exists = f"cg/{key}" in h5
+            with open_dataset(path) as ds:
+                exists = ds.has(key)
             log(f"targets: {tag} on {n_tag} frames")
             r = compute_targets(path, n_probes=k, probe_kind="gaussian" if full_block else kind,
                                 seed=s["probe_seed"], platform="CPU", threads=1, workers=jobs if jobs > 1 else 0,
                                 chunk_frames=64, resume=exists, full_block=full_block, progress=False)  # fmt: skip
             timing[tag] = {"wall_s": r.wall_s, "frame_probes_per_s": r.frame_probes_per_s}
         files[tag] = {}
-        with h5py.File(path, "r") as h5:
-            rank = h5["draw_rank"][()]
+        rank = _draw_rank(path)
         for size in need[tag]:
             sub = out / "targets" / tag / f"n{size}" / f"n{size}.h5"
             if not sub.exists():
-                _copy_frames(path, sub, np.flatnonzero(rank < size))
+                copy_frames([(path, np.flatnonzero(rank < size))], sub)
             files[tag][str(size)] = sub
     return {"targets": s["targets"], "sizes": need, "pool": pool, "files": files, "timing": timing}
 
@@ -442,9 +415,9 @@ def _reference_trajectories(out: Path, ref: dict) -> Trajectories:
     xyz, dt = [], None
     files = [out / f for f in ref["files"]]
     for f in files:
-        with h5py.File(f, "r") as h5:
-            xyz.append(h5["cg/coordinates"][()] / 10.0)  # Å → nm
-            t = h5["time"][()]
+        with open_dataset(f) as ds:
+            xyz.append(ds.cg.coordinates() / 10.0)  # Å → nm
+            t = ds.time()
             dt = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
     return Trajectories(xyz, dt, "alanine dipeptide", sources=[str(f) for f in files], residue_names=None)
 
@@ -461,11 +434,11 @@ def _hessian_reference_one(job: dict) -> dict:
     """Frozen-bead sampling at one basin configuration → map → Term-1 blocks → estimate."""
     c = job["config"]
     top = ala2.dataset_topology(job["reference"])
-    with h5py.File(job["reference"], "r") as h5:
-        xyz = h5["coordinates"][job["frame"]]  # (N, 3) Å
+    with open_dataset(job["reference"]) as ds:
+        xyz = ds.coordinates(job["frame"])  # (N, 3) Å
     path = Path(job["path"])
     t0 = time.perf_counter()
-    if not _done_mask_complete(path, "hessian_block"):
+    if not _done_mask_complete(path, sc.HESSIAN_BLOCK):
         sample_frozen((top, xyz), ala2.backbone_indices(top), path, n_frames=c["n_frames"], stride=c["stride"],
                       timestep=c["timestep"], equilibration_steps=c["equilibration_steps"], seed=job["seed"],
                       threads=1, overwrite=True)
@@ -487,8 +460,8 @@ def stage_hessian_reference(out: Path, s: dict, ref: dict, jobs: int) -> dict:
     """
     c = s["hessian_reference"]
     ref0 = out / ref["files"][0]
-    with h5py.File(ref0, "r") as h5:
-        frames = ala2.basin_frames(ala2.phi_psi(h5["cg/coordinates"][()]))
+    with open_dataset(ref0) as ds:
+        frames = ala2.basin_frames(ala2.phi_psi(ds.cg.coordinates()))
     work = [{"basin": b, "frame": i, "reference": str(ref0), "config": c, "seed": 7 + k,
              "probe_seed": s["probe_seed"], "path": str(out / "hessian_reference" / b / f"{b}.h5")}
             for k, (b, i) in enumerate(frames.items())]  # fmt: skip
@@ -536,8 +509,8 @@ def stage_evaluate(out: Path, s: dict, ref: dict, mapped: dict, trained: dict, s
     """Rows of metrics per (variant, size); each group cached in ``evaluate/<group>/ala2_metrics.json``."""
     ref_traj = _reference_trajectories(out, ref)
     ref_angles = np.concatenate([ala2.phi_psi(x * 10.0) for x in ref_traj.xyz])
-    with h5py.File(out / ref["files"][0], "r") as h5:
-        cg0 = h5["cg/coordinates"][()]
+    with open_dataset(out / ref["files"][0]) as ds:
+        cg0 = ds.cg.coordinates()
     minima = {b: cg0[i] for b, i in ala2.basin_frames(ala2.phi_psi(cg0)).items()}  # {basin: (5, 3) Å}
     href_path = out / "hessian_reference.npz"
     href = {k: v for k, v in np.load(href_path).items() if not k.endswith("_sem")} if href_path.exists() else None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hessid.training.data.aa_md import MDConfig
 from hessid.training.data.aa_md import simulate as simulate_aa
+from hessid.training.data.io import dataset_path
 from hessid.training.data.structures import build_structure
 from hessid.training.data.targets import compute_targets
 from hessid.training.evaluation.evaluate import evaluate as run_evaluation
@@ -122,7 +123,7 @@ def run_demo(out_dir: str | Path = "hessid-demo", sequence: str | None = "GYDPET
     runner.use_settings(settings)
 
     data_root = out / "data"
-    dataset = data_root / name / f"{name}.h5"
+    dataset = dataset_path(name, data_root)
 
     def build():
         path = build_structure(name, sequence=None if pdb else sequence, pdb=pdb, out_dir=data_root)
