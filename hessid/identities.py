@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from hessid.maps import NonlinearMap, _grad_rows
+from hessid.maps import NonlinearMap, grad_rows
 
 __all__ = [
     "weighted_mean",
@@ -355,7 +355,7 @@ class _FiberQuantities:
 
     def grad_rows(self, y: torch.Tensor) -> torch.Tensor:
         """(S, m) → (S, m, D) per-frame gradients, graph kept."""
-        return _grad_rows(y, self.r, create_graph=True)
+        return grad_rows(y, self.r, create_graph=True)
 
     def jacobian_of_L(self) -> torch.Tensor:
         """∂L/∂r as [s, b, i] = ∂_i L_b, (S, d, D)."""

@@ -27,6 +27,7 @@ __all__ = [
     "NonlinearMap",
     "check_projector",
     "constraint_aware_projector",
+    "grad_rows",
     "PROJECTOR_KINDS",
 ]
 
@@ -446,11 +447,23 @@ class LinearMap:
 
 
 # ====================================================================== nonlinear maps
-def _grad_rows(y: torch.Tensor, r: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """Per-frame gradients of every column of ``y`` (B, m) w.r.t. ``r`` (B, D) → (B, m, D).
+def grad_rows(y: torch.Tensor, r: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """Per-frame Jacobian ``J[b, a, :] = ∂y[b, a] / ∂r[b]`` by one backward pass per column.
 
-    Frames must be independent (y[b] depends on r[b] only). Columns that do not depend on r
-    give zeros.
+    Frames must be independent (``y[b]`` depends on ``r[b]`` only), so the gradient of
+    ``Σ_b y[b, a]`` w.r.t. ``r`` is row a of every frame's Jacobian at once. Columns that do not
+    depend on ``r`` (or a ``y`` without a graph) give zeros.
+
+    Args:
+        y: (B, m) tensor computed from ``r``; units of y.
+        r: (B, D) tensor with ``requires_grad``; units of r.
+        create_graph: keep the graph of the result (for second derivatives).
+
+    Returns:
+        (B, m, D) tensor, dtype and device of ``r``, units of y per unit of r.
+
+    Raises:
+        RuntimeError: (from autograd) ``r`` does not require grad while ``y`` has a graph.
     """
     B, m = y.shape
     rows = []
@@ -556,7 +569,7 @@ class NonlinearMap:
         with torch.enable_grad():
             rr = _with_grad(r)
             R = self(rr)
-            return _grad_rows(R, rr, create_graph)  # (B, d, D)
+            return grad_rows(R, rr, create_graph)  # (B, d, D)
 
     def _projector_from_jacobian(self, J: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         s = torch.linalg.svdvals(J.detach())  # (B, d)
@@ -609,7 +622,7 @@ class NonlinearMap:
             div = torch.zeros(B, d, dtype=G.dtype, device=G.device)
             if G.requires_grad:
                 for i in range(D):
-                    dGi = _grad_rows(G[:, :, i], rr, create_graph)  # (B, d, D)
+                    dGi = grad_rows(G[:, :, i], rr, create_graph)  # (B, d, D)
                     div = div + dGi[:, :, i]
             if not create_graph:
                 G = G.detach()

@@ -10,7 +10,7 @@
   maps with ``A = H(r*) + β⁻¹ ln|det J(r*)|`` (docs/identities.md §7.4).
 
 The quadrature engine (``QuadratureSystem``, ``builtin_systems``; docs/identities.md §7.5)
-lives in :mod:`hessid.quadrature` and is re-exported here lazily.
+lives in :mod:`hessid.quadrature` and is re-exported here.
 
 All systems use flat coordinates (``spatial_dim = 1``), float64, Å and kcal/mol.
 """
@@ -25,6 +25,7 @@ import scipy.integrate
 import torch
 
 from hessid.maps import LinearMap, NonlinearMap
+from hessid.quadrature import QuadratureSystem, builtin_systems
 
 __all__ = [
     "GaussianSystem",
@@ -37,6 +38,8 @@ __all__ = [
     "polar",
     "shear",
     "anharmonic_2d",
+    "QuadratureSystem",
+    "builtin_systems",
 ]
 
 _F64 = torch.float64
@@ -62,14 +65,6 @@ def _check_beta(beta) -> float:
     if not b > 0:
         raise ValueError(f"beta must be positive (mol/kcal), got {beta!r}")
     return b
-
-
-def __getattr__(name):  # lazy re-export of the quadrature engine (owned by hessid.quadrature)
-    if name in ("QuadratureSystem", "builtin_systems"):
-        from hessid import quadrature
-
-        return getattr(quadrature, name)
-    raise AttributeError(f"module 'hessid.toy' has no attribute {name!r}")
 
 
 # ================================================================= docs/identities.md §7.1 Gaussian
