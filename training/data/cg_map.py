@@ -110,15 +110,15 @@ def write_cg(
 ) -> CGData:
     """Apply a linear CG map to a dataset file and write its ``cg/`` group (``hessid data map``).
 
-    R = S r (cg/coordinates, Å) and P f = Q f (cg/forces, kcal/mol/Å), spec §2.
+    R = S r (cg/coordinates, Å) and P f = Q f (cg/forces, kcal/mol/Å), docs/identities.md §2.
 
     Constrained data: when the file's root attribute ``constraints`` is ``"HBonds"`` (datasets
     simulated by :mod:`.aa_md`), every bond with a hydrogen was rigid, and a projector is valid
     only if its lift Pᵀv moves each rigid X–H group as one body. Q is then replaced by
-    :func:`hessid.maps.constraint_aware_projector` (spec §2 projector condition Q Sᵀ = I
-    extended to holonomic constraints; Krämer et al., JCTC 2023, force aggregation): for the
-    Cα map the force on a bead is f_CA + f_HA, the mean force of the constrained ensemble,
-    and the Term-1 lift moves HA with CA. ``cg/projector``, ``cg/forces`` and, through them,
+    :func:`hessid.maps.constraint_aware_projector` (docs/identities.md §2 projector condition
+    Q Sᵀ = I extended to holonomic constraints; Krämer et al., JCTC 2023, force aggregation):
+    for the Cα map the force on a bead is f_CA + f_HA, the mean force of the constrained
+    ensemble, and the Term-1 lift moves HA with CA. ``cg/projector``, ``cg/forces`` and, through them,
     the Term-1 targets use this Q; the attribute ``cg.attrs["projector_constraints"]`` is
     ``"HBonds"`` or ``"none"``. Files without the attribute (imports) or with ``"none"`` keep
     the map's projector.

@@ -1,6 +1,6 @@
 """Reference CG Hessian at a fixed CG configuration R0, for selection maps (docs/data.md).
 
-Identity (spec ``identities.md``, linear-map CG Hessian, §2)::
+Identity (docs/identities.md §2, linear-map CG Hessian)::
 
     H_CG(R0) = ⟨P ∇²U Pᵀ⟩_{R0} − β Cov_{R0}(P f)
 
@@ -284,7 +284,7 @@ def sample_frozen(
 def estimate_cg_hessian(path: str | Path, temperature: float | None = None, n_blocks: int = 10) -> dict:
     """CG Hessian at the fixed R0 of a :func:`sample_frozen` file, with block standard errors.
 
-    Source: spec ``identities.md`` linear-map CG Hessian: ⟨P∇²HPᵀ⟩_R − β Cov_R(Pf). Reads
+    Source: docs/identities.md §2, linear-map CG Hessian: ⟨P∇²HPᵀ⟩_R − β Cov_R(Pf). Reads
     ``cg/hessian_block`` (T, 3n, 3n) kcal/mol/Å² (``compute_targets(full_block=True)``; entry
     [a, b] = (P∇²HPᵀ)_ab, flat index 3·I + α, not symmetrised) and ``cg/forces`` (T, n, 3)
     kcal/mol/Å (P f). Term 2 uses the unbiased covariance (divisor T − 1). Frames are read in

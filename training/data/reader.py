@@ -220,8 +220,9 @@ class _Targets(_Part):
 
 
 class Term1(_Targets):
-    """``cg/hvp_term1``: Term 1 = P ∇²H Pᵀ v (T, k, n, 3) float64 kcal/mol/Å² (spec §5), its
-    done mask and the :class:`hessid.probes.ProbeSpec` that regenerates its probes."""
+    """``cg/hvp_term1``: Term 1 = P ∇²H Pᵀ v (T, k, n, 3) float64 kcal/mol/Å²
+    (docs/identities.md §5), its done mask and the :class:`hessid.probes.ProbeSpec` that
+    regenerates its probes."""
 
     _key = sc.TERM1
 

@@ -115,6 +115,7 @@ ATTR_BEAD_VOCABULARY = "bead_vocabulary"  # on cg/bead_types (older files: on cg
 ATTR_MAP = "map"  # on cg/: "ca" | "custom"
 ATTR_PROJECTOR_CONSTRAINTS = "projector_constraints"  # on cg/: "HBonds" | "none"
 ATTR_MEANING = "meaning"
+#: "spec §2" is docs/identities.md §2; the string is kept byte-identical (file provenance)
 CG_FORCES_MEANING = "P f, projected AA forces (spec §2)"
 
 # ----------------------------------------------------------------------------- Term-1 attrs

@@ -1,9 +1,9 @@
 """Term-1 HVP targets by central finite differences of OpenMM forces (``hessid targets``).
 
-For frame t with AA positions r and CG probe v (spec §5)::
+For frame t with AA positions r and CG probe v (docs/identities.md §5)::
 
     u = Pᵀ v                                   (N, 3) — embedded probe, P = Q ⊗ I₃
-    ∇²H u ≈ −[f(r + s u) − f(r − s u)] / (2 s) error O(s² ∂³f), spec §5
+    ∇²H u ≈ −[f(r + s u) − f(r − s u)] / (2 s) error O(s² ∂³f), §5
     Term1 = P ∇²H Pᵀ v = Q (∇²H u)             (n, 3)
 
 Units: OpenMM positions are nm and forces kJ/mol/nm, so the difference quotient is in
@@ -104,7 +104,8 @@ def term1_fd(
     embed: np.ndarray | None = None,
     timer: list | None = None,
 ) -> np.ndarray:
-    """Term 1 = P ∇²H Pᵀ v for k probes at one frame, by central differences (spec §5).
+    """Term 1 = P ∇²H Pᵀ v for k probes at one frame, by central differences
+    (docs/identities.md §5).
 
     Args:
         context: ``openmm.Context`` of the AA system (its positions are overwritten).
@@ -408,7 +409,8 @@ def compute_targets(
     progress: bool = True,
     interrupt_after_chunks: int | None = None,
 ) -> TargetsResult:
-    """Precompute Term 1 for every frame of a dataset file (spec §5; ``hessid targets``).
+    """Precompute Term 1 for every frame of a dataset file (``hessid targets``;
+    docs/identities.md §5).
 
     Writes ``cg/hvp_term1`` (T, k, n, 3) float64 kcal/mol/Å² (or, with ``full_block``,
     ``cg/hessian_block`` (T, 3n, 3n) = P ∇²H Pᵀ by 2·3n force evaluations per frame, entry
@@ -420,7 +422,7 @@ def compute_targets(
         path: dataset ``.h5`` (or a name resolved by :func:`hessid.training.data.io.dataset_path`).
         n_probes: k probes per frame (ignored with ``full_block``).
         probe_kind: a :data:`hessid.probes.PROBE_KINDS` kind (default Gaussian: unbiased for
-            ‖·‖_F² with scale 1, spec §6/§8); ``probe_scale`` is stored.
+            ‖·‖_F² with scale 1, docs/identities.md §6, §8); ``probe_scale`` is stored.
         seed: probe seed; probes of frame t are ``draw_probes(kind, seed, [frame_id[t]], k, 3n)``.
         epsilon_nm: largest atomic displacement, nm (default :func:`default_epsilon`).
         platform, threads, precision: OpenMM platform (default CUDA if present else CPU),
@@ -475,6 +477,7 @@ def compute_targets(
     attrs = {
         "unit": sc.HESSIAN_UNIT, "epsilon_nm": eps,
         "epsilon_definition": "largest Cartesian displacement of any atom (nm); step s = eps/max|P^T v|",
+        # "spec §5" is docs/identities.md §5; the string is kept byte-identical (file provenance)
         "method": "central finite difference of OpenMM forces along u = P^T v (spec §5)",
         "constraints_applied_to_displacements": False, "platform": plat.getName(),
         "precision": prec, "forcefield_hash": fhash, "forcefield": ff, "solvent": solv,

@@ -1,4 +1,4 @@
-"""Divergences between sampled distributions (benchmark.md "Slow-mode metrics").
+"""Divergences between sampled distributions (docs/evaluation.md, evaluation protocol steps 4–7).
 
 KL(ref‖model) and W1 (1-D and 2-D) between Gaussian KDEs of samples; the reference is always
 the first argument. KL in nats, W1 in the unit of the samples.
@@ -10,11 +10,11 @@ import numpy as np
 import ot
 from scipy.stats import gaussian_kde, wasserstein_distance
 
-#: density floor of the KL estimate (benchmark.md)
+#: density floor of the KL estimate (docs/evaluation.md, evaluation protocol step 4)
 KL_FLOOR = 1e-6
 
 # ----------------------------------------------------------------------------------------
-# Metrics on samples (benchmark.md "Slow-mode metrics")
+# Metrics on samples (docs/evaluation.md, evaluation protocol steps 4–6)
 # ----------------------------------------------------------------------------------------
 
 
@@ -46,7 +46,7 @@ def _check_samples(*xs, dim=1):
 def kl_divergence(reference: np.ndarray, model: np.ndarray, floor: float = KL_FLOOR,
                   max_kde_points: int | None = 5000, max_eval_points: int | None = 5000,
                   seed: int = 0) -> float:
-    """KL(ref‖model) of two 1-D samples by Gaussian KDEs (benchmark.md "Slow-mode metrics").
+    """KL(ref‖model) of two 1-D samples by Gaussian KDEs (docs/evaluation.md, protocol step 4).
 
     KL = mean over reference points x of ``log(max(p_ref(x), floor) / max(p_model(x), floor))``
     with Scott-bandwidth ``scipy.stats.gaussian_kde``. Reference first: it measures how much of
@@ -79,7 +79,7 @@ def kl_divergence(reference: np.ndarray, model: np.ndarray, floor: float = KL_FL
 def wasserstein_1d(reference: np.ndarray, model: np.ndarray, n_grid: int = 100,
                    lower: float | None = None, max_kde_points: int | None = 5000,
                    seed: int = 0) -> float:
-    """W1 between the KDEs of two 1-D samples on a common grid (benchmark.md "Slow-mode").
+    """W1 between the KDEs of two 1-D samples on a common grid (docs/evaluation.md, step 5).
 
     Both KDEs are evaluated on ``n_grid`` points over [min, max] of the union of the samples
     (from ``lower`` instead of the minimum when given, e.g. 0 for Rg), normalised to sum 1,
@@ -126,7 +126,7 @@ def density_grid_2d(reference: np.ndarray, model: np.ndarray, n_grid: int = 25,
 
 def wasserstein_2d(reference: np.ndarray, model: np.ndarray, n_grid: int = 25,
                    padding: float = 0.1, max_kde_points: int | None = 5000, seed: int = 0) -> float:
-    """W1 between 2-D KDEs on an ``n_grid``² grid (benchmark.md "TICA 2D W1").
+    """W1 between 2-D KDEs on an ``n_grid``² grid (docs/evaluation.md, protocol step 6).
 
     KDEs of both (N, 2) samples on the grid of :func:`density_grid_2d` (10 % padding),
     normalised, exact transport with Euclidean ground cost (POT ``ot.emd2``).

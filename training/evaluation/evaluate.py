@@ -47,7 +47,7 @@ from hessid.training.md.simulation import load_cg_reference
 
 log = logging.getLogger(__name__)
 
-#: Column order of the comparison table (benchmark.md "Reporting").
+#: Column order of the comparison table (docs/evaluation.md, evaluation protocol step 9).
 METRIC_NAMES = ("tica_2d_w1", "tic0_kl", "tic1_kl", "tic2_kl", "tic3_kl",
                 "tic0_w1", "tic1_w1", "tic2_w1", "tic3_w1",
                 "dihedral_w1", "angle_w1", "bond_w1", "rg_w1")
@@ -67,7 +67,7 @@ DEFECTS_NOT_COPIED = [
 
 
 # ----------------------------------------------------------------------------------------
-# Inputs: reference, model trajectories, replica filtering (benchmark.md "Inputs")
+# Inputs: reference, model trajectories, replica filtering (docs/evaluation.md, steps 1–2)
 # ----------------------------------------------------------------------------------------
 
 
@@ -191,7 +191,7 @@ def _bonds_in_range(xyz: np.ndarray, bond_range_nm) -> bool:
 
 def filter_replicas(trajs: Trajectories, bond_range_nm: tuple[float, float] = (0.2, 0.6),
                     burn_in: float = 0.1) -> tuple[list, list[dict]]:
-    """Apply burn-in and drop (and report) bad replicas (benchmark.md "Inputs").
+    """Apply burn-in and drop (and report) bad replicas (docs/evaluation.md, protocol step 2).
 
     A replica is dropped when the simulator stopped it, when it holds a non-finite
     coordinate, when any consecutive Cα–Cα distance lies outside ``bond_range_nm``, or when
@@ -292,7 +292,7 @@ class ReferenceEnsemble:
         return {k: out[k] for k in METRIC_NAMES}
 
     def score(self, model: Trajectories | Sequence[np.ndarray], n_bootstrap: int = 0) -> EvaluationResult:
-        """Score a model ensemble (benchmark.md, all metrics).
+        """Score a model ensemble (docs/evaluation.md, protocol steps 3–8).
 
         Args:
             model: :class:`Trajectories` or a list of (T_r, n, 3) arrays in nm.
@@ -333,7 +333,8 @@ class ReferenceEnsemble:
 
 
 class BenchmarkEvaluator:
-    """Estimator: fit TICA on the reference only, then score models (benchmark.md).
+    """Estimator: fit TICA on the reference only, then score models (docs/evaluation.md,
+    "Evaluation protocol").
 
     Args:
         lag_time: TICA lag, ps of reference time (800 = 0.8 ns, the benchmark default); the
@@ -438,7 +439,7 @@ class BenchmarkEvaluator:
 
 
 # ----------------------------------------------------------------------------------------
-# Files: metrics.json, features, comparison table (benchmark.md "Reporting")
+# Files: metrics.json, features, comparison table (docs/evaluation.md, step 9, "Outputs")
 # ----------------------------------------------------------------------------------------
 
 

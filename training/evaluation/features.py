@@ -1,4 +1,4 @@
-"""Structural features of Cα trajectories (benchmark.md "Slow-mode metrics" / "Structural metrics").
+"""Structural features of Cα trajectories (docs/evaluation.md, evaluation protocol steps 3 and 5).
 
 Units: coordinates in nm (mdtraj), distances and Rg in nm, angles and dihedrals in radians.
 """
@@ -10,7 +10,7 @@ import numpy as np
 from hessid.training.md.reporters import ca_topology
 
 # ----------------------------------------------------------------------------------------
-# Features (benchmark.md "Slow-mode metrics" / "Structural metrics")
+# Features (docs/evaluation.md, evaluation protocol steps 3 (TICA) and 5 (structure))
 # ----------------------------------------------------------------------------------------
 
 
@@ -20,7 +20,7 @@ def _as_traj(xyz_nm: np.ndarray) -> md.Trajectory:
 
 
 def ca_pair_distances(xyz_nm: np.ndarray) -> np.ndarray:
-    """All Cα–Cα distances i < j in ``np.triu_indices(n, 1)`` order (benchmark.md TICA features).
+    """All Cα–Cα distances i < j, ``np.triu_indices(n, 1)`` order (docs/evaluation.md, step 3).
 
     Args:
         xyz_nm: (T, n, 3) nm.
@@ -60,7 +60,7 @@ def radius_of_gyration(xyz_nm: np.ndarray) -> np.ndarray:
 
 
 def structural_features(xyz_nm: np.ndarray) -> dict[str, np.ndarray]:
-    """Pooled structural distributions of frames (T, n, 3) nm (benchmark.md "Structural").
+    """Pooled structural distributions of frames (T, n, 3) nm (docs/evaluation.md, protocol step 5).
 
     Returns:
         ``{"bond": (T(n−1),) nm, "angle": (T(n−2),) rad, "dihedral": (T(n−3),) rad, "rg": (T,) nm}``.

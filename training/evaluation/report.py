@@ -56,7 +56,8 @@ def pyplot():
 
 def free_energy_2d(x: np.ndarray, y: np.ndarray, grid_x: np.ndarray, grid_y: np.ndarray,
                    temperature: float | None, max_points: int = 5000, seed: int = 0) -> np.ndarray:
-    """F = −k_BT ln p on a grid from a Gaussian KDE, minimum shifted to 0 (benchmark.md "Plots").
+    """F = −k_BT ln p on a grid from a Gaussian KDE, minimum shifted to 0 (docs/evaluation.md,
+    "Reading the report").
 
     Args:
         x, y: (N,) samples (TIC0, TIC1).

@@ -192,7 +192,8 @@ def write_ala2_report(settings: dict, reference: dict, mapped: dict, rows: list[
                      + ", ".join(f"{b} {rr['populations'][b]:.3f} ± {rr['sem'][b]:.3f}" for b in basins))
     mode_note = {"quick": "**QUICK MODE — a miniature to check the pipeline; these numbers mean nothing.**\n\n",
                  "small": "**PRELIMINARY SMALL RUN — a few ns of reference, one training size, one seed, "
-                          "short CG MD; not the issue's full protocol.**\n\n"}.get(s["mode"], "")
+                          "short CG MD; not the full protocol (`benchmarks/ala2.py` without "
+                          "--small).**\n\n"}.get(s["mode"], "")
     flag = {"quick": " --quick", "small": " --small"}.get(s["mode"], "")
     md = [
         "# Alanine dipeptide, 5-bead CG: does curvature supervision help?", "",
