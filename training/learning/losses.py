@@ -427,21 +427,14 @@ def bond_directions(positions: torch.Tensor, batch: torch.Tensor) -> torch.Tenso
     Returns:
         (nb, A, 3), dimensionless unit vectors, zero outside their frame; nb = Σ_t (n_t − 1).
     """
-    from_bonds = []
     pos = positions.detach()
-    for i, j in zip(*[c.tolist() for c in _chain_bonds(batch).T], strict=True):
-        u = pos[j] - pos[i]
-        b = torch.zeros_like(pos)
-        b[i], b[j] = -u / u.norm() / 2**0.5, u / u.norm() / 2**0.5
-        from_bonds.append(b)
-    return torch.stack(from_bonds) if from_bonds else pos.new_zeros(0, *pos.shape)
-
-
-def _chain_bonds(batch: torch.Tensor) -> torch.Tensor:
-    """(nb, 2) bead pairs (i, i+1) of the same frame."""
-    same = batch[1:] == batch[:-1]
-    i = torch.nonzero(same).reshape(-1)
-    return torch.stack([i, i + 1], 1)
+    i = torch.nonzero(batch[1:] == batch[:-1]).reshape(-1)  # (nb,) bonds (i, i+1), same frame
+    u = pos[i + 1] - pos[i]
+    u = u / (u.norm(dim=-1, keepdim=True) * 2**0.5)  # (nb, 3)
+    out = pos.new_zeros(i.shape[0], *pos.shape)  # (nb, A, 3)
+    rows = torch.arange(i.shape[0], device=pos.device)
+    out[rows, i], out[rows, i + 1] = -u, u
+    return out
 
 
 def project_out_bonds(x: torch.Tensor, positions: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
