@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hessid.probes import PROBE_KINDS
+from hessid.probes import PROBE_KINDS, trace_estimator_variances
 
 __all__ = [
     "per_frame_hvp_loss",
@@ -223,35 +223,6 @@ def expected_hvp_losses(
     return current, rb
 
 
-def _trace_estimator_variances(kind: str, A: np.ndarray, k: int) -> np.ndarray:
-    """Spec §6 variance of ``c · mean_{j≤k} v_jᵀ A_p v_j`` for a stack A (m, d, d) → (m,).
-
-    The same formulas as :func:`hessid.probes.trace_estimator_variance` (tested equal),
-    vectorised over the stack: with ``S = (A + Aᵀ)/2``, gaussian ``2‖S‖_F²``, rademacher
-    ``2(‖S‖_F² − Σ S_ii²)``, unit_sphere ``(2d/(d+2))(‖S‖_F² − (tr S)²/d)``, one_hot
-    ``d Σ A_ii² − (tr A)²`` (÷ k for independent probes), orthonormal
-    ``(d/k)² · 2k(d−k)/((d−1)d(d+2)) · (‖S‖_F² − (tr S)²/d)``.
-    """
-    d = A.shape[-1]
-    if k < 1 or (kind == "orthonormal" and k > d):
-        raise ValueError(f"invalid number of probes k={k} for kind {kind!r} and d={d}")
-    S = 0.5 * (A + np.swapaxes(A, -1, -2))
-    fro_S2 = np.einsum("mab,mab->m", S, S)
-    diag = np.einsum("maa->ma", A)
-    tr = diag.sum(-1)
-    diag2 = (diag**2).sum(-1)
-    if kind == "gaussian":
-        return 2.0 * fro_S2 / k
-    if kind == "rademacher":
-        return 2.0 * (fro_S2 - diag2) / k
-    if kind == "unit_sphere":
-        return (2.0 * d / (d + 2)) * (fro_S2 - tr**2 / d) / k
-    if kind == "one_hot":
-        return (d * diag2 - tr**2) / k
-    haar = 0.0 if d == 1 else 2.0 * k * (d - k) / ((d - 1) * d * (d + 2))
-    return (d / k) ** 2 * haar * (fro_S2 - tr**2 / d)
-
-
 def hvp_gradient_probe_variance(kind: str, residual, hessian_derivatives, k: int = 1) -> np.ndarray:
     """Exact probe variance of each θ-gradient component of an HVP loss, for one frame.
 
@@ -282,4 +253,4 @@ def hvp_gradient_probe_variance(kind: str, residual, hessian_derivatives, k: int
         raise ValueError(
             f"residual must be (d, d) and hessian_derivatives (m, d, d), got {R.shape} and {E.shape}"
         )
-    return _trace_estimator_variances(kind, 2.0 * np.matmul(R.T, E), int(k))  # (m, d, d)
+    return trace_estimator_variances(kind, 2.0 * np.matmul(R.T, E), int(k))  # (m, d, d)

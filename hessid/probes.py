@@ -232,21 +232,44 @@ def trace_estimator_variance(kind: str, A, k: int = 1) -> float:
     Raises:
         ValueError: unknown kind, A not square, k < 1, or k > d for orthonormal probes.
     """
-    _check_kind(kind)
     A = np.asarray(torch.as_tensor(A, dtype=torch.float64).cpu())
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be square, got shape {A.shape}")
-    d = A.shape[0]
+    return float(trace_estimator_variances(kind, A[None], k)[0])
+
+
+def trace_estimator_variances(kind: str, A, k: int = 1) -> np.ndarray:
+    """:func:`trace_estimator_variance` for every matrix of a stack (docs/identities.md,
+    table (6.1)).
+
+    Args:
+        kind: probe kind.
+        A: (m, d, d) stack of square matrices (tensor or array; computed in float64).
+        k: probes averaged.
+
+    Returns:
+        (m,) float64 array, units of A².
+
+    Raises:
+        ValueError: unknown kind, A not a stack of square matrices, k < 1, or k > d for
+            orthonormal probes.
+    """
+    _check_kind(kind)
+    A = np.asarray(torch.as_tensor(A, dtype=torch.float64).cpu())
+    if A.ndim != 3 or A.shape[1] != A.shape[2]:
+        raise ValueError(f"A must be a (m, d, d) stack of square matrices, got shape {A.shape}")
+    d = A.shape[-1]
     if k < 1 or (kind == "orthonormal" and k > d):
         raise ValueError(f"invalid number of probes k={k} for kind {kind!r} and d={d}")
-    S = 0.5 * (A + A.T)
-    fro_S2 = float(np.sum(S * S))
-    tr = float(np.trace(A))
-    diag2 = float(np.sum(np.diag(A) ** 2))
+    S = 0.5 * (A + np.swapaxes(A, -1, -2))
+    fro_S2 = np.einsum("mab,mab->m", S, S)
+    diag = np.einsum("maa->ma", A)
+    tr = diag.sum(-1)
+    diag2 = (diag**2).sum(-1)
     if kind == "gaussian":
         return 2.0 * fro_S2 / k
     if kind == "rademacher":
-        return 2.0 * (fro_S2 - diag2) / k
+        return 2.0 * (fro_S2 - (np.einsum("maa->ma", S) ** 2).sum(-1)) / k
     if kind == "unit_sphere":
         return (2.0 * d / (d + 2)) * (fro_S2 - tr**2 / d) / k
     if kind == "one_hot":

@@ -17,6 +17,7 @@ from hessid.probes import (
     frobenius_estimator_variance,
     probe_scale,
     trace_estimator_variance,
+    trace_estimator_variances,
 )
 from tests.helpers import assert_unbiased
 from tests.strategies import probe_kinds, seeds
@@ -199,3 +200,15 @@ def test_probe_spec_attributes_with_a_dimension_carry_scale_and_dimension():
                      "probe_scale": 12.0, "probe_dim": 12}
     assert ProbeSpec.from_attrs(attrs) == spec  # extra attributes are ignored on reading
     assert ProbeSpec("gaussian", 0, 1).to_attrs(dim=9)["probe_scale"] == 1.0
+
+
+@pytest.mark.parametrize("kind", PROBE_KINDS)
+def test_stacked_trace_variances_equal_the_per_matrix_variance(kind):
+    rng = np.random.default_rng(5)
+    stack = rng.standard_normal((4, 6, 6))
+    k = 3
+    got = trace_estimator_variances(kind, stack, k)
+    want = [trace_estimator_variance(kind, a, k) for a in stack]
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="stack"):
+        trace_estimator_variances(kind, stack[0], k)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.cg_map import write_cg
+from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
+from hessid.training.data.io import dataset_path, validate_dataset
 from hessid.training.data.structures import build_structure
 from jsonargparse import ArgumentParser, Namespace
 
@@ -112,7 +114,7 @@ class MapOptions:
     """
 
     name: str
-    constraint_aware: bool = signature_default(data.write_cg, "constraint_aware")
+    constraint_aware: bool = signature_default(write_cg, "constraint_aware")
     root: str = "."
 
 
@@ -215,20 +217,20 @@ def _import(cfg: Namespace, prog: str) -> None:
         fmt = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "arrays",
                ".npz": "arrays"}.get(Path(opts.source).suffix.lower(), "trajectory")
     if fmt == "hdf5":
-        path = data.import_hdf5(opts.source, out, topology=opts.topology,
+        path = import_hdf5(opts.source, out, topology=opts.topology,
                                 coordinates_key=opts.coordinates_key, forces_key=opts.forces_key,
                                 length_unit=opts.length_unit, force_unit=opts.force_unit,
                                 timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
     elif fmt == "arrays":
         if opts.forces is None or opts.topology is None:
             raise ValueError("--format arrays needs --forces FILE and --topology PDB")
-        path = data.import_arrays(opts.source, opts.forces, opts.topology, out,
+        path = import_arrays(opts.source, opts.forces, opts.topology, out,
                                   length_unit=opts.length_unit, force_unit=opts.force_unit,
                                   timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
     else:
         if opts.forces is None:
             raise ValueError("--format trajectory needs --forces FILE")
-        path = data.import_trajectory(opts.source, opts.forces, out, force_unit=opts.force_unit,
+        path = import_trajectory(opts.source, opts.forces, out, force_unit=opts.force_unit,
                                       topology=opts.topology, attrs=attrs,
                                       overwrite=cfg.overwrite)
     save_config(_import_parser(prog), cfg, Path(path).parent, "data import")
@@ -238,14 +240,14 @@ def _import(cfg: Namespace, prog: str) -> None:
 def _map(cfg: Namespace, prog: str) -> None:
     opts = dataclass_from(MapOptions, cfg)
     t0 = time.perf_counter()
-    path = data.dataset_path(opts.name, opts.root)
-    cg = data.write_cg(path, overwrite=cfg.overwrite, constraint_aware=opts.constraint_aware)
+    path = dataset_path(opts.name, opts.root)
+    cg = write_cg(path, overwrite=cfg.overwrite, constraint_aware=opts.constraint_aware)
     save_config(_map_parser(prog), cfg, path.parent, "data map")
     _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads)", t0)
 
 
 def _validate(cfg: Namespace, prog: str) -> None:
-    print(data.validate_dataset(data.dataset_path(cfg.name, cfg.root)))
+    print(validate_dataset(dataset_path(cfg.name, cfg.root)))
 
 
 _RUN = {"build": _build, "simulate": _simulate, "import": _import, "map": _map,

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 __all__ = [
+    "HVP_ESTIMATORS",
     "LOSS_MODES",
     "DataConfig",
     "LossConfig",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
+HVP_ESTIMATORS = ("frame", "rao_blackwell")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -118,7 +120,19 @@ class LossConfig:
         lambda_energy: weight of the energy loss (0: off; AA energies only make sense when the
             CG map keeps all atoms, e.g. the PHL comparison).
         cov_weight: γ in ``h = Term1 − γ β dF (dF·v)``; 0 = FM+AA, 1 = FM+AA+Cov.
-        normalise: divide each term by the mean squared norm of its targets.
+        hvp_estimator: ``"frame"`` (the per-frame target loss, docs/identities.md §5) or
+            ``"rao_blackwell"`` (its probe-noisy cross term replaced by the probe expectation,
+            one extra HVP along dF; docs/variance_reduction.md, docs/training.md). Used by
+            ``mode="fm_hvp"``; identical losses when γ = 0.
+        rb_stabiliser: α ∈ [0, 1) of the zero-mean term that bounds the Rao–Blackwellised loss
+            below with fixed probes (0.5; 0 = plain L_RB, unbounded below when k < 3n).
+        hvp_project_bonds: project the bond-stretch directions of each frame's chain out of
+            the HVP residual (``fm_hvp``; the prior fits the bonds). False by default.
+        normalise: divide each term by its value for a model with zero outputs, averaged over
+            the training frames.
+        norm_includes_term2: ``hvp_norm`` / ``hessian_norm`` include Term 2 at ``cov_weight``
+            (``mean c·‖Term1 v − γβ P f (P f·v)‖²``, True) or Term 1 only (False: the behaviour
+            before this option; then λ_H weighs a term that starts ~(1 + Term 2/Term 1) above 1).
         force_norm, hvp_norm, hessian_norm, energy_norm: those means (filled from the training
             data by the trainer; units (kcal/mol/Å)², (kcal/mol/Å²)², (kcal/mol/Å²)²,
             (kcal/mol)²). None = 1.
@@ -129,7 +143,11 @@ class LossConfig:
     lambda_hvp: float = 1.0
     lambda_energy: float = 0.0
     cov_weight: float = 0.0
+    hvp_estimator: str = "frame"
+    rb_stabiliser: float = 0.5
+    hvp_project_bonds: bool = False
     normalise: bool = True
+    norm_includes_term2: bool = True
     force_norm: float | None = None
     hvp_norm: float | None = None
     hessian_norm: float | None = None
@@ -140,6 +158,11 @@ class LossConfig:
             raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {self.mode!r}")
         if not 0.0 <= float(self.cov_weight) <= 1.0:
             raise ValueError(f"cov_weight must lie in [0, 1], got {self.cov_weight}")
+        if self.hvp_estimator not in HVP_ESTIMATORS:
+            raise ValueError(f"hvp_estimator must be one of {HVP_ESTIMATORS}, got "
+                             f"{self.hvp_estimator!r}")
+        if not 0.0 <= float(self.rb_stabiliser) < 1.0:
+            raise ValueError(f"rb_stabiliser must lie in [0, 1), got {self.rb_stabiliser}")
         for name in ("lambda_force", "lambda_hvp", "lambda_energy"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

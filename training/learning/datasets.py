@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from hessid.training.data.reader import open_dataset
 from hessid.training.learning.configs import TrainConfig
+from hessid.training.learning.losses import hessian_target_norms, hvp_target_norms
 
 from hessid.probes import ProbeSpec
 from hessid.units import beta as beta_of_temperature
@@ -215,18 +216,24 @@ def split_frames(proteins: list[ProteinData], cfg: TrainConfig, need_term1: bool
 
 
 def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, int]],
-                          need_term1: bool, need_hessian: bool) -> dict[str, float]:
-    """Mean squared target norms over the training frames (the loss divisors,
-    :meth:`~hessid.training.learning.configs.LossConfig.norm`).
+                          need_term1: bool, need_hessian: bool, cov_weight: float = 0.0,
+                          project_bonds: bool = False) -> dict[str, float]:
+    """Loss values of a model with zero outputs, averaged over the training frames (the loss
+    divisors, :meth:`~hessid.training.learning.configs.LossConfig.norm`).
 
-    ``force_norm = mean_t ‖P f_t‖²`` ((kcal/mol/Å)²); ``hvp_norm = mean_t c · mean_k ‖Term1_tk‖²``
-    with ``c = probe_scale(kind, 3n)`` ((kcal/mol/Å²)²); ``hessian_norm = mean_t ‖block_t‖_F²``
-    ((kcal/mol/Å²)²); ``energy_norm = var_t U_t`` ((kcal/mol)²; 1 when zero).
+    ``force_norm = mean_t ‖P f_t‖²`` ((kcal/mol/Å)²);
+    ``hvp_norm = mean_t c · mean_k ‖Term1_tk − γ β P f_t (P f_t·v_tk)‖²`` with
+    ``c = probe_scale(kind, 3n)`` and the stored probes (:func:`~hessid.training.learning.losses.hvp_target_norms`;
+    γ = ``cov_weight``, 0 gives the Term-1-only norm) ((kcal/mol/Å²)²);
+    ``hessian_norm = mean_t ‖block_t − γ β P f_t P f_tᵀ‖_F²`` ((kcal/mol/Å²)²);
+    ``energy_norm = var_t U_t`` ((kcal/mol)²; 1 when zero).
 
     Args:
         proteins: loaded datasets.
         items: training frames ``(protein index, frame index)``.
         need_term1, need_hessian: include ``hvp_norm`` / ``hessian_norm``.
+        cov_weight: γ ∈ [0, 1] of Term 2 in the norms.
+        project_bonds: ``hvp_norm`` of the bond-projected residual (``loss.hvp_project_bonds``).
 
     Returns:
         ``{"force_norm": …}`` plus ``hvp_norm``, ``hessian_norm``, ``energy_norm`` where the
@@ -236,15 +243,38 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
         ValueError: ``need_term1`` and a protein without a stored probe spec.
     """
     fn, hn, hs, en = [], [], [], []
+    term1_only = cov_weight == 0 and not project_bonds  # the arithmetic of earlier versions, bit for bit
     for pi, t in items:
         p = proteins[pi]
         fn.append(float((p.cg_forces[t] ** 2).sum()))
-        if need_term1:
+        if need_term1 and term1_only:
             hn.append(p.probe_spec().scale(3 * p.n_beads) * float((p.term1[t] ** 2).sum(-1).sum(-1).mean()))
-        if need_hessian and p.hessian_block is not None:
+        if need_hessian and term1_only and p.hessian_block is not None:
             hs.append(float((p.hessian_block[t] ** 2).sum()))
         if p.potential_energy is not None:
             en.append(float(p.potential_energy[t]))
+    by_protein: dict[int, list[int]] = {}
+    for pi, t in items:
+        by_protein.setdefault(pi, []).append(t)
+    if term1_only:
+        by_protein = {}
+    for pi, ts in by_protein.items():
+        p = proteins[pi]
+        beta = beta_of_temperature(p.temperature)
+        for start in range(0, len(ts), 1024):  # chunks bound the memory of the drawn probes
+            chunk = np.asarray(ts[start : start + 1024])
+            forces = torch.as_tensor(p.cg_forces[chunk])  # (b, n, 3)
+            if need_term1:
+                spec = p.probe_spec()
+                k = spec.n_probes
+                v = spec.draw(p.frame_id[chunk], 3 * p.n_beads)  # (b, k, 3n)
+                hn.extend(hvp_target_norms(
+                    torch.as_tensor(p.term1[chunk]), forces, v.reshape(-1, k, p.n_beads, 3),
+                    beta, cov_weight, spec.scale(3 * p.n_beads),
+                    torch.as_tensor(p.cg_coordinates[chunk]) if project_bonds else None).tolist())
+            if need_hessian and p.hessian_block is not None:
+                hs.extend(hessian_target_norms(torch.as_tensor(p.hessian_block[chunk]), forces,
+                                               beta, cov_weight).tolist())
     out = {"force_norm": float(np.mean(fn))}
     if hn:
         out["hvp_norm"] = float(np.mean(hn))

@@ -64,11 +64,17 @@ class EnergyForcesHVP:
         energy: (B,) kcal/mol, prior included.
         forces: (A, 3) kcal/mol/Å, ``−∂U/∂R``.
         hvp: (k, A, 3) kcal/mol/Å², ``H_θ v_m`` per probe; None when no probes were given.
+        force_residual: (A, 3) kcal/mol/Å, ``dF = P f − F_θ`` (detached), when
+            ``residual_target`` was given; else None.
+        hvp_residual: (A, 3) (kcal/mol)²/Å³, ``H_θ dF`` (the (k+1)-th tangent, with the θ-graph
+            when ``create_graph``), when ``residual_target`` was given; else None.
     """
 
     energy: torch.Tensor
     forces: torch.Tensor
     hvp: torch.Tensor | None
+    force_residual: torch.Tensor | None = None
+    hvp_residual: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -265,8 +271,12 @@ def _dense_layout(batch: torch.Tensor, n_graphs: int):
     return int(counts.max()), local
 
 
-def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_chunk):
+def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_chunk,
+                             residual_fn=None):
     """Energy (B,), ∇_R U (A, 3) and H v (k, A, 3) of the network (no prior), dense tangents.
+
+    ``residual_fn`` or None: when given, ``residual_fn(∇_R U)`` (A, 3) is appended to the
+    probes after the primal reverse, so H v has k + 1 rows.
 
     Notation (module docstring): a = ∂U/∂d per pair, ȧ = (∇²_d U) J v; directed messages
     j → i with filter W[b, i, j] (symmetric), zero off the pair list (so padding, the
@@ -366,6 +376,8 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
         grad_d = (a[..., None] * u).sum(2)  # (B, n, 3)
         grad_r = grad_d[batch, local]  # (A, 3)
         hvp = None
+        if residual_fn is not None:  # the residual dF, known only now, as tangent k + 1
+            probes = torch.cat([probes.to(dt), residual_fn(grad_r)[None]])
         if probes is not None:
             vd = torch.zeros(probes.shape[0], B, n, 3, dtype=dt, device=dev)
             vd[:, batch, local] = probes.to(dt)
@@ -447,7 +459,9 @@ def _prior_terms(potential, positions, batch, probes, bead_types=None):
 def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tensor,
                       batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
                       create_graph: bool = True, probe_chunk: int | None = None,
-                      method: str = "dense") -> EnergyForcesHVP:
+                      method: str = "dense",
+                      residual_target: torch.Tensor | None = None,
+                      residual_transform=None) -> EnergyForcesHVP:
     """Energy, forces and exact HVPs of a :class:`~hessid.training.learning.models.CGPotential` (fast).
 
     ``H_θ v = ∇_R(v·∇_R U_θ)`` (docs/identities.md §5, model side), computed by the edge-factored
@@ -469,13 +483,26 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             autograd double backward; ``"edges"`` — batched double backward through the
             edge-list message passing (the previous fast path). Forces-only calls always use
             the edge list with first-order jets.
+        residual_target: target forces ``P f`` (A, 3) kcal/mol/Å, or None. When given (probes
+            required), the force residual ``dF = P f − F_θ`` of this very forward pass is
+            detached and appended to the probes as a (k+1)-th tangent, so ``H_θ dF`` shares
+            the primal forward and reverse with the k probes (the extra HVP of the
+            Rao–Blackwellised loss, docs/variance_reduction.md eq. (2)). The prior's gradient
+            is evaluated once more for it (cheap, no network).
+        residual_transform: None, or a linear map (A, 3) → (A, 3) applied to the detached dF
+            before it is appended (e.g. the bond projection
+            :func:`~hessid.training.learning.losses.project_out_bonds`); ``hvp_residual`` is then
+            ``H_θ · transform(dF)`` while ``force_residual`` stays dF.
 
     Returns:
         :class:`EnergyForcesHVP` with energy (B,) kcal/mol, forces (A, 3) kcal/mol/Å and hvp
-        (k, A, 3) kcal/mol/Å² (None without probes), in the potential's dtype.
+        (k, A, 3) kcal/mol/Å² (None without probes), in the potential's dtype; with
+        ``residual_target`` also ``force_residual`` dF (A, 3) and ``hvp_residual`` H_θ dF
+        (A, 3).
 
     Raises:
-        ValueError: unsupported activation / RBF, or probe shape not (k, A, 3).
+        ValueError: unsupported activation / RBF, probe shape not (k, A, 3), or
+            ``residual_target`` without probes or not of shape (A, 3).
     """
     _check_supported(potential)
     batch = potential._check(positions, bead_types, batch)
@@ -489,12 +516,27 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
     if method not in ("dense", "edges"):
         raise ValueError(f"method must be 'dense' or 'edges', got {method!r}")
+    residual_fn = None
+    if residual_target is not None:
+        if probes is None or residual_target.shape != positions.shape:
+            raise ValueError(f"residual_target needs probes and shape {tuple(positions.shape)}, "
+                             f"got {tuple(residual_target.shape)}")
+        # dF = P f − F_θ = P f + ∇U_prior + ∇U_net = offset + ∇U_net
+        offset = residual_target.detach().to(pos.dtype) + _prior_terms(potential, pos, batch, None,
+                                                                       bead_types)[1]
+
+        def residual_fn(grad_net, transformed=True):
+            dF = (offset + grad_net).detach()
+            if transformed and residual_transform is not None:
+                return residual_transform(dF).detach()
+            return dF
     if probes is not None and method == "dense":
         with torch.set_grad_enabled(create_graph):
             energy, grad_r, hvp = _dense_energy_forces_hvp(
-                net, pos, bead_types.long(), batch, n_graphs, i, j, probes, probe_chunk)
-        pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
-        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp + phv)
+                net, pos, bead_types.long(), batch, n_graphs, i, j, probes, probe_chunk,
+                residual_fn)
+        return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
+                           probes)
     rij = pos[i] - pos[j]  # (P, 3)
     d = rij.norm(dim=-1)  # (P,)
     u = rij / d[:, None]  # (P, 3)
@@ -516,10 +558,12 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         grad_r = torch.zeros_like(pos).index_add(0, i, au).index_add(0, j, -au)  # (A, 3)
         hvp = None
         if probes is not None:
-            probes = probes.to(pos.dtype)
-            dv = probes[:, i] - probes[:, j]  # (k, P, 3)
+            tangents = probes.to(pos.dtype)
+            if residual_fn is not None:  # the residual dF, known only now, as tangent k + 1
+                tangents = torch.cat([tangents, residual_fn(grad_r)[None]])
+            dv = tangents[:, i] - tangents[:, j]  # (k, P, 3)
             w = (dv * u).sum(-1)  # (k, P)  J v
-            chunk = probes.shape[0] if probe_chunk is None else max(1, int(probe_chunk))
+            chunk = tangents.shape[0] if probe_chunk is None else max(1, int(probe_chunk))
             parts = []
             for start in range(0, w.shape[0], chunk):
                 wc = w[start : start + chunk]
@@ -529,14 +573,34 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             bw = torch.cat(parts)  # (k, P)
             geo = (a / d)[:, None] * (dv - u * w[..., None])  # (k, P, 3)  a ∇²d v
             t = bw[..., None] * u + geo  # (k, P, 3)
-            hvp = torch.zeros(probes.shape, dtype=pos.dtype, device=pos.device)
+            hvp = torch.zeros(tangents.shape, dtype=pos.dtype, device=pos.device)
             hvp = hvp.index_add(1, i, t).index_add(1, j, -t)  # (k, A, 3)
-    pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
     if not create_graph:
         energy, grad_r = energy.detach(), grad_r.detach()
         hvp = None if hvp is None else hvp.detach()
-    return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg),
-                           hvp=None if hvp is None else hvp + phv)
+    if hvp is not None:
+        return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
+                           probes)
+    pe, pg, _ = _prior_terms(potential, pos, batch, None, bead_types)
+    return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=None)
+
+
+def _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn, probes):
+    """Add the prior to the network's energy, gradient and HVPs; split off the residual row.
+
+    ``hvp`` (k', A, 3) holds the network HVPs along ``probes`` (k, A, 3), plus, when
+    ``residual_fn`` is given, along ``residual_fn(grad_r)`` as row k' − 1 = k.
+    """
+    residual = None
+    if residual_fn is not None:
+        residual = residual_fn(grad_r, transformed=False)  # (A, 3)  dF
+        probes = torch.cat([probes.to(pos.dtype), residual_fn(grad_r)[None]])
+    pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
+    hvp = hvp + phv  # (k', A, 3)
+    out = EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp)
+    if residual_fn is not None:
+        out.hvp, out.hvp_residual, out.force_residual = hvp[:-1], hvp[-1], residual
+    return out
 
 
 # ----------------------------------------------------------------------------- references

@@ -16,6 +16,8 @@ from hessid.training.learning.losses import (
     hessian_targets,
     hvp_loss,
     hvp_targets,
+    project_out_bonds,
+    rao_blackwell_hvp_loss_graph,
 )
 from hessid.training.learning.models import CGPotential
 
@@ -44,7 +46,9 @@ class CGTrainingModule(pl.LightningModule):
     The loss of a batch (:meth:`compute_losses`) is
     ``λ_F L_FM / force_norm + λ_H L_curv / curv_norm + λ_E L_E / energy_norm`` where the
     curvature term ``L_curv`` is the HVP loss (``loss.mode = "fm_hvp"``, targets
-    ``Term1 − γ β dF (dF·v)``) or the full-Hessian loss (``"fm_hessian"``), switched on from
+    ``Term1 − γ β dF (dF·v)``; ``loss.hvp_estimator`` ``"frame"`` or ``"rao_blackwell"``,
+    optionally with the bond directions projected out of the residual,
+    ``loss.hvp_project_bonds``) or the full-Hessian loss (``"fm_hessian"``), switched on from
     ``hvp_start_step`` with γ ramped over ``cov_ramp_steps`` (:meth:`gamma`).
 
     Args:
@@ -78,24 +82,41 @@ class CGTrainingModule(pl.LightningModule):
 
         Returns:
             scalar tensors ``fm`` ((kcal/mol/Å)²), ``hvp`` or ``hessian`` ((kcal/mol/Å²)²) when
-            the curvature term is on, ``energy`` ((kcal/mol)²) when used, ``total`` (the
+            the curvature term is on (with ``"rao_blackwell"`` the value of L_RB, which may be
+            negative and is not comparable to the ``"frame"`` value, docs/variance_reduction.md
+            §1.4), ``energy`` ((kcal/mol)²) when used, ``total`` (the
             normalised weighted sum, with a θ-graph) and ``gamma``.
         """
         lc = self.cfg.loss
         n_graphs = int(data["frame_id"].shape[0])
         curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step
         use_hvp = curvature and lc.mode == "fm_hvp"
+        use_rb = use_hvp and lc.hvp_estimator == "rao_blackwell"
+        batch = data["batch"]
+
+        def project(x):  # P⊥ on the HVP residual (loss.hvp_project_bonds), else identity
+            return project_out_bonds(x, data["positions"], batch) if lc.hvp_project_bonds else x
+
         out = energy_forces_hvp(self.potential, data["positions"], data["bead_types"],
-                                data["batch"], data["probes"] if use_hvp else None,
+                                batch, data["probes"] if use_hvp else None,
                                 create_graph=True,
-                                probe_chunk=self.cfg.trainer.hvp_probe_chunk)
-        terms = {"fm": force_matching_loss(out.forces, data["forces"], data["batch"], n_graphs)}
+                                probe_chunk=self.cfg.trainer.hvp_probe_chunk,
+                                residual_target=data["forces"] if use_rb else None,
+                                residual_transform=project if lc.hvp_project_bonds else None)
+        terms = {"fm": force_matching_loss(out.forces, data["forces"], batch, n_graphs)}
         total = lc.lambda_force * terms["fm"] / lc.norm("force")
         gamma = self.gamma(step)
-        if use_hvp:
+        if use_rb:
+            terms["hvp"] = rao_blackwell_hvp_loss_graph(
+                project(out.hvp), project(data["term1"]), out.hvp_residual, out.force_residual,
+                data["beta"], gamma, batch, n_graphs, data["probe_scale"],
+                stabiliser=lc.rb_stabiliser, residual_direction=project(out.force_residual))
+            total = total + lc.lambda_hvp * terms["hvp"] / lc.norm("hvp")
+        elif use_hvp:
             h = hvp_targets(data["term1"], data["forces"] - out.forces, data["probes"],
-                            data["beta"], gamma, data["batch"], n_graphs)
-            terms["hvp"] = hvp_loss(out.hvp, h, data["batch"], n_graphs, data["probe_scale"])
+                            data["beta"], gamma, batch, n_graphs)
+            terms["hvp"] = hvp_loss(project(out.hvp), project(h), batch, n_graphs,
+                                    data["probe_scale"])
             total = total + lc.lambda_hvp * terms["hvp"] / lc.norm("hvp")
         elif curvature:  # full-Hessian matching
             hs = full_hessian(self.potential, data["positions"], data["bead_types"],

@@ -211,7 +211,10 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     need_term1 = cfg.loss.mode == "fm_hvp"
     need_hessian = cfg.loss.mode == "fm_hessian"
     train_items, val_items = split_frames(proteins, cfg, need_term1, need_hessian)
-    norms = target_normalisations(proteins, train_items, need_term1, need_hessian)
+    norms = target_normalisations(
+        proteins, train_items, need_term1, need_hessian,
+        cov_weight=cfg.loss.cov_weight if cfg.loss.norm_includes_term2 else 0.0,
+        project_bonds=need_term1 and cfg.loss.hvp_project_bonds)
     for key, value in norms.items():
         if getattr(cfg.loss, key) is None:
             setattr(cfg.loss, key, value)

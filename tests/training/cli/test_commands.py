@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hessid.training.cli.train import build_parser as train_parser
 from hessid.training.cli.train import train_config
-from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig
+from hessid.training.data.reader import load_dataset
 from hessid.training.data.synthetic import write_synthetic_dataset
 from hessid.training.learning.trainer import TrainConfig
 
@@ -127,7 +127,7 @@ def test_import_takes_the_timestep_in_fs_and_saves_its_config(tmp_path, monkeypa
     assert main(["data", "import", "x.npy", "--name", "imp", "--forces", "f.npy", "--topology",
                  "top.pdb", "--length-unit", "angstrom", "--force-unit", "kcal/mol/angstrom",
                  "--timestep", "20"]) == 0
-    got = data.load_dataset("imp/imp.h5")
+    got = load_dataset("imp/imp.h5")
     np.testing.assert_allclose(np.diff(got.time), 0.02)  # 20 fs between frames = 0.02 ps
     assert (tmp_path / "imp" / "hessid-data-import.yaml").exists()
     assert main(["data", "validate", "imp"]) == 0  # a name: ./imp/imp.h5
