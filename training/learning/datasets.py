@@ -80,17 +80,28 @@ class ProteinData:
         return int(self.cg_coordinates.shape[0])
 
     def probe_spec(self) -> ProbeSpec:
-        """The :class:`hessid.probes.ProbeSpec` of the stored Term 1 (``ProbeSpec.from_attrs``).
+        """The :class:`hessid.probes.ProbeSpec` of the stored Term 1 (``ProbeSpec.from_attrs``),
+        checked against the attributes it implies at d = 3n (``ProbeSpec.to_attrs(dim=3n)``:
+        ``probe_scale`` to 1e-12 relative, ``probe_dim``) where the file stores them.
 
         Raises:
-            ValueError: no ``cg/hvp_term1``, or its probe attributes are missing or invalid.
+            ValueError: no ``cg/hvp_term1``; its probe attributes are missing or invalid; a
+                stored ``probe_scale``/``probe_dim`` disagrees with the spec at d = 3n.
         """
         if self.term1 is None:
             raise ValueError(f"{self.path}: no cg/hvp_term1 (run `hessid targets`)")
         try:
-            return ProbeSpec.from_attrs(self.term1_attrs)
+            spec = ProbeSpec.from_attrs(self.term1_attrs)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{self.path}: cg/hvp_term1: {exc} (run `hessid targets`)") from exc
+        d = 3 * self.n_beads
+        implied = spec.to_attrs(dim=d)
+        for key in implied.keys() - spec.to_attrs().keys():
+            stored = self.term1_attrs.get(key)
+            if stored is not None and not math.isclose(float(stored), implied[key], rel_tol=1e-12):
+                raise ValueError(f"{self.path}: cg/hvp_term1: stored {key} {stored} != {implied[key]} "
+                                 f"of probe kind {spec.kind!r} at d = {d}")
+        return spec
 
 
 def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData:
@@ -304,7 +315,9 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
         ``hessian_blocks`` (list of (3n, 3n)); ``energy`` (B,) when every frame has one.
 
     Raises:
-        ValueError: proteins in one batch stored different k.
+        ValueError: proteins in one batch stored different k; a protein's probe attributes are
+            missing or inconsistent (:meth:`ProteinData.probe_spec`); fm_hessian without
+            ``cg/hessian_block``.
     """
     pos, types, batch, forces, fid, beta, probes, term1, scale, hess, energy = ([] for _ in range(11))
     ks = set()
@@ -326,12 +339,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
             v = spec.draw([int(p.frame_id[t])], 3 * n)  # (1, k, 3n)
             probes.append(v.reshape(k, n, 3))  # (k, n, 3)
             term1.append(torch.as_tensor(p.term1[t]))  # (k, n, 3)
-            stored = p.term1_attrs.get("probe_scale")
-            c = spec.scale(3 * n)
-            if stored is not None and not math.isclose(float(stored), c, rel_tol=1e-12):
-                raise ValueError(f"{p.path}: stored probe_scale {stored} != probe_scale({spec.kind!r}, "
-                                 f"{3 * n}) = {c}")
-            scale.append(c)
+            scale.append(spec.scale(3 * n))
         if need_hessian:
             if p.hessian_block is None:
                 raise ValueError(f"{p.path}: mode fm_hessian needs cg/hessian_block")
