@@ -318,7 +318,7 @@ def test_hvp_norm_is_the_loss_of_a_zero_model_including_term2(protein, project):
     norms = target_normalisations([protein], items, True, True, cov_weight=gamma,
                                   project_bonds=project)
     old = target_normalisations([protein], items, True, True)
-    kind = protein.probe_spec()[0]
+    kind = protein.probe_spec().kind
     c = probe_scale(kind, 3 * N_BEADS)
     legacy = np.mean([c * float((protein.term1[t] ** 2).sum(-1).sum(-1).mean()) for t in range(protein.n_frames)])
     assert old["hvp_norm"] == legacy
