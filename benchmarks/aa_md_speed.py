@@ -35,6 +35,7 @@ def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: f
     import openmm
     import openmm.app as app
     import openmm.unit as u
+
     from hessid.training.data.aa_md import create_system, forcefield_files, ns_per_day
 
     top, pos = structure.topology, structure.positions_nm() * u.nanometer
@@ -74,6 +75,7 @@ def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: f
 def main(argv=None) -> dict:
     """Run the benchmark; prints and returns the JSON object."""
     import openmm
+
     from hessid.training.data.structures import build_from_sequence
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

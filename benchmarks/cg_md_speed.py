@@ -44,6 +44,7 @@ import time
 
 import torch
 from _common import finish, machine_info
+
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import LangevinBAOAB, energy_and_forces
 

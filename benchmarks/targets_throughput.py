@@ -34,6 +34,7 @@ SYSTEMS = {
 
 def main(argv=None) -> dict:
     import openmm
+
     from hessid.training.data.aa_md import MDConfig, simulate
     from hessid.training.data.reader import open_dataset
     from hessid.training.data.structures import build_structure

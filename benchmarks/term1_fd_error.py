@@ -21,6 +21,7 @@ from _common import finish, machine_info
 
 def _context(system, name, threads=1, precision=None):
     import openmm
+
     from hessid.training.data.aa_md import choose_platform
 
     plat, props = choose_platform(name, threads if name == "CPU" else None, precision)
@@ -30,12 +31,12 @@ def _context(system, name, threads=1, precision=None):
 def main(argv=None) -> dict:
     import openmm
     import openmm.unit as u
+
+    from hessid.probes import draw_probes
     from hessid.training.data.aa_md import create_system
     from hessid.training.data.cg_map import ca_map
     from hessid.training.data.structures import build_from_sequence
     from hessid.training.data.targets import term1_fd
-
-    from hessid.probes import draw_probes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sequence", default="GYDPETGTWG")

@@ -30,10 +30,10 @@ def _cli_time(json_path: Path) -> tuple[float, int]:
 
 def _group_times() -> dict:
     import torch
-    from hessid.verification.checks import check_gaussian_closed_form, check_quadrature_system
-    from hessid.verification.elastic import check_structure_file
 
     from hessid.quadrature import builtin_systems
+    from hessid.verification.checks import check_gaussian_closed_form, check_quadrature_system
+    from hessid.verification.elastic import check_structure_file
 
     out = {"torch_threads": torch.get_num_threads()}
     groups = {}

@@ -23,6 +23,17 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+# module attribute access (identities.f), so the verifier always checks the library's current
+# functions (a test replaces one to prove the verifier catches a broken identity)
+from hessid import identities
+from hessid.maps import NonlinearMap
+from hessid.quadrature import (
+    QuadratureSystem,
+    builtin_systems,
+    potential_forces,
+    potential_hessians,
+)
 from hessid.verification.elastic import check_structure_file, gaussian_identity
 from hessid.verification.results import (
     CLOSED_FORM_TOL,
@@ -37,17 +48,6 @@ from hessid.verification.results import (
     results_to_dict,
     timed,
     write_json,
-)
-
-# module attribute access (identities.f), so the verifier always checks the library's current
-# functions (a test replaces one to prove the verifier catches a broken identity)
-from hessid import identities
-from hessid.maps import NonlinearMap
-from hessid.quadrature import (
-    QuadratureSystem,
-    builtin_systems,
-    potential_forces,
-    potential_hessians,
 )
 
 __all__ = [

@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hessid.verification.checks import run_builtin_checks
-from hessid.verification.elastic import check_structure_file
-from hessid.verification.results import all_passed, format_table, timed, write_json
-from hessid.verification.user_system import verify_user_system
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -32,6 +28,10 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.verification.checks import run_builtin_checks
+from hessid.verification.elastic import check_structure_file
+from hessid.verification.results import all_passed, format_table, timed, write_json
+from hessid.verification.user_system import verify_user_system
 
 __all__ = ["VerifyOptions", "build_parser", "run", "verify_all"]
 

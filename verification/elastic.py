@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hessid.maps import LinearMap
+from hessid.units import beta as beta_of_temperature
 from hessid.verification.results import (
     DETECTION_THRESHOLD,
     DTYPE,
@@ -33,9 +36,6 @@ from hessid.verification.results import (
     linear_negative_control_errors,
     relative_error,
 )
-
-from hessid.maps import LinearMap
-from hessid.units import beta as beta_of_temperature
 
 __all__ = [
     "ELEMENT_MASSES",

@@ -23,10 +23,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from hessid.quadrature import QuadratureSystem
 from hessid.verification.checks import check_quadrature_system
 from hessid.verification.results import CheckResult
-
-from hessid.quadrature import QuadratureSystem
 
 __all__ = ["REQUIRED", "OPTIONAL", "load_user_system", "verify_user_system"]
 

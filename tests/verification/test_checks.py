@@ -5,6 +5,10 @@ import json
 
 import pytest
 import torch
+
+import hessid.identities as identities
+from hessid.cli import main
+from hessid.quadrature import builtin_systems
 from hessid.verification.checks import (
     CheckResult,
     all_passed,
@@ -12,10 +16,6 @@ from hessid.verification.checks import (
     format_table,
     relative_error,
 )
-
-import hessid.identities as identities
-from hessid.cli import main
-from hessid.quadrature import builtin_systems
 
 NEGATIVE_KINDS = ("term2 sign flipped", "term1 only", "no div G", "linear formula on nonlinear map",
                   "no G dG f term", "missing fiber Jacobian")

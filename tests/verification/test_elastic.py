@@ -5,6 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from hessid.cli import main
+from hessid.maps import LinearMap
 from hessid.verification.elastic import (
     builtin_structure_path,
     check_linear_map_on_structure,
@@ -13,9 +16,6 @@ from hessid.verification.elastic import (
     read_pdb,
     structure_map,
 )
-
-from hessid.cli import main
-from hessid.maps import LinearMap
 
 PDBFIXER_VILLIN = Path("/work/venv/lib/python3.11/site-packages/pdbfixer/tests/data/test.pdb")
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from hessid.quadrature import potential_forces
 from hessid.verification.fd import (
     autograd_hvp,
     central_difference_hvp,
@@ -9,8 +11,6 @@ from hessid.verification.fd import (
     fd6_convergence,
     hvp_convergence,
 )
-
-from hessid.quadrature import potential_forces
 
 DT = torch.float64
 

@@ -4,9 +4,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hessid.verification.user_system import load_user_system
 
 from hessid.cli import main
+from hessid.verification.user_system import load_user_system
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_system.py"
 

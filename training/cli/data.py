@@ -16,11 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hessid.training.data.aa_md import MDConfig, simulate
-from hessid.training.data.cg_map import write_cg
-from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
-from hessid.training.data.io import dataset_path, validate_dataset
-from hessid.training.data.structures import build_structure
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -31,6 +26,11 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.cg_map import write_cg
+from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
+from hessid.training.data.io import dataset_path, validate_dataset
+from hessid.training.data.structures import build_structure
 
 __all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "run"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hessid.training.pipelines.demo import SCALES, run_demo
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -21,6 +20,7 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.pipelines.demo import SCALES, run_demo
 
 __all__ = ["DemoOptions", "build_parser", "run"]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hessid.training.data.io import dataset_path
-from hessid.training.evaluation.evaluate import BenchmarkEvaluator, evaluate, load_reference
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -22,6 +20,8 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.data.io import dataset_path
+from hessid.training.evaluation.evaluate import BenchmarkEvaluator, evaluate, load_reference
 
 __all__ = ["EvaluateOptions", "build_parser", "run"]
 

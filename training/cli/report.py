@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from hessid.training.evaluation.report import build_report
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -20,6 +19,7 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.evaluation.report import build_report
 
 __all__ = ["ReportOptions", "build_parser", "run"]
 

@@ -14,10 +14,6 @@ from typing import Literal
 import mdtraj as md
 import numpy as np
 import torch
-from hessid.training.data.io import dataset_path
-from hessid.training.data.synthetic import HarmonicChainPotential
-from hessid.training.learning.models import load_potential
-from hessid.training.md.simulation import load_cg_reference, simulate
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -28,6 +24,10 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.data.io import dataset_path
+from hessid.training.data.synthetic import HarmonicChainPotential
+from hessid.training.learning.models import load_potential
+from hessid.training.md.simulation import load_cg_reference, simulate
 
 __all__ = ["SimulateOptions", "build_parser", "load_model", "read_start", "run"]
 

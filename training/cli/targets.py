@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from hessid.training.data.io import dataset_path
-from hessid.training.data.targets import compute_targets
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -21,6 +19,8 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.data.io import dataset_path
+from hessid.training.data.targets import compute_targets
 
 __all__ = ["TargetsOptions", "build_parser", "run"]
 

@@ -20,10 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-from hessid.training.data.io import dataset_path
-from hessid.training.learning.configs import TrainConfig
-from hessid.training.learning.gate import VerificationGateError
-from hessid.training.learning.trainer import train
 from jsonargparse import ArgumentParser, Namespace
 
 from hessid.cli.options import (
@@ -34,6 +30,10 @@ from hessid.cli.options import (
     new_parser,
     save_config,
 )
+from hessid.training.data.io import dataset_path
+from hessid.training.learning.configs import TrainConfig
+from hessid.training.learning.gate import VerificationGateError
+from hessid.training.learning.trainer import train
 
 __all__ = ["build_parser", "run", "train_config"]
 

@@ -27,6 +27,8 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as u
+from tqdm.auto import tqdm
+
 from hessid.training.data import schema as sc
 from hessid.training.data.io import (
     append_frames,
@@ -39,8 +41,6 @@ from hessid.training.data.io import (
     truncate_frames,
 )
 from hessid.training.data.structures import Structure, structure_from_pdb_text
-from tqdm.auto import tqdm
-
 from hessid.units import (
     energy_kj_to_kcal,
     force_kj_nm_to_kcal_angstrom,

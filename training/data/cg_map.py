@@ -13,6 +13,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from openmm.app import element
+
+from hessid.maps import LinearMap, constraint_aware_projector
 from hessid.training.data import schema as sc
 from hessid.training.data.io import (
     FRAME_BLOCK,
@@ -22,9 +25,6 @@ from hessid.training.data.io import (
 )
 from hessid.training.data.reader import CGData, load_cg
 from hessid.training.data.schema import DatasetError
-from openmm.app import element
-
-from hessid.maps import LinearMap, constraint_aware_projector
 
 __all__ = ["RESIDUE_ALIASES", "STANDARD_RESIDUES", "ca_map", "hbond_pairs", "write_cg"]
 

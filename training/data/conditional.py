@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import openmm
 import openmm.unit as u
+from tqdm.auto import tqdm
+
 from hessid.training.data import schema as sc
 from hessid.training.data.aa_md import (
     MDConfig,
@@ -53,8 +55,6 @@ from hessid.training.data.io import append_frames, commit, create_dataset
 from hessid.training.data.reader import open_dataset
 from hessid.training.data.schema import DatasetError
 from hessid.training.data.structures import Structure, positions_angstrom, structure_from_pdb_text
-from tqdm.auto import tqdm
-
 from hessid.units import beta as _beta
 from hessid.units import length_angstrom_to_nm, length_nm_to_angstrom
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import h5py
 import mdtraj
 import numpy as np
+
 from hessid.training.data.io import count_pdb_atoms, write_dataset
 from hessid.training.data.schema import DatasetError
-
 from hessid.units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
 __all__ = ["ENERGY_UNITS", "FORCE_UNITS", "LENGTH_UNITS", "import_arrays", "import_hdf5",

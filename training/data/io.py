@@ -21,11 +21,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import openmm
-from hessid.training.data import schema as sc
-from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 from openmm.app import PDBFile
 
 import hessid
+from hessid.training.data import schema as sc
+from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 
 __all__ = [
     "DatasetError", "append_frames", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",

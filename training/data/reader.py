@@ -29,6 +29,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from hessid.maps import LinearMap
+from hessid.probes import ProbeSpec
 from hessid.training.data import schema as sc
 from hessid.training.data.io import (
     dataset_path,
@@ -44,9 +47,6 @@ from hessid.training.data.schema import (
     NoTargetsError,
     NotMappedError,
 )
-
-from hessid.maps import LinearMap
-from hessid.probes import ProbeSpec
 
 __all__ = ["AADataset", "CGData", "CGGroup", "Dataset", "HessianBlock", "Term1", "load_cg",
            "load_dataset", "open_dataset"]  # fmt: skip

@@ -39,6 +39,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import openmm
+from openmm import unit
+from tqdm.auto import tqdm
+
+from hessid.probes import PROBE_KINDS, ProbeSpec
 from hessid.training.data import schema as sc
 from hessid.training.data.aa_md import (
     choose_platform,
@@ -50,10 +54,6 @@ from hessid.training.data.cg_map import write_cg
 from hessid.training.data.io import commit, dataset_path, validate_dataset
 from hessid.training.data.reader import Dataset, open_dataset
 from hessid.training.data.schema import DatasetError
-from openmm import unit
-from tqdm.auto import tqdm
-
-from hessid.probes import PROBE_KINDS, ProbeSpec
 from hessid.units import (
     ANGSTROM_PER_NM,
     hessian_kj_nm2_to_kcal_angstrom2,

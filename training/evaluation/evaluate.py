@@ -34,6 +34,7 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 from deeptime.decomposition import TICA
+
 from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 from hessid.training.evaluation.divergences import (
     KL_FLOOR,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mdtraj as md
 import numpy as np
+
 from hessid.training.md.reporters import ca_topology
 
 # ----------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import gaussian_kde
+
 from hessid.training.evaluation.evaluate import (
     METRIC_LABELS,
     METRIC_NAMES,
@@ -28,9 +31,6 @@ from hessid.training.evaluation.evaluate import (
     format_value,
     read_metrics,
 )
-from matplotlib.ticker import MaxNLocator
-from scipy.stats import gaussian_kde
-
 from hessid.units import KB_KCAL_PER_MOL_K
 
 REFERENCE_COLOR = "black"

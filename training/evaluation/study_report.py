@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from hessid.training.evaluation.report import pyplot
 
 #: benchmark metrics (from ``evaluate``'s metrics.json) shown beside the φ/ψ ones

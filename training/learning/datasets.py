@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hessid.probes import ProbeSpec
 from hessid.training.data.reader import open_dataset
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.losses import hessian_target_norms, hvp_target_norms
-
-from hessid.probes import ProbeSpec
 from hessid.units import beta as beta_of_temperature
 
 log = logging.getLogger(__name__)

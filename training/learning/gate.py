@@ -8,6 +8,7 @@ import warnings
 from dataclasses import asdict
 
 import torch
+
 from hessid.training.learning.datasets import ProteinData
 from hessid.verification.elastic import check_linear_map_on_structure
 

@@ -18,12 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from hessid.training.learning.configs import ModelConfig
-from hessid.training.learning.derivatives import energy_forces_hvp
-from hessid.training.learning.priors import PriorModel, PriorParameters
 from torchmdnet.models.model import create_model
 
 from hessid import __version__ as HESSID_VERSION
+from hessid.training.learning.configs import ModelConfig
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.priors import PriorModel, PriorParameters
 
 __all__ = [
     "CHECKPOINT_FORMAT",

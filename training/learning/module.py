@@ -7,6 +7,7 @@ import math
 
 import lightning.pytorch as pl
 import torch
+
 from hessid.training.learning.configs import OptimConfig, TrainConfig
 from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
 from hessid.training.learning.losses import (

@@ -32,6 +32,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from matplotlib.figure import Figure
+
 from hessid.training.learning.configs import TrainConfig, load_config
 from hessid.training.learning.datasets import (
     FrameStream,
@@ -45,9 +49,6 @@ from hessid.training.learning.gate import run_verification_gate
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.module import CGTrainingModule
 from hessid.training.learning.priors import PriorFit
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy
-from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import mdtraj as md
 import numpy as np
+
 from hessid.training.md.integrator import STATUS_NAMES, LangevinBAOAB, LangevinState
 
 __all__ = ["DCDFile", "DCDReporter", "Reporter", "StateDataReporter", "ca_topology"]

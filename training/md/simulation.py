@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from hessid.training.data import schema as sc
 from hessid.training.data.reader import open_dataset
 from hessid.training.md.integrator import (
@@ -35,7 +37,6 @@ from hessid.training.md.integrator import (
     LangevinState,
 )
 from hessid.training.md.reporters import DCDReporter, Reporter, StateDataReporter, ca_topology
-from tqdm.auto import tqdm
 
 __all__ = ["SimulationResult", "failures", "load_checkpoint", "load_cg_reference", "run",
            "save_checkpoint", "simulate"]

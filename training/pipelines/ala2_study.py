@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from hessid.training.data import aa_md
 from hessid.training.data import schema as sc
 from hessid.training.data.conditional import estimate_cg_hessian, sample_frozen

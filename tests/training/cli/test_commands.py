@@ -7,14 +7,14 @@ import re
 
 import numpy as np
 import pytest
+
+from hessid.cli import main
 from hessid.training.cli.train import build_parser as train_parser
 from hessid.training.cli.train import train_config
 from hessid.training.data.aa_md import MDConfig
 from hessid.training.data.reader import load_dataset
 from hessid.training.data.synthetic import write_synthetic_dataset
 from hessid.training.learning.trainer import TrainConfig
-
-from hessid.cli import main
 
 LOGGING = {"-v", "--verbose", "-q", "--quiet", "--log-file"}
 CONFIG = {"--config", "--print-config"}

@@ -12,9 +12,9 @@ import math
 import h5py
 import numpy as np
 import pytest
+
 from hessid.training.data import conditional as rh
 from hessid.training.data import io as data
-
 from hessid.units import beta as beta_of
 
 TEMPERATURE = 300.0
@@ -211,6 +211,7 @@ def test_frozen_atoms_stay_at_r0_and_the_file_validates(frozen_run):
 def test_constrained_hydrogen_bond_lengths_are_preserved(frozen_run):
     s, frozen, path, _, _ = frozen_run
     import openmm.unit as u
+
     from hessid.training.data.aa_md import create_system
 
     system = create_system(s.topology, "amber14-all.xml", "gbn2", "HBonds")

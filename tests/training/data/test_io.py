@@ -7,6 +7,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+
 from hessid.training.data import cg_map, importers, reader
 from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, SimulationInterrupted, simulate
@@ -43,6 +44,7 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
     forces (hence Term 1 and the mapped data) unchanged; a non-positive mass is refused."""
     import openmm
     import openmm.unit as u
+
     from hessid.training.data.aa_md import create_system
 
     _, path = simulated
@@ -88,6 +90,7 @@ def test_saved_forces_are_forces_of_saved_positions(simulated):
     (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
     import openmm
     import openmm.unit as u
+
     from hessid.training.data.aa_md import create_system
 
     _, path = simulated

@@ -5,14 +5,14 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
+from hessid.probes import ProbeSpec, draw_probes
 from hessid.training.data import schema as sc
 from hessid.training.data.cg_map import write_cg
 from hessid.training.data.io import copy_frames, validate_dataset, write_dataset
 from hessid.training.data.reader import load_cg, load_dataset, open_dataset
 from hessid.training.data.synthetic import write_synthetic_dataset
 from hessid.training.data.targets import load_probes
-
-from hessid.probes import ProbeSpec, draw_probes
 
 #: two alanines, backbone atoms only (N, CA, C): enough for the Cα map, no OpenMM run needed
 PDB = """\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hessid.training.data.structures import (
     build_from_sequence,
     build_structure,

@@ -9,6 +9,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
+from hessid.maps import LinearMap
+from hessid.probes import draw_probes
 from hessid.training.data import cg_map, reader
 from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, create_system, simulate
@@ -21,9 +24,6 @@ from hessid.training.data.targets import (
     make_executor,
     term1_fd,
 )
-
-from hessid.maps import LinearMap
-from hessid.probes import draw_probes
 
 CPU1 = dict(platform="CPU", threads=1)
 

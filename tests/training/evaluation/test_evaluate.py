@@ -13,6 +13,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+
 from hessid.training.evaluation.divergences import kl_divergence, wasserstein_1d, wasserstein_2d
 from hessid.training.evaluation.evaluate import (
     METRIC_NAMES,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import yaml
+
 from hessid.training.data.synthetic import write_synthetic_dataset
 from hessid.training.learning.models import load_potential
 

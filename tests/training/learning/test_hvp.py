@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.derivatives import (
     energy_forces_hvp,
@@ -13,7 +14,6 @@ from hessid.training.learning.derivatives import (
 )
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.priors import PriorFit
-
 from tests.helpers import assert_close, assert_hessian_close
 
 SMALL = {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 6, "precision": "float64"}

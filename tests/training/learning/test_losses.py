@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from hessid.identities import hvp_target_linear
+from hessid.probes import draw_probes, probe_scale
+from hessid.toy import GaussianSystem
 from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.configs import LossConfig
 from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
@@ -15,10 +19,6 @@ from hessid.training.learning.losses import (
     hvp_targets,
 )
 from hessid.training.learning.models import CGPotential
-
-from hessid.identities import hvp_target_linear
-from hessid.probes import draw_probes, probe_scale
-from hessid.toy import GaussianSystem
 from tests.helpers import assert_close
 
 TINY = {"embedding_dimension": 4, "num_layers": 1, "num_rbf": 4, "precision": "float64"}

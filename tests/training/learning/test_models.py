@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from hessid import __version__
 from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.configs import ModelConfig
 from hessid.training.learning.derivatives import energy_forces_hvp
@@ -13,8 +15,6 @@ from hessid.training.learning.models import (
     load_potential,
 )
 from hessid.training.learning.priors import PriorFit
-
-from hessid import __version__
 from tests.helpers import assert_close
 
 SMALL = {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 6}

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hessid.training.learning.priors import PriorFit, PriorModel, PriorParameters, chain_indices
 
+from hessid.training.learning.priors import PriorFit, PriorModel, PriorParameters, chain_indices
 from hessid.units import kT
 
 

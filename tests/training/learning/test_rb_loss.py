@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from hessid.hvp_loss import hvp_gradient_probe_variance
+from hessid.probes import draw_probes, probe_scale
 from hessid.training.data.synthetic import compact_chain, write_synthetic_dataset
 from hessid.training.learning.configs import LossConfig, TrainConfig
 from hessid.training.learning.datasets import collate_frames, load_protein, target_normalisations
@@ -25,9 +28,6 @@ from hessid.training.learning.models import CGPotential
 from hessid.training.learning.module import CGTrainingModule
 from hessid.training.learning.priors import PriorFit
 from hessid.training.learning.trainer import train
-
-from hessid.hvp_loss import hvp_gradient_probe_variance
-from hessid.probes import draw_probes, probe_scale
 from tests.core.test_hvp_loss import _hessian_derivatives
 from tests.helpers import assert_close, relative_error
 

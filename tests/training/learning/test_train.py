@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+
 from hessid.training.data.synthetic import spring_network, write_synthetic_dataset
 from hessid.training.learning.configs import PriorConfig, TrainConfig, load_config
 from hessid.training.learning.datasets import FrameStream, collate_frames, load_protein

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import (
     ACCELERATION_A_PS2_PER_KCAL_MOL_A_AMU,
@@ -13,7 +14,6 @@ from hessid.training.md.integrator import (
     baoab_langevin,
     energy_and_forces,
 )
-
 from hessid.units import KB_KCAL_PER_MOL_K
 from tests.helpers import assert_unbiased
 from tests.training.md.chains import Tether, straight_chain

@@ -6,6 +6,7 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
+
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import LangevinBAOAB, LangevinState
 from hessid.training.md.reporters import (
@@ -16,7 +17,6 @@ from hessid.training.md.reporters import (
     ca_topology,
 )
 from hessid.training.md.simulation import run, simulate
-
 from tests.training.md.chains import straight_chain
 
 

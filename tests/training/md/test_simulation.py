@@ -8,11 +8,11 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
+
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import STATUS_BOND_OUT_OF_RANGE, STATUS_NONFINITE, LangevinBAOAB
 from hessid.training.md.reporters import DCDFile
 from hessid.training.md.simulation import simulate
-
 from tests.training.md.chains import NaNBeyond, straight_chain
 
 

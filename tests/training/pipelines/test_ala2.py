@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from hessid.training.pipelines import ala2
 
 
@@ -245,6 +246,7 @@ def test_hessian_relative_error():
 
 def test_model_hessians_of_a_harmonic_chain():
     import torch
+
     from hessid.training.data.synthetic import HarmonicChainPotential
 
     pot = HarmonicChainPotential(bond_k=100.0, bond_length=1.4, angle_k=0.0).double()

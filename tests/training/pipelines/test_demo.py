@@ -13,6 +13,7 @@ import re
 import h5py
 import numpy as np
 import pytest
+
 from hessid.training.pipelines.demo import SCALES, VARIANTS, run_demo
 
 
