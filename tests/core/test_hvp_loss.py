@@ -31,6 +31,7 @@ from hessid.hvp_loss import (
 )
 from hessid.identities import hvp_target_linear
 from hessid.probes import PROBE_KINDS, draw_probes, probe_scale, trace_estimator_variance
+from tests.curvature_instances import chignolin_like_instance, hessian_derivatives
 from tests.helpers import assert_close, relative_error
 from tests.strategies import seeds
 
@@ -108,16 +109,6 @@ def _one_hot_probes(d: int) -> torch.Tensor:
 
 def _sign_probes(d: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product([-1.0, 1.0], repeat=d)), dtype=F64)[:, None, :]
-
-
-def _hessian_derivatives(d: int) -> np.ndarray:
-    """E_ab = ∂H/∂X_ab = (e_a e_bᵀ + e_b e_aᵀ)/2, (d², d, d), in X's row-major order."""
-    E = np.zeros((d * d, d, d))
-    for a in range(d):
-        for b in range(d):
-            E[a * d + b, a, b] += 0.5
-            E[a * d + b, b, a] += 0.5
-    return E
 
 
 gammas = st.sampled_from([0.25, 1.0])
@@ -241,7 +232,7 @@ def test_monte_carlo_gradients_are_unbiased_and_dropping_the_cross_term_is_detec
     v = draw_probes(kind, 2026, range(P), k, d)
     c = probe_scale(kind, d)
     exp_cur, _ = _grad_expected(H0, T1, w, beta, gamma)
-    E = _hessian_derivatives(d)
+    E = hessian_derivatives(d)
     s = gamma * beta
     var_cur = hvp_gradient_probe_variance(kind, H0 - T1 + s * torch.outer(w, w), E, k)
     var_rb = hvp_gradient_probe_variance(kind, H0 - T1, E, k)
@@ -259,7 +250,7 @@ def test_monte_carlo_gradient_variance_matches_the_exact_formula():
     d, k, P, gamma, beta = 4, 3, 20000, 1.0, 1.0
     H0, T1, w = _instance(5, d)
     v = draw_probes("gaussian", 77, range(P), k, d)
-    E = _hessian_derivatives(d)
+    E = hessian_derivatives(d)
     for which, resid, grad in (
         ("current", H0 - T1 + beta * torch.outer(w, w), _grad_current(H0, T1, w, v, beta, gamma, 1.0)),
         ("rb", H0 - T1, _grad_rb(H0, T1, w, v, beta, gamma, 1.0)),
@@ -279,7 +270,7 @@ def test_monte_carlo_gradient_variance_matches_the_exact_formula():
 def test_gradient_variance_formula_is_exact_by_enumeration(kind, seed, d, gamma):
     H0, T1, w = _instance(seed, d)
     v = _one_hot_probes(d) if kind == "one_hot" else _sign_probes(d)
-    c, E, beta = probe_scale(kind, d), _hessian_derivatives(d), 1.3
+    c, E, beta = probe_scale(kind, d), hessian_derivatives(d), 1.3
     g_cur = _grad_current(H0, T1, w, v, beta, gamma, c).reshape(v.shape[0], -1).numpy()
     g_rb = _grad_rb(H0, T1, w, v, beta, gamma, c).reshape(v.shape[0], -1).numpy()
     v_cur = hvp_gradient_probe_variance(kind, H0 - T1 + gamma * beta * torch.outer(w, w), E)
@@ -302,7 +293,7 @@ def test_dropping_the_cross_term_misses_the_exact_expectation(seed, d):
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 def test_vectorised_gradient_variance_agrees_with_the_probe_module(kind):
     H0, T1, w = _instance(3, 5)
-    R, E = H0 - T1 + torch.outer(w, w), _hessian_derivatives(5)
+    R, E = H0 - T1 + torch.outer(w, w), hessian_derivatives(5)
     for k in (1, 3, 5):
         got = hvp_gradient_probe_variance(kind, R, E, k)
         ref = np.array([trace_estimator_variance(kind, 2.0 * R.numpy().T @ Ep, k) for Ep in E])
@@ -319,7 +310,7 @@ def test_rb_does_not_always_reduce_variance_at_the_per_frame_target(seed, d, kin
     _, T1, w = _instance(seed, d)
     beta, gamma = 1.677399, 1.0
     H_fit = T1 - gamma * beta * torch.outer(w, w)
-    E = _hessian_derivatives(d)
+    E = hessian_derivatives(d)
     var_cur = hvp_gradient_probe_variance(kind, H_fit - T1 + gamma * beta * torch.outer(w, w), E).sum()
     var_rb = hvp_gradient_probe_variance(kind, H_fit - T1, E).sum()
     assert var_rb > 0.0
@@ -362,26 +353,10 @@ def realistic_variance_ratios(k: int = 4, frames: int = 50, seed: int = 0, untra
     Gaussian identity); model H_θ = 𝓗 + a symmetric error of 10 % of ‖𝓗‖_F; per frame
     dF ~ N(0, C) (unbiased model force); γ = 1. ``untrained``: H_θ = 0 instead.
     """
-    rng = np.random.default_rng(seed)
-    d, beta = 30, 1.677399
-
-    def spd(eigs):
-        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-        return (q * eigs) @ q.T
-
-    H_cg = spd(np.exp(rng.uniform(np.log(20.0), np.log(2000.0), d)))
-    C = spd(np.exp(rng.uniform(0.0, np.log(100.0), d)))
-    C *= 2.7e4 / beta / np.trace(C)
-    T1 = H_cg + beta * C
-    err = rng.standard_normal((d, d))
-    err = err + err.T
-    H_model = H_cg + 0.1 * np.linalg.norm(H_cg) / np.linalg.norm(err) * err
-    if untrained:
-        H_model = np.zeros((d, d))
-    L = np.linalg.cholesky(C)
-    E = _hessian_derivatives(d)
+    inst = chignolin_like_instance(frames, seed, untrained)
+    beta, T1, H_model, residuals = inst.beta, inst.term1, inst.model_hessian, inst.residuals
+    E = hessian_derivatives(T1.shape[0])
     out = {}
-    residuals = [L @ rng.standard_normal(d) for _ in range(frames)]
     for kind in ("gaussian", "rademacher", "unit_sphere", "one_hot", "orthonormal"):
         v_cur = v_rb = 0.0
         for w in residuals:
@@ -415,4 +390,4 @@ def test_invalid_inputs_are_refused():
     with pytest.raises(ValueError, match="probes"):
         per_frame_hvp_loss(Hv, T1v, w[None], v[..., :2], 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="probe kind"):
-        hvp_gradient_probe_variance("sobol", H0, _hessian_derivatives(3))
+        hvp_gradient_probe_variance("sobol", H0, hessian_derivatives(3))

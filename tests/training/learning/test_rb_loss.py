@@ -28,7 +28,7 @@ from hessid.training.learning.models import CGPotential
 from hessid.training.learning.module import CGTrainingModule
 from hessid.training.learning.priors import PriorFit
 from hessid.training.learning.trainer import train
-from tests.core.test_hvp_loss import _hessian_derivatives
+from tests.curvature_instances import chignolin_like_instance, hessian_derivatives
 from tests.helpers import assert_close, relative_error
 
 TINY = {"embedding_dimension": 6, "num_layers": 1, "num_rbf": 4, "precision": "float64"}
@@ -356,23 +356,9 @@ def test_documented_variance_cost_of_the_stabiliser():
     """docs/training.md: on the chignolin-like instance of docs/variance_reduction.md the
     Gaussian k = 4 probe-variance ratio Var ∇ℓ / Var ∇L is 10.9 without and 10.7 with the
     α = 0.5 stabiliser (residual matrix ``H_θ − T1 − α ŵŵᵀ H_θ``; exact closed forms)."""
-    rng = np.random.default_rng(0)  # the instance of realistic_variance_ratios, same draws
-    d, beta = 30, 1.677399
-
-    def spd(eigs):
-        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-        return (q * eigs) @ q.T
-
-    H_cg = spd(np.exp(rng.uniform(np.log(20.0), np.log(2000.0), d)))
-    C = spd(np.exp(rng.uniform(0.0, np.log(100.0), d)))
-    C *= 2.7e4 / beta / np.trace(C)
-    T1 = H_cg + beta * C
-    err = rng.standard_normal((d, d))
-    err = err + err.T
-    H = H_cg + 0.1 * np.linalg.norm(H_cg) / np.linalg.norm(err) * err
-    L = np.linalg.cholesky(C)
-    E = _hessian_derivatives(d)
-    residuals = [L @ rng.standard_normal(d) for _ in range(50)]
+    inst = chignolin_like_instance(frames=50, seed=0)  # the instance of realistic_variance_ratios
+    beta, T1, H, residuals = inst.beta, inst.term1, inst.model_hessian, inst.residuals
+    E = hessian_derivatives(T1.shape[0])
     ratios = {}
     for alpha in (0.0, 0.5, 0.9):
         cur = rb = 0.0
