@@ -45,9 +45,17 @@ import math
 from dataclasses import dataclass
 
 import torch
+from hessid.training.learning.edge_hvp import (
+    SUPPORTED_ACTIVATIONS,
+    activation_derivatives,
+    activation_jet,
+    edge_energy_forces_hvp,
+)
 
 __all__ = [
+    "HVP_METHODS",
     "EnergyForcesHVP",
+    "choose_hvp_method",
     "energy_forces_hvp",
     "full_hessian",
     "hessian_autograd",
@@ -168,16 +176,6 @@ def _rbf_jet(rbf: torch.nn.Module, d: torch.Tensor) -> torch.Tensor:
     return ex if env is None else _jet_mul(ex, env.expand_as(ex))
 
 
-def _silu_jet(h: torch.Tensor) -> torch.Tensor:
-    h0, h1 = h[:, 0], h[:, 1]
-    sig = torch.sigmoid(h0)
-    g1 = sig * (1 + h0 * (1 - sig))
-    if h.shape[1] == 2:
-        return torch.stack([h0 * sig, g1 * h1], 1)
-    g2 = sig * (1 - sig) * (2 + h0 * (1 - 2 * sig))
-    return torch.stack([h0 * sig, g1 * h1, g2 * h1**2 + g1 * h[:, 2]], 1)
-
-
 def filter_jets(rep: torch.nn.Module, d: torch.Tensor, order: int = 2) -> torch.Tensor:
     """Jets of all distance filters of a TorchMD_GN representation at pair distances d.
 
@@ -207,7 +205,7 @@ def filter_jets(rep: torch.nn.Module, d: torch.Tensor, order: int = 2) -> torch.
     h = x @ torch.cat(w1).T  # (P, nj, L'F)
     h = torch.cat([h[:, :1] + bias, h[:, 1:]], 1)
     hi = h[..., : L * F].reshape(h.shape[0], nj, L, F)  # (P, nj, L, F)
-    s = _silu_jet(hi)
+    s = activation_jet(blocks[0].mlp[1], hi)
     w2 = torch.stack([b.mlp[2].weight for b in blocks])  # (L, F, F) (out, in)
     m = torch.einsum("pclf,lgf->pclg", s, w2)  # (P, nj, L, F)
     b2 = torch.stack([b.mlp[2].bias for b in blocks])  # (L, F)
@@ -250,12 +248,6 @@ def _message_passing_energy(net: torch.nn.Module, filters: torch.Tensor, z: torc
 # Forward-over-reverse by hand, per structure on a dense (B, n, n) pair grid. Every k-dependent
 # edge operation becomes a batched matrix product ("kbij,bijf->kbif"-type contractions), the
 # k-independent parts (filters and their jets, primal forward and reverse) are computed once.
-
-
-def _dsilu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """silu(x), silu'(x), silu''(x)."""
-    sig = torch.sigmoid(x)
-    return x * sig, sig * (1 + x * (1 - sig)), sig * (1 - sig) * (2 + x * (1 - 2 * sig))
 
 
 def _dense_layout(batch: torch.Tensor, n_graphs: int):
@@ -332,12 +324,12 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
             l = li_ + L0
             h1 = x @ blk.conv.lin1.weight.T  # (B, n, F)
             h2 = blk.conv.lin2(conv(l, h1))
-            s2, ds2, dds2 = _dsilu(h2)
+            s2, ds2, dds2 = activation_derivatives(blk.act, h2)
             x = x + blk.lin(s2)
             saved.append((h1, ds2, dds2))
         o1, o2 = out.output_network.layers[0], out.output_network.layers[2]
         zo = o1(x)  # (B, n, H)
-        so, dso, ddso = _dsilu(zo)
+        so, dso, ddso = activation_derivatives(out.output_network.layers[1], zo)
         e_atom = (so @ o2.weight.T)[..., 0] + o2.bias  # (B, n)
         energy = (e_atom * mask).sum(1) * net.std + net.mean  # (B,)
         # ---- primal reverse: g = ∂U/∂(.)
@@ -421,10 +413,30 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
     return energy, grad_r, hvp
 
 
+#: values of ``energy_forces_hvp(method=...)``
+HVP_METHODS = ("auto", "edges", "dense", "double_backward")
+
+
+def choose_hvp_method(batch: torch.Tensor, n_pairs: int, n_graphs: int) -> str:
+    """The faster exact HVP path for this batch: ``"edges"`` or ``"dense"``.
+
+    TODO crossover.
+
+    Args:
+        batch: (A,) int64 structure index.  n_pairs: pairs in the cutoffs (P).
+        n_graphs: B.
+
+    Returns:
+        ``"edges"`` or ``"dense"``.
+    """
+    return "edges"
+
+
 def _check_supported(potential) -> None:
     cfg = potential.config
-    if cfg.activation != "silu":
-        raise ValueError(f"the fast HVP path supports activation='silu', not {cfg.activation!r}")
+    if cfg.activation not in SUPPORTED_ACTIVATIONS:
+        raise ValueError(f"the fast HVP paths support activations {SUPPORTED_ACTIVATIONS}, not "
+                         f"{cfg.activation!r}")
     if cfg.rbf_type not in ("expnorm", "gauss"):
         raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
 
@@ -438,16 +450,16 @@ def _prior_terms(potential, positions, batch, probes, bead_types=None):
         e = potential.prior(x, batch, bead_types)
         (g,) = torch.autograd.grad(e.sum(), x, create_graph=probes is not None)
         hv = 0.0
-        if probes is not None:
-            hv = torch.stack([torch.autograd.grad(g, x, grad_outputs=v, retain_graph=True)[0]
-                              for v in probes]) if len(probes) else torch.zeros_like(probes)
+        if probes is not None:  # all k probes in one batched double backward (no loop)
+            hv = torch.autograd.grad(g, x, grad_outputs=probes.to(x.dtype),
+                                     is_grads_batched=True)[0] if len(probes) else torch.zeros_like(probes)
     return e.detach(), g.detach(), hv
 
 
 def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tensor,
                       batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
                       create_graph: bool = True, probe_chunk: int | None = None,
-                      method: str = "dense") -> EnergyForcesHVP:
+                      method: str = "auto") -> EnergyForcesHVP:
     """Energy, forces and exact HVPs of a :class:`~hessid.training.learning.models.CGPotential` (fast).
 
     ``H_θ v = ∇_R(v·∇_R U_θ)`` (docs/identities.md §5, model side), computed by the edge-factored
@@ -463,19 +475,24 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         probes: (k, A, 3) probe vectors, or None for energy and forces only.
         create_graph: keep the graph w.r.t. θ (needed to train on forces / HVPs).
         probe_chunk: batch at most this many probes at once (memory bound); None = all k.
-        method: how the k probes go through the message passing when probes are given:
-            ``"dense"`` (default) — hand-written forward-over-reverse tangents on a dense
-            per-structure (n × n) pair grid, all k probes as batched matrix products, no
-            autograd double backward; ``"edges"`` — batched double backward through the
-            edge-list message passing (the previous fast path). Forces-only calls always use
-            the edge list with first-order jets.
+        method: how the k probes go through the message passing when probes are given
+            (all exact; they differ in cost only):
+            ``"auto"`` (default) — :func:`choose_hvp_method` by size;
+            ``"edges"`` — hand-written forward-over-reverse on the edge list, the k probes a
+            tangent dimension (:func:`~hessid.training.learning.edge_hvp.edge_energy_forces_hvp`;
+            cost and memory ∝ pairs);
+            ``"dense"`` — the same on a dense per-structure (n × n) pair grid, all k probes
+            as batched matrix products (cost ∝ B n²);
+            ``"double_backward"`` — batched autograd double backward through the edge-list
+            message passing (an independent check; slow). Forces-only calls always use the
+            edge list with first-order jets.
 
     Returns:
         :class:`EnergyForcesHVP` with energy (B,) kcal/mol, forces (A, 3) kcal/mol/Å and hvp
         (k, A, 3) kcal/mol/Å² (None without probes), in the potential's dtype.
 
     Raises:
-        ValueError: unsupported activation / RBF, or probe shape not (k, A, 3).
+        ValueError: unsupported activation / RBF, unknown method, or probe shape not (k, A, 3).
     """
     _check_supported(potential)
     batch = potential._check(positions, bead_types, batch)
@@ -487,8 +504,17 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
     pos = positions.detach()
     n_graphs = int(batch.max()) + 1
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
-    if method not in ("dense", "edges"):
-        raise ValueError(f"method must be 'dense' or 'edges', got {method!r}")
+    if method not in HVP_METHODS:
+        raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
+    if probes is not None and method == "auto":
+        method = choose_hvp_method(batch, i.shape[0], n_graphs)
+    if probes is not None and method == "edges":
+        with torch.set_grad_enabled(create_graph):
+            jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
+            energy, grad_r, hvp = edge_energy_forces_hvp(
+                net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk)
+        pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
+        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp + phv)
     if probes is not None and method == "dense":
         with torch.set_grad_enabled(create_graph):
             energy, grad_r, hvp = _dense_energy_forces_hvp(
