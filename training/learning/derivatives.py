@@ -18,20 +18,23 @@ autograd Hessian in float64 (``tests/training/learning/test_hvp.py``):
   where ``J v`` is the per-pair scalar ``u_p · (v_i − v_j)``. The filter jets ``φ, φ', φ''``
   are computed once per pair, analytically (no per-probe pass through the filter MLPs,
   which hold most of SchNet's flops). ``a`` and ``∇²_d U w`` come from the message-passing
-  part ``G`` in one of two ways (``method``):
+  part ``G`` in one of three ways (``method``; ``"auto"``, the default, picks ``"edges"`` or
+  ``"dense"`` by size with :func:`choose_hvp_method`):
 
-  * ``"dense"`` (default): forward-over-reverse written out by hand. The primal forward and
-    reverse of ``G`` (giving ``a``) are computed once on a dense per-structure (n × n) pair
-    grid (zero filters off the pair list, so padding, the diagonal and pairs beyond the
-    cutoffs add exact zeros); then the tangent of the forward and of the reverse in the
-    direction ``w = J v`` is propagated for all k probes at once, every per-probe edge
-    operation being a batched matrix product against k-independent grid tensors
-    (``φ′_ij h_j``, ``φ′_ij g_i``, ``W_ij``). No autograd double backward; autograd only
-    carries θ for the (single) backward of the loss.
-  * ``"edges"``: a batched double backward (``is_grads_batched``) through ``G`` on the edge
-    list. Slower (autograd's reverse-over-reverse on (k, E, F) edge tensors), kept as a
-    second independent implementation and for very sparse large systems, where the n²
-    grid would waste work.
+  * ``"edges"``: forward-over-reverse written out by hand on the directed edge list
+    (:mod:`hessid.training.learning.edge_hvp`): one primal forward and reverse of ``G``
+    (giving ``a``), then the tangent of both in the direction ``w = J v`` for all k probes
+    at once as a leading tangent dimension. Cost and memory ∝ pairs; the θ-graph keeps per
+    probe only node tensors and per-pair scalars.
+  * ``"dense"``: the same on a dense per-structure (n × n) pair grid (zero filters off the
+    pair list, so padding, the diagonal and pairs beyond the cutoffs add exact zeros), every
+    per-probe edge operation a batched matrix product against k-independent grid tensors
+    (``φ′_ij h_j``, ``φ′_ij g_i``, ``W_ij``). Cost ∝ B n²: wins while the grid is well filled.
+  * ``"double_backward"``: a batched autograd double backward (``is_grads_batched``)
+    through ``G`` on the edge list. Slow; kept as an independent implementation.
+
+  No path uses an autograd double backward in R except the last; autograd only carries θ
+  for the (single) backward of the loss.
 
   The expensive part is shared by all probes; what scales with k is the tangent of ``G``
   and the geometry.
@@ -53,6 +56,8 @@ from hessid.training.learning.edge_hvp import (
 )
 
 __all__ = [
+    "DENSE_MIN_FILL",
+    "DENSE_MIN_PROBES",
     "HVP_METHODS",
     "EnergyForcesHVP",
     "choose_hvp_method",
@@ -417,19 +422,31 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
 HVP_METHODS = ("auto", "edges", "dense", "double_backward")
 
 
-def choose_hvp_method(batch: torch.Tensor, n_pairs: int, n_graphs: int) -> str:
-    """The faster exact HVP path for this batch: ``"edges"`` or ``"dense"``.
+#: :func:`choose_hvp_method` takes the dense grid from this fill (pairs / grid cells) and k on
+DENSE_MIN_FILL = 0.3
+DENSE_MIN_PROBES = 4
 
-    TODO crossover.
+
+def choose_hvp_method(n_beads: int, n_pairs: int, n_graphs: int, n_probes: int) -> str:
+    """The faster exact HVP path for a batch: ``"edges"`` or ``"dense"`` (host ints, no sync).
+
+    Cost model, in FM steps (docs/training.md, "HVP cost"): ``edges`` ≈ 1 + c₀ + k c₁ with
+    c₀, c₁ ∝ pairs, ``dense`` ≈ 1 + d₀ + k d₁ with d₀, d₁ ∝ B n² (the grid); ``dense`` has
+    the larger fixed part and the smaller per-probe part while the grid is well filled. Rule
+    (measured crossover, CPU float32, k ∈ {1, 4}, 5–200 beads): ``dense`` when the fill
+    ``2P / (B n̄²)`` (n̄ = A / B, so padding of ragged batches counts as empty cells) is at
+    least :data:`DENSE_MIN_FILL` and ``k ≥`` :data:`DENSE_MIN_PROBES`, ``edges`` otherwise.
 
     Args:
-        batch: (A,) int64 structure index.  n_pairs: pairs in the cutoffs (P).
-        n_graphs: B.
+        n_beads: A, beads in the batch.  n_pairs: P, pairs inside the cutoffs.
+        n_graphs: B, structures.  n_probes: k.
 
     Returns:
         ``"edges"`` or ``"dense"``.
     """
-    return "edges"
+    mean_n = n_beads / max(n_graphs, 1)
+    fill = 2 * n_pairs / max(n_graphs * mean_n**2, 1.0)
+    return "dense" if fill >= DENSE_MIN_FILL and n_probes >= DENSE_MIN_PROBES else "edges"
 
 
 def _check_supported(potential) -> None:
@@ -507,7 +524,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
     if method not in HVP_METHODS:
         raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
     if probes is not None and method == "auto":
-        method = choose_hvp_method(batch, i.shape[0], n_graphs)
+        method = choose_hvp_method(pos.shape[0], i.shape[0], n_graphs, probes.shape[0])
     if probes is not None and method == "edges":
         with torch.set_grad_enabled(create_graph):
             jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)

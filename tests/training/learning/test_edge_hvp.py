@@ -196,6 +196,14 @@ def test_saved_memory_per_probe_grows_by_scalars_per_pair_not_edge_features():
 
 
 def test_choose_hvp_method():
-    batch = torch.arange(4).repeat_interleave(200)
-    assert choose_hvp_method(batch, 4 * 3700, 4) in ("edges", "dense")
-    assert choose_hvp_method(torch.zeros(5, dtype=torch.long), 10, 1) in ("edges", "dense")
+    # measured regimes (docs/training.md): 200-bead chains fill ~18 % of the grid -> edges;
+    # 35 beads fill ~60 % -> dense from k = 4; one probe -> edges (smaller fixed cost)
+    assert choose_hvp_method(16 * 200, 16 * 3669, 16, 4) == "edges"
+    assert choose_hvp_method(16 * 35, 16 * 380, 16, 4) == "dense"
+    assert choose_hvp_method(16 * 35, 16 * 380, 16, 1) == "edges"
+    assert choose_hvp_method(0, 0, 0, 4) == "edges"
+    model, pos, types, batch = _system(sizes=(7, 5))
+    probes = torch.randn(4, pos.shape[0], 3, dtype=torch.float64)
+    auto = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)
+    edges = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges")
+    assert_close(auto.hvp, edges.hvp, rtol=1e-12, what="auto vs edges")
