@@ -209,7 +209,8 @@ def main(argv=None) -> dict:
                 times[key][name].append(clock() - t0)
     rows = []
     for n, B in sizes:
-        rows += _summary(times[n, B], mem[n, B], n, B, pairs[n, B], ks, methods)
+        rows += _summary(times[n, B], mem[n, B], n, B, pairs[n, B], ks,
+                         methods + (["naive"] if args.naive else []))
     res = {"rows": rows, "probes": ks, "methods": methods, "rounds": args.rounds,
            "clock": args.clock,
            "prior": not args.no_prior, "precision": args.precision, "device": str(dev),
