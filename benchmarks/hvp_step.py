@@ -1,37 +1,49 @@
-"""Training-step cost of FM+HVP(k) relative to FM alone, measured side by side in one run.
+"""Training-step cost of FM+HVP(k) relative to FM alone: a size sweep measured side by side in one run.
 
-    python benchmarks/hvp_step.py --beads 35 --batch 32 --probes 4 --json out.json
-    python benchmarks/hvp_step.py --beads 35 --batch 32 --probes 1,2,4,8 --json out.json
+    python benchmarks/hvp_step.py                                   # the full sweep (docs table)
+    python benchmarks/hvp_step.py --beads 35 --batch 16 --probes 4 --rounds 3
+    python benchmarks/hvp_step.py --beads 80 --methods edges,dense  # both paths, for the crossover
 
 One step = energies/forces (and HVPs) of a batch of synthetic compact Cα chains with a
-CGSchNet (64 channels, 4 layers, 12 RBFs, cutoff 3–12 Å), the loss, backward to θ and an
-AdamW step. Variants:
+CGSchNet (64 channels, 4 layers, 12 RBFs, cutoff 3–12 Å) plus a prior fitted to such chains
+(``--no-prior``: network only), the loss, backward to θ and an AdamW step, all through
+:func:`hessid.training.learning.derivatives.energy_forces_hvp` (the trainer's path). Variants
+per size (beads × batch):
 
-- ``fm``            FM step through the trainer's path (hessid.training.learning.derivatives, edge-factored);
-- ``fm_torchmdnet`` FM step through TorchMD-Net's forward + autograd forces (for reference);
-- ``hvp``           FM+HVP(k) step, fast exact HVPs (the trainer's path: hand-written
-                    forward-over-reverse tangents on a dense per-structure pair grid);
-- ``hvp_edges``     FM+HVP(k) step, the previous fast path (batched double backward through
-                    the edge-list message passing), with ``--edges``;
-- ``naive``         FM+HVP(k) step, per-probe double-backward loop (``hvp_reference``).
+- ``fm``                 FM step (edge list, first-order filter jets, autograd reverse);
+- ``<method>_k{K}``      FM+HVP(k) step with ``method=`` each of ``--methods`` (``auto`` picks
+                         ``edges`` or ``dense`` by size, see ``choose_hvp_method``);
+- ``naive_k{K}``         per-probe double-backward loop (``hvp_reference``), with ``--naive``.
 
-Times are the minimum over ``--repeats`` rounds (``ratio_k{K}_rounds``: the ratio within each
-round), the variants timed round-robin after one
-warm-up each (so load drifts on a shared machine hit all variants alike). Memory: on CUDA the peak allocated
-bytes of each step; on CPU the bytes of tensors saved for backward (the autograd graph held at
-the backward, which is what grows with k; unique storages). ``ratio_k{K}`` = hvp / fm.
+Every (size, variant) runs once as a warm-up (which also records its memory), then ``--rounds``
+rounds each time every (size, variant) once, round robin, so slow load drifts of a shared
+machine hit all alike. Reported per size and k: the median and range over rounds of the
+per-round ratio ``step(FM+HVP(k)) / step(FM)`` (same round), the cost per added probe in FM
+steps (median over rounds of ``(t_k − t_1)/(k − 1)/t_FM``), and memory: on CPU the bytes of
+tensors saved for backward (autograd ``saved_tensors_hooks``, unique storages), on CUDA the
+peak allocated bytes; ``kb_per_pair_probe`` = (bytes(FM+HVP(k)) − bytes(FM)) / (k · pairs),
+pairs = neighbour pairs inside the cutoffs in the batch. Times on a loaded machine are not
+comparable across runs: the script prints ``os.getloadavg()`` before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import platform
 import statistics
 import time
 
 import torch
-from _common import finish, machine_info
+import torchmdnet
+
+import hessid
+from hessid.training.data.synthetic import compact_chain
+from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference, pair_list
+from hessid.training.learning.models import CGPotential
+from hessid.training.learning.priors import PriorFit
 
 
 def _graph_bytes_hook():
@@ -51,43 +63,20 @@ def _graph_bytes_hook():
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), total
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--beads", type=int, default=35)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--probes", default="4", help="k, or a comma list (e.g. 1,2,4,8)")
-    ap.add_argument("--json", default=None, help="write the result here")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--no-naive", action="store_true", help="skip the per-probe loop baseline")
-    ap.add_argument("--naive-probes", default=None,
-                    help="k values for the per-probe loop baseline (default: --probes)")
-    ap.add_argument("--edges", action="store_true",
-                    help="also time the edge-list double-backward HVP path (method='edges')")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from hessid.training.data.synthetic import compact_chain
-    from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference, pair_list
-    from hessid.training.learning.models import CGPotential
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).split(",") if x]
 
 
-    dev = torch.device(args.device)
-    ks = [int(k) for k in str(args.probes).split(",")]
-    naive_ks = ks if args.naive_probes is None else [int(k) for k in args.naive_probes.split(",")]
-    torch.manual_seed(0)
-    n, B = args.beads, args.batch
-    model = CGPotential([f"T{i}" for i in range(20)], None, {"precision": args.precision}).to(dev)
+def _size_variants(model, opt, n, B, ks, methods, naive, dev, seed):
+    """Step functions of one size: {"fm": fn, "<method>_k{K}": fn, ...} and the pair count."""
     dtype = model.dtype
-    pos = torch.as_tensor(compact_chain(n, B, seed=0)).reshape(-1, 3).to(dev, dtype)  # (A, 3)
-    types = torch.randint(0, 20, (n * B,), device=dev)
-    batch = torch.arange(B, device=dev).repeat_interleave(n)
-    f_target = torch.randn_like(pos)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    pairs = int(pair_list(pos, batch, 3.0, 12.0)[0].numel())
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.as_tensor(compact_chain(n, B, seed=seed)).reshape(-1, 3).to(dev, dtype)  # (A, 3)
+    types = torch.randint(0, 20, (n * B,), generator=g).to(dev)
+    batch = torch.arange(B).repeat_interleave(n).to(dev)
+    f_target = torch.randn(pos.shape, generator=g, dtype=dtype).to(dev)
+    rep = model.net.representation_model
+    pairs = int(pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)[0].numel())
 
     def step_fm():
         opt.zero_grad()
@@ -95,25 +84,94 @@ def main(argv=None) -> dict:
         ((out.forces - f_target) ** 2).sum().backward()
         opt.step()
 
-    def step_fm_tmd():
-        opt.zero_grad()
-        x = pos.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(model(x, types, batch).sum(), x, create_graph=True)
-        ((-g - f_target) ** 2).sum().backward()
-        opt.step()
-
-    def make_hvp(k, naive, method="dense"):
-        v = torch.randn(k, n * B, 3, device=dev, dtype=dtype)
-        h = torch.randn_like(v)
+    def make_hvp(k, method):
+        v = torch.randn(k, n * B, 3, generator=g, dtype=dtype).to(dev)
+        h = torch.randn(v.shape, generator=g, dtype=dtype).to(dev)
 
         def step():
             opt.zero_grad()
-            out = (hvp_reference(model, pos, types, batch, v, create_graph=True) if naive
+            out = (hvp_reference(model, pos, types, batch, v, create_graph=True) if method == "naive"
                    else energy_forces_hvp(model, pos, types, batch, v, method=method))
             (((out.forces - f_target) ** 2).sum() + ((out.hvp - h) ** 2).sum()).backward()
             opt.step()
 
         return step
+
+    variants = {"fm": step_fm}
+    for k in ks:
+        for m in methods + (["naive"] if naive else []):
+            variants[f"{m}_k{k}"] = make_hvp(k, m)
+    return variants, pairs
+
+
+def _summary(times, mem, n, B, pairs, ks, methods):
+    rows = []
+    fm = times["fm"]
+    for m in methods:
+        row = {"beads": n, "batch": B, "method": m, "pairs_per_structure": pairs / B,
+               "fm_ms_median": 1e3 * statistics.median(fm), "fm_saved_bytes": mem["fm"]}
+        for k in ks:
+            r = [a / b for a, b in zip(times[f"{m}_k{k}"], fm, strict=True)]
+            row[f"ratio_k{k}_rounds"] = r
+            row[f"ratio_k{k}_median"] = statistics.median(r)
+            row[f"ratio_k{k}_range"] = [min(r), max(r)]
+            row[f"saved_bytes_k{k}"] = mem[f"{m}_k{k}"]
+            row[f"kb_per_pair_probe_k{k}"] = (mem[f"{m}_k{k}"] - mem["fm"]) / (k * max(pairs, 1)) / 1e3
+        big = [k for k in ks if k > 1]
+        if 1 in ks and big:
+            kk = max(big)
+            per = [(a - b) / (kk - 1) / c for a, b, c in
+                   zip(times[f"{m}_k{kk}"], times[f"{m}_k1"], fm, strict=True)]
+            row["cost_per_probe_fm_steps"] = statistics.median(per)
+            row["kb_per_pair_added_probe"] = ((mem[f"{m}_k{kk}"] - mem[f"{m}_k1"])
+                                              / ((kk - 1) * max(pairs, 1)) / 1e3)
+        rows.append(row)
+    return rows
+
+
+def _table(rows, ks) -> str:
+    head = ("| beads × batch | pairs/structure | method | FM step (ms) | "
+            + " | ".join(f"k = {k}: ratio (range)" for k in ks)
+            + f" | per added probe (FM steps) | KB/pair/probe (k = {max(ks)}) | KB/pair/added probe |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [f"{r['beads']} × {r['batch']}", f"{r['pairs_per_structure']:.0f}", r["method"],
+                 f"{r['fm_ms_median']:.1f}"]
+        cells += [f"{r[f'ratio_k{k}_median']:.2f} ({r[f'ratio_k{k}_range'][0]:.2f}–"
+                  f"{r[f'ratio_k{k}_range'][1]:.2f})" for k in ks]
+        cells.append(f"{r['cost_per_probe_fm_steps']:.3f}" if "cost_per_probe_fm_steps" in r else "—")
+        cells.append(f"{r[f'kb_per_pair_probe_k{max(ks)}']:.2f}")
+        cells.append(f"{r['kb_per_pair_added_probe']:.2f}" if "kb_per_pair_added_probe" in r else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--beads", default="5,10,35,80,200", help="comma list")
+    ap.add_argument("--batch", default="16,64", help="comma list")
+    ap.add_argument("--probes", default="1,4,8", help="k values, comma list")
+    ap.add_argument("--methods", default="auto", help="energy_forces_hvp methods, comma list "
+                    "(auto, edges, dense, double_backward)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--naive", action="store_true", help="also time the per-probe loop")
+    ap.add_argument("--no-prior", action="store_true", help="network only (no fitted prior)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", default="wall", choices=["wall", "process"],
+                    help="wall: perf_counter (quiet machine, the docs' figures); process: CPU "
+                    "time of this process (less sensitive to other load; CPU only)")
+    ap.add_argument("--json", default=None, help="write the result here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    ks, methods = _ints(args.probes), [m for m in args.methods.split(",") if m]
+    torch.manual_seed(0)
+    prior = None if args.no_prior else PriorFit().fit([compact_chain(12, 200, seed=9)]).fetch_model()
+    model = CGPotential([f"T{i}" for i in range(20)], prior, {"precision": args.precision}).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def sync():
         if dev.type == "cuda":
@@ -121,6 +179,7 @@ def main(argv=None) -> dict:
 
     def memory(fn):
         if dev.type == "cuda":
+            sync()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             fn()
@@ -131,57 +190,47 @@ def main(argv=None) -> dict:
             fn()
         return int(total[0])
 
-    variants = {"fm": step_fm, "fm_torchmdnet": step_fm_tmd}
-    for k in ks:
-        variants[f"hvp_k{k}"] = make_hvp(k, naive=False)
-        if args.edges:
-            variants[f"hvp_edges_k{k}"] = make_hvp(k, naive=False, method="edges")
-        if not args.no_naive and k in naive_ks:
-            variants[f"naive_k{k}"] = make_hvp(k, naive=True)
-    times = {name: [] for name in variants}
-    mem = {}
-    for name, fn in variants.items():  # warm-up and memory
-        mem[name] = memory(fn)
-    for _ in range(args.repeats):  # round robin: slow drifts of a shared machine hit all alike
-        for name, fn in variants.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    ms = {name: min(t) * 1e3 for name, t in times.items()}
-
-    res = {"beads": n, "batch": B, "probes": ks, "pairs_per_structure": pairs / B,
-           "precision": args.precision, "device": str(dev),
-           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "repeats": args.repeats,
-           "memory_kind": "cuda peak allocated bytes" if dev.type == "cuda" else "autograd saved-tensor bytes",
-           "date": datetime.date.today().isoformat(), "machine": machine_info()}
-    res["fm_step_ms"], res["fm_memory_bytes"] = ms["fm"], mem["fm"]
-    res["fm_torchmdnet_step_ms"] = ms["fm_torchmdnet"]
-    res["fm_torchmdnet_memory_bytes"] = mem["fm_torchmdnet"]
-    for k in ks:
-        t, m = ms[f"hvp_k{k}"], mem[f"hvp_k{k}"]
-        res[f"hvp_step_ms_k{k}"], res[f"hvp_memory_bytes_k{k}"] = t, m
-        res[f"ratio_k{k}"] = t / res["fm_step_ms"]
-        rounds = [a / b for a, b in zip(times[f"hvp_k{k}"], times["fm"], strict=True)]
-        res[f"ratio_k{k}_rounds"] = rounds  # per round-robin round: load drift shows here
-        res[f"ratio_k{k}_median_of_rounds"] = statistics.median(rounds)
-        res[f"ratio_vs_torchmdnet_fm_k{k}"] = t / res["fm_torchmdnet_step_ms"]
-        res[f"memory_per_probe_bytes_k{k}"] = (m - res["fm_memory_bytes"]) / k
-        if f"hvp_edges_k{k}" in ms:
-            te, me = ms[f"hvp_edges_k{k}"], mem[f"hvp_edges_k{k}"]
-            res[f"hvp_edges_step_ms_k{k}"], res[f"hvp_edges_memory_bytes_k{k}"] = te, me
-            res[f"ratio_edges_k{k}"] = te / res["fm_step_ms"]
-            res[f"memory_per_probe_edges_bytes_k{k}"] = (me - res["fm_memory_bytes"]) / k
-        if f"naive_k{k}" in ms:
-            tn, mn = ms[f"naive_k{k}"], mem[f"naive_k{k}"]
-            res[f"naive_step_ms_k{k}"], res[f"naive_memory_bytes_k{k}"] = tn, mn
-            res[f"naive_ratio_k{k}"] = tn / res["fm_torchmdnet_step_ms"]
-            res[f"naive_memory_per_probe_bytes_k{k}"] = (mn - res["fm_torchmdnet_memory_bytes"]) / k
-    if len(ks) == 1:
-        res["fm_hvp_step_ms"] = res[f"hvp_step_ms_k{ks[0]}"]
-    return finish(res, ("hessid", "torch", "torchmd-net"), out=args.json)
+    load_before = os.getloadavg()
+    sizes = [(n, B) for n in _ints(args.beads) for B in _ints(args.batch)]
+    steps, pairs, mem, times = {}, {}, {}, {}
+    for si, (n, B) in enumerate(sizes):
+        steps[n, B], pairs[n, B] = _size_variants(model, opt, n, B, ks, methods, args.naive, dev,
+                                                  seed=si)
+        mem[n, B] = {name: memory(fn) for name, fn in steps[n, B].items()}  # warm-up + memory
+        times[n, B] = {name: [] for name in steps[n, B]}
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    for _ in range(args.rounds):  # round robin over every (size, variant)
+        for key, variants in steps.items():
+            for name, fn in variants.items():
+                sync()
+                t0 = clock()
+                fn()
+                sync()
+                times[key][name].append(clock() - t0)
+    rows = []
+    for n, B in sizes:
+        rows += _summary(times[n, B], mem[n, B], n, B, pairs[n, B], ks,
+                         methods + (["naive"] if args.naive else []))
+    res = {"rows": rows, "probes": ks, "methods": methods, "rounds": args.rounds,
+           "clock": args.clock,
+           "prior": not args.no_prior, "precision": args.precision, "device": str(dev),
+           "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                           else platform.processor() or platform.machine()),
+           "threads": torch.get_num_threads(),
+           "memory_kind": ("cuda peak allocated bytes" if dev.type == "cuda"
+                           else "autograd saved-tensor bytes"),
+           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+           "date": datetime.date.today().isoformat(),
+           "versions": {"hessid": hessid.__version__, "torch": torch.__version__,
+                        "torchmdnet": getattr(torchmdnet, "__version__", "?"),
+                        "python": platform.python_version()}}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    print(_table(rows, ks))
+    print(f"{args.clock} clock, rounds {args.rounds}, threads {res['threads']}, {args.precision}, {res['device_name']}, "
+          f"load average before {load_before[0]:.1f}, after {res['loadavg_after'][0]:.1f}")
+    return res
 
 
 if __name__ == "__main__":

@@ -18,20 +18,23 @@ autograd Hessian in float64 (``tests/training/learning/test_hvp.py``):
   where ``J v`` is the per-pair scalar ``u_p · (v_i − v_j)``. The filter jets ``φ, φ', φ''``
   are computed once per pair, analytically (no per-probe pass through the filter MLPs,
   which hold most of SchNet's flops). ``a`` and ``∇²_d U w`` come from the message-passing
-  part ``G`` in one of two ways (``method``):
+  part ``G`` in one of three ways (``method``; ``"auto"``, the default, picks ``"edges"`` or
+  ``"dense"`` by size with :func:`choose_hvp_method`):
 
-  * ``"dense"`` (default): forward-over-reverse written out by hand. The primal forward and
-    reverse of ``G`` (giving ``a``) are computed once on a dense per-structure (n × n) pair
-    grid (zero filters off the pair list, so padding, the diagonal and pairs beyond the
-    cutoffs add exact zeros); then the tangent of the forward and of the reverse in the
-    direction ``w = J v`` is propagated for all k probes at once, every per-probe edge
-    operation being a batched matrix product against k-independent grid tensors
-    (``φ′_ij h_j``, ``φ′_ij g_i``, ``W_ij``). No autograd double backward; autograd only
-    carries θ for the (single) backward of the loss.
-  * ``"edges"``: a batched double backward (``is_grads_batched``) through ``G`` on the edge
-    list. Slower (autograd's reverse-over-reverse on (k, E, F) edge tensors), kept as a
-    second independent implementation and for very sparse large systems, where the n²
-    grid would waste work.
+  * ``"edges"``: forward-over-reverse written out by hand on the directed edge list
+    (:mod:`hessid.training.learning.edge_hvp`): one primal forward and reverse of ``G``
+    (giving ``a``), then the tangent of both in the direction ``w = J v`` for all k probes
+    at once as a leading tangent dimension. Cost and memory ∝ pairs; the θ-graph keeps per
+    probe only node tensors and per-pair scalars.
+  * ``"dense"``: the same on a dense per-structure (n × n) pair grid (zero filters off the
+    pair list, so padding, the diagonal and pairs beyond the cutoffs add exact zeros), every
+    per-probe edge operation a batched matrix product against k-independent grid tensors
+    (``φ′_ij h_j``, ``φ′_ij g_i``, ``W_ij``). Cost ∝ B n²: wins while the grid is well filled.
+  * ``"double_backward"``: a batched autograd double backward (``is_grads_batched``)
+    through ``G`` on the edge list. Slow; kept as an independent implementation.
+
+  No path uses an autograd double backward in R except the last; autograd only carries θ
+  for the (single) backward of the loss.
 
   The expensive part is shared by all probes; what scales with k is the tangent of ``G``
   and the geometry.
@@ -46,8 +49,19 @@ from dataclasses import dataclass
 
 import torch
 
+from hessid.training.learning.edge_hvp import (
+    SUPPORTED_ACTIVATIONS,
+    activation_derivatives,
+    activation_jet,
+    edge_energy_forces_hvp,
+)
+
 __all__ = [
+    "DENSE_MIN_FILL",
+    "DENSE_MIN_PROBES",
+    "HVP_METHODS",
     "EnergyForcesHVP",
+    "choose_hvp_method",
     "energy_forces_hvp",
     "full_hessian",
     "hessian_autograd",
@@ -174,16 +188,6 @@ def _rbf_jet(rbf: torch.nn.Module, d: torch.Tensor) -> torch.Tensor:
     return ex if env is None else _jet_mul(ex, env.expand_as(ex))
 
 
-def _silu_jet(h: torch.Tensor) -> torch.Tensor:
-    h0, h1 = h[:, 0], h[:, 1]
-    sig = torch.sigmoid(h0)
-    g1 = sig * (1 + h0 * (1 - sig))
-    if h.shape[1] == 2:
-        return torch.stack([h0 * sig, g1 * h1], 1)
-    g2 = sig * (1 - sig) * (2 + h0 * (1 - 2 * sig))
-    return torch.stack([h0 * sig, g1 * h1, g2 * h1**2 + g1 * h[:, 2]], 1)
-
-
 def filter_jets(rep: torch.nn.Module, d: torch.Tensor, order: int = 2) -> torch.Tensor:
     """Jets of all distance filters of a TorchMD_GN representation at pair distances d.
 
@@ -213,7 +217,7 @@ def filter_jets(rep: torch.nn.Module, d: torch.Tensor, order: int = 2) -> torch.
     h = x @ torch.cat(w1).T  # (P, nj, L'F)
     h = torch.cat([h[:, :1] + bias, h[:, 1:]], 1)
     hi = h[..., : L * F].reshape(h.shape[0], nj, L, F)  # (P, nj, L, F)
-    s = _silu_jet(hi)
+    s = activation_jet(blocks[0].mlp[1], hi)
     w2 = torch.stack([b.mlp[2].weight for b in blocks])  # (L, F, F) (out, in)
     m = torch.einsum("pclf,lgf->pclg", s, w2)  # (P, nj, L, F)
     b2 = torch.stack([b.mlp[2].bias for b in blocks])  # (L, F)
@@ -256,12 +260,6 @@ def _message_passing_energy(net: torch.nn.Module, filters: torch.Tensor, z: torc
 # Forward-over-reverse by hand, per structure on a dense (B, n, n) pair grid. Every k-dependent
 # edge operation becomes a batched matrix product ("kbij,bijf->kbif"-type contractions), the
 # k-independent parts (filters and their jets, primal forward and reverse) are computed once.
-
-
-def _dsilu(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """silu(x), silu'(x), silu''(x)."""
-    sig = torch.sigmoid(x)
-    return x * sig, sig * (1 + x * (1 - sig)), sig * (1 - sig) * (2 + x * (1 - 2 * sig))
 
 
 def _dense_layout(batch: torch.Tensor, n_graphs: int):
@@ -342,12 +340,12 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
             l = li_ + L0
             h1 = x @ blk.conv.lin1.weight.T  # (B, n, F)
             h2 = blk.conv.lin2(conv(l, h1))
-            s2, ds2, dds2 = _dsilu(h2)
+            s2, ds2, dds2 = activation_derivatives(blk.act, h2)
             x = x + blk.lin(s2)
             saved.append((h1, ds2, dds2))
         o1, o2 = out.output_network.layers[0], out.output_network.layers[2]
         zo = o1(x)  # (B, n, H)
-        so, dso, ddso = _dsilu(zo)
+        so, dso, ddso = activation_derivatives(out.output_network.layers[1], zo)
         e_atom = (so @ o2.weight.T)[..., 0] + o2.bias  # (B, n)
         energy = (e_atom * mask).sum(1) * net.std + net.mean  # (B,)
         # ---- primal reverse: g = ∂U/∂(.)
@@ -433,10 +431,42 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
     return energy, grad_r, hvp
 
 
+#: values of ``energy_forces_hvp(method=...)``
+HVP_METHODS = ("auto", "edges", "dense", "double_backward")
+
+
+#: :func:`choose_hvp_method` takes the dense grid from this fill (pairs / grid cells) and k on
+DENSE_MIN_FILL = 0.3
+DENSE_MIN_PROBES = 4
+
+
+def choose_hvp_method(n_beads: int, n_pairs: int, n_graphs: int, n_probes: int) -> str:
+    """The faster exact HVP path for a batch: ``"edges"`` or ``"dense"`` (host ints, no sync).
+
+    Cost model, in FM steps (docs/training.md, "HVP cost"): ``edges`` ≈ 1 + c₀ + k c₁ with
+    c₀, c₁ ∝ pairs, ``dense`` ≈ 1 + d₀ + k d₁ with d₀, d₁ ∝ B n² (the grid); ``dense`` has
+    the larger fixed part and the smaller per-probe part while the grid is well filled. Rule
+    (measured crossover, CPU float32, k ∈ {1, 4}, 5–200 beads): ``dense`` when the fill
+    ``2P / (B n̄²)`` (n̄ = A / B, so padding of ragged batches counts as empty cells) is at
+    least :data:`DENSE_MIN_FILL` and ``k ≥`` :data:`DENSE_MIN_PROBES`, ``edges`` otherwise.
+
+    Args:
+        n_beads: A, beads in the batch.  n_pairs: P, pairs inside the cutoffs.
+        n_graphs: B, structures.  n_probes: k.
+
+    Returns:
+        ``"edges"`` or ``"dense"``.
+    """
+    mean_n = n_beads / max(n_graphs, 1)
+    fill = 2 * n_pairs / max(n_graphs * mean_n**2, 1.0)
+    return "dense" if fill >= DENSE_MIN_FILL and n_probes >= DENSE_MIN_PROBES else "edges"
+
+
 def _check_supported(potential) -> None:
     cfg = potential.config
-    if cfg.activation != "silu":
-        raise ValueError(f"the fast HVP path supports activation='silu', not {cfg.activation!r}")
+    if cfg.activation not in SUPPORTED_ACTIVATIONS:
+        raise ValueError(f"the fast HVP paths support activations {SUPPORTED_ACTIVATIONS}, not "
+                         f"{cfg.activation!r}")
     if cfg.rbf_type not in ("expnorm", "gauss"):
         raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
 
@@ -450,16 +480,16 @@ def _prior_terms(potential, positions, batch, probes, bead_types=None):
         e = potential.prior(x, batch, bead_types)
         (g,) = torch.autograd.grad(e.sum(), x, create_graph=probes is not None)
         hv = 0.0
-        if probes is not None:
-            hv = torch.stack([torch.autograd.grad(g, x, grad_outputs=v, retain_graph=True)[0]
-                              for v in probes]) if len(probes) else torch.zeros_like(probes)
+        if probes is not None:  # all k probes in one batched double backward (no loop)
+            hv = torch.autograd.grad(g, x, grad_outputs=probes.to(x.dtype),
+                                     is_grads_batched=True)[0] if len(probes) else torch.zeros_like(probes)
     return e.detach(), g.detach(), hv
 
 
 def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tensor,
                       batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
                       create_graph: bool = True, probe_chunk: int | None = None,
-                      method: str = "dense",
+                      method: str = "auto",
                       residual_target: torch.Tensor | None = None,
                       residual_transform=None) -> EnergyForcesHVP:
     """Energy, forces and exact HVPs of a :class:`~hessid.training.learning.models.CGPotential` (fast).
@@ -477,12 +507,19 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         probes: (k, A, 3) probe vectors, or None for energy and forces only.
         create_graph: keep the graph w.r.t. θ (needed to train on forces / HVPs).
         probe_chunk: batch at most this many probes at once (memory bound); None = all k.
-        method: how the k probes go through the message passing when probes are given:
-            ``"dense"`` (default) — hand-written forward-over-reverse tangents on a dense
-            per-structure (n × n) pair grid, all k probes as batched matrix products, no
-            autograd double backward; ``"edges"`` — batched double backward through the
-            edge-list message passing (the previous fast path). Forces-only calls always use
-            the edge list with first-order jets.
+        method: how the k probes go through the message passing when probes are given
+            (all exact; they differ in cost only):
+            ``"auto"`` (default) — :func:`choose_hvp_method` by size;
+            ``"edges"`` — hand-written forward-over-reverse on the edge list, the k probes a
+            tangent dimension (:func:`~hessid.training.learning.edge_hvp.edge_energy_forces_hvp`;
+            cost and memory ∝ pairs);
+            ``"dense"`` — the same on a dense per-structure (n × n) pair grid, all k probes
+            as batched matrix products (cost ∝ B n²);
+            ``"double_backward"`` — batched autograd double backward through the edge-list
+            message passing (an independent check; slow). Forces-only calls always use the
+            edge list with first-order jets.
+            With ``residual_target``, ``"auto"`` and ``"edges"`` take the ``"dense"`` path
+            (the edges path does not carry the residual tangent yet).
         residual_target: target forces ``P f`` (A, 3) kcal/mol/Å, or None. When given (probes
             required), the force residual ``dF = P f − F_θ`` of this very forward pass is
             detached and appended to the probes as a (k+1)-th tangent, so ``H_θ dF`` shares
@@ -501,7 +538,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         (A, 3).
 
     Raises:
-        ValueError: unsupported activation / RBF, probe shape not (k, A, 3), or
+        ValueError: unsupported activation / RBF, unknown method, probe shape not (k, A, 3), or
             ``residual_target`` without probes or not of shape (A, 3).
     """
     _check_supported(potential)
@@ -514,8 +551,8 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
     pos = positions.detach()
     n_graphs = int(batch.max()) + 1
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
-    if method not in ("dense", "edges"):
-        raise ValueError(f"method must be 'dense' or 'edges', got {method!r}")
+    if method not in HVP_METHODS:
+        raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
     residual_fn = None
     if residual_target is not None:
         if probes is None or residual_target.shape != positions.shape:
@@ -530,6 +567,17 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             if transformed and residual_transform is not None:
                 return residual_transform(dF).detach()
             return dF
+    if probes is not None and method == "auto":
+        method = choose_hvp_method(pos.shape[0], i.shape[0], n_graphs, probes.shape[0])
+    if residual_fn is not None and method == "edges":
+        method = "dense"  # the edges path does not carry the residual tangent yet
+    if probes is not None and method == "edges":
+        with torch.set_grad_enabled(create_graph):
+            jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
+            energy, grad_r, hvp = edge_energy_forces_hvp(
+                net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk)
+        pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
+        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp + phv)
     if probes is not None and method == "dense":
         with torch.set_grad_enabled(create_graph):
             energy, grad_r, hvp = _dense_energy_forces_hvp(

@@ -36,7 +36,7 @@ def _system(sizes=(7, 5), seed=0, dtype=torch.float64, config=None, prior=True):
     return model, pos, types, batch
 
 
-@pytest.mark.parametrize("method", ["dense", "edges"])
+@pytest.mark.parametrize("method", ["edges", "dense", "double_backward"])
 @pytest.mark.parametrize("config", [{"neighbor_embedding": False}, {"neighbor_embedding": True},
                                     {"cutoff_upper": 6.0}])  # last: pairs beyond the cutoff
 def test_fast_hvp_equals_reference_and_autograd_hessian(method, config):
@@ -67,7 +67,7 @@ def test_full_hessian_by_one_hot_probes_equals_autograd():
         start += n
 
 
-@pytest.mark.parametrize("method", ["dense", "edges"])
+@pytest.mark.parametrize("method", ["edges", "dense", "double_backward"])
 @pytest.mark.parametrize("neighbor_embedding", [False, True])
 def test_hvp_parameter_gradient_fast_equals_reference(method, neighbor_embedding):
     model, pos, types, batch = _system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding})
@@ -91,8 +91,11 @@ def test_probe_chunks_and_float32_agree():
     a = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False).hvp
     b = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, probe_chunk=2).hvp
     assert_close(a, b, rtol=1e-13)
-    e = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges").hvp
+    e = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="dense").hvp
     assert_close(e, a, rtol=1e-12, what="dense vs edge-list HVPs")
+    c2 = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges",
+                           probe_chunk=2).hvp
+    assert_close(c2, a, rtol=1e-13, what="edge-list HVPs in chunks of 2")
     none = energy_forces_hvp(model, pos, types, batch, probes[:0], create_graph=False)
     assert none.hvp.shape == (0, pos.shape[0], 3)
     m32 = CGPotential(model.bead_vocabulary, model.prior.params, dict(model.config.__dict__, precision="float32"))
