@@ -41,7 +41,8 @@ import torchmdnet
 
 import hessid
 from hessid.training.data.synthetic import compact_chain
-from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference, pair_list
+from hessid.training.learning.derivatives import energy_forces_hvp, pair_list
+from hessid.training.learning.hessians import hvp_reference
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.priors import PriorFit
 

@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import torch
 
 from hessid.training.learning.configs import OptimConfig, TrainConfig
-from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.hessians import full_hessian
 from hessid.training.learning.losses import (
     energy_loss,
     force_matching_loss,

@@ -58,7 +58,7 @@ from hessid.training.data.aa_md import forcefield_files
 from hessid.training.data.cg_map import write_cg
 from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import Structure, positions_angstrom
-from hessid.training.learning.derivatives import hessian_autograd
+from hessid.training.learning.hessians import hessian_autograd
 from hessid.units import KB_KCAL_PER_MOL_K
 
 #: (residue name, atom name) of each bead, in bead order

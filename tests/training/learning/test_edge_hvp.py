@@ -11,8 +11,6 @@ from hessid.training.learning.derivatives import (
     choose_hvp_method,
     energy_forces_hvp,
     filter_jets,
-    hessian_autograd,
-    hvp_reference,
     pair_list,
 )
 from hessid.training.learning.edge_hvp import (
@@ -22,6 +20,7 @@ from hessid.training.learning.edge_hvp import (
     activation_derivatives,
     edge_energy_forces_hvp,
 )
+from hessid.training.learning.hessians import hessian_autograd, hvp_reference
 from tests.helpers import assert_close, relative_error
 from tests.training.learning.test_hvp import _system
 

@@ -6,12 +6,8 @@ import pytest
 import torch
 
 from hessid.training.data.synthetic import compact_chain
-from hessid.training.learning.derivatives import (
-    energy_forces_hvp,
-    full_hessian,
-    hessian_autograd,
-    hvp_reference,
-)
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.hessians import full_hessian, hessian_autograd, hvp_reference
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.priors import PriorFit
 from tests.helpers import assert_close, assert_hessian_close

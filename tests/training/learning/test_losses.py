@@ -11,7 +11,8 @@ from hessid.probes import draw_probes, probe_scale
 from hessid.toy import GaussianSystem
 from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.configs import LossConfig
-from hessid.training.learning.derivatives import energy_forces_hvp, full_hessian
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.hessians import full_hessian
 from hessid.training.learning.losses import (
     force_matching_loss,
     hessian_loss,

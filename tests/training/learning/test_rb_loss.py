@@ -12,7 +12,8 @@ from hessid.probes import draw_probes, probe_scale
 from hessid.training.data.synthetic import compact_chain, write_synthetic_dataset
 from hessid.training.learning.configs import LossConfig, TrainConfig
 from hessid.training.learning.datasets import collate_frames, load_protein, target_normalisations
-from hessid.training.learning.derivatives import energy_forces_hvp, hvp_reference
+from hessid.training.learning.derivatives import energy_forces_hvp
+from hessid.training.learning.hessians import hvp_reference
 from hessid.training.learning.losses import (
     bond_directions,
     hessian_loss,
