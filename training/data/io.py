@@ -12,6 +12,7 @@ applies) the frame.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -333,7 +334,10 @@ def copy_frames(
     tmp = dst.with_suffix(".tmp.h5")
     dst.parent.mkdir(parents=True, exist_ok=True)
     fixed = (sc.CG_WEIGHTS, sc.CG_PROJECTOR, sc.CG_BEAD_TYPES, sc.CG_BONDS)
-    with h5py.File(sources[0][0], "r") as first, h5py.File(tmp, "w") as o:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(h5py.File(f, "r")) for f, _ in sources]  # each opened once
+        first = handles[0]
+        o = stack.enter_context(h5py.File(tmp, "w"))
         t_first = first[sc.COORDINATES].shape[0]
         for k, v in first.attrs.items():
             o.attrs[k] = v
@@ -348,10 +352,7 @@ def copy_frames(
             if not per_frame:
                 ds = o.create_dataset(name, data=obj[()], dtype=obj.dtype)
             else:
-                parts = []
-                for f, r in sources:
-                    with h5py.File(f, "r") as h:
-                        parts.append(h[name][()][np.asarray(r)])
+                parts = [h[name][()][np.asarray(r)] for h, (_, r) in zip(handles, sources, strict=True)]
                 ds = o.create_dataset(name, data=np.concatenate(parts), dtype=obj.dtype)
             for k, v in obj.attrs.items():
                 ds.attrs[k] = v
