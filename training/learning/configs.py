@@ -194,6 +194,10 @@ class DataConfig:
             ``"protein"`` (whole proteins named in ``val_proteins`` go to validation).
         val_fraction: fraction of frames held out with ``split: frames`` (0–1).
         val_proteins: protein names (root attr ``name``) held out with ``split: protein``.
+        val_datasets: separate validation files (every frame validates, FM loss only; they need
+            no Term 1). When given, every usable frame of ``datasets`` trains and ``split`` /
+            ``val_fraction`` / ``val_proteins`` are not used. For a held-out run whose frames
+            must never be trained on (docs/training.md, "Validation files").
         batch_size: frames per optimizer step, over all ranks (must divide by the rank count).
         max_frames: use at most this many frames per protein (first ones; None = all).
     """
@@ -202,6 +206,7 @@ class DataConfig:
     split: str = "frames"
     val_fraction: float = 0.1
     val_proteins: list = field(default_factory=list)
+    val_datasets: list = field(default_factory=list)
     batch_size: int = 16
     max_frames: int | None = None
 
@@ -245,6 +250,14 @@ class TrainerConfig:
         num_nodes: nodes (DDP when > 1).
         progress_bar: show Lightning's progress bar.
         hvp_probe_chunk: probes per batched double backward (memory bound; None = all k).
+        plateau_rel_delta: plateau stopping on the validation FM loss (0 = off): an improvement
+            counts when the loss falls below (1 − plateau_rel_delta) × the last counted value.
+        plateau_window_steps: stop at the first validation where the last counted improvement
+            is at least this many steps old ...
+        plateau_budget_factor: ... and the step is at least this factor × the step of that
+            improvement (the "budget 1.5 × the plateau step" rule; docs/training.md).
+        keep_best: the saved model holds the weights of the best validation FM loss (not the
+            last step's).
     """
 
     max_steps: int = 1000
@@ -256,6 +269,17 @@ class TrainerConfig:
     num_nodes: int = 1
     progress_bar: bool = True
     hvp_probe_chunk: int | None = None
+    plateau_rel_delta: float = 0.0
+    plateau_window_steps: int = 2000
+    plateau_budget_factor: float = 1.5
+    keep_best: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.plateau_rel_delta) < 1.0:
+            raise ValueError(f"trainer.plateau_rel_delta must lie in [0, 1), got {self.plateau_rel_delta}")
+        if int(self.plateau_window_steps) < 1 or float(self.plateau_budget_factor) < 1.0:
+            raise ValueError("trainer.plateau_window_steps must be >= 1 and plateau_budget_factor >= 1, got "
+                             f"{self.plateau_window_steps}, {self.plateau_budget_factor}")
 
 
 @dataclass
@@ -341,9 +365,10 @@ class TrainConfig:
                                  f"{sorted(cls.__dataclass_fields__)}")
         cfg = cls(**kwargs)
         if base_dir is not None:  # relative paths: the working directory first, then the YAML's
-            cfg.data.datasets = [
-                str(Path(base_dir) / p) if not Path(p).is_absolute() and not Path(p).exists()
-                and (Path(base_dir) / p).exists() else str(p) for p in cfg.data.datasets]
+            for key in ("datasets", "val_datasets"):
+                setattr(cfg.data, key, [
+                    str(Path(base_dir) / p) if not Path(p).is_absolute() and not Path(p).exists()
+                    and (Path(base_dir) / p).exists() else str(p) for p in getattr(cfg.data, key)])
         if cfg.data.split not in ("frames", "protein"):
             raise ValueError(f"data.split must be 'frames' or 'protein', got {cfg.data.split!r}")
         if cfg.optim.schedule not in ("constant", "cosine", "exponential"):

@@ -75,12 +75,13 @@ class CGTrainingModule(pl.LightningModule):
             return target
         return target * min(1.0, max(0, step - self.cfg.hvp_start_step) / self.cfg.cov_ramp_steps)
 
-    def compute_losses(self, data: dict, step: int) -> dict:
+    def compute_losses(self, data: dict, step: int, fm_only: bool = False) -> dict:
         """Every loss term of one batch at optimizer step ``step``.
 
         Args:
             data: a batch of :func:`~hessid.training.learning.datasets.collate_frames`.
             step: optimizer step (selects FM only before ``hvp_start_step`` and γ).
+            fm_only: the FM term only (validation files without curvature targets).
 
         Returns:
             scalar tensors ``fm`` ((kcal/mol/Å)²), ``hvp`` or ``hessian`` ((kcal/mol/Å²)²) when
@@ -91,7 +92,7 @@ class CGTrainingModule(pl.LightningModule):
         """
         lc = self.cfg.loss
         n_graphs = int(data["frame_id"].shape[0])
-        curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step
+        curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step and not fm_only
         use_hvp = curvature and lc.mode == "fm_hvp"
         use_rb = use_hvp and lc.hvp_estimator == "rao_blackwell"
         batch = data["batch"]
@@ -147,7 +148,7 @@ class CGTrainingModule(pl.LightningModule):
     def validation_step(self, data, batch_idx):
         """Log every term but γ as ``val/<term>`` (averaged over ranks)."""
         with torch.enable_grad():
-            terms = self.compute_losses(data, int(self.global_step))
+            terms = self.compute_losses(data, int(self.global_step), fm_only=bool(data.get("fm_only", False)))
         bs = int(data["frame_id"].shape[0])
         for k, v in terms.items():
             if k != "gamma":

@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from matplotlib.figure import Figure
 
+from hessid.training.learning.callbacks import PlateauStopping
 from hessid.training.learning.configs import TrainConfig, load_config
 from hessid.training.learning.datasets import (
     FrameStream,
@@ -152,6 +153,8 @@ class TrainResult:
         plot: ``loss_curves.png`` (None without rows).  verification: the gate's report.
         global_step: optimizer steps done.  best_val_fm: best validation FM loss
             ((kcal/mol/Å)² per frame) or None.
+        stopping: with plateau stopping, :meth:`PlateauStopping.summary` (plateau_step,
+            stopped_step, best_step, best_value, validations); else None.
     """
 
     run_dir: Path
@@ -161,6 +164,7 @@ class TrainResult:
     verification: dict
     global_step: int
     best_val_fm: float | None
+    stopping: dict | None = None
 
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False,
@@ -200,6 +204,8 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     _add_file_log(run_dir / "train.log")
 
     proteins = [load_protein(p, cfg.data.max_frames) for p in cfg.data.datasets]
+    n_train_files = len(proteins)
+    proteins += [load_protein(p) for p in cfg.data.val_datasets]  # validation files: FM only
     names = [p.name for p in proteins]
     if len(set(names)) != len(names):
         raise ValueError(f"protein names must be unique, got {names}")
@@ -211,7 +217,13 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
 
     need_term1 = cfg.loss.mode == "fm_hvp"
     need_hessian = cfg.loss.mode == "fm_hessian"
-    train_items, val_items = split_frames(proteins, cfg, need_term1, need_hessian)
+    if cfg.data.val_datasets:  # every frame of the training files trains; the val files validate
+        cfg_all = TrainConfig.from_dict(dict(cfg.to_dict(), data=dict(cfg.to_dict()["data"], split="frames",
+                                                                     val_fraction=0.0, val_datasets=[])))
+        train_items, _ = split_frames(proteins[:n_train_files], cfg_all, need_term1, need_hessian)
+        val_items = [(pi, t) for pi in range(n_train_files, len(proteins)) for t in range(proteins[pi].n_frames)]
+    else:
+        train_items, val_items = split_frames(proteins, cfg, need_term1, need_hessian)
     norms = target_normalisations(
         proteins, train_items, need_term1, need_hessian,
         cov_weight=cfg.loss.cov_weight if cfg.loss.norm_includes_term2 else 0.0,
@@ -248,7 +260,12 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         return collate_frames(proteins, items, type_maps, dtype, need_term1, need_hessian)
 
     train_stream = FrameStream(train_items, cfg.data.batch_size, cfg.seed, collate, True, module)
-    val_stream = FrameStream(val_items, cfg.data.batch_size, cfg.seed, collate, False, module) if val_items else None
+    def collate_val(items):  # validation files carry no curvature targets: FM loss only
+        data = collate_frames(proteins, items, type_maps, dtype, need_term1 and not cfg.data.val_datasets,
+                              need_hessian and not cfg.data.val_datasets)
+        return dict(data, fm_only=True) if cfg.data.val_datasets else data
+
+    val_stream = FrameStream(val_items, cfg.data.batch_size, cfg.seed, collate_val, False, module) if val_items else None
 
     tc = cfg.trainer
     cbs = [_CSVMetrics(run_dir / "metrics.csv"),
@@ -257,6 +274,11 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     if val_stream is not None and tc.early_stopping_patience > 0:
         cbs.append(EarlyStopping(monitor="val/fm", patience=tc.early_stopping_patience, mode="min",
                                  check_on_train_epoch_end=False))
+    plateau = None
+    if val_stream is not None and (tc.plateau_rel_delta > 0 or tc.keep_best):
+        plateau = PlateauStopping(tc.plateau_rel_delta, tc.plateau_window_steps, tc.plateau_budget_factor,
+                                  keep_best=tc.keep_best)
+        cbs.append(plateau)
     cbs.extend(callbacks or [])
     strategy = "auto"
     if tc.devices * tc.num_nodes > 1:
@@ -286,7 +308,8 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         log.info("wrote %s (step %d)", model_path, trainer.global_step)
     return TrainResult(run_dir=run_dir, model=model_path, metrics_csv=run_dir / "metrics.csv",
                        plot=plot, verification=verification, global_step=int(trainer.global_step),
-                       best_val_fm=best)
+                       best_val_fm=plateau.best_value if plateau is not None and plateau.best_step is not None
+                       else best, stopping=plateau.summary() if plateau is not None else None)
 
 
 def _add_file_log(path: Path) -> None:
