@@ -294,6 +294,29 @@ def run_jobs(jobs_list: list[dict], jobs: int, what: str) -> list[dict]:
     return [results[i] for i in range(len(jobs_list))]
 
 
+def job_spec(out: Path, s: dict, split: dict, arm: str, size: int, rep, data: Path, n_train: int, aa: int) -> dict:
+    """One training job (see :func:`train_job`): arm, size, replicate, its data and AA cost."""
+    name = f"{arm}_n{size}_{rep_tag(rep)}"
+    return {"arm": arm, "size": int(size), "rep": list(rep), "name": name, "run_dir": str(out / "train" / name),
+            "root": str(out), "data": str(data), "val": str(out / split["val"]), "n_train": int(n_train),
+            "aa_force_evaluations": int(aa), "settings": s}  # fmt: skip
+
+
+def stage_gate_train(out: Path, s: dict, split: dict, jobs: int) -> dict:
+    """FM at every size of its learning curve and every replicate."""
+    work = [job_spec(out, s, split, "FM", n, rep, out / split["subsets"][str(rep[0])][str(n)], n,
+                 fm_aa_cost(s, n, with_term1=False))
+            for n in s["fm_sizes"] for rep in replicates(s)]  # fmt: skip
+    return {"runs": run_jobs(work, jobs, "gate train")}
+
+
+def stage_keys(s: dict) -> dict:
+    """The inputs each early stage is done for (StageRunner keys), shared by every caller."""
+    return {"reference": s["reference"],
+            "split": {k: s[k] for k in ("split", "subset_seeds", "pool_seed", "fm_sizes")},
+            "gate_train": {k: s[k] for k in ("fm_sizes", "model", "train", "subset_seeds", "init_seeds")}}
+
+
 def fm_aa_cost(s: dict, size: int, with_term1: bool) -> int:
     """AA force evaluations behind ``size`` plain frames: MD steps per saved frame, plus 2k FD
     evaluations per frame for Term 1 (docs/results/ala2_v2.md, "Equal AA cost")."""
@@ -347,5 +370,6 @@ def label_cost_estimate(s: dict) -> float:
 
 
 __all__ = ["DRAW_RANK", "choose_test_configurations", "cut_by_rank", "done_mask_complete", "executor",
-           "fm_aa_cost", "label_cost_estimate", "log", "n_label_configs", "rep_tag", "replicates", "run_jobs",
-           "stage_reference_v2", "stage_split", "targets_for", "train_config", "train_job"]  # fmt: skip
+           "fm_aa_cost", "job_spec", "label_cost_estimate", "log", "n_label_configs", "rep_tag", "replicates",
+           "run_jobs", "stage_gate_train", "stage_keys", "stage_reference_v2", "stage_split", "targets_for",
+           "train_config", "train_job"]  # fmt: skip

@@ -32,11 +32,14 @@ from hessid.training.pipelines.ala2_v2 import (
     executor,
     fm_aa_cost,
     label_cost_estimate,
+    job_spec,
     log,
     n_label_configs,
     rep_tag,
     replicates,
     run_jobs,
+    stage_gate_train,
+    stage_keys,
     stage_reference_v2,
     stage_split,
     targets_for,
@@ -110,21 +113,6 @@ def stage_train_labels(out: Path, s: dict, split: dict, jobs: int) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
-def _job(out: Path, s: dict, split: dict, arm: str, size: int, rep, data: Path, n_train: int, aa: int) -> dict:
-    name = f"{arm}_n{size}_{rep_tag(rep)}"
-    return {"arm": arm, "size": int(size), "rep": list(rep), "name": name, "run_dir": str(out / "train" / name),
-            "root": str(out), "data": str(data), "val": str(out / split["val"]), "n_train": int(n_train),
-            "aa_force_evaluations": int(aa), "settings": s}  # fmt: skip
-
-
-def stage_gate_train(out: Path, s: dict, split: dict, jobs: int) -> dict:
-    """FM at every size of its learning curve and every replicate."""
-    work = [_job(out, s, split, "FM", n, rep, out / split["subsets"][str(rep[0])][str(n)], n,
-                 fm_aa_cost(s, n, with_term1=False))
-            for n in s["fm_sizes"] for rep in replicates(s)]  # fmt: skip
-    return {"runs": run_jobs(work, jobs, "gate train")}
-
-
 def stage_arms_train(out: Path, s: dict, split: dict, tgt: dict, labels: dict, jobs: int) -> dict:
     """Every arm but FM at the arm sizes and every replicate."""
     work = []
@@ -136,10 +124,10 @@ def stage_arms_train(out: Path, s: dict, split: dict, tgt: dict, labels: dict, j
                 k = str(rep[0])
                 if a["data"] == "labels":
                     f = labels["files"][k][str(n)]
-                    work.append(_job(out, s, split, arm, n, rep, out / f["path"], f["configs"],
+                    work.append(job_spec(out, s, split, arm, n, rep, out / f["path"], f["configs"],
                                      f["aa_force_evaluations"]))
                 else:
-                    work.append(_job(out, s, split, arm, n, rep, out / tgt[a["data"]][k][str(n)], n,
+                    work.append(job_spec(out, s, split, arm, n, rep, out / tgt[a["data"]][k][str(n)], n,
                                      fm_aa_cost(s, n, with_term1=True)))
     return {"runs": run_jobs(work, jobs, "arms train")}
 
@@ -286,12 +274,14 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
         res = runner.run(name, fn, key=key)
         return res, stop_after == name
 
-    ref, stop = step("reference", lambda: stage_reference_v2(out, s, jobs), key=s["reference"])
+    ref, stop = step("reference", lambda: stage_reference_v2(out, s, jobs), key=stage_keys(s)["reference"])
     summary["reference_basins"] = ref["basins_pooled"]["populations"]
     if stop:
         return finish()
-    split, stop = step("split", lambda: stage_split(out, s, ref), key={k: s[k] for k in ("split", "subset_seeds",
-                                                                                          "pool_seed", "fm_sizes")})
+    split, stop = step("split", lambda: stage_split(out, s, ref), key=stage_keys(s)["split"])
+    if stop:
+        return finish()
+    gate_tr, stop = step("gate_train", lambda: stage_gate_train(out, s, split, jobs), key=stage_keys(s)["gate_train"])
     if stop:
         return finish()
     tlab, stop = step("test_labels", lambda: stage_test_labels(out, s, split, jobs), key=s["test_labels"])
@@ -299,10 +289,6 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
         return finish()
     ref_md = runner.run("reference_md", lambda: reference_md(out, s, ref), key=ref["files"])
     summary["reference_delta_g"] = ref_md["delta_g"]
-    gate_tr, stop = step("gate_train", lambda: stage_gate_train(out, s, split, jobs),
-                         key={k: s[k] for k in ("fm_sizes", "model", "train", "subset_seeds", "init_seeds")})
-    if stop:
-        return finish()
     pilot, stop = step("pilot", lambda: stage_pilot(out, s, split, gate_tr), key=s["cgmd"])
     if stop:
         return finish()
@@ -338,4 +324,4 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
 
 
 __all__ = ["STATE_FILE", "model_row", "reference_md", "run_study", "stage_arms_train", "stage_gate",
-           "stage_gate_train", "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels"]  # fmt: skip
+           "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels"]  # fmt: skip
