@@ -15,6 +15,7 @@ Functions
     :func:`paired_difference`        arm − FM over replicates: mean, t-interval, p-value.
     :func:`holm`                     Holm's step-down adjusted p-values.
     :func:`data_multiplier`          m = N'/N from FM's learning curve, paired percentile bootstrap.
+    :func:`isotonic_decreasing`      the monotone (pool-adjacent-violators) learning curve it reads.
     :func:`noise_corrected_force_error`  metric 1 with the label noise subtracted.
     :func:`soft_mode_hessian_error`  metric 2 per configuration.
     :func:`smallest_detectable_effect`  t half width of a paired mean.
