@@ -58,6 +58,7 @@ from hessid.training.data.aa_md import forcefield_files
 from hessid.training.data.cg_map import write_cg
 from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import Structure, positions_angstrom
+from hessid.training.evaluation.statistics import soft_mode_hessian_error
 from hessid.training.learning.hessians import hessian_autograd
 from hessid.units import KB_KCAL_PER_MOL_K
 
@@ -524,7 +525,9 @@ def hessian_soft_relative_error(model: np.ndarray, reference: np.ndarray, n_stif
     kcal/mol/Å² for the 4 CG bonds of the 5-bead map), which the prior fits by Boltzmann
     inversion; the soft modes (angles, dihedrals, rigid-body modes) that shape φ/ψ are
     invisible in it. With V the eigenvectors of sym(H_ref) outside its ``n_stiff`` largest
-    eigenvalues: ``‖Vᵀ(H_model − H_ref)V‖_F / ‖Vᵀ H_ref V‖_F``.
+    eigenvalues: ``‖Vᵀ(H_model − H_ref)V‖_F / ‖Vᵀ H_ref V‖_F``
+    (:func:`hessid.training.evaluation.statistics.soft_mode_hessian_error` with
+    ``n_soft = d − n_stiff``).
 
     Args:
         model: (B, d, d) model CG Hessians, kcal/mol/Å².
@@ -542,15 +545,7 @@ def hessian_soft_relative_error(model: np.ndarray, reference: np.ndarray, n_stif
     d = m.shape[1]
     if not 0 <= int(n_stiff) < d:
         raise ValueError(f"n_stiff must lie in [0, {d}), got {n_stiff}")
-    sym = 0.5 * (r + r.transpose(0, 2, 1))
-    _, vecs = np.linalg.eigh(sym)  # ascending eigenvalues
-    v = vecs[:, :, : d - int(n_stiff)]  # (B, d, d − n_stiff)
-    ms = 0.5 * (m + m.transpose(0, 2, 1))
-    num = np.linalg.norm(np.einsum("bip,bij,bjq->bpq", v, ms - sym, v).reshape(m.shape[0], -1), axis=1)
-    den = np.linalg.norm(np.einsum("bip,bij,bjq->bpq", v, sym, v).reshape(m.shape[0], -1), axis=1)
-    if np.any(den == 0):
-        raise ValueError("a reference soft block is zero: relative error undefined")
-    return num / den
+    return soft_mode_hessian_error(m, r, n_soft=d - int(n_stiff))
 
 
 def basin_frames(angles: np.ndarray) -> dict[str, int]:
