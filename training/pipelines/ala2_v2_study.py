@@ -20,9 +20,9 @@ import numpy as np
 from hessid.training.data.io import copy_frames
 from hessid.training.data.labels import compute_conditional_labels, read_labels
 from hessid.training.data.reader import open_dataset
+from hessid.training.evaluation.statistics import gate as gate_verdict
 from hessid.training.evaluation.statistics import (
     noise_corrected_force_error,
-    paired_difference,
     soft_mode_hessian_error,
 )
 from hessid.training.evaluation.study_v2_report import write_ala2_v2_results
@@ -31,11 +31,10 @@ from hessid.training.pipelines.ala2_v2 import (
     DRAW_RANK,
     executor,
     fm_aa_cost,
-    label_cost_estimate,
     job_spec,
+    label_cost_estimate,
     log,
     n_label_configs,
-    rep_tag,
     replicates,
     run_jobs,
     stage_gate_train,
@@ -196,49 +195,48 @@ def reference_md(out: Path, s: dict, ref: dict) -> dict:
 
 
 def model_row(out: Path, s: dict, run: dict, labels_path: Path, ref_md: dict) -> dict:
-    """Metrics 1–4 of one trained model (cached in ``<train dir>/metrics_v2.json``)."""
+    """Metrics 1–4 of one trained model, in the row schema of
+    :func:`hessid.training.evaluation.study_v2_report.write_ala2_v2_results` (cached in
+    ``<train dir>/metrics_v2.json`` once its CG MD is done)."""
     cache = out / "train" / run["name"] / "metrics_v2.json"
     row = read_json(cache)
     if row is not None:
         return row
     lab = read_labels(labels_path)
     f, h = model_forces_hessians(out / run["model"], lab.coordinates)
-    rms, rel = noise_corrected_force_error(f, lab.mean_force, lab.mean_force_sem)
+    fe = noise_corrected_force_error(f, lab.mean_force, lab.mean_force_sem)
     soft = soft_mode_hessian_error(h, lab.hessian, n_soft=s["eval"]["n_soft"])
-    row = {"arm": run["arm"], "size": run["size"], "rep": run["rep"], "name": run["name"],
-           "force_error": rms, "force_error_rel": rel, "soft_hessian_error": float(np.mean(soft)),
-           "train_wall_s": run["wall_s"], "steps": run["global_step"], "s_per_step": run["s_per_step"],
-           "aa_force_evaluations": run["aa_force_evaluations"], "n_train": run["n_train"]}  # fmt: skip
+    row = {"arm": run["arm"], "size": run["size"], "replicate": list(run["rep"]), "name": run["name"],
+           "force_error": fe.rms, "force_error_rel": fe.relative, "force_error_clipped": fe.clipped,
+           "hessian_soft_error": float(np.mean(soft)), "train_wall_s": run["wall_s"], "steps": run["global_step"],
+           "aa_force_evals": run["aa_force_evaluations"], "n_train": run["n_train"],
+           "stopping": run.get("stopping")}  # fmt: skip
     sim = out / "cgmd" / run["name"]
     if (sim / "md_done.json").exists():
-        ref_angles = np.load(out / "reference_phi_psi.npy")
-        m = md_metrics(sim, ref_angles, ref_md["delta_g"], s["cgmd"])
-        row.update(m)
+        m = md_metrics(sim, np.load(out / "reference_phi_psi.npy"), ref_md["delta_g"], s["cgmd"])
+        row.update({"dg_error": m.pop("delta_g_error"), "fes_rmse": m.pop("fe_rmse"), **m})
         write_json(cache, row, out)
     return row
 
 
 def stage_gate(out: Path, s: dict, gate: dict, labels: dict, ref_md: dict) -> dict:
-    """The pre-registered gate: (1) FM at the MD size reproduces ΔG within the tolerance (mean of
-    the replicates); (2) FM's noise-corrected mean-force error improves from the smallest to the
-    gate's large size (paired 95 % interval of the difference excludes 0)."""
+    """The pre-registered gate (:func:`hessid.training.evaluation.statistics.gate`): FM at the MD
+    size reproduces ΔG within the tolerance (mean of the replicates) and FM's noise-corrected
+    mean-force error improves significantly from the smallest to the gate's large size."""
     g = s["gate"]
     rows = [model_row(out, s, r, out / labels["path"], ref_md) for r in gate["runs"]]
-    at = {n: sorted((r for r in rows if r["size"] == n), key=lambda r: tuple(r["rep"])) for n in s["fm_sizes"]}
-    dgs = [r.get("delta_g_error", math.nan) for r in at[g["md_size"]]]
-    mean_dg = float(np.nanmean(dgs)) if np.isfinite(dgs).any() else math.nan
-    ok1 = bool(abs(mean_dg) <= g["delta_g_tolerance"]) if math.isfinite(mean_dg) else False
-    small, large = at[g["improve_from"]], at[g["improve_to"]]
-    d = paired_difference([r["force_error"] for r in small], [r["force_error"] for r in large])
-    ok2 = bool(d.low > 0)
-    sd = float(np.std(np.asarray([r["force_error"] for r in small]) - np.asarray([r["force_error"] for r in large]),
-                      ddof=1))  # fmt: skip
-    verdict = "passed" if ok1 and ok2 else "failed"
-    log(f"gate {verdict}: ΔG error at {g['md_size']} = {mean_dg:+.3f} kcal/mol (tolerance {g['delta_g_tolerance']}), "
-        f"force error {g['improve_from']} − {g['improve_to']} = {d.mean:.3f} [{d.low:.3f}, {d.high:.3f}]")
-    return {"passed": ok1 and ok2, "delta_g_ok": ok1, "mean_delta_g_error": mean_dg, "delta_g_errors": dgs,
-            "improvement_ok": ok2, "improvement": {"mean": d.mean, "low": d.low, "high": d.high, "p": d.p},
-            "force_error_diff_sd": sd, "rows": rows}  # fmt: skip
+
+    def at(n, key):
+        return {tuple(r["replicate"]): r.get(key, math.nan) for r in rows if r["size"] == n}
+
+    res = gate_verdict(list(at(g["md_size"], "dg_error").values()), at(g["improve_from"], "force_error"),
+                       at(g["improve_to"], "force_error"), tolerance=g["delta_g_tolerance"])
+    log(f"gate {'passed' if res.passed else 'failed'}: {res.reason}")
+    d = res.force_diff
+    return {"passed": res.passed, "reason": res.reason, "delta_g_ok": res.dg_ok, "mean_delta_g_error": res.dg_mean,
+            "improvement_ok": res.force_ok,
+            "improvement": {"mean": d.mean, "low": d.low, "high": d.high, "p": d.p_value, "sd": d.sd},
+            "rows": rows}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- driver

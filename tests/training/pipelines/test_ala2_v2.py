@@ -1,0 +1,82 @@
+"""The second alanine-dipeptide study's own pieces: test-configuration choice, ΔG, free-energy RMSE,
+correlation time, AA cost accounting (the miniature of every stage is test_ala2_v2_benchmark.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hessid.training.pipelines import ala2
+from hessid.training.pipelines.ala2_v2 import (
+    choose_test_configurations,
+    fm_aa_cost,
+    label_cost_estimate,
+    n_label_configs,
+)
+from hessid.training.pipelines.ala2_v2_eval import correlation_time, delta_g, fe_rmse
+from hessid.units import KB_KCAL_PER_MOL_K
+
+ALPHA = (math.radians(-70), math.radians(-40))
+BETA = (math.radians(-120), math.radians(140))
+
+
+def _angles(labels):
+    return np.array([ALPHA if x == 0 else BETA for x in labels], dtype=np.float64)
+
+
+def test_test_configurations_respect_spacing_quota_and_exclusion():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    excluded = rng.random(2000) < 0.3
+    idx = choose_test_configurations(_angles(labels), excluded, 10, 25)
+    basins = ala2.assign_basins(_angles(labels)[idx])
+    assert len(idx) == 20 and np.sum(basins == 0) == 10 and np.sum(basins == 1) == 10
+    assert not excluded[idx].any()
+    assert np.min(np.diff(idx)) >= 25
+    # negative control: the quota cannot be met at this spacing
+    with pytest.raises(ValueError, match="frames apart; need 60"):
+        choose_test_configurations(_angles(labels), excluded, 60, 25)
+
+
+def test_delta_g_is_minus_kt_log_population_ratio():
+    ang = _angles([0] * 30 + [1] * 70)
+    expected = -KB_KCAL_PER_MOL_K * 300.0 * math.log(30 / 70)
+    assert delta_g(ang, 300.0) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(delta_g(_angles([1] * 10), 300.0))
+
+
+def test_fe_rmse_is_zero_for_the_same_surface_and_positive_for_another():
+    rng = np.random.default_rng(1)
+    ref = np.column_stack([rng.normal(-1.2, 0.3, 20000), rng.normal(2.4, 0.3, 20000)])
+    ref = np.concatenate([ref, np.column_stack([rng.normal(-1.2, 0.3, 8000), rng.normal(-0.7, 0.3, 8000)])])
+    assert fe_rmse(ref, ref, 300.0) == pytest.approx(0.0, abs=1e-12)
+    other = np.column_stack([rng.normal(-1.2, 0.3, 20000), rng.normal(2.4, 0.3, 20000)])  # αR basin missing
+    assert fe_rmse(ref, other, 300.0) > 0.5
+
+
+def test_correlation_time_of_a_two_state_markov_chain():
+    """Switching probability p per step: ρ = 1 − 2p, τ = ρ/(1 − ρ) steps."""
+    rng = np.random.default_rng(2)
+    p, n, reps = 0.02, 20000, 8
+    chains = []
+    for _ in range(reps):
+        flips = rng.random(n) < p
+        chains.append(np.cumsum(flips) % 2)
+    rho = 1 - 2 * p
+    tau = correlation_time(chains, dt_ps=0.5)
+    assert tau == pytest.approx(0.5 * rho / (1 - rho), rel=0.2)  # ~5 % s.e. over 8 × 800 τ
+    # negative control: the shuffled series has no memory
+    shuffled = [rng.permutation(c) for c in chains]
+    assert correlation_time(shuffled, dt_ps=0.5) < 0.1 * tau
+    assert math.isnan(correlation_time([np.zeros(100)], 0.5))
+
+
+def test_aa_cost_accounting_matches_the_pre_registration():
+    s = {"reference": {"stride": 125}, "targets": {"k": 4},
+         "train_labels": {"equilibration_steps": 500, "samples": 20, "stride": 50}}
+    assert fm_aa_cost(s, 1000, with_term1=False) == 125_000
+    assert fm_aa_cost(s, 1000, with_term1=True) == 133_000
+    assert label_cost_estimate(s) == 2100
+    assert [n_label_configs(s, n, 2100) for n in (250, 1000, 4000)] == [14, 59, 238]
