@@ -68,7 +68,7 @@ EXIT_CODES: dict[int, str] = {
 EXTRA_OF_MODULE: dict[str, str] = {
     **dict.fromkeys(("openmm", "pdbfixer", "PeptideBuilder", "torchmdnet", "mdtraj", "deeptime",
                      "ot", "h5py", "lightning", "pytorch_lightning", "lightning_fabric",
-                     "matplotlib", "tqdm"), "training"),
+                     "matplotlib", "tqdm", "pymbar"), "training"),
     "sympy": "verification",
     "distributed": "dask",
     "dask": "dask",

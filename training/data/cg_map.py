@@ -137,7 +137,8 @@ def write_cg(
         the written :class:`CGData`.
 
     Raises:
-        DatasetError: invalid file, ``cg/`` exists and not ``overwrite``, map/atom mismatch, or
+        DatasetError: invalid file, a conditional-labels file (re-mapping would overwrite its
+            labels), ``cg/`` exists and not ``overwrite``, map/atom mismatch, or
             no constraint-aware projector exists for this map (a rigid X–H group split between
             beads; the message says so).
     """
@@ -145,6 +146,7 @@ def write_cg(
     validate_dataset(path, check_cg=not overwrite)  # a group to be replaced may be stale
     with h5py.File(path, "r") as h5:
         top = topology_from_pdb(read_topology_text(h5), f"{path}: topology")
+        sc.refuse_labels_file(h5.attrs, path, "re-mapping")
         exists = sc.CG in h5
         raw = h5.attrs.get(sc.ATTR_CONSTRAINTS, "none")
         constraints = raw.decode() if isinstance(raw, bytes) else str(raw)

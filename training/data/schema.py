@@ -254,3 +254,76 @@ def format_version_of(attrs, path: str | Path = "") -> int:
         raise DatasetError(path, None, f"format version {version} is not readable by this hessid "
                            f"(reads {list(READABLE_FORMAT_VERSIONS)}); upgrade hessid")  # fmt: skip
     return version
+
+
+# ----------------------------------------------------------------------------- conditional labels
+# A conditional-labels file (hessid.training.data.labels, docs/data.md "Conditional labels") has
+# the standard mapped layout with C configurations as its frames: cg/coordinates = R (C, n, 3),
+# cg/forces = the conditional mean force F(R) (C, n, 3), cg/hessian_block = the CG-Hessian
+# estimate (C, 3n, 3n) whose done mask is the per-configuration done flag; the AA part holds
+# the source's single AA frames at R (their forces are not labels). Plus the group labels/:
+#
+#     labels/mean_force_sem           (C, n, 3) float64    kcal/mol/Å, block standard error
+#     labels/hessian_sem              (C, 3n, 3n) float64  kcal/mol/Å², block standard error
+#     labels/term1                    (C, 3n, 3n) float64  ⟨P∇²U Pᵀ⟩_R (as stored, not symmetrised)
+#     labels/term2                    (C, 3n, 3n) float64  β Ĉov_R(P f), m − 1 divisor
+#     labels/statistical_inefficiency (C,) float64         g of P f (max over the 3n components)
+#     labels/effective_samples        (C,) float64         m / g
+#     labels/n_samples                (C,) int64           m frozen-bead samples
+#     labels/aa_force_evaluations     (C,) int64           equilibration + MD steps + FD evaluations
+#     labels/drift_angstrom           (C,) float64         Å, max frozen-atom displacement seen
+#     labels/source_frame             (C,) int64           row of the configuration in the source
+#
+# and the root attributes kind = "conditional_labels", labels_settings (JSON), labels_source
+# (path), labels_source_forcefield_hash, labels_source_projector_sha256.
+
+ATTR_KIND = "kind"
+KIND_CONDITIONAL_LABELS = "conditional_labels"
+ATTR_LABELS_SETTINGS = "labels_settings"
+ATTR_LABELS_SOURCE = "labels_source"
+ATTR_LABELS_SOURCE_FORCEFIELD_HASH = "labels_source_forcefield_hash"
+ATTR_LABELS_SOURCE_PROJECTOR_SHA256 = "labels_source_projector_sha256"
+LABELS = "labels"
+LABELS_MEAN_FORCE_SEM = "labels/mean_force_sem"
+LABELS_HESSIAN_SEM = "labels/hessian_sem"
+LABELS_TERM1 = "labels/term1"
+LABELS_TERM2 = "labels/term2"
+LABELS_STATISTICAL_INEFFICIENCY = "labels/statistical_inefficiency"
+LABELS_EFFECTIVE_SAMPLES = "labels/effective_samples"
+LABELS_N_SAMPLES = "labels/n_samples"
+LABELS_AA_FORCE_EVALUATIONS = "labels/aa_force_evaluations"
+LABELS_DRIFT = "labels/drift_angstrom"
+LABELS_SOURCE_FRAME = "labels/source_frame"
+LABELS_ARRAYS = (
+    ArraySpec(LABELS_MEAN_FORCE_SEM, ("C", "n", 3), "f8", FORCE_UNIT, True),
+    ArraySpec(LABELS_HESSIAN_SEM, ("C", "3n", "3n"), "f8", HESSIAN_UNIT, True),
+    ArraySpec(LABELS_TERM1, ("C", "3n", "3n"), "f8", HESSIAN_UNIT, True),
+    ArraySpec(LABELS_TERM2, ("C", "3n", "3n"), "f8", HESSIAN_UNIT, True),
+    ArraySpec(LABELS_STATISTICAL_INEFFICIENCY, ("C",), "f8", None, True),
+    ArraySpec(LABELS_EFFECTIVE_SAMPLES, ("C",), "f8", None, True),
+    ArraySpec(LABELS_N_SAMPLES, ("C",), "i8", None, True),
+    ArraySpec(LABELS_AA_FORCE_EVALUATIONS, ("C",), "i8", None, True),
+    ArraySpec(LABELS_DRIFT, ("C",), "f8", LENGTH_UNIT, True),
+    ArraySpec(LABELS_SOURCE_FRAME, ("C",), "i8", None, True),
+)
+#: meaning attribute of cg/forces and cg/hessian_block in a labels file
+LABELS_FORCES_MEANING = "conditional mean force <P f>_R of frozen-bead AA samples"
+LABELS_HESSIAN_MEANING = "CG Hessian estimate <P grad^2 U P^T>_R - beta Cov_R(P f) (symmetrised)"
+
+
+def refuse_labels_file(attrs, path: str | Path, action: str) -> None:
+    """Refuse an operation that would overwrite the labels of a conditional-labels file.
+
+    Args:
+        attrs: the file's root attribute mapping (h5py ``attrs`` or a dict).
+        path: the file, for the message.
+        action: what was refused, e.g. ``"re-mapping"``.
+
+    Raises:
+        DatasetError: ``attrs[kind] == "conditional_labels"`` (one line naming the file).
+    """
+    raw = attrs.get(ATTR_KIND)
+    kind = raw.decode() if isinstance(raw, bytes) else raw
+    if kind == KIND_CONDITIONAL_LABELS:
+        raise DatasetError(path, None, f"is a conditional-labels file: {action} it would overwrite its "
+                           "labels (rerun `hessid targets --conditional` on its source instead)")

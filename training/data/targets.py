@@ -443,7 +443,8 @@ def compute_targets(
         :class:`TargetsResult` (timings for the throughput benchmark).
 
     Raises:
-        DatasetError: invalid file; existing result with different settings on ``resume``.
+        DatasetError: invalid file; a conditional-labels file (its blocks are labels); existing
+            result with different settings on ``resume``.
         FileExistsError: result exists, neither ``resume`` nor ``overwrite``.
         ImportError: ``scheduler`` without dask.distributed.
         ValueError: bad k, kind, ε, platform.
@@ -452,6 +453,7 @@ def compute_targets(
     path = dataset_path(path)
     validate_dataset(path)
     with open_dataset(path) as ds:
+        sc.refuse_labels_file(ds.attrs, path, "recomputing targets of")
         has_cg = ds.has_cg
     if not has_cg:
         write_cg(path)
