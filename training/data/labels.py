@@ -71,7 +71,7 @@ from hessid.training.data.schema import DatasetError
 from hessid.training.data.targets import compute_targets
 
 __all__ = ["ConditionalLabels", "LabelsInterrupted", "LabelsResult", "aa_force_evaluations", "block_mean_sem",
-           "compute_conditional_labels", "config_seed", "evenly_spaced_frames", "read_labels",
+           "compute_conditional_labels", "config_seed", "evenly_spaced_frames", "pymbar_timeseries", "read_labels",
            "statistical_inefficiency"]  # fmt: skip
 
 #: version of the labels layout (stored in the settings; a rerun with another version is refused)
@@ -90,7 +90,7 @@ class LabelsInterrupted(RuntimeError):
 # ----------------------------------------------------------------------------- estimators
 
 
-def _timeseries():
+def pymbar_timeseries():
     """pymbar.timeseries, imported on first use with pymbar's import-time log banners (JAX, the
     timeseries caveat) silenced: they go through ``logging`` at WARNING level."""
     for name in ("pymbar", "pymbar.timeseries", "pymbar.mbar_solvers"):
@@ -124,7 +124,7 @@ def statistical_inefficiency(series, mintime: int = 3) -> float:
     if not np.isfinite(x).all():
         raise ValueError("the series contains NaN or inf")
     x = x.reshape(x.shape[0], -1)
-    ts = _timeseries()
+    ts = pymbar_timeseries()
     gs = [float(ts.statistical_inefficiency(col, fast=False, mintime=int(mintime)))
           for col in x.T if np.ptp(col) > 0]  # fmt: skip
     return max(gs, default=1.0)

@@ -20,14 +20,13 @@ Units: Å, kcal/mol, K, ps.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
 import numpy as np
-import pymbar.timeseries
 import torch
 
+from hessid.training.data.labels import pymbar_timeseries
 from hessid.training.evaluation.evaluate import filter_replicas, load_simulation
 from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.models import load_potential
@@ -35,8 +34,6 @@ from hessid.training.md.simulation import simulate
 from hessid.training.pipelines import ala2
 from hessid.training.pipelines.runner import read_json, write_json
 from hessid.units import KB_KCAL_PER_MOL_K
-
-logging.getLogger("pymbar").setLevel(logging.ERROR)  # its JAX banner is a warning on import
 
 
 def model_forces_hessians(model_path: str | Path, cg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +103,7 @@ def correlation_time(indicators: list[np.ndarray], dt_ps: float) -> float:
     series = [s for s in series if s.std() > 0]
     if not series:
         return math.nan
-    g = float(pymbar.timeseries.statistical_inefficiency_multiple(series))
+    g = float(pymbar_timeseries().statistical_inefficiency_multiple(series))
     return 0.5 * (g - 1.0) * dt_ps
 
 

@@ -78,8 +78,8 @@ def stage_test_labels(out: Path, s: dict, split: dict, jobs: int) -> dict:
 
 def stage_train_labels(out: Path, s: dict, split: dict, jobs: int) -> dict:
     """Conditional labels at the first C(N) frames (draw order) of every subset, for the
-    conditional arms; one file per subset holding C(max N) configurations in draw order, so
-    that the first C(N) configurations are the size-N set. Returns per subset the file and C(N)."""
+    conditional arms: one file per subset with C(max N) configurations (stored in source order),
+    and per size the configurations whose source frame is among the first C(N) drawn."""
     c = s["train_labels"]
     cost = label_cost_estimate(s)
     sizes = sorted(s["arm_sizes"])
@@ -88,23 +88,24 @@ def stage_train_labels(out: Path, s: dict, split: dict, jobs: int) -> dict:
     for k, by_size in split["subsets"].items():
         src = out / by_size[str(sizes[-1])]
         with open_dataset(src) as ds:
-            rank = ds.read(DRAW_RANK)
-        order = np.argsort(rank)[: counts[str(sizes[-1])]]  # draw order: nested prefixes
+            rank = ds.read(DRAW_RANK)  # (T,) position of each source frame in the subset's draw order
+        chosen = np.argsort(rank)[: counts[str(sizes[-1])]]
         path = out / "labels" / f"s{k}" / "train_labels.h5"
-        log(f"train labels: subset {k}, {len(order)} configurations × {c['samples']} samples")
-        compute_conditional_labels(src, path, frames=order, samples=c["samples"], stride=c["stride"],
+        log(f"train labels: subset {k}, {len(chosen)} configurations × {c['samples']} samples")
+        compute_conditional_labels(src, path, frames=np.sort(chosen), samples=c["samples"], stride=c["stride"],
                                    equilibration_steps=c["equilibration_steps"], timestep=c["timestep"],
                                    seed=c["seed"] + int(k), workers=jobs, n_blocks=c["n_blocks"],
                                    progress=False)  # fmt: skip
         lab = read_labels(path)
+        label_rank = rank[lab.source_frame]  # (C,) draw rank of each label's configuration
         per_size = {}
         for n in sizes:
-            cn = counts[str(n)]
+            rows = np.flatnonzero(np.argsort(np.argsort(label_rank)) < counts[str(n)])
             sub = out / "labels" / f"s{k}" / f"n{n}" / f"n{n}.h5"
             if not sub.exists():
-                copy_frames([(path, np.arange(cn))], sub)
-            per_size[str(n)] = {"path": sub, "configs": cn,
-                                "aa_force_evaluations": int(np.sum(lab.aa_force_evaluations[:cn]))}
+                copy_frames([(path, rows)], sub)
+            per_size[str(n)] = {"path": sub, "configs": int(len(rows)),
+                                "aa_force_evaluations": int(np.sum(lab.aa_force_evaluations[rows]))}
         files[k] = per_size
     return {"label_cost_estimate": cost, "configs": counts, "files": files}
 
