@@ -85,11 +85,12 @@ def crossfit_residuals(cfg: TrainConfig, folds: int, out_dir: str | Path, fold_s
     """Train K fold force-matching models and store every frame's out-of-fold residual.
 
     Double machine learning's cross-fitting (Chernozhukov et al. 2018, "Double/debiased machine
-    learning", Econometrics J. 21, C1): with ``ε_t = P f_t − F(R_t)`` and a model error
-    ``b = F − F̂``, ``E[dF dFᵀ | R] = Cov(P f | R) + E[b bᵀ] − E[b εᵀ + ε bᵀ]``; the cross term is
-    the over-fitting bias of a model that trained on frame t (negative: it fitted part of
-    ε_t), and it vanishes when F̂ is independent of ε_t, i.e. when frame t was held out
-    (docs/training.md "Cross-fitted residual").
+    learning", Econometrics J. 21, C1): with ``ε_t = P f_t − F(R_t)`` and the model error
+    ``b = F − F̂``, ``dF = ε + b`` and ``E[dF dFᵀ | R] = Cov(P f | R) + E[b bᵀ] + E[b εᵀ + ε bᵀ]``;
+    the cross term is the over-fitting bias of a model that trained on frame t (negative: it
+    fitted part of ε_t), and it vanishes when F̂ is independent of ε_t, i.e. when frame t was
+    held out (docs/training.md "Cross-fitted residual"). What remains, ``E[b bᵀ]``, is positive
+    semidefinite and measured by the fold models' held-out FM loss.
 
     The run's split is that of ``cfg`` (``data.split``, ``val_fraction``, seed, and the frames
     its loss can use: with ``mode: fm_hvp`` only frames with Term 1), so the file matches the

@@ -326,10 +326,11 @@ def residual_second_moment(potential, protein: ProteinData, temperature: float |
                            batch_size: int = 256) -> ResidualMoments:
     """Per-frame ``β ‖dF‖²`` and ``β dF dFᵀ`` of same-fit, cross-fit or any given residuals.
 
-    ``E[β dF dFᵀ | R] = β Cov(P f | R) + β b bᵀ − β(E[b εᵀ|R] + E[ε bᵀ|R])`` with ``ε = P f −
-    F(R)`` and ``b = F(R) − F_θ(R)`` (docs/training.md "Cross-fitted residual"): the frame mean
-    of ``beta_outer`` estimates Term 2's covariance, biased by the model error ``β b bᵀ`` and,
-    when the model trained on the frame, by the over-fitting cross term. Compare it with the
+    With ``ε = P f − F(R)`` (F the mean force) and ``b = F(R) − F_θ(R)``, ``dF = ε + b`` and
+    ``E[β dF dFᵀ | R] = β Cov(P f | R) + β E[b bᵀ | R] + β E[b εᵀ + ε bᵀ | R]``
+    (docs/training.md "Cross-fitted residual"): the frame mean of ``beta_outer`` estimates
+    Term 2's covariance, biased by the model error ``β b bᵀ`` (positive semidefinite) and, when
+    the model trained on the frame, by the cross term (negative: the model fitted part of ε). Compare it with the
     conditional ``β Ĉov`` of held-out configurations (conditional labels) to measure the bias.
 
     Args:
