@@ -17,7 +17,8 @@ import torch
 
 from hessid.probes import ProbeSpec
 
-__all__ = ["HarmonicChainPotential", "compact_chain", "spring_network", "write_synthetic_dataset"]
+__all__ = ["HarmonicChainPotential", "compact_chain", "spring_network", "write_noisy_chain_dataset",
+           "write_synthetic_dataset"]
 
 
 def compact_chain(n_beads: int, n_frames: int = 1, seed: int = 0, noise: float = 0.3) -> np.ndarray:
@@ -223,3 +224,64 @@ class HarmonicChainPotential(torch.nn.Module):
             e_angle = 0.5 * self.angle_k.to(dtype) * (theta - self.angle.to(dtype)) ** 2
             energy = energy.index_add(0, batch[:-2], torch.where(same3, e_angle, 0.0))
         return energy
+
+
+def write_noisy_chain_dataset(path: str | Path, n_beads: int = 5, n_frames: int = 64, seed: int = 0,
+                              noise: float = 0.3, force_noise: float = 2.0, temperature: float = 300.0,
+                              potential: torch.nn.Module | None = None, name: str | None = None) -> Path:
+    """Write a CG-only toy dataset whose conditional force covariance is known exactly.
+
+    AA system: per bead a Cα atom and a side atom 1.5 Å away (N = 2n, as
+    :func:`write_synthetic_dataset`, so the verification gate has atoms to eliminate), Cα
+    selection map ``Q = S``; the side atoms carry zero force. Cα coordinates
+    ``R_t = compact_chain(n, T, seed, noise)`` (Å); Cα forces ``P f_t = F(R_t) + σ ε_t`` with
+    ``F = −∇U`` of ``potential`` (default :class:`HarmonicChainPotential()`), ε_t i.i.d.
+    standard normal (T, n, 3) from ``numpy.random.default_rng([seed, 7])`` and σ =
+    ``force_noise``. Hence ``E[P f | R] = F(R)`` and ``Cov(P f | R) = σ² I_{3n}`` exactly
+    (``β tr Cov = 3nβσ²``): the test system for estimators of Term 2's covariance
+    (docs/training.md "Cross-fitted residual"). Not a Boltzmann sample; no Term 1.
+
+    Args:
+        path: file to write.  n_beads, n_frames: n, T.  seed: structure and noise seed.
+        noise: Å, per-frame displacement of the chain.  force_noise: σ, kcal/mol/Å.
+        temperature: K (root attribute).  potential: the mean-force potential (``CGPotential``
+            signature), None: ``HarmonicChainPotential()``.  name: root ``name`` (default: stem).
+
+    Returns:
+        the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pot = HarmonicChainPotential() if potential is None else potential
+    R = compact_chain(n_beads, n_frames, seed=seed, noise=noise)  # (T, n, 3)
+    x = torch.as_tensor(R.reshape(-1, 3)).requires_grad_(True)
+    batch = torch.arange(n_frames).repeat_interleave(n_beads)
+    energy = pot(x, torch.zeros(len(x), dtype=torch.long), batch)
+    (g,) = torch.autograd.grad(energy.sum(), x)
+    mean_force = -g.detach().numpy().reshape(n_frames, n_beads, 3)
+    f = mean_force + float(force_noise) * np.random.default_rng([seed, 7]).standard_normal(R.shape)
+    side = np.random.default_rng([seed, 8]).standard_normal((n_beads, 3))
+    side = R + 1.5 * (side / np.linalg.norm(side, axis=1, keepdims=True))[None]  # (T, n, 3)
+    coords = np.stack([R, side], 2).reshape(n_frames, 2 * n_beads, 3)  # atom 2i = Cα of bead i
+    forces = np.stack([f, np.zeros_like(f)], 2).reshape(n_frames, 2 * n_beads, 3)
+    S = np.zeros((n_beads, 2 * n_beads))
+    S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
+    types = np.zeros(n_beads, dtype=np.int64)
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update(dict(length_unit="angstrom", energy_unit="kcal/mol",
+                             temperature=float(temperature), forcefield="noisy-chain",
+                             solvent="none", platform="synthetic", seed=int(seed),
+                             versions=json.dumps({}), name=name or path.stem))
+        h5.create_dataset("topology", data="synthetic")
+        h5["coordinates"], h5["forces"] = coords, forces
+        h5["potential_energy"] = energy.detach().numpy()
+        h5["time"] = np.arange(n_frames, dtype=np.float64)
+        h5["frame_id"] = np.arange(n_frames, dtype=np.int64)
+        g = h5.create_group("cg")
+        g["weights"], g["projector"] = S, S.copy()
+        g["coordinates"], g["forces"] = R, f
+        bt = g.create_dataset("bead_types", data=types)
+        bt.attrs["bead_vocabulary"] = json.dumps(["ALA"])
+        g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
+        h5["synthetic/mean_force"] = mean_force  # (T, n, 3) kcal/mol/Å: E[P f | R]
+    return path

@@ -18,6 +18,7 @@ import yaml
 __all__ = [
     "HVP_ESTIMATORS",
     "LOSS_MODES",
+    "RESIDUALS",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
@@ -31,6 +32,8 @@ __all__ = [
 
 LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
 HVP_ESTIMATORS = ("frame", "rao_blackwell")
+#: where the force residual dF of Term 2 comes from (``LossConfig.residual``)
+RESIDUALS = ("online", "crossfit")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -136,6 +139,14 @@ class LossConfig:
         force_norm, hvp_norm, hessian_norm, energy_norm: those means (filled from the training
             data by the trainer; units (kcal/mol/Å)², (kcal/mol/Å²)², (kcal/mol/Å²)²,
             (kcal/mol)²). None = 1.
+        residual: where Term 2's force residual dF comes from: ``"online"`` (``P f − F_θ(R)``
+            of the model being trained, same forward pass) or ``"crossfit"`` (a fixed, stored
+            ``P f − F^{(−k)}(R)`` from a force-matching model that did not train on the frame,
+            :func:`hessid.training.learning.crossfit.crossfit_residuals`; used by both HVP
+            estimators, ``fm_hessian`` and the Term-2 part of ``hvp_norm``/``hessian_norm``;
+            docs/training.md "Cross-fitted residual").
+        residual_file: the ``.npz`` written by ``crossfit_residuals`` (needed by, and only
+            allowed with, ``residual="crossfit"``; relative paths as ``data.datasets``).
     """
 
     mode: str = "fm"
@@ -152,6 +163,8 @@ class LossConfig:
     hvp_norm: float | None = None
     hessian_norm: float | None = None
     energy_norm: float | None = None
+    residual: str = "online"
+    residual_file: str | None = None
 
     def __post_init__(self):
         if self.mode not in LOSS_MODES:
@@ -166,6 +179,16 @@ class LossConfig:
         for name in ("lambda_force", "lambda_hvp", "lambda_energy"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"loss.residual must be one of {RESIDUALS}, got {self.residual!r}")
+        if self.residual == "crossfit" and not self.residual_file:
+            raise ValueError("loss.residual=crossfit needs loss.residual_file (the .npz of "
+                             "`crossfit_residuals`)")
+        if self.residual == "online" and self.residual_file:
+            raise ValueError(f"loss.residual_file={self.residual_file!r} is only read with "
+                             "loss.residual=crossfit")
+        if self.residual == "crossfit" and self.mode == "fm":
+            raise ValueError("loss.residual=crossfit has no effect with loss.mode=fm (no Term 2)")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LossConfig:
@@ -369,6 +392,9 @@ class TrainConfig:
                 setattr(cfg.data, key, [
                     str(Path(base_dir) / p) if not Path(p).is_absolute() and not Path(p).exists()
                     and (Path(base_dir) / p).exists() else str(p) for p in getattr(cfg.data, key)])
+            rf = cfg.loss.residual_file
+            if rf and not Path(rf).is_absolute() and not Path(rf).exists() and (Path(base_dir) / rf).exists():
+                cfg.loss.residual_file = str(Path(base_dir) / rf)
         if cfg.data.split not in ("frames", "protein"):
             raise ValueError(f"data.split must be 'frames' or 'protein', got {cfg.data.split!r}")
         if cfg.optim.schedule not in ("constant", "cosine", "exponential"):

@@ -32,6 +32,7 @@ __all__ = [
     "load_protein",
     "merge_vocabularies",
     "split_frames",
+    "split_items",
     "target_normalisations",
 ]
 
@@ -226,9 +227,28 @@ def split_frames(proteins: list[ProteinData], cfg: TrainConfig, need_term1: bool
     return train_items, val_items
 
 
+def split_items(proteins: list[ProteinData], n_train_files: int, cfg: TrainConfig, need_term1: bool,
+                need_hessian: bool = False) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The run's ``(train_items, val_items)``: with ``data.val_datasets`` (loaded after the
+    ``n_train_files`` training files) every usable frame of the training files trains and every
+    frame of the validation files validates; otherwise :func:`split_frames`.
+
+    Raises:
+        ValueError: as :func:`split_frames`.
+    """
+    if not cfg.data.val_datasets:
+        return split_frames(proteins, cfg, need_term1, need_hessian)
+    d = cfg.to_dict()
+    cfg_all = TrainConfig.from_dict(dict(d, data=dict(d["data"], split="frames", val_fraction=0.0, val_datasets=[])))
+    train_items, _ = split_frames(proteins[:n_train_files], cfg_all, need_term1, need_hessian)
+    val_items = [(pi, t) for pi in range(n_train_files, len(proteins)) for t in range(proteins[pi].n_frames)]
+    return train_items, val_items
+
+
 def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, int]],
                           need_term1: bool, need_hessian: bool, cov_weight: float = 0.0,
-                          project_bonds: bool = False) -> dict[str, float]:
+                          project_bonds: bool = False,
+                          residuals: list[np.ndarray | None] | None = None) -> dict[str, float]:
     """Loss values of a model with zero outputs, averaged over the training frames (the loss
     divisors, :meth:`~hessid.training.learning.configs.LossConfig.norm`).
 
@@ -245,6 +265,10 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
         need_term1, need_hessian: include ``hvp_norm`` / ``hessian_norm``.
         cov_weight: γ ∈ [0, 1] of Term 2 in the norms.
         project_bonds: ``hvp_norm`` of the bond-projected residual (``loss.hvp_project_bonds``).
+        residuals: None (Term 2 of the norms uses ``dF = P f``, the zero-model convention), or
+            per protein the stored cross-fitted dF (T, n, 3) kcal/mol/Å
+            (``loss.residual="crossfit"``): the target is then fixed, and the norms are exactly
+            the HVP / Hessian loss of a zero-curvature model against it.
 
     Returns:
         ``{"force_norm": …}`` plus ``hvp_norm``, ``hessian_norm``, ``energy_norm`` where the
@@ -275,6 +299,8 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
         for start in range(0, len(ts), 1024):  # chunks bound the memory of the drawn probes
             chunk = np.asarray(ts[start : start + 1024])
             forces = torch.as_tensor(p.cg_forces[chunk])  # (b, n, 3)
+            if residuals is not None:  # Term 2 with the stored cross-fitted dF
+                forces = torch.as_tensor(residuals[pi][chunk], dtype=torch.float64)
             if need_term1:
                 spec = p.probe_spec()
                 k = spec.n_probes
@@ -301,31 +327,46 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
 
 def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
                    type_maps: list[np.ndarray], dtype: torch.dtype, need_probes: bool,
-                   need_hessian: bool = False) -> dict:
+                   need_hessian: bool = False,
+                   residuals: list[np.ndarray | None] | None = None) -> dict:
     """Graph-batch frames ``(protein index, frame index)`` with targets and online probes.
 
     Probes are regenerated from frame ids with each protein's stored probe spec:
     ``draw_probes(kind, seed, [frame_id], k, 3n)`` reshaped (k, n, 3) — the probes its Term 1
     used (docs/identities.md §5; never stored).
 
+    Args:
+        residuals: None, or per protein the stored cross-fitted force residual dF (T, n, 3)
+            kcal/mol/Å (``loss.residual="crossfit"``,
+            :func:`hessid.training.learning.crossfit.residuals_for_frames`); the batch then
+            carries them as ``residual``.
+
     Returns:
         dict of tensors: ``positions`` (A, 3) Å, ``bead_types`` (A,), ``batch`` (A,),
         ``forces`` (A, 3) kcal/mol/Å, ``frame_id`` (B,), ``beta`` (B,) mol/kcal, and with
         probes ``probes``/``term1`` (k, A, 3) and ``probe_scale`` (B,); with Hessians
-        ``hessian_blocks`` (list of (3n, 3n)); ``energy`` (B,) when every frame has one.
+        ``hessian_blocks`` (list of (3n, 3n)); ``energy`` (B,) when every frame has one;
+        ``residual`` (A, 3) kcal/mol/Å with ``residuals``.
 
     Raises:
+        ValueError: ``residuals`` lacks a frame of the batch (NaN row).
         ValueError: proteins in one batch stored different k; a protein's probe attributes are
             missing or inconsistent (:meth:`ProteinData.probe_spec`); fm_hessian without
             ``cg/hessian_block``.
     """
-    pos, types, batch, forces, fid, beta, probes, term1, scale, hess, energy = ([] for _ in range(11))
+    pos, types, batch, forces, fid, beta, probes, term1, scale, hess, energy, resid = ([] for _ in range(12))
     ks = set()
     for b, (pi, t) in enumerate(items):
         p = proteins[pi]
         n = p.n_beads
         pos.append(torch.as_tensor(p.cg_coordinates[t]))
         forces.append(torch.as_tensor(p.cg_forces[t]))
+        if residuals is not None:
+            r = residuals[pi][t] if residuals[pi] is not None else None
+            if r is None or not np.isfinite(r).all():
+                raise ValueError(f"{p.path}: no stored cross-fitted residual for frame id "
+                                 f"{int(p.frame_id[t])}")
+            resid.append(torch.as_tensor(r))
         types.append(torch.as_tensor(type_maps[pi][p.bead_types]))
         batch.append(torch.full((n,), b, dtype=torch.long))
         fid.append(int(p.frame_id[t]))
@@ -353,6 +394,8 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
     }
     if len(energy) == len(items):
         out["energy"] = torch.tensor(energy, dtype=dtype)
+    if residuals is not None:
+        out["residual"] = torch.cat(resid).to(dtype)  # (A, 3)
     if need_probes:
         out["probes"] = torch.cat(probes, 1).to(dtype)  # (k, A, 3)
         out["term1"] = torch.cat(term1, 1).to(dtype)  # (k, A, 3)

@@ -51,7 +51,10 @@ class CGTrainingModule(pl.LightningModule):
     ``Term1 − γ β dF (dF·v)``; ``loss.hvp_estimator`` ``"frame"`` or ``"rao_blackwell"``,
     optionally with the bond directions projected out of the residual,
     ``loss.hvp_project_bonds``) or the full-Hessian loss (``"fm_hessian"``), switched on from
-    ``hvp_start_step`` with γ ramped over ``cov_ramp_steps`` (:meth:`gamma`).
+    ``hvp_start_step`` with γ ramped over ``cov_ramp_steps`` (:meth:`gamma`). Term 2's
+    residual dF is the detached online ``P f − F_θ`` of the same forward pass, or with
+    ``loss.residual = "crossfit"`` the batch's stored ``residual`` (fixed, cross-fitted;
+    docs/training.md "Cross-fitted residual").
 
     Args:
         potential: the potential to train (its parameters are the optimised ones).
@@ -96,16 +99,28 @@ class CGTrainingModule(pl.LightningModule):
         use_hvp = curvature and lc.mode == "fm_hvp"
         use_rb = use_hvp and lc.hvp_estimator == "rao_blackwell"
         batch = data["batch"]
+        stored = None  # the fixed cross-fitted dF (loss.residual = "crossfit")
+        if curvature and lc.residual == "crossfit":
+            stored = data.get("residual")
+            if stored is None:
+                raise ValueError("loss.residual=crossfit: the batch has no 'residual' (collate "
+                                 "with the residuals of loss.residual_file)")
+            stored = stored.detach()
 
         def project(x):  # P⊥ on the HVP residual (loss.hvp_project_bonds), else identity
             return project_out_bonds(x, data["positions"], batch) if lc.hvp_project_bonds else x
 
+        probes = data["probes"] if use_hvp else None
+        if use_rb and stored is not None:  # H_θ along the stored dF: one more fixed tangent
+            probes = torch.cat([probes, project(stored)[None].to(probes.dtype)])
         out = energy_forces_hvp(self.potential, data["positions"], data["bead_types"],
-                                batch, data["probes"] if use_hvp else None,
+                                batch, probes,
                                 create_graph=True,
                                 probe_chunk=self.cfg.trainer.hvp_probe_chunk,
-                                residual_target=data["forces"] if use_rb else None,
+                                residual_target=data["forces"] if use_rb and stored is None else None,
                                 residual_transform=project if lc.hvp_project_bonds else None)
+        if use_rb and stored is not None:
+            out.hvp, out.hvp_residual, out.force_residual = out.hvp[:-1], out.hvp[-1], stored
         terms = {"fm": force_matching_loss(out.forces, data["forces"], batch, n_graphs)}
         total = lc.lambda_force * terms["fm"] / lc.norm("force")
         gamma = self.gamma(step)
@@ -116,7 +131,8 @@ class CGTrainingModule(pl.LightningModule):
                 stabiliser=lc.rb_stabiliser, residual_direction=project(out.force_residual))
             total = total + lc.lambda_hvp * terms["hvp"] / lc.norm("hvp")
         elif use_hvp:
-            h = hvp_targets(data["term1"], data["forces"] - out.forces, data["probes"],
+            dF = stored if stored is not None else data["forces"] - out.forces
+            h = hvp_targets(data["term1"], dF, data["probes"],
                             data["beta"], gamma, batch, n_graphs)
             terms["hvp"] = hvp_loss(project(out.hvp), project(h), batch, n_graphs,
                                     data["probe_scale"])
@@ -125,7 +141,8 @@ class CGTrainingModule(pl.LightningModule):
             hs = full_hessian(self.potential, data["positions"], data["bead_types"],
                               data["batch"], probe_chunk=self.cfg.trainer.hvp_probe_chunk)
             counts = torch.bincount(data["batch"]).tolist()
-            residual = torch.split(data["forces"] - out.forces.detach(), counts)
+            dF = stored if stored is not None else data["forces"] - out.forces.detach()
+            residual = torch.split(dF, counts)
             tg = hessian_targets(data["hessian_blocks"], list(residual), data["beta"], gamma)
             terms["hessian"] = hessian_loss(hs, tg)
             total = total + lc.lambda_hvp * terms["hessian"] / lc.norm("hessian")

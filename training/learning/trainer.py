@@ -43,13 +43,14 @@ from hessid.training.learning.datasets import (
     collate_frames,
     load_protein,
     merge_vocabularies,
-    split_frames,
+    split_items,
     target_normalisations,
 )
 from hessid.training.learning.gate import run_verification_gate
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.module import CGTrainingModule
 from hessid.training.learning.priors import PriorFit
+from hessid.training.learning.residuals import residuals_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,22 @@ class TrainResult:
 
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False,
-          skip_verification: bool | None = None, callbacks: list | None = None) -> TrainResult:
+          skip_verification: bool | None = None, callbacks: list | None = None,
+          frames: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None) -> TrainResult:
     """Train a CG potential (FM / FM+AA / FM+AA+Cov / full Hessian; docs/identities.md §5).
 
     Args:
         config: :class:`TrainConfig`, a dict of its sections, or a YAML path.
         resume: continue from ``<run_dir>/checkpoints/last.ckpt`` (same data order, same
-            result as an uninterrupted run).
+            result as an uninterrupted run; pass the same ``frames``).
         skip_verification: override ``config.skip_verification``.
         callbacks: extra Lightning callbacks.
+        frames: None (split by ``config.data``), or an explicit ``(train_items, val_items)``,
+            lists of ``(dataset index, frame index)`` into ``config.data.datasets`` (the fold
+            runs of :func:`~hessid.training.learning.crossfit.crossfit_residuals`); the prior
+            and the normalisations are then fitted on ``train_items`` and the model's metadata
+            records their frame ids (``train_frame_ids``, ``val_frame_ids``: protein name →
+            list).
 
     Returns:
         :class:`TrainResult`.
@@ -184,7 +192,9 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     Raises:
         VerificationGateError: the gate failed (nothing trained).
         FileNotFoundError: a dataset file, or ``last.ckpt`` with ``resume``, is missing.
-        ValueError: invalid config or data.
+        ValueError: invalid config or data; ``frames`` out of range; with
+            ``loss.residual = "crossfit"``, a residual file that does not match the run's
+            frames, split or data.
     """
     if isinstance(config, (str, Path)):
         config = load_config(config)
@@ -217,17 +227,18 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
 
     need_term1 = cfg.loss.mode == "fm_hvp"
     need_hessian = cfg.loss.mode == "fm_hessian"
-    if cfg.data.val_datasets:  # every frame of the training files trains; the val files validate
-        cfg_all = TrainConfig.from_dict(dict(cfg.to_dict(), data=dict(cfg.to_dict()["data"], split="frames",
-                                                                     val_fraction=0.0, val_datasets=[])))
-        train_items, _ = split_frames(proteins[:n_train_files], cfg_all, need_term1, need_hessian)
-        val_items = [(pi, t) for pi in range(n_train_files, len(proteins)) for t in range(proteins[pi].n_frames)]
-    else:
-        train_items, val_items = split_frames(proteins, cfg, need_term1, need_hessian)
+    if frames is not None:
+        train_items, val_items = _check_frames(proteins, frames)
+    else:  # with data.val_datasets: every frame of the training files trains, the val files validate
+        train_items, val_items = split_items(proteins, n_train_files, cfg, need_term1, need_hessian)
+    residuals = None
+    if cfg.loss.residual == "crossfit":
+        residuals = residuals_for_frames(cfg.loss.residual_file, proteins, train_items, val_items)
+        log.info("Term 2 uses the cross-fitted residuals of %s", cfg.loss.residual_file)
     norms = target_normalisations(
         proteins, train_items, need_term1, need_hessian,
         cov_weight=cfg.loss.cov_weight if cfg.loss.norm_includes_term2 else 0.0,
-        project_bonds=need_term1 and cfg.loss.hvp_project_bonds)
+        project_bonds=need_term1 and cfg.loss.hvp_project_bonds, residuals=residuals)
     for key, value in norms.items():
         if getattr(cfg.loss, key) is None:
             setattr(cfg.loss, key, value)
@@ -253,17 +264,22 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     run_info = {"verification": verification, "proteins": names,
                 "n_train_frames": len(train_items), "n_val_frames": len(val_items),
                 "loss": cfg.loss.to_dict()}
+    if frames is not None:
+        for key, items in (("train_frame_ids", train_items), ("val_frame_ids", val_items)):
+            run_info[key] = {p.name: [int(p.frame_id[t]) for q, t in items if q == pi]
+                             for pi, p in enumerate(proteins)}
     module = CGTrainingModule(potential, cfg, run_info)
     dtype = potential.dtype
 
     def collate(items):
-        return collate_frames(proteins, items, type_maps, dtype, need_term1, need_hessian)
+        return collate_frames(proteins, items, type_maps, dtype, need_term1, need_hessian, residuals)
 
     train_stream = FrameStream(train_items, cfg.data.batch_size, cfg.seed, collate, True, module)
     def collate_val(items):  # validation files carry no curvature targets: FM loss only
-        data = collate_frames(proteins, items, type_maps, dtype, need_term1 and not cfg.data.val_datasets,
-                              need_hessian and not cfg.data.val_datasets)
-        return dict(data, fm_only=True) if cfg.data.val_datasets else data
+        if not cfg.data.val_datasets:
+            return collate(items)
+        data = collate_frames(proteins, items, type_maps, dtype, False, False)
+        return dict(data, fm_only=True)
 
     val_stream = FrameStream(val_items, cfg.data.batch_size, cfg.seed, collate_val, False, module) if val_items else None
 
@@ -310,6 +326,20 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
                        plot=plot, verification=verification, global_step=int(trainer.global_step),
                        best_val_fm=plateau.best_value if plateau is not None and plateau.best_step is not None
                        else best, stopping=plateau.summary() if plateau is not None else None)
+
+
+def _check_frames(proteins, frames) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Explicit ``(train_items, val_items)`` as sorted lists of int pairs, checked in range and
+    disjoint."""
+    train_items, val_items = ([(int(pi), int(t)) for pi, t in part] for part in frames)
+    for pi, t in train_items + val_items:
+        if not (0 <= pi < len(proteins) and 0 <= t < proteins[pi].n_frames):
+            raise ValueError(f"frames: item ({pi}, {t}) is outside the loaded datasets")
+    if set(train_items) & set(val_items):
+        raise ValueError("frames: training and validation items overlap")
+    if not train_items:
+        raise ValueError("frames: no training frames")
+    return sorted(train_items), sorted(val_items)
 
 
 def _add_file_log(path: Path) -> None:
