@@ -64,11 +64,11 @@ MODEL = {
 #: (no counted improvement > 0.5 % for 2000 steps, budget 1.5 × the plateau step), best weights kept
 TRAIN = {
     "full": {"batch_size": 64, "lr": 1e-3, "schedule": "exponential", "gamma_per_1000": 0.8, "weight_decay": 0.0,
-             "grad_clip": 10.0, "lambda_force": 1.0, "lambda_hvp": 1.0, "max_steps": 30_000, "val_every_steps": 500,
-             "plateau_rel_delta": 0.005, "plateau_window_steps": 2000, "plateau_budget_factor": 1.5},
+             "grad_clip": 10.0, "lambda_force": 1.0, "lambda_hvp": 1.0, "max_steps": 20_000, "val_every_steps": 500,
+             "plateau_rel_delta": 0.0, "plateau_window_steps": 2000, "plateau_budget_factor": 1.5},
     "quick": {"batch_size": 16, "lr": 1e-3, "schedule": "exponential", "gamma_per_1000": 0.8, "weight_decay": 0.0,
               "grad_clip": 10.0, "lambda_force": 1.0, "lambda_hvp": 1.0, "max_steps": 40, "val_every_steps": 10,
-              "plateau_rel_delta": 0.005, "plateau_window_steps": 20, "plateau_budget_factor": 1.5},
+              "plateau_rel_delta": 0.0, "plateau_window_steps": 20, "plateau_budget_factor": 1.5},
 }  # fmt: skip
 #: arms: only the loss and the curvature labels differ. HVP arms: FM alone for the first 1000 steps
 #: (the residual dF is model error before that), then γ ramped 0 → 1 over 1000 steps.

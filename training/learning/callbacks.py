@@ -30,12 +30,13 @@ class PlateauStopping(pl.Callback):
     """Stop when ``val/fm`` has plateaued (module docstring) and optionally keep the best weights.
 
     Args:
-        rel_delta: δ ∈ [0, 1), relative improvement that counts (e.g. 0.005 = 0.5 %); 0 = never
-            stop (only track and keep the best weights).
+        rel_delta: δ ∈ [0, 1), relative improvement that counts (e.g. 0.005 = 0.5 %; 0 = any new
+            minimum counts).
         window_steps: optimizer steps without a counted improvement before stopping (≥ 1).
         budget_factor: the stop step is at least this factor × the step of the last counted
             improvement (≥ 1).
         keep_best: restore the weights of the lowest ``val/fm`` in :meth:`on_fit_end`.
+        stop: apply the stopping rule (False: only track the best value and weights).
         monitor: the logged metric (default ``"val/fm"``, (kcal/mol/Å)² per frame, normalised
             as logged).
 
@@ -47,7 +48,7 @@ class PlateauStopping(pl.Callback):
     """
 
     def __init__(self, rel_delta: float, window_steps: int, budget_factor: float = 1.5,
-                 keep_best: bool = True, monitor: str = "val/fm"):
+                 keep_best: bool = True, monitor: str = "val/fm", stop: bool = True):
         if not 0.0 <= float(rel_delta) < 1.0:
             raise ValueError(f"rel_delta must lie in [0, 1), got {rel_delta}")
         if int(window_steps) < 1 or float(budget_factor) < 1.0:
@@ -56,6 +57,7 @@ class PlateauStopping(pl.Callback):
         self.window_steps = int(window_steps)
         self.budget_factor = float(budget_factor)
         self.keep_best = bool(keep_best)
+        self.stop = bool(stop)
         self.monitor = monitor
         self.counted_value = math.inf
         self.counted_step = 0
@@ -74,7 +76,7 @@ class PlateauStopping(pl.Callback):
         self.history.append((int(step), float(value)))
         if math.isfinite(value) and value < (1.0 - self.rel_delta) * self.counted_value:
             self.counted_value, self.counted_step = float(value), int(step)
-        if self.rel_delta > 0 and step - self.counted_step >= self.window_steps and step >= self.budget_factor * self.counted_step:
+        if self.stop and step - self.counted_step >= self.window_steps and step >= self.budget_factor * self.counted_step:
             self.plateau_step, self.stopped_step = self.counted_step, int(step)
             return True
         return False

@@ -273,12 +273,12 @@ class TrainerConfig:
         num_nodes: nodes (DDP when > 1).
         progress_bar: show Lightning's progress bar.
         hvp_probe_chunk: probes per batched double backward (memory bound; None = all k).
-        plateau_rel_delta: plateau stopping on the validation FM loss (0 = off): an improvement
-            counts when the loss falls below (1 − plateau_rel_delta) × the last counted value.
-        plateau_window_steps: stop at the first validation where the last counted improvement
-            is at least this many steps old ...
+        plateau_window_steps: plateau stopping on the validation FM loss (0 = off): stop at the
+            first validation where the last counted improvement is at least this many steps old ...
         plateau_budget_factor: ... and the step is at least this factor × the step of that
             improvement (the "budget 1.5 × the plateau step" rule; docs/training.md).
+        plateau_rel_delta: an improvement counts when the loss falls below (1 − plateau_rel_delta)
+            × the last counted value (0: every new minimum counts).
         keep_best: the saved model holds the weights of the best validation FM loss (not the
             last step's).
     """
@@ -292,16 +292,16 @@ class TrainerConfig:
     num_nodes: int = 1
     progress_bar: bool = True
     hvp_probe_chunk: int | None = None
-    plateau_rel_delta: float = 0.0
-    plateau_window_steps: int = 2000
+    plateau_window_steps: int = 0
     plateau_budget_factor: float = 1.5
+    plateau_rel_delta: float = 0.0
     keep_best: bool = False
 
     def __post_init__(self):
         if not 0.0 <= float(self.plateau_rel_delta) < 1.0:
             raise ValueError(f"trainer.plateau_rel_delta must lie in [0, 1), got {self.plateau_rel_delta}")
-        if int(self.plateau_window_steps) < 1 or float(self.plateau_budget_factor) < 1.0:
-            raise ValueError("trainer.plateau_window_steps must be >= 1 and plateau_budget_factor >= 1, got "
+        if int(self.plateau_window_steps) < 0 or float(self.plateau_budget_factor) < 1.0:
+            raise ValueError("trainer.plateau_window_steps must be >= 0 and plateau_budget_factor >= 1, got "
                              f"{self.plateau_window_steps}, {self.plateau_budget_factor}")
 
 

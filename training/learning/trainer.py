@@ -291,9 +291,9 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         cbs.append(EarlyStopping(monitor="val/fm", patience=tc.early_stopping_patience, mode="min",
                                  check_on_train_epoch_end=False))
     plateau = None
-    if val_stream is not None and (tc.plateau_rel_delta > 0 or tc.keep_best):
-        plateau = PlateauStopping(tc.plateau_rel_delta, tc.plateau_window_steps, tc.plateau_budget_factor,
-                                  keep_best=tc.keep_best)
+    if val_stream is not None and (tc.plateau_window_steps > 0 or tc.keep_best):
+        plateau = PlateauStopping(tc.plateau_rel_delta, max(1, tc.plateau_window_steps), tc.plateau_budget_factor,
+                                  keep_best=tc.keep_best, stop=tc.plateau_window_steps > 0)
         cbs.append(plateau)
     cbs.extend(callbacks or [])
     strategy = "auto"

@@ -53,8 +53,17 @@ def test_plateau_rule_small_improvements_do_not_reset_the_plateau():
     assert cb.stopped_step is None
 
 
+def test_plateau_rule_with_zero_delta_counts_every_new_minimum():
+    vals = [1.0, 0.9, 0.8999, 0.89989] + [0.95] * 10
+    cb = _run_rule(vals, rel_delta=0.0, window_steps=2000, budget_factor=1.5)
+    assert (cb.plateau_step, cb.stopped_step) == (2000, 4000)
+    # negative control: with δ = 0.5 % the two tiny gains do not count
+    cb = _run_rule(vals, rel_delta=0.005, window_steps=2000, budget_factor=1.5)
+    assert (cb.plateau_step, cb.stopped_step) == (1000, 3000)
+
+
 def test_plateau_rule_off_never_stops_and_rejects_bad_parameters():
-    assert _run_rule([1.0] * 50, rel_delta=0.0, window_steps=1).stopped_step is None
+    assert _run_rule([1.0] * 50, rel_delta=0.0, window_steps=1, stop=False).stopped_step is None
     for kw in ({"rel_delta": 1.0, "window_steps": 1}, {"rel_delta": 0.1, "window_steps": 0},
                {"rel_delta": 0.1, "window_steps": 1, "budget_factor": 0.5}):
         with pytest.raises(ValueError):
