@@ -524,7 +524,8 @@ def fd_beta_derivative(fn: Callable[[float], torch.Tensor], beta: float, n: int 
         tensor of fn's shape, fn's unit per (mol/kcal)^n.
 
     Raises:
-        ValueError: n not 1 or 2, beta not positive, or rel_step outside (0, 1/3).
+        ValueError: n not 1 or 2, beta not positive, rel_step outside (0, 1/3), or fn returns
+            a tensor that is not float64.
     """
     b = _check_beta(beta)
     if n not in (1, 2):
@@ -532,7 +533,13 @@ def fd_beta_derivative(fn: Callable[[float], torch.Tensor], beta: float, n: int 
     if not 0 < rel_step < 1.0 / 3.0:
         raise ValueError(f"rel_step must lie in (0, 1/3), got {rel_step!r}")
     h = rel_step * b
-    vals = {k: torch.as_tensor(fn(b + k * h), dtype=torch.float64) for k in range(-3, 4)}
+    vals = {}
+    for k in range(-3, 4):
+        v = fn(b + k * h)
+        if isinstance(v, torch.Tensor) and v.dtype != torch.float64:
+            raise ValueError(f"fn must return float64 (a {v.dtype} value would swamp the finite "
+                             "difference with its rounding)")
+        vals[k] = torch.as_tensor(v, dtype=torch.float64)
     if n == 1:
         return sum(c * (vals[k] - vals[-k]) for c, k in zip(_FD6_FIRST, (1, 2, 3), strict=True)) / h
     return (_FD6_SECOND[0] * vals[0] + sum(c * (vals[k] + vals[-k])
