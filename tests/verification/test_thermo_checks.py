@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import hessid.thermo as thermo
 import hessid.verification.cli as verify_cli
 from hessid.cli import main
-from hessid.quadrature import QuadratureSystem
+from hessid.quadrature import QuadratureSystem, builtin_systems
 from hessid.thermo_toys import t2_double_well
 from hessid.units import beta as beta_of
 from hessid.verification.thermo_checks import check_thermo_system, run_thermo_builtin_checks
@@ -116,6 +116,13 @@ def test_thermal_relations_hold_on_random_anharmonic_systems(coef, mixed, T):
     rows = check_thermo_system(system)
     assert all(r.passed for r in rows), [(r.quantity, r.max_rel_error, r.detail) for r in rows if not r.passed]
     assert any(r.negative_control for r in rows)
+
+
+def test_nonlinear_maps_get_r2_r3_and_no_projector_rows():
+    system = next(s for s in builtin_systems() if "radius" in s.name)
+    rows = check_thermo_system(system, betas=[beta_of(250.0), beta_of(400.0)])
+    assert rows and all(r.passed for r in rows)
+    assert {r.map for r in rows} == {"beta"} and any(r.quantity.startswith("R3") for r in rows)
 
 
 # ------------------------------------------------------------------------ user files
