@@ -11,6 +11,8 @@ Core modules (torch, numpy, scipy only):
 - :mod:`hessid.optimal_projector` — variance-minimising force projector Q* (docs/variance_reduction.md)
 - :mod:`hessid.toy`        — systems with exact answers and a quadrature engine
   (docs/identities.md §7)
+- :mod:`hessid.thermo`     — temperature/parameter derivatives of A from conditional samples
+  (docs/thermo.md (R1)–(R8)); :mod:`hessid.thermo_toys` — toys T1–T3 (docs/thermo.md §6)
 
 :mod:`hessid.cli` is the ``hessid`` command line (jsonargparse); it imports a command's module
 only when that command runs.

@@ -138,6 +138,20 @@ def _parse_bounds(fiber_bounds) -> list[tuple[float, float, bool]]:
     return out
 
 
+def _parse_betas(betas) -> list[float]:
+    if betas is None:
+        return []
+    out = [float(b) for b in np.asarray(betas, dtype=np.float64).reshape(-1)]
+    for b in out:
+        if not (math.isfinite(b) and b > 0):
+            raise ValueError(f"betas must be positive and finite (mol/kcal), got {b!r}")
+        if b > 50.0:
+            raise ValueError(f"betas are 1/(k_B T) in mol/kcal; {b!r} (T = "
+                             f"{1.0 / (0.0019872041 * b):.3g} K) looks like a temperature in K "
+                             "passed as beta")
+    return out
+
+
 def potential_forces(potential: Callable, r: torch.Tensor) -> torch.Tensor:
     """AA forces f = −∇H by autograd (docs/identities.md §0).
 
@@ -193,9 +207,14 @@ class QuadratureSystem:
         masses: optional per-coordinate masses (D,), amu; the nonlinear identities are then
             also checked with the inverse-mass metric G = (J W Jᵀ)⁻¹ J W, W = diag(1/m).
         zero_modes: optional CG vectors t (k, d) with 𝓗 t = 0 (e.g. translations).
+        betas: optional inverse temperatures (list, mol/kcal) at which ``hessid verify`` also
+            checks the temperature relations of docs/thermo.md (R2, R3, R6).
+        exact_mean_energy: optional closed form ``(R (B, d), beta) → ⟨U⟩_R (B,)`` kcal/mol,
+            checked against the quadrature at every point and β in ``betas``.
 
     Raises:
-        ValueError: malformed bounds, points or projector shapes.
+        ValueError: malformed bounds, points or projector shapes; ``betas`` not positive and
+            finite, or above 50 mol/kcal (T < 10 K: a temperature in K passed as β).
     """
 
     def __init__(
@@ -214,6 +233,8 @@ class QuadratureSystem:
         fd_step: float = 1e-2,
         masses=None,
         zero_modes=None,
+        betas=None,
+        exact_mean_energy: Callable | None = None,
     ) -> None:
         self.potential = potential
         self.cg_map = cg_map
@@ -248,6 +269,8 @@ class QuadratureSystem:
         if self.masses is not None and self.masses.shape[0] != self.D:
             raise ValueError(f"masses must have D = {self.D} entries, got {self.masses.shape[0]}")
         self.zero_modes = None if zero_modes is None else _as_tensor(zero_modes).reshape(-1, self.d)
+        self.betas = _parse_betas(betas)
+        self.closed_form_mean_energy = exact_mean_energy
 
     # -- quadrature ---------------------------------------------------------------------
     def nodes(self, n_nodes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,6 +294,28 @@ class QuadratureSystem:
 
         R (B, d) → r (B, S, D), log_w (B, S) = ln w_q − βH(r) + ln|det ∂r/∂(R, s)|.
         """
+        r, log_measure, energy = self.fiber_log_measure(R, n_nodes, jacobian)
+        return r, log_measure - self.beta * energy
+
+    def fiber_log_measure(self, R, n_nodes: int | None = None, jacobian: bool = True):
+        """The β-independent parts of the quadrature of Z(R, β) (docs/identities.md, eq. (9.1)).
+
+        ``ln Z(R, β) = logsumexp_s(log_measure − β·energy)`` for *any* β, so one fiber
+        evaluation serves every temperature (docs/thermo.md §5).
+
+        Args:
+            R: CG points, (B, d) (or (d,)), Å.
+            n_nodes: nodes per fiber coordinate (default ``self.n_nodes``).
+            jacobian: include ln|det ∂r/∂(R, s)| (False only for negative controls).
+
+        Returns:
+            r (B, S, D) Å, log_measure (B, S) = ln w_q + ln|det ∂r/∂(R, s)|, energy (B, S)
+            kcal/mol = H(r); float64, detached.
+
+        Raises:
+            ValueError: fiber(R, s) returns the wrong shape.
+        """
+        R = _as_tensor(R).reshape(-1, self.d)
         s, wq = self.nodes(n_nodes)
         B, S = R.shape[0], s.shape[0]
         Rb = R[:, None, :].expand(B, S, self.d).reshape(B * S, self.d)
@@ -288,7 +333,7 @@ class QuadratureSystem:
         r = r.detach()
         with torch.no_grad():
             energy = self.potential(r).reshape(B, S)
-        return r.reshape(B, S, self.D), log_w - self.beta * energy
+        return r.reshape(B, S, self.D), log_w, energy
 
     def conditional_samples(self, R, n_nodes: int | None = None, jacobian: bool = True):
         """Weighted nodes representing the constrained Boltzmann measure at R

@@ -31,6 +31,7 @@ from hessid.cli.options import (
 from hessid.verification.checks import run_builtin_checks
 from hessid.verification.elastic import check_structure_file
 from hessid.verification.results import all_passed, format_table, timed, write_json
+from hessid.verification.thermo_checks import run_thermo_builtin_checks
 from hessid.verification.user_system import verify_user_system
 
 __all__ = ["VerifyOptions", "build_parser", "run", "verify_all"]
@@ -64,8 +65,9 @@ class VerifyOptions:
 
 def verify_all():
     """Every built-in check (``hessid verify --all``); see
-    :func:`hessid.verification.checks.run_builtin_checks`."""
-    return run_builtin_checks()
+    :func:`hessid.verification.checks.run_builtin_checks` and
+    :func:`hessid.verification.thermo_checks.run_thermo_builtin_checks` (T1–T3)."""
+    return run_builtin_checks() + run_thermo_builtin_checks()
 
 
 def build_parser(prog: str = "hessid verify") -> ArgumentParser:

@@ -15,6 +15,10 @@ Optional: ``projector`` (d, D) for a linear map (the linear identity is then che
 it; a dict ``{name: P}`` checks several), ``exact_hessian(R)`` (d,) → (d, d) kcal/mol/Å²
 (a closed form that replaces the finite-difference Hessian), ``name``, ``masses`` (D,) (adds
 the inverse-mass G), ``zero_modes`` (k, d), ``n_nodes``, ``fd_step`` (Å).
+
+Temperature (docs/thermo.md §5): ``betas`` (list, mol/kcal) adds the checks of
+:func:`hessid.verification.thermo_checks.check_thermo_system` at every point and β;
+``exact_mean_energy(R, beta)`` (R (B, d) → (B,) kcal/mol) is then checked too.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from pathlib import Path
 from hessid.quadrature import QuadratureSystem
 from hessid.verification.checks import check_quadrature_system
 from hessid.verification.results import CheckResult
+from hessid.verification.thermo_checks import check_thermo_system
 
 __all__ = ["REQUIRED", "OPTIONAL", "load_user_system", "verify_user_system"]
 
 REQUIRED = ("beta", "potential", "cg_map", "fiber", "fiber_bounds", "points")
-OPTIONAL = ("projector", "exact_hessian", "name", "masses", "zero_modes", "n_nodes", "fd_step")
+OPTIONAL = ("projector", "exact_hessian", "name", "masses", "zero_modes", "n_nodes", "fd_step",
+            "betas", "exact_mean_energy")
 
 
 def load_user_system(path, validate: bool = True) -> QuadratureSystem:
@@ -80,9 +86,10 @@ def verify_user_system(path) -> list[CheckResult]:
     Returns:
         list of CheckResult (mean force and Hessian per form and metric, symmetry, the linear
         identity for a given projector, the claimed exact Hessian against the FD of the
-        quadrature A, and negative controls).
+        quadrature A, negative controls, and with ``betas`` the temperature relations).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`load_user_system`.
     """
-    return check_quadrature_system(load_user_system(path))
+    system = load_user_system(path)
+    return check_quadrature_system(system) + check_thermo_system(system)
