@@ -5,7 +5,7 @@ bonds, :func:`hbond_pairs` lists OpenMM's HBond-constrained atom pairs, and :fun
 applies a :class:`hessid.maps.LinearMap` to every frame of a dataset file and writes ``cg/``
 (layout: :mod:`hessid.training.data.schema`).
 
-Force projectors (``write_cg(projector=...)``, docs/data.md "Force projectors"):
+Force projectors (``write_cg(projector=...)``; docs/variance_reduction.md §2.6):
 ``"constraint-aware"`` (default; the map's projector aggregated over HBond groups),
 ``"optimal"`` (the variance-minimising ``Q*`` of :func:`hessid.optimal_projector.optimal_projector`,
 fitted by :func:`fit_optimal_projector` on held-out frames, docs/variance_reduction.md §2), or
