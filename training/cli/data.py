@@ -31,11 +31,13 @@ from hessid.training.data.aa_md import MDConfig, simulate
 from hessid.training.data.cg_map import (
     PROJECTOR_KINDS,
     OptimalFit,
+    ca_map,
     load_projector,
     write_cg,
 )
 from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
 from hessid.training.data.io import dataset_path, validate_dataset
+from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import build_structure
 
 __all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "map_projector_arguments",
@@ -163,15 +165,17 @@ def parse_neighbours(text) -> int | None:
     return k
 
 
-def map_projector_arguments(opts: MapOptions) -> dict:
+def map_projector_arguments(opts: MapOptions, path: Path) -> dict:
     """The projector keyword arguments of :func:`~hessid.training.data.cg_map.write_cg` for
-    ``hessid data map`` options. A --projector-from matrix is checked by ``write_cg``
-    (``Q Sᵀ = I`` for this dataset's map, equal columns within its rigid groups).
+    ``hessid data map`` options for the mapped dataset ``path``. A --projector-from matrix must
+    come from a file mapped with the same (Cα) weights; ``write_cg`` checks it further
+    (``Q Sᵀ = I``, equal columns within this dataset's rigid groups).
 
     Raises:
         ValueError: unknown --projector, fit options without ``--projector optimal``, or
             --projector-from combined with a fit (one line naming the arguments).
-        DatasetError: the --projector-from file is missing or not mapped.
+        DatasetError: the --projector-from file is missing, not mapped, or mapped with other
+            weights.
     """
     if opts.projector not in PROJECTOR_KINDS:
         raise ValueError(f"--projector={opts.projector!r}: expected one of {', '.join(PROJECTOR_KINDS)}")
@@ -183,7 +187,9 @@ def map_projector_arguments(opts: MapOptions) -> dict:
         if opts.projector != "constraint-aware" or fit_given:
             raise ValueError("--projector-from FILE applies a stored projector: it takes no "
                              f"--projector optimal or fit options ({', '.join(fit_given) or '--projector'})")  # fmt: skip
-        q, prov = load_projector(dataset_path(opts.projector_from, opts.root), weights=None)
+        with open_dataset(path) as ds:
+            weights = ca_map(ds.topology())[0].weights.numpy()
+        q, prov = load_projector(dataset_path(opts.projector_from, opts.root), weights=weights)
         return {"projector": q, "projector_provenance": prov}
     if opts.projector != "optimal":
         if fit_given:
@@ -323,7 +329,7 @@ def _map(cfg: Namespace, prog: str) -> None:
     opts = dataclass_from(MapOptions, cfg)
     t0 = time.perf_counter()
     path = dataset_path(opts.name, opts.root)
-    kwargs = map_projector_arguments(opts)
+    kwargs = map_projector_arguments(opts, path)
     cg = write_cg(path, overwrite=cfg.overwrite, **kwargs)
     save_config(_map_parser(prog), cfg, path.parent, "data map")
     kind = kwargs["projector_provenance"]["kind"] if "projector_provenance" in kwargs else opts.projector

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ __all__ = [
     "neighbour_mask", "parse_frames", "projector_sha256", "write_cg",
 ]  # fmt: skip
 
+log = logging.getLogger(__name__)
+
 #: projector kinds ``write_cg(projector=...)`` fits itself (an (n, N) matrix is also accepted)
 PROJECTOR_KINDS = ("constraint-aware", "optimal")
 #: on cg/: "constraint-aware" | "map" (the map's own projector) | "optimal" | "given"
@@ -61,6 +64,10 @@ ATTR_PROJECTOR_KIND = "projector_kind"
 ATTR_PROJECTOR_PROVENANCE = "projector_provenance"
 #: fraction of the mapped dataset's frames (its tail) that Q* is fitted on by default
 DEFAULT_HELD_OUT_FRACTION = 0.2
+#: below this many fit samples (frames × 3 components) per free coefficient of a bead, the fit
+#: warns that Q* will fit the noise of its frames (chignolin, 60 frames, ~70 coefficients: the
+#: held-out objective doubles against in-sample; docs/benchmarks/optimal_projector.md)
+MIN_SAMPLES_PER_COEFFICIENT = 10.0
 #: unit of the stored objectives E‖Q f‖² (per frame, summed over beads and components)
 OBJECTIVE_UNIT = "(kcal/mol/angstrom)**2 per frame"
 
@@ -395,6 +402,15 @@ def fit_optimal_projector(
     j_ref = projected_force_second_moment(Q_ref, C)
     j_opt = projected_force_second_moment(Q, C)
     labels = rigid_group_labels(S.shape[1], constrained_pairs=pairs)
+    allowed = np.ones(S.shape, dtype=bool) if mask is None else mask
+    n_free = max(len(np.unique(labels[allowed[i]])) - int((S[:, allowed[i]] != 0).any(axis=1).sum())
+                 for i in range(S.shape[0]))  # groups allowed minus the beads they carry
+    samples_per_coef = 3 * rows.size / max(n_free, 1)
+    if samples_per_coef < MIN_SAMPLES_PER_COEFFICIENT:
+        log.warning("%s: Q* has up to %d free coefficients per bead but only %d fit frames × 3 "
+                    "components: it will fit their noise (held-out variance larger than "
+                    "in-sample); use more frames, --neighbours or a larger --ridge",
+                    path, n_free, rows.size)  # fmt: skip
     prov = {
         "kind": "optimal", "fit_dataset": str(path.resolve()),
         "fit_forcefield_hash": None if fhash is None else str(fhash),
@@ -404,6 +420,7 @@ def fit_optimal_projector(
         "mask": "all atoms" if mask is None else f"atoms of the same chain within {int(neighbours)} residue(s) of the bead's residues",
         "rigid_groups": "HBonds" if pairs is not None else "none",
         "n_rigid_groups": int((np.bincount(labels) > 1).sum()),
+        "max_free_coefficients_per_bead": int(n_free), "fit_samples_per_coefficient": float(samples_per_coef),
         "reference_kind": ref_kind, "objective_unit": OBJECTIVE_UNIT,
         "objective_reference": float(j_ref.sum()), "objective_optimal": float(j_opt.sum()),
         "objective_reference_per_bead": [float(x) for x in j_ref],
