@@ -35,6 +35,7 @@ from hessid.quadrature import (
     potential_hessians,
 )
 from hessid.verification.elastic import check_structure_file, gaussian_identity
+from hessid.verification.projector_checks import run_projector_checks
 from hessid.verification.results import (
     CLOSED_FORM_TOL,
     DETECTION_THRESHOLD,
@@ -337,8 +338,9 @@ def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[Ch
 
 def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
     """Every built-in check: the quadrature systems of docs/identities.md §7.5, the Gaussian closed
-    form and the elastic network of the shipped villin structure (Cα map; residue COM map with the
-    min-norm and bead-sum projectors).
+    form, the elastic network of the shipped villin structure (Cα map; residue COM map with the
+    min-norm and bead-sum projectors) and the variance-minimising projector Q*
+    (:func:`hessid.verification.projector_checks.run_projector_checks`).
 
     Returns:
         list of CheckResult; the suite passes when every row passed.
@@ -352,4 +354,5 @@ def run_builtin_checks(include_elastic: bool = True) -> list[CheckResult]:
             results.extend(check_structure_file(None, "ca", "min_norm"))
             results.extend(check_structure_file(None, "com", "min_norm"))
             results.extend(check_structure_file(None, "com", "bead_sum"))
+        results.extend(run_projector_checks(include_elastic))
     return results

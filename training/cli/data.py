@@ -26,13 +26,22 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.optimal_projector import DEFAULT_RIDGE
 from hessid.training.data.aa_md import MDConfig, simulate
-from hessid.training.data.cg_map import write_cg
+from hessid.training.data.cg_map import (
+    PROJECTOR_KINDS,
+    OptimalFit,
+    ca_map,
+    load_projector,
+    write_cg,
+)
 from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
 from hessid.training.data.io import dataset_path, validate_dataset
+from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import build_structure
 
-__all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "run"]
+__all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "map_projector_arguments",
+           "parse_neighbours", "run"]
 
 #: --root: the folder holding NAME/ (same help everywhere)
 ROOT_HELP = "folder holding the dataset folders NAME/ (default: the working directory)"
@@ -108,14 +117,91 @@ class MapOptions:
 
     Attributes:
         name: dataset name or path.
+        projector: force projector: ``constraint-aware`` (the map's projector, summed over
+            HBond-rigid groups) or ``optimal`` (the variance-minimising Q*, fitted on held-out
+            frames; docs/variance_reduction.md §2).
         constraint_aware: on HBond-constrained data, let the projector also sum the forces of
             H atoms rigidly bonded to a Cα (--no-constraint-aware: the plain Cα projector).
+            Constraint-aware kind only.
+        projector_from: use the projector stored in this mapped dataset (e.g. one Q* shared by
+            several runs) instead of fitting one; its map must be the same.
+        fit_dataset: with --projector optimal: fit Q* on this dataset (name or path; same
+            atoms) instead of the mapped one, e.g. a held-out run.
+        fit_frames: with --projector optimal: fit frames, ``all``, ``START:STOP[:STEP]`` or
+            ``i,j,k`` (default: all frames of --fit-dataset, else the last 20 % of the mapped
+            dataset, which should then not be trained on).
+        neighbours: with --projector optimal: each bead may use the atoms of its residue and of
+            K residues on either side (``all``: every atom).
+        ridge: with --projector optimal: ridge relative to the mean force second moment.
         root: folder holding NAME/.
     """
 
     name: str
+    projector: str = "constraint-aware"
     constraint_aware: bool = signature_default(write_cg, "constraint_aware")
+    projector_from: str | None = None
+    fit_dataset: str | None = None
+    fit_frames: str | None = None
+    neighbours: str = "all"
+    ridge: float = DEFAULT_RIDGE
     root: str = "."
+
+
+def parse_neighbours(text) -> int | None:
+    """``--neighbours``: ``all``/``none`` → None (every atom), else a non-negative integer.
+
+    Raises:
+        ValueError: anything else (one line naming the argument).
+    """
+    t = str(text).strip().lower()
+    if t in ("all", "none"):
+        return None
+    try:
+        k = int(t)
+    except ValueError:
+        k = -1
+    if k < 0 or str(k) != t.lstrip("+"):
+        raise ValueError(f"--neighbours={text!r}: expected a non-negative integer or 'all'")
+    return k
+
+
+def map_projector_arguments(opts: MapOptions, path: Path) -> dict:
+    """The projector keyword arguments of :func:`~hessid.training.data.cg_map.write_cg` for
+    ``hessid data map`` options for the mapped dataset ``path``. A --projector-from matrix must
+    come from a file mapped with the same (Cα) weights; ``write_cg`` checks it further
+    (``Q Sᵀ = I``, equal columns within this dataset's rigid groups).
+
+    Raises:
+        ValueError: unknown --projector, fit options without ``--projector optimal``, or
+            --projector-from combined with a fit (one line naming the arguments).
+        DatasetError: the --projector-from file is missing, not mapped, or mapped with other
+            weights.
+    """
+    if opts.projector not in PROJECTOR_KINDS:
+        raise ValueError(f"--projector={opts.projector!r}: expected one of {', '.join(PROJECTOR_KINDS)}")
+    fit_given = [f"--{k.replace('_', '-')}" for k, default in
+                 (("fit_dataset", None), ("fit_frames", None), ("neighbours", "all"), ("ridge", DEFAULT_RIDGE))
+                 if getattr(opts, k) != default]  # fmt: skip
+    neighbours = parse_neighbours(opts.neighbours)
+    if opts.projector_from is not None:
+        if opts.projector != "constraint-aware" or fit_given:
+            raise ValueError("--projector-from FILE applies a stored projector: it takes no "
+                             f"--projector optimal or fit options ({', '.join(fit_given) or '--projector'})")  # fmt: skip
+        with open_dataset(path) as ds:
+            weights = ca_map(ds.topology())[0].weights.numpy()
+        q, prov = load_projector(dataset_path(opts.projector_from, opts.root), weights=weights)
+        return {"projector": q, "projector_provenance": prov}
+    if opts.projector != "optimal":
+        if fit_given:
+            raise ValueError(f"{', '.join(fit_given)} only with --projector optimal")
+        return {"projector": opts.projector, "constraint_aware": opts.constraint_aware}
+    if not opts.constraint_aware:
+        raise ValueError("--no-constraint-aware only with --projector constraint-aware "
+                         "(Q* always keeps HBond groups rigid)")  # fmt: skip
+    fit_dataset = None if opts.fit_dataset is None else dataset_path(opts.fit_dataset, opts.root)
+    return {"projector": "optimal",
+            "optimal": OptimalFit(dataset=fit_dataset, frames=opts.fit_frames,
+                                  neighbours=neighbours, ridge=float(opts.ridge))}  # fmt: skip
 
 
 def _done(message: str, t0: float) -> None:
@@ -151,7 +237,9 @@ def _import_parser(prog: str) -> ArgumentParser:
 
 
 def _map_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(prog, "Apply the Cα map: cg/coordinates, cg/forces = P f, bead types.")
+    parser = new_parser(prog, "Apply the Cα map: cg/coordinates, cg/forces = P f, bead types "
+                              "(P: constraint-aware, the variance-minimising Q*, or one stored "
+                              "in another file).")
     add_dataclass(parser, MapOptions, positional=["name"])
     add_run_flags(parser, overwrite="replace cg/ (drops its targets)")
     return parser
@@ -241,9 +329,11 @@ def _map(cfg: Namespace, prog: str) -> None:
     opts = dataclass_from(MapOptions, cfg)
     t0 = time.perf_counter()
     path = dataset_path(opts.name, opts.root)
-    cg = write_cg(path, overwrite=cfg.overwrite, constraint_aware=opts.constraint_aware)
+    kwargs = map_projector_arguments(opts, path)
+    cg = write_cg(path, overwrite=cfg.overwrite, **kwargs)
     save_config(_map_parser(prog), cfg, path.parent, "data map")
-    _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads)", t0)
+    kind = kwargs["projector_provenance"]["kind"] if "projector_provenance" in kwargs else opts.projector
+    _done(f"wrote {path}:cg/ ({cg.weights.shape[0]} beads, {kind} projector)", t0)
 
 
 def _validate(cfg: Namespace, prog: str) -> None:
