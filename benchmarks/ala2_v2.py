@@ -30,7 +30,7 @@ SPLIT = {
     "full": {"held_out_run": 3, "val_every": 12, "n_val": 2000, "n_test_per_basin": 50, "test_spacing_ps": 50.0,
              "qfit_every": 4},
     "quick": {"held_out_run": 1, "val_every": 4, "n_val": 40, "n_test_per_basin": 2, "test_spacing_ps": 2.0,
-              "qfit_every": 2},
+              "qfit_every": 2, "allow_fill": True},
 }  # fmt: skip
 SUBSET_SEEDS = {"full": [0, 1], "quick": [0]}
 INIT_SEEDS = {"full": [0, 1], "quick": [0, 1]}
@@ -47,7 +47,7 @@ TEST_LABELS = {
     "quick": {"samples": 10, "stride": 5, "timestep": 2.0, "equilibration_steps": 50, "n_blocks": 2, "seed": 31},
 }  # fmt: skip
 TRAIN_LABELS = {
-    "full": {"samples": 20, "stride": 50, "timestep": 2.0, "equilibration_steps": 500, "n_blocks": 4, "seed": 41},
+    "full": {"samples": 20, "stride": 50, "timestep": 2.0, "equilibration_steps": 500, "n_blocks": 2, "seed": 41},
     "quick": {"samples": 4, "stride": 5, "timestep": 2.0, "equilibration_steps": 200, "n_blocks": 2, "seed": 41},
 }  # fmt: skip
 TARGETS = {"k": 4, "probe_kind": "gaussian", "probe_seed": 1234}
@@ -101,7 +101,8 @@ GATE = {
     "full": {"md_size": 16_000, "delta_g_tolerance": 0.2, "improve_from": 250, "improve_to": 4000, "enforce": True},
     "quick": {"md_size": 160, "delta_g_tolerance": 0.2, "improve_from": 40, "improve_to": 160, "enforce": False},
 }  # fmt: skip
-EVAL = {"n_soft": 11}
+#: metric 2 on the 11 softest label modes; bootstrap resamples of the data multiplier
+EVAL = {"full": {"n_soft": 11, "n_boot": 10_000}, "quick": {"n_soft": 11, "n_boot": 200}}
 
 
 def settings(mode: str) -> dict:
@@ -112,7 +113,7 @@ def settings(mode: str) -> dict:
             "init_seeds": INIT_SEEDS[mode], "pool_seed": POOL_SEED, "fm_sizes": FM_SIZES[mode],
             "arm_sizes": ARM_SIZES[mode], "test_labels": TEST_LABELS[mode], "train_labels": TRAIN_LABELS[mode],
             "targets": TARGETS, "qstar": QSTAR, "model": MODEL[mode], "train": TRAIN[mode], "arms": arms(mode),
-            "cgmd": CGMD[mode], "gate": GATE[mode], "eval": EVAL}  # fmt: skip
+            "cgmd": CGMD[mode], "gate": GATE[mode], "eval": EVAL[mode]}  # fmt: skip
 
 
 def main(argv=None) -> dict:

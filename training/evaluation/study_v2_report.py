@@ -377,6 +377,7 @@ def _plot_learning_curves(path: Path, cells, fm_cells, others, conf) -> Path:
             ax.errorbar([n * shift for n in ns], [m for m, _ in mc], yerr=[e for _, e in mc], fmt="o", capsize=3,
                         color=f"C{i}", label=a, zorder=4)
         ax.set_xscale("log")
+        ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)  # also when a metric is NaN everywhere (no MD)
         ax.set_xlabel("training frames N")
         ax.set_title(title + (f" ({unit})" if unit else ""), fontsize=11)
     axes[0].legend(fontsize=8)

@@ -105,7 +105,7 @@ def stage_reference_v2(out: Path, s: dict, jobs: int) -> dict:
 
 
 def choose_test_configurations(angles: np.ndarray, excluded: np.ndarray, n_per_basin: int,
-                               spacing_frames: int) -> np.ndarray:
+                               spacing_frames: int, allow_fill: bool = False) -> np.ndarray:
     """Test configurations of the held-out run: ``n_per_basin`` in αR and in β/PII, pairwise at
     least ``spacing_frames`` apart in time, none in ``excluded``.
 
@@ -116,6 +116,8 @@ def choose_test_configurations(angles: np.ndarray, excluded: np.ndarray, n_per_b
         angles: (T, 2) φ, ψ radians of the held-out run's frames (time order).
         excluded: (T,) bool, frames that may not be chosen (validation frames).
         n_per_basin: configurations per basin.  spacing_frames: minimum index distance.
+        allow_fill: a basin short of frames is filled from any frame (the miniature's short
+            reference may never visit αR); off in the study.
 
     Returns:
         (2 · n_per_basin,) int64 frame indices, sorted.
@@ -128,6 +130,12 @@ def choose_test_configurations(angles: np.ndarray, excluded: np.ndarray, n_per_b
     for b in (ala2.BASINS.index("alpha_R"), ala2.BASINS.index("beta_PII")):
         got = 0
         for t in np.flatnonzero((labels == b) & ~excluded):
+            if got == n_per_basin:
+                break
+            if all(abs(int(t) - c) >= spacing_frames for c in chosen):
+                chosen.append(int(t))
+                got += 1
+        for t in np.flatnonzero(~excluded) if allow_fill and got < n_per_basin else []:
             if got == n_per_basin:
                 break
             if all(abs(int(t) - c) >= spacing_frames for c in chosen):
@@ -158,7 +166,8 @@ def stage_split(out: Path, s: dict, ref: dict) -> dict:
     is_val = np.zeros(n_held, bool)
     is_val[val_idx] = True
     spacing = int(math.ceil(sp["test_spacing_ps"] / dt))
-    test_idx = choose_test_configurations(angles, is_val, sp["n_test_per_basin"], spacing)
+    test_idx = choose_test_configurations(angles, is_val, sp["n_test_per_basin"], spacing,
+                                          allow_fill=sp.get("allow_fill", False))
     is_test = np.zeros(n_held, bool)
     is_test[test_idx] = True
     qfit_idx = np.flatnonzero(~is_test)[:: sp["qfit_every"]]

@@ -51,13 +51,21 @@ def model_forces_hessians(model_path: str | Path, cg: np.ndarray) -> tuple[np.nd
     return forces, ala2.model_hessians(pot, x)
 
 
-def start_frames(angles: np.ndarray, n_per_basin: int, seed: int) -> np.ndarray:
-    """``n_per_basin`` αR then ``n_per_basin`` β/PII frame indices drawn (seeded) from ``angles``."""
+def start_frames(angles: np.ndarray, n_per_basin: int, seed: int, allow_fill: bool = False) -> np.ndarray:
+    """``n_per_basin`` αR then ``n_per_basin`` β/PII frame indices drawn (seeded) from ``angles``;
+    with ``allow_fill`` a basin without enough frames is drawn from all frames (the miniature).
+
+    Raises:
+        ValueError: a basin has fewer than ``n_per_basin`` frames and not ``allow_fill``."""
     rng = np.random.default_rng([seed, 77])
     labels = ala2.assign_basins(angles)
     out = []
     for b in ("alpha_R", "beta_PII"):
         idx = np.flatnonzero(labels == ala2.BASINS.index(b))
+        if len(idx) < n_per_basin:
+            if not allow_fill:
+                raise ValueError(f"{len(idx)} {b} frames for {n_per_basin} CG MD starts")
+            idx = np.arange(len(angles))
         out.append(rng.choice(idx, n_per_basin, replace=False))
     return np.concatenate(out)
 

@@ -143,7 +143,7 @@ def _md_work(out: Path, s: dict, split: dict, runs: list[dict], cgmd: dict) -> l
     for r in runs:
         rep = tuple(r["rep"])
         seed = 1000 * rep[0] + rep[1]
-        idx = start_frames(angles, cgmd["n_replicas"] // 2, seed)
+        idx = start_frames(angles, cgmd["n_replicas"] // 2, seed, allow_fill=s["split"].get("allow_fill", False))
         work.append({"out": str(out / "cgmd" / r["name"]), "model": str(out / r["model"]), "root": str(out),
                      "starts": cg[idx].tolist(), "seed": seed, "cgmd": cgmd, "name": r["name"]})
     return work
@@ -232,12 +232,35 @@ def stage_gate(out: Path, s: dict, gate: dict, labels: dict, ref_md: dict) -> di
 
     res = gate_verdict(list(at(g["md_size"], "dg_error").values()), at(g["improve_from"], "force_error"),
                        at(g["improve_to"], "force_error"), tolerance=g["delta_g_tolerance"])
-    log(f"gate {'passed' if res.passed else 'failed'}: {res.reason}")
+    log(res.reason)
     d = res.force_diff
     return {"passed": res.passed, "reason": res.reason, "delta_g_ok": res.dg_ok, "mean_delta_g_error": res.dg_mean,
             "improvement_ok": res.force_ok,
             "improvement": {"mean": d.mean, "low": d.low, "high": d.high, "p": d.p_value, "sd": d.sd},
             "rows": rows}  # fmt: skip
+
+
+def report_settings(s: dict, label_errors: dict | None = None) -> dict:
+    """The study's settings in the terms of :func:`write_ala2_v2_results` (family, gate, mode)."""
+    g = s["gate"]
+    family = [a for a, v in s["arms"].items() if a != "FM" and v.get("enabled", True) and not v.get("ablation")]
+    out = {"family_arms": family, "family_sizes": list(s["arm_sizes"]), "gate_dg_size": g["md_size"],
+           "gate_force_sizes": (g["improve_from"], g["improve_to"]), "gate_dg_tolerance": g["delta_g_tolerance"],
+           "mode": s["mode"], "n_boot": s["eval"].get("n_boot", 10_000)}  # fmt: skip
+    if label_errors:
+        out["label_errors"] = label_errors
+    return out
+
+
+def stage_report(out: Path, s: dict, rows: list[dict], tlab: dict, ref_md: dict, results_md: Path) -> dict:
+    """The results fragment and figures (rewritten on every call), with the test labels' own errors."""
+    lab = read_labels(out / tlab["path"])
+    errors = {"force_noise_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force_sem**2, axis=(1, 2))) / 5)),
+              "force_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force**2, axis=(1, 2))) / 5))}
+    res = write_ala2_v2_results(rows, report_settings(s, errors), results_md, results_md.parent / "ala2_v2")
+    return {"fragment": res["fragment"], "plots": res["plots"],
+            "gate": {"passed": res["gate"].passed, "reason": res["gate"].reason},
+            "verdicts": {a: {"label": v.label, "reason": v.reason} for a, v in res["verdicts"].items()}}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -315,10 +338,9 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
                key={"n_steps": n_steps, "models": [r["name"] for r in arms["runs"]]})
     rows = [model_row(out, s, r, out / tlab["path"], ref_md) for r in gate_tr["runs"] + arms["runs"]]
     results_md = Path(results_md).resolve()
-    rep = runner.run("report", lambda: write_ala2_v2_results(rows, s, results_md, results_md.parent / "ala2_v2"),
-                     rerun=True)  # fmt: skip
+    rep = runner.run("report", lambda: stage_report(out, s, rows, tlab, ref_md, results_md), rerun=True)
     summary["results"] = str(results_md)
-    summary["report"] = rep
+    summary["verdicts"] = rep["verdicts"]
     return finish()
 
 
