@@ -361,7 +361,7 @@ def refine(system: QuadratureSystem, R, evaluate: Callable, levels=REFINE_LEVELS
             it.judged()
         if all(it.verdict != UNRESOLVED for it in items):
             break  # the FD at 2n of this level (in the cache) is the next level's reference
-    if levels[0] != levels[-1] and items and items[0].res is not None and items[0].res.n_nodes != n0:
+    if mult != levels[0]:
         for it in items:
             it.detail = (it.detail + "; " if it.detail else "") + f"refined from n_nodes={n0}"
     return items
