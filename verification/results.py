@@ -172,9 +172,10 @@ class Resolution:
         if self.edge > EDGE_TOL:
             out.append(f"widen fiber_bounds (Boltzmann density at an edge is {self.edge:.1e} of its peak)")
         limit = min(tol, err / RESOLUTION_MARGIN)
-        if self.nodes > limit or not out and self.fd <= limit:
-            out.append(f"raise n_nodes (now {self.n_nodes}; 2x nodes changes the value by {self.nodes:.1e})")
-        if self.fd > limit:
+        fd_first = self.fd > limit and self.fd >= self.nodes  # else the FD only sees the quadrature noise
+        if self.nodes > limit or not out and not fd_first:
+            out.append(f"raise n_nodes (at n_nodes={self.n_nodes}, 2x nodes changes the value by {self.nodes:.1e})")
+        if fd_first:
             out.append(f"change fd_step (now {self.fd_step} A; h vs h/2 differ by {self.fd:.1e})")
         return "; ".join(out)
 

@@ -55,7 +55,7 @@ def test_judge_table():
     assert judge(1e-3, 1e-8, ok)[0] == FAIL  # far above what the resolution explains
     assert judge(1e-3, 1e-8, coarse) == (UNRESOLVED, coarse.advice(1e-3, 1e-8))
     assert judge(1e-10, 1e-8, coarse)[0] == UNRESOLVED  # agreement the resolution cannot certify
-    assert "raise n_nodes (now 40" in coarse.advice(1e-3, 1e-8)
+    assert "raise n_nodes (at n_nodes=40" in coarse.advice(1e-3, 1e-8)
     edge = Resolution(edge=10 * EDGE_TOL)
     assert judge(1e-10, 1e-8, edge)[0] == UNRESOLVED and "widen fiber_bounds" in judge(1e-10, 1e-8, edge)[1]
     fd = Resolution(fd=1e-6, fd_step=0.3)
@@ -83,7 +83,7 @@ def test_issue_system_at_40_nodes_is_unresolved_not_fail_without_refinement():
     rows = _by_quantity(rows)
     for key in (("P=sum", "hessian <P ddH P^T> - beta Cov(P f)"),
                 ("exact", "claimed exact_hessian vs FD of quadrature A")):
-        assert rows[key].status == UNRESOLVED and "raise n_nodes (now 40" in rows[key].detail
+        assert rows[key].status == UNRESOLVED and "raise n_nodes (at n_nodes=40" in rows[key].detail
 
 
 def test_issue_system_passes_at_defaults_through_automatic_refinement():
@@ -153,7 +153,7 @@ def test_cli_exit_code_3_and_advice_for_an_unresolvable_system(tmp_path, capsys)
     out_json = tmp_path / "out" / "r.json"
     assert main(["verify", str(path), "--json", str(out_json)]) == EXIT_UNRESOLVED
     out = capsys.readouterr().out
-    assert "UNRESOLVED" in out and "-> raise n_nodes (now 40" in out and " unresolved" in out
+    assert "UNRESOLVED" in out and "-> raise n_nodes (at n_nodes=40" in out and " unresolved" in out
     assert "FAIL" not in out.replace("0 failed", "")
     summary = json.loads(out_json.read_text())["summary"]
     assert summary["n_unresolved"] > 0 and summary["n_failed"] == 0 and summary["exit_code"] == 3
