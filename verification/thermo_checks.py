@@ -89,9 +89,11 @@ class _Rows:
         self.n_nodes, self.fd_step = system.n_nodes, system.fd_step
         self.edge = 0.0  # density ratio at the fiber_bounds edges of the current (R, β)
 
-    def add(self, map_: str, quantity: str, err: float, res: float, where: str, negative: bool = False,
+    def add(self, map_: str, quantity: str, err: float, res, where: str, negative: bool = False,
             tol: float = QUADRATURE_TOL) -> None:
-        r = Resolution(nodes=float(res), edge=self.edge, n_nodes=self.n_nodes, fd_step=self.fd_step)
+        nodes, fd = (res, 0.0) if isinstance(res, float) else res  # (2× nodes + edge mass, FD Richardson)
+        r = Resolution(nodes=float(nodes), fd=float(fd), edge=self.edge, n_nodes=self.n_nodes,
+                       fd_step=self.fd_step)
         self.agg.add(Item(map_, quantity, float(err), tol, negative, res=r), where)
 
     def results(self) -> list[CheckResult]:
@@ -197,11 +199,11 @@ def _check(system: QuadratureSystem, betas: list[float], negative_controls: bool
             scale_u = max(abs(float(mu)), math.sqrt(max(float(var), 0.0)), 1e-300)
             d1, d1_2 = _fd1(g) / hb, _fd1(g, 2) / hb
             d2, d2_2 = _fd2(g) / hb**2, _fd2(g, 2) / hb**2
-            res_u = max(abs(float(mu - mu_c)), abs(float(d1 - d1_2)) / 63) / scale_u + edge_mass
+            res_u = (abs(float(mu - mu_c)) / scale_u + edge_mass, abs(float(d1 - d1_2)) / 63 / scale_u)
             rows.add("beta", "R2 <U>_R vs d_beta(beta A) (FD of quadrature)", abs(float(mu - d1)) / scale_u,
                      res_u, where)
             scale_v = max(float(var), 1e-300)
-            res_v = max(abs(float(var - var_c)), abs(float(d2 - d2_2)) / 63) / scale_v + edge_mass
+            res_v = (abs(float(var - var_c)) / scale_v + edge_mass, abs(float(d2 - d2_2)) / 63 / scale_v)
             rows.add("beta", "R3 Var_R(U) vs -d2_beta(beta A)", abs(float(var + d2)) / scale_v, res_v, where)
             fluctuates = float(var) > _STRUCTURAL * scale_u**2
             if negative_controls and fluctuates:
@@ -267,12 +269,13 @@ def _r6_rows(rows, system, b, T, bs, lm, E, index, forces, forces_c, w, w_c, E_c
         sd_pf = float(torch.sqrt(torch.clamp(torch.einsum("s,sa->a", w, (Pf - w @ Pf) ** 2), min=0)).max())
         cs = sd_pf * sd_u
         scale = max(float(cov.abs().max()), cs, float(F0.abs().max()) / b, 1e-300)
-        res = (float((cov - cov_c).abs().max()) + float((dbF - dbF_2).abs().max()) / 63) / scale + edge_mass
+        res = (float((cov - cov_c).abs().max()) / scale + edge_mass, float((dbF - dbF_2).abs().max()) / 63 / scale)
         dbF_id = thermo.mean_force_beta_derivative(forces, E[0], P, w)
         rows.add(label, "R6 d_beta F vs -Cov(Pf, U) (FD of quadrature)", float((dbF_id - dbF).abs().max()) / scale,
                  res, where)
         scale_g = max(float(grad.abs().max()), float(F0.abs().max()), b * cs, 1e-300)
-        res_g = (float((grad - grad_2).abs().max()) / 63 + b * float((cov - cov_c).abs().max())) / scale_g + edge_mass
+        res_g = (b * float((cov - cov_c).abs().max()) / scale_g + edge_mass,
+                 float((grad - grad_2).abs().max()) / 63 / scale_g)
         grad_id = thermo.mean_energy_gradient(forces, E[0], P, b, w)
         rows.add(label, "R6 grad <U>_R vs -<Pf> + beta Cov(Pf, U)", float((grad_id - grad).abs().max()) / scale_g,
                  res_g, where)
