@@ -41,10 +41,14 @@ from hessid.verification.results import (
     DETECTION_THRESHOLD,
     DTYPE,
     QUADRATURE_TOL,
+    REFINE_LEVELS,
     CheckResult,
+    Item,
+    RowAggregator,
     all_passed,
     format_table,
     linear_negative_control_errors,
+    refine,
     relative_error,
     results_to_dict,
     timed,
@@ -75,34 +79,16 @@ _STRUCTURAL = 1e-9
 
 
 class _Rows:
-    """Collects per-point errors and aggregates them into CheckResults."""
+    """Collects the :class:`~hessid.verification.results.Item` s of one point (judged later by
+    :func:`hessid.verification.results.refine`)."""
 
-    def __init__(self, system: str) -> None:
-        self.system = system
-        self._rows: dict[tuple[str, str], dict] = {}
+    def __init__(self) -> None:
+        self.items: list[Item] = []
 
-    def add(self, map_: str, quantity: str, err: float, tol: float, point, negative=False,
+    def add(self, map_: str, quantity: str, err: float, tol: float, point=None, negative=False,
             detail: str = "") -> None:
-        row = self._rows.setdefault((map_, quantity), {
-            "errors": [], "points": [], "tol": tol, "neg": negative, "detail": detail})
-        row["errors"].append(float(err))
-        row["points"].append(point)
-
-    def results(self) -> list[CheckResult]:
-        out = []
-        for (map_, quantity), row in self._rows.items():
-            errs = row["errors"]
-            pick = min if row["neg"] else max
-            k = errs.index(pick(errs))
-            err = errs[k]
-            passed = err > row["tol"] if row["neg"] else err <= row["tol"]
-            worst = "weakest" if row["neg"] else "worst"
-            detail = f"{len(errs)} point(s), {worst} at R={row['points'][k]}"
-            if row["detail"]:
-                detail += "; " + row["detail"]
-            out.append(CheckResult(self.system, map_, quantity, err, row["tol"], bool(passed),
-                                   detail, row["neg"]))
-        return out
+        kind = None if quantity.startswith("projector") else ("force" if "mean force" in quantity else "hessian")
+        self.items.append(Item(map_, quantity, float(err), tol, negative, detail, kind))
 
 
 @contextlib.contextmanager
@@ -232,7 +218,8 @@ def _nonlinear_rows(rows: _Rows, system: QuadratureSystem, R, pt, samples, force
 
 def check_quadrature_system(system: QuadratureSystem,
                             forms: tuple[str, ...] = ("compact", "split", "symmetric"),
-                            negative_controls: bool = True) -> list[CheckResult]:
+                            negative_controls: bool = True,
+                            refine_levels: tuple[int, ...] = REFINE_LEVELS) -> list[CheckResult]:
     """Identity vs exact for one quadrature system at all its points (docs/identities.md §2, §3,
     §7.5).
 
@@ -240,6 +227,11 @@ def check_quadrature_system(system: QuadratureSystem,
         system: the system (built-in or a user's SYSTEM.py).
         forms: nonlinear Hessian forms to check.
         negative_controls: also report the wrong formulas that must be detected.
+        refine_levels: node multipliers of the automatic refinement (default n, 2n, 4n;
+            ``(1,)`` turns it off). Each point is self-certified
+            (:mod:`hessid.verification.results`): a row is PASS only when its error *and* its
+            resolution estimate (2× nodes, FD h vs h/2, edge density) are within tolerance,
+            FAIL when the error exceeds 10× the estimate, else UNRESOLVED with advice.
 
     Returns:
         list of CheckResult, one per (map, quantity), aggregated over the points.
@@ -249,46 +241,60 @@ def check_quadrature_system(system: QuadratureSystem,
             map Jacobian at a node).
     """
     with single_threaded():
-        return _check_quadrature_system(system, forms, negative_controls)
+        return _check_quadrature_system(system, forms, negative_controls, tuple(refine_levels))
 
 
-def _check_quadrature_system(system, forms, negative_controls) -> list[CheckResult]:
-    rows = _Rows(system.name or "user system")
+def _check_quadrature_system(system, forms, negative_controls, levels) -> list[CheckResult]:
+    agg = RowAggregator(system.name or "user system")
     M = system.linear_map_matrix()
     is_linear = M is not None
+
+    def evaluate(level, R, ref):
+        return _point_items(level, R, ref, M, is_linear, forms, negative_controls)
+
     for R in system.points:
-        pt = [round(float(x), 6) for x in R]
-        F_ex, H_ex = system.exact_force_and_hessian(R)
-        samples, weights = system.conditional_samples(R)
-        forces = potential_forces(system.potential, samples)
-        lin = {}
-        if system.projectors:
-            hessians = potential_hessians(system.potential, samples)
-            lin = _linear_rows(rows, system, M, pt, samples, forces, hessians, weights, F_ex,
-                               H_ex, negative_controls)
-        nonlin = _nonlinear_rows(rows, system, R, pt, samples, forces, weights, F_ex, H_ex,
-                                 forms, negative_controls, is_linear)
-        if system.closed_form_hessian is not None:
-            # the claimed closed form must also agree with the FD of the quadrature A
-            H_fd = system._fd(R)[1]
-            rows.add("exact", "claimed exact_hessian vs FD of quadrature A",
-                     relative_error(H_ex, H_fd), QUADRATURE_TOL, pt)
-        if system.zero_modes is not None:
-            for t in system.zero_modes:
-                tn = t / t.norm()
-                for key, (H, term1, term2) in lin.items():
+        where = f"R={[round(float(x), 6) for x in R]}"
+        for item in refine(system, R, evaluate, levels):
+            agg.add(item, where)
+    return agg.results()
+
+
+def _point_items(system, R, ref, M, is_linear, forms, negative_controls) -> list[Item]:
+    """Every row of one point at ``system.n_nodes`` (the FD reference comes from ``ref``)."""
+    rows = _Rows()
+    pt = None
+    grad_fd, H_fd = ref["fd"]
+    F_ex = -grad_fd
+    H_ex = system.exact_hessian(R) if system.closed_form_hessian is not None else H_fd
+    samples, weights = system.conditional_samples(R)
+    forces = potential_forces(system.potential, samples)
+    lin = {}
+    if system.projectors:
+        hessians = potential_hessians(system.potential, samples)
+        lin = _linear_rows(rows, system, M, pt, samples, forces, hessians, weights, F_ex,
+                           H_ex, negative_controls)
+    nonlin = _nonlinear_rows(rows, system, R, pt, samples, forces, weights, F_ex, H_ex,
+                             forms, negative_controls, is_linear)
+    if system.closed_form_hessian is not None:
+        # the claimed closed form must also agree with the FD of the quadrature A
+        rows.add("exact", "claimed exact_hessian vs FD of quadrature A",
+                 relative_error(H_ex, H_fd), QUADRATURE_TOL, pt)
+    if system.zero_modes is not None:
+        for t in system.zero_modes:
+            tn = t / t.norm()
+            for key, (H, term1, term2) in lin.items():
+                err = float((H @ tn).abs().max()) / float(H.abs().max())
+                rows.add(f"P={key}", "translation zero mode |H t|/|H|", err, QUADRATURE_TOL,
+                         pt, detail=f"|Term1 t|={float((term1 @ tn).norm()):.3g}, "
+                                    f"|Term2 t|={float((term2 @ tn).norm()):.3g} cancel")
+            for key, H in nonlin.items():
+                if H is not None:
                     err = float((H @ tn).abs().max()) / float(H.abs().max())
-                    rows.add(f"P={key}", "translation zero mode |H t|/|H|", err, QUADRATURE_TOL,
-                             pt, detail=f"|Term1 t|={float((term1 @ tn).norm()):.3g}, "
-                                        f"|Term2 t|={float((term2 @ tn).norm()):.3g} cancel")
-                for key, H in nonlin.items():
-                    if H is not None:
-                        err = float((H @ tn).abs().max()) / float(H.abs().max())
-                        rows.add(f"G={key}", "translation zero mode |H t|/|H|", err,
-                                 QUADRATURE_TOL, pt)
-                err = float((H_ex @ tn).abs().max()) / float(H_ex.abs().max())
-                rows.add("exact", "translation zero mode of FD hessian", err, 1e-7, pt)
-    return rows.results()
+                    rows.add(f"G={key}", "translation zero mode |H t|/|H|", err,
+                             QUADRATURE_TOL, pt)
+            err = float((H_ex @ tn).abs().max()) / float(H_ex.abs().max())
+            rows.add("exact", "translation zero mode of FD hessian", err, 1e-7, pt)
+    return rows.items
 
 
 def check_gaussian_closed_form(seed: int = 0, D: int = 6, d: int = 3) -> list[CheckResult]:

@@ -20,18 +20,17 @@ Negative controls (must be detected, error > :data:`DETECTION_THRESHOLD`): an in
 (row 0 scaled by 1.01, so ``(Q Sᵀ)₀₀ = 1.01``); under rigid groups, a Q* fitted *without*
 them (``Q Sᵀ = I`` holds but its lift breaks the groups) and the plain selection projector.
 
-**Wrong or under-resolved.** A failing Q* row names its verdict in the detail text
-(:func:`classify`). On a quadrature toy the point is recomputed with 2× nodes (identity and
-exact PMF): *under-resolved* when that brings the error under the tolerance or shrinks it more
-than 4× (raise ``n_nodes``); otherwise *wrong* — "wrong" when the system's own projectors pass
-on the same nodes (Q* itself is at fault: infeasible, or a lift that breaks a constraint),
-"wrong (all projectors)" when they miss too (the identity or the exact reference is broken).
-The elastic network is a closed form (no resolution parameter): a failure there is wrong.
+**FAIL or UNRESOLVED.** The Q* rows of a quadrature toy are self-certified by the mechanism
+every quadrature row uses (:func:`hessid.verification.results.refine`): resolution estimate
+from 2× nodes, FD h vs h/2 and the edge density; automatic refinement to 2× and 4× nodes; a
+row FAILs only when its error exceeds 10× the estimate, else it is UNRESOLVED with advice. A
+failing row's detail gives the given projectors' error on the same nodes: when they pass, Q*
+itself is at fault (infeasible, or a lift that breaks a constraint); when they fail too, the
+identity or the exact reference is broken. The elastic network is a closed form (no
+resolution parameter): PASS or FAIL.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
@@ -58,14 +57,15 @@ from hessid.verification.results import (
     PROJECTOR_TOL,
     QUADRATURE_TOL,
     CheckResult,
+    Item,
+    RowAggregator,
     linear_negative_control_errors,
+    refine,
     relative_error,
 )
 
 __all__ = [
     "INFEASIBLE_SCALE",
-    "REFINE_FACTOR",
-    "classify",
     "check_quadrature_system_optimal",
     "check_elastic_optimal",
     "constrained_gaussian_identity",
@@ -75,65 +75,8 @@ __all__ = [
 
 #: the infeasible negative control scales row 0 of Q* by this ((Q Sᵀ)₀₀ = 1.01)
 INFEASIBLE_SCALE = 1.01
-#: a failing error that shrinks by more than this factor at 2× nodes is a resolution error
-REFINE_FACTOR = 4.0
 #: objective rows: J(Q*) may exceed a reference by this relative amount (ridge 1e-8 + rounding)
 OBJECTIVE_SLACK = 1e-6
-
-
-def classify(err: float, tol: float, reference_err: float, refined_err: float | None = None) -> str:
-    """Verdict of one identity row with Q*: ``"ok"``, ``"under-resolved"``, ``"wrong"`` or
-    ``"wrong (all projectors)"``.
-
-    Args:
-        err: relative error of the Q* row.
-        tol: its tolerance.
-        reference_err: the largest error of the same quantity with the reference (given,
-            constraint-aware) projectors on the same nodes.
-        refined_err: the Q* error with the quadrature refined (2× nodes for the identity and
-            the exact PMF), if computed.
-
-    Returns:
-        ``"ok"`` (err ≤ tol); ``"under-resolved"`` when refinement brings the error below tol or
-        shrinks it by more than :data:`REFINE_FACTOR` (the quadrature, not Q*, limits the
-        check: raise ``n_nodes``); otherwise ``"wrong"`` when only Q* misses (the reference
-        projectors pass: Q* is infeasible or its lift breaks a constraint), or ``"wrong (all
-        projectors)"`` when the references miss too (the identity or the exact reference is
-        wrong).
-    """
-    if err <= tol:
-        return "ok"
-    if refined_err is not None and (refined_err <= tol or refined_err * REFINE_FACTOR < err):
-        return "under-resolved"
-    return "wrong (all projectors)" if reference_err > tol else "wrong"
-
-
-class _Agg:
-    """Aggregates per-point rows into CheckResults (worst error; weakest detection)."""
-
-    def __init__(self, system: str) -> None:
-        self.system = system
-        self.rows: dict[tuple[str, str], dict] = {}
-
-    def add(self, map_: str, quantity: str, err: float, tol: float, point, negative: bool = False,
-            verdict: str = "", detail: str = "") -> None:
-        row = self.rows.setdefault((map_, quantity), {"items": [], "tol": tol, "neg": negative})
-        row["items"].append((float(err), point, verdict, detail))
-
-    def results(self) -> list[CheckResult]:
-        out = []
-        for (map_, quantity), row in self.rows.items():
-            items, tol, neg = row["items"], row["tol"], row["neg"]
-            err, point, verdict, detail = (min if neg else max)(items, key=lambda it: it[0])
-            passed = err > tol if neg else err <= tol
-            verdicts = sorted({v for _, _, v, _ in items if v and v != "ok"})
-            text = f"{len(items)} point(s), {'weakest' if neg else 'worst'} at R={point}"
-            if verdicts:
-                text += f"; verdict: {', '.join(verdicts)}"
-            if detail:
-                text += "; " + detail
-            out.append(CheckResult(self.system, map_, quantity, err, tol, bool(passed), text, neg))
-        return out
 
 
 def _pooled_second_moment(system: QuadratureSystem) -> torch.Tensor:
@@ -167,7 +110,8 @@ def check_quadrature_system_optimal(system: QuadratureSystem, ridge: float = 1e-
         ridge: ridge of the fit (relative to tr(C)/D).
 
     Returns:
-        list of CheckResult (system label ``<name>``, map ``P=optimal``).
+        list of CheckResult (system label ``<name>``, map ``P=optimal``), self-certified
+        (module docstring).
 
     Raises:
         ValueError: the system is not linear or has no projectors.
@@ -175,49 +119,49 @@ def check_quadrature_system_optimal(system: QuadratureSystem, ridge: float = 1e-
     M = system.linear_map_matrix()
     if M is None or not system.projectors:
         raise ValueError(f"{system.name}: Q* checks need a linear map with projectors")
-    agg = _Agg(system.name or "user system")
+    agg = RowAggregator(system.name or "user system")
     label = "P=optimal"
     eye = torch.eye(M.shape[0], dtype=DTYPE)
     C = _pooled_second_moment(system)
     Q = optimal_projector(M, second_moment=C, ridge=ridge)  # (d, D)
     res = float((Q @ M.T - eye).abs().max())
-    agg.add(label, "projector Q* M^T = I (abs residual)", res, QUADRATURE_TOL, "all")
+    agg.add(Item(label, "projector Q* M^T = I (abs residual)", res, QUADRATURE_TOL, kind=None), "all points")
     j_opt = float(torch.einsum("ai,ij,aj->", Q, C, Q))
     j_refs = {k: float(torch.einsum("ai,ij,aj->", P, C, P)) for k, P in system.projectors.items()}
     j_min = min(j_refs.values())
-    agg.add(label, "E|Q* f|^2 <= E|P f|^2 of the given projectors (rel excess)",
-            max(0.0, (j_opt - j_min) / j_min), OBJECTIVE_SLACK, "all",
-            detail=f"J(Q*)={j_opt:.4g}, " + ", ".join(f"J({k})={v:.4g}" for k, v in j_refs.items()))
+    agg.add(Item(label, "E|Q* f|^2 <= E|P f|^2 of the given projectors (rel excess)",
+                 max(0.0, (j_opt - j_min) / j_min), OBJECTIVE_SLACK, kind=None,
+                 detail=f"J(Q*)={j_opt:.4g}, " + ", ".join(f"J({k})={v:.4g}" for k, v in j_refs.items())),
+            "all points")
     bad = Q.clone()
     bad[0] *= INFEASIBLE_SCALE
-    for R in system.points:
-        pt = [round(float(x), 6) for x in R]
-        F_ex, H_ex = system.exact_force_and_hessian(R)
-        f, h, w = _samples(system, R)
-        F, H, term1, term2 = _linear_identity(system, f, h, w, Q)
+
+    def evaluate(level, R, ref):
+        grad, H_fd = ref["fd"]
+        F_ex = -grad
+        H_ex = level.exact_hessian(R) if level.closed_form_hessian is not None else H_fd
+        f, h, w = _samples(level, R)
+        F, H, term1, term2 = _linear_identity(level, f, h, w, Q)
         ref_f = ref_h = 0.0
-        for P in system.projectors.values():
-            Fp, Hp, _, _ = _linear_identity(system, f, h, w, P)
+        for P in level.projectors.values():
+            Fp, Hp, _, _ = _linear_identity(level, f, h, w, P)
             ref_f = max(ref_f, relative_error(Fp, F_ex))
             ref_h = max(ref_h, relative_error(Hp, H_ex))
-        e_f, e_h = relative_error(F, F_ex), relative_error(H, H_ex)
-        fine_f = fine_h = None
-        if e_f > QUADRATURE_TOL or e_h > QUADRATURE_TOL:  # only on failure: refine the quadrature
-            fine = copy.copy(system)
-            fine.n_nodes = 2 * system.n_nodes
-            F2_ex, H2_ex = fine.exact_force_and_hessian(R)
-            F2, H2, _, _ = _linear_identity(fine, *_samples(fine, R), Q)
-            fine_f, fine_h = relative_error(F2, F2_ex), relative_error(H2, H2_ex)
-        agg.add(label, "mean force <Q* f>", e_f, QUADRATURE_TOL, pt, verdict=classify(e_f, QUADRATURE_TOL, ref_f, fine_f),
-                detail=f"given projectors: {ref_f:.1e}")  # fmt: skip
-        agg.add(label, "hessian <Q* ddH Q*^T> - beta Cov(Q* f)", e_h, QUADRATURE_TOL, pt,
-                verdict=classify(e_h, QUADRATURE_TOL, ref_h, fine_h),
-                detail=f"given projectors: {ref_h:.1e}; tr Term2 = {float(torch.trace(term2)):.4g}")
-        Fb, Hb, _, _ = _linear_identity(system, f, h, w, bad)
-        agg.add(label, "neg: infeasible Q* ((Q M^T)_00 = 1.01) mean force detected", relative_error(Fb, F_ex),
-                DETECTION_THRESHOLD, pt, negative=True)  # fmt: skip
-        agg.add(label, "neg: infeasible Q* ((Q M^T)_00 = 1.01) hessian detected", relative_error(Hb, H_ex),
-                DETECTION_THRESHOLD, pt, negative=True)  # fmt: skip
+        Fb, Hb, _, _ = _linear_identity(level, f, h, w, bad)
+        return [
+            Item(label, "mean force <Q* f>", relative_error(F, F_ex), QUADRATURE_TOL, kind="force",
+                 detail=f"given projectors: {ref_f:.1e}"),
+            Item(label, "hessian <Q* ddH Q*^T> - beta Cov(Q* f)", relative_error(H, H_ex), QUADRATURE_TOL,
+                 detail=f"given projectors: {ref_h:.1e}; tr Term2 = {float(torch.trace(term2)):.4g}"),
+            Item(label, "neg: infeasible Q* ((Q M^T)_00 = 1.01) mean force detected", relative_error(Fb, F_ex),
+                 DETECTION_THRESHOLD, negative=True, kind="force"),
+            Item(label, "neg: infeasible Q* ((Q M^T)_00 = 1.01) hessian detected", relative_error(Hb, H_ex),
+                 DETECTION_THRESHOLD, negative=True),
+        ]
+
+    for R in system.points:
+        for item in refine(system, R, evaluate):
+            agg.add(item, f"R={[round(float(x), 6) for x in R]}")
     return agg.results()
 
 
@@ -413,7 +357,7 @@ def check_elastic_optimal(pdb=None, temperature: float = 300.0, neighbours: int 
 
 def _identity_rows(system, label, g: dict, g_ref: dict, ref_name: str) -> list[CheckResult]:
     """Mean force and Hessian with Q* vs the closed form; a failure is classified against the
-    reference projector's error on the same model (:func:`classify`)."""
+    reference projector's error on the same model."""
     rows = []
     for a, b, qty in (("mean_force", "exact_mean_force", "mean force <Q* f> vs -H (R - M r0)"),
                       ("hessian", "exact_hessian", "hessian Term1 - beta Cov(Q* f) vs (M_u K_u^-1 M_u^T)^-1")):
@@ -422,7 +366,8 @@ def _identity_rows(system, label, g: dict, g_ref: dict, ref_name: str) -> list[C
         if a == "hessian":
             detail += f"; |Term1|max={float(g['term1'].abs().max()):.3g}, |Term2|max={float(g['term2'].abs().max()):.3g}"
         if e > ELASTIC_TOL:
-            detail += f"; verdict: {classify(e, ELASTIC_TOL, e_ref)}"
+            detail += ("; FAIL: wrong (the reference projector fails too: the identity or the closed form is "
+                       "broken)" if e_ref > ELASTIC_TOL else "; FAIL: wrong (Q* is at fault)")
         rows.append(CheckResult(system, label, qty, e, ELASTIC_TOL, e <= ELASTIC_TOL, detail))
     return rows
 

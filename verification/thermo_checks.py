@@ -13,14 +13,17 @@ their Boltzmann weights at β, are compared with finite differences of the quadr
   weights at T instead of β, the sign of ``∂²_β(βA)``, ``k_B T² Var`` (T for β), the sign of
   the covariance in (R6), T for β in ``∂_TF`` and ``∇⟨U⟩``, and ``exact_mean_energy(R, T)``.
 
-**Wrong vs under-resolved.** Every row carries a *resolution estimate*: the change of the
-quadrature answer when the nodes per fiber coordinate drop from n to ⌈3n/4⌉, the Boltzmann
-mass on the outermost nodes of non-periodic coordinates (truncated ``fiber_bounds``), and the
-Richardson estimate ``|D(h) − D(2h)|/63`` of the 6th-order finite difference, all on the
-row's error scale. A failing row says *under-resolved* when this estimate is at least a tenth
-of the error (refine ``n_nodes``, ``fiber_bounds`` or ``fd_step``), and *wrong* otherwise; a
-negative control counts as detected only when its error exceeds both
-:data:`~hessid.verification.results.DETECTION_THRESHOLD` and ten times the estimate.
+**PASS, FAIL or UNRESOLVED** (the mechanism of :mod:`hessid.verification.results` that every
+quadrature row uses). Every row carries a :class:`~hessid.verification.results.Resolution`:
+the change of the quadrature answer when the nodes per fiber coordinate are doubled plus the
+Boltzmann mass on the outermost nodes of non-periodic coordinates (``nodes``), the Richardson
+estimate ``|D(h) − D(2h)|/63`` of the 6th-order finite difference (``fd``), both on the row's
+error scale, and the Boltzmann density at the ``fiber_bounds`` edges over its peak (``edge``).
+:func:`~hessid.verification.results.judge` makes a failing row FAIL only when its error exceeds
+ten times the estimate, else UNRESOLVED (refine ``n_nodes``, ``fiber_bounds`` or ``fd_step``);
+a negative control is detected only when its error exceeds both
+:data:`~hessid.verification.results.DETECTION_THRESHOLD` and ten times the estimate. While a
+row is UNRESOLVED the whole system is re-run at 2× and then 4× the nodes.
 
 Error scales (dimensionless errors): ⟨U⟩ rows ``max(|⟨U⟩|, sd_R(U))``; Var rows ``Var_R(U)``;
 ``∂_βF`` rows ``max(|Cov(Pf, U)|, max_a sd(Pf_a)·sd(U), |F|/β)`` (Cauchy–Schwarz bound: the
@@ -34,6 +37,7 @@ rounding ``≈ 6ε|βA|/h_β²`` ≈ 1e-11) and the system's ``fd_step`` in R.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -43,7 +47,18 @@ from hessid.quadrature import QuadratureSystem, potential_forces
 from hessid.thermo_toys import thermo_builtin_systems
 from hessid.units import KB_KCAL_PER_MOL_K
 from hessid.verification.checks import check_quadrature_system, single_threaded
-from hessid.verification.results import DETECTION_THRESHOLD, DTYPE, QUADRATURE_TOL, CheckResult
+from hessid.verification.results import (
+    DETECTION_THRESHOLD,
+    DTYPE,
+    QUADRATURE_TOL,
+    REFINE_LEVELS,
+    UNRESOLVED,
+    CheckResult,
+    Item,
+    Resolution,
+    RowAggregator,
+    with_nodes,
+)
 
 __all__ = ["check_thermo_system", "run_thermo_builtin_checks", "BETA_REL_STEP"]
 
@@ -67,39 +82,22 @@ def _fd2(v, c: int = 1):
 
 
 class _Rows:
-    """Per-(map, quantity) errors over (R, β) pairs with their resolution estimates."""
+    """Per-(map, quantity) items over (R, β) pairs with their resolution estimates."""
 
-    def __init__(self, system: str) -> None:
-        self.system = system
-        self._rows: dict[tuple[str, str], dict] = {}
+    def __init__(self, system: QuadratureSystem) -> None:
+        self.agg = RowAggregator(system.name or "user system")
+        self.n_nodes, self.fd_step = system.n_nodes, system.fd_step
+        self.edge = 0.0  # density ratio at the fiber_bounds edges of the current (R, β)
 
-    def add(self, map_: str, quantity: str, err: float, res: float, where: str, negative: bool = False,
+    def add(self, map_: str, quantity: str, err: float, res, where: str, negative: bool = False,
             tol: float = QUADRATURE_TOL) -> None:
-        row = self._rows.setdefault((map_, quantity), {"items": [], "neg": negative, "tol": tol})
-        row["items"].append((float(err), float(res), where))
+        nodes, fd = (res, 0.0) if isinstance(res, float) else res  # (2× nodes + edge mass, FD Richardson)
+        r = Resolution(nodes=float(nodes), fd=float(fd), edge=self.edge, n_nodes=self.n_nodes,
+                       fd_step=self.fd_step)
+        self.agg.add(Item(map_, quantity, float(err), tol, negative, res=r), where)
 
     def results(self) -> list[CheckResult]:
-        out = []
-        for (map_, quantity), row in self._rows.items():
-            items, tol, neg = row["items"], row["tol"], row["neg"]
-            if neg:
-                # weakest detection relative to what the resolution allows
-                err, res, where = min(items, key=lambda t: t[0] / max(tol, 10 * t[1]))
-                passed = err > tol and err > 10 * res
-                verdict = "" if passed else ("; NOT DETECTED: under-resolved (error within 10x the "
-                                             "resolution estimate)" if err > tol else "; NOT DETECTED")
-            else:
-                err, res, where = max(items, key=lambda t: t[0])
-                passed = err <= tol
-                verdict = "" if passed else (
-                    "; UNDER-RESOLVED: the resolution estimate explains the error (refine n_nodes, "
-                    "fiber_bounds or fd_step)" if res >= err / 10 else
-                    "; WRONG: the error exceeds the resolution estimate by > 10x")
-            worst = "weakest" if neg else "worst"
-            detail = (f"{len(items)} (R, beta) pair(s), {worst} at {where}; resolution estimate "
-                      f"{res:.1e}{verdict}")
-            out.append(CheckResult(self.system, map_, quantity, err, tol, bool(passed), detail, neg))
-        return out
+        return self.agg.results()
 
 
 def _nonperiodic_edge_mask(system: QuadratureSystem, n_nodes: int | None = None) -> torch.Tensor:
@@ -136,19 +134,28 @@ def check_thermo_system(system: QuadratureSystem, betas=None, negative_controls:
     Raises:
         ValueError: a β is not positive, or ``exact_mean_energy`` returns the wrong shape.
     """
+    betas = list(system.betas if betas is None else betas)
     with single_threaded():
-        return _check(system, list(system.betas if betas is None else betas), negative_controls)
+        for mult in REFINE_LEVELS:
+            level = system if mult == 1 else with_nodes(system, mult * system.n_nodes)
+            out = _check(level, betas, negative_controls)
+            if all(r.status != UNRESOLVED for r in out):
+                break
+    if mult != 1:
+        out = [replace(r, detail=f"{r.detail}; refined from n_nodes={system.n_nodes}") for r in out]
+    return out
 
 
 def _check(system: QuadratureSystem, betas: list[float], negative_controls: bool) -> list[CheckResult]:
-    rows = _Rows(system.name or "user system")
+    rows = _Rows(system)
     if not betas:
         return []
     if any(not b > 0 for b in betas):
         raise ValueError(f"betas must be positive (mol/kcal), got {betas}")
     linear = bool(system.projectors) and system.linear_map_matrix() is not None
-    n_coarse = max(4, math.ceil(3 * system.n_nodes / 4))
+    n_fine = 2 * system.n_nodes
     edge = _nonperiodic_edge_mask(system)
+    log_wq = torch.log(system.nodes()[1])
     Rall = torch.stack(system.points)
     claims = {}
     if system.closed_form_mean_energy is not None:
@@ -169,11 +176,11 @@ def _check(system: QuadratureSystem, betas: list[float], negative_controls: bool
                         index[(a, sgn * k)] = len(pts)
                         pts.append(R + sgn * k * h * torch.eye(system.d, dtype=DTYPE)[a])
         r, lm, E = system.fiber_log_measure(torch.stack(pts))
-        _, lm_c, E_c = system.fiber_log_measure(R[None], n_nodes=n_coarse)
+        _, lm_c, E_c = system.fiber_log_measure(R[None], n_nodes=n_fine)  # *_c: at 2× nodes
         forces = forces_c = None
         if linear:
             forces = potential_forces(system.potential, r[0])
-            r_c, _, _ = system.fiber_log_measure(R[None], n_nodes=n_coarse, jacobian=False)
+            r_c, _, _ = system.fiber_log_measure(R[None], n_nodes=n_fine, jacobian=False)
             forces_c = potential_forces(system.potential, r_c[0])
         for b in betas:
             T = 1.0 / (KB_KCAL_PER_MOL_K * b)
@@ -184,17 +191,19 @@ def _check(system: QuadratureSystem, betas: list[float], negative_controls: bool
             w = torch.softmax(lm[0] - b * E[0], dim=0)
             w_c = torch.softmax(lm_c[0] - b * E_c[0], dim=0)
             edge_mass = float(w[edge].sum()) if bool(edge.any()) else 0.0
+            log_density = lm[0] - log_wq - b * E[0]
+            rows.edge = float(torch.exp(log_density[edge].max() - log_density.max())) if bool(edge.any()) else 0.0
             E0 = E[0]
             mu, var = thermo.mean_energy(E0, w), thermo.energy_variance(E0, w)
             mu_c, var_c = thermo.mean_energy(E_c[0], w_c), thermo.energy_variance(E_c[0], w_c)
             scale_u = max(abs(float(mu)), math.sqrt(max(float(var), 0.0)), 1e-300)
             d1, d1_2 = _fd1(g) / hb, _fd1(g, 2) / hb
             d2, d2_2 = _fd2(g) / hb**2, _fd2(g, 2) / hb**2
-            res_u = max(abs(float(mu - mu_c)), abs(float(d1 - d1_2)) / 63) / scale_u + edge_mass
+            res_u = (abs(float(mu - mu_c)) / scale_u + edge_mass, abs(float(d1 - d1_2)) / 63 / scale_u)
             rows.add("beta", "R2 <U>_R vs d_beta(beta A) (FD of quadrature)", abs(float(mu - d1)) / scale_u,
                      res_u, where)
             scale_v = max(float(var), 1e-300)
-            res_v = max(abs(float(var - var_c)), abs(float(d2 - d2_2)) / 63) / scale_v + edge_mass
+            res_v = (abs(float(var - var_c)) / scale_v + edge_mass, abs(float(d2 - d2_2)) / 63 / scale_v)
             rows.add("beta", "R3 Var_R(U) vs -d2_beta(beta A)", abs(float(var + d2)) / scale_v, res_v, where)
             fluctuates = float(var) > _STRUCTURAL * scale_u**2
             if negative_controls and fluctuates:
@@ -260,12 +269,13 @@ def _r6_rows(rows, system, b, T, bs, lm, E, index, forces, forces_c, w, w_c, E_c
         sd_pf = float(torch.sqrt(torch.clamp(torch.einsum("s,sa->a", w, (Pf - w @ Pf) ** 2), min=0)).max())
         cs = sd_pf * sd_u
         scale = max(float(cov.abs().max()), cs, float(F0.abs().max()) / b, 1e-300)
-        res = (float((cov - cov_c).abs().max()) + float((dbF - dbF_2).abs().max()) / 63) / scale + edge_mass
+        res = (float((cov - cov_c).abs().max()) / scale + edge_mass, float((dbF - dbF_2).abs().max()) / 63 / scale)
         dbF_id = thermo.mean_force_beta_derivative(forces, E[0], P, w)
         rows.add(label, "R6 d_beta F vs -Cov(Pf, U) (FD of quadrature)", float((dbF_id - dbF).abs().max()) / scale,
                  res, where)
         scale_g = max(float(grad.abs().max()), float(F0.abs().max()), b * cs, 1e-300)
-        res_g = (float((grad - grad_2).abs().max()) / 63 + b * float((cov - cov_c).abs().max())) / scale_g + edge_mass
+        res_g = (b * float((cov - cov_c).abs().max()) / scale_g + edge_mass,
+                 float((grad - grad_2).abs().max()) / 63 / scale_g)
         grad_id = thermo.mean_energy_gradient(forces, E[0], P, b, w)
         rows.add(label, "R6 grad <U>_R vs -<Pf> + beta Cov(Pf, U)", float((grad_id - grad).abs().max()) / scale_g,
                  res_g, where)
