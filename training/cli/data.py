@@ -27,7 +27,7 @@ from hessid.cli.options import (
     signature_default,
 )
 from hessid.optimal_projector import DEFAULT_RIDGE
-from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.aa_md import SOLVENTS, MDConfig, simulate
 from hessid.training.data.cg_map import (
     PROJECTOR_KINDS,
     OptimalFit,
@@ -35,8 +35,13 @@ from hessid.training.data.cg_map import (
     load_projector,
     write_cg,
 )
-from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
-from hessid.training.data.io import dataset_path, validate_dataset
+from hessid.training.data.importers import (
+    import_arrays,
+    import_hdf5,
+    import_trajectory,
+    source_physics,
+)
+from hessid.training.data.io import check_dataset_name, dataset_path, validate_dataset
 from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import build_structure
 
@@ -59,7 +64,11 @@ class BuildOptions:
         keep_ions: keep ions (with --pdb).
         phi: backbone φ of a built sequence, degrees (default: PPII).
         psi: backbone ψ, degrees.
-        ph: protonation pH.
+        ph: protonation pH, in [0, 14].
+        drop_unknown: drop residues amber14 has no template for (ligands, unknown residues),
+            listing them; default: refuse the file naming them.
+        seed: seed of the hydrogen and missing-atom placement (the same seed gives the same
+            file; fixed non-zero default).
         root: folder holding NAME/.
     """
 
@@ -71,6 +80,8 @@ class BuildOptions:
     phi: float = signature_default(build_structure, "phi")
     psi: float = signature_default(build_structure, "psi")
     ph: float = signature_default(build_structure, "ph")
+    drop_unknown: bool = signature_default(build_structure, "drop_unknown")
+    seed: int = signature_default(build_structure, "seed")
     root: str = "."
 
 
@@ -91,7 +102,9 @@ class ImportOptions:
         timestep: fs between saved frames (default: the source's time, else the frame index).
         solvent: solvent of the source simulation (needed by `hessid targets`).
         forcefield: force-field XML of the source simulation.
-        temperature: K.
+        temperature: K of the source simulation (required, no default; in [1, 1000]).
+        constraints: ``HBonds`` if the source simulation kept bonds to hydrogen rigid, else
+            ``none`` (required, no default: the CG projector and the Term-1 potential depend on it).
         root: folder holding NAME/.
     """
 
@@ -108,6 +121,7 @@ class ImportOptions:
     solvent: str | None = None
     forcefield: str | None = None
     temperature: float | None = None
+    constraints: str | None = None
     root: str = "."
 
 
@@ -215,6 +229,7 @@ def _build_parser(prog: str) -> ArgumentParser:
     parser = new_parser(prog, "Structure from a sequence (PeptideBuilder + pdbfixer) or a "
                               "PDB/mmCIF file: ROOT/NAME/NAME.pdb.")
     add_dataclass(parser, BuildOptions)
+    add_run_flags(parser, overwrite="replace an existing NAME.pdb")
     return parser
 
 
@@ -280,7 +295,8 @@ def _build(cfg: Namespace, prog: str) -> None:
     t0 = time.perf_counter()
     path = build_structure(opts.name, sequence=opts.sequence, pdb=opts.pdb, out_dir=opts.root,
                            keep_water=opts.keep_water, keep_ions=opts.keep_ions, phi=opts.phi,
-                           psi=opts.psi, ph=opts.ph)
+                           psi=opts.psi, ph=opts.ph, drop_unknown=opts.drop_unknown, seed=opts.seed,
+                           overwrite=cfg.overwrite)
     save_config(_build_parser(prog), cfg, path.parent, "data build")
     _done(f"wrote {path}", t0)
 
@@ -296,9 +312,22 @@ def _simulate(cfg: Namespace, prog: str) -> None:
 def _import(cfg: Namespace, prog: str) -> None:
     opts = dataclass_from(ImportOptions, cfg)
     t0 = time.perf_counter()
+    check_dataset_name(opts.name)
+    source_physics(opts.temperature, opts.constraints)  # required: refuse before reading anything
+    if opts.solvent is not None and opts.solvent not in SOLVENTS:
+        raise ValueError(f"--solvent={opts.solvent!r}: expected one of {', '.join(SOLVENTS)}")
+    if opts.timestep is not None and not opts.timestep > 0:
+        raise ValueError(f"--timestep={opts.timestep}: expected fs > 0")
+    for option in ("source", "forces", "topology"):
+        given = getattr(opts, option)
+        if given is not None and not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file (--{option})" if option != "source"
+                                    else f"{given}: no such source file")
     out = Path(opts.root) / opts.name / f"{opts.name}.h5"
-    attrs = {"name": opts.name, "solvent": opts.solvent, "forcefield": opts.forcefield,
-             "temperature": opts.temperature}
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out}: exists (use --overwrite to replace it)")
+    attrs = {"name": opts.name, "solvent": opts.solvent, "forcefield": opts.forcefield}
+    physics = {"temperature": opts.temperature, "constraints": opts.constraints}
     timestep_ps = None if opts.timestep is None else opts.timestep / 1000.0  # fs → ps
     fmt = opts.format
     if fmt == "auto":
@@ -308,19 +337,20 @@ def _import(cfg: Namespace, prog: str) -> None:
         path = import_hdf5(opts.source, out, topology=opts.topology,
                                 coordinates_key=opts.coordinates_key, forces_key=opts.forces_key,
                                 length_unit=opts.length_unit, force_unit=opts.force_unit,
-                                timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+                                timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite, **physics)
     elif fmt == "arrays":
         if opts.forces is None or opts.topology is None:
             raise ValueError("--format arrays needs --forces FILE and --topology PDB")
         path = import_arrays(opts.source, opts.forces, opts.topology, out,
                                   length_unit=opts.length_unit, force_unit=opts.force_unit,
-                                  timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+                                  timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite,
+                                  **physics)
     else:
         if opts.forces is None:
             raise ValueError("--format trajectory needs --forces FILE")
         path = import_trajectory(opts.source, opts.forces, out, force_unit=opts.force_unit,
                                       topology=opts.topology, attrs=attrs,
-                                      overwrite=cfg.overwrite)
+                                      overwrite=cfg.overwrite, **physics)
     save_config(_import_parser(prog), cfg, Path(path).parent, "data import")
     _done(f"wrote {path}", t0)
 

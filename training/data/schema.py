@@ -188,6 +188,7 @@ class DatasetError(ValueError):
 
     Attributes:
         path: the file (str).  dataset: HDF5 key or None.  frame: frame index or None.
+        detail: the message without the location.
     """
 
     def __init__(self, path, dataset: str | None, message: str, frame: int | None = None):
@@ -195,7 +196,7 @@ class DatasetError(ValueError):
         if frame is not None:
             where += f", frame {frame}"
         super().__init__(f"{where}: {message}")
-        self.path, self.dataset, self.frame = str(path), dataset, frame
+        self.path, self.dataset, self.frame, self.detail = str(path), dataset, frame, message
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
