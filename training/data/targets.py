@@ -117,6 +117,22 @@ def targets_bytes(n_frames: int, n_beads: int, n_probes: int, full_block: bool =
     return int(n_frames) * (8 * per_frame + 1)
 
 
+def dataset_probe_key(ds: Dataset) -> int:
+    """The default per-dataset probe key: the first 60 bits of sha256 over the topology text
+    and the float64 bytes of frame 0's coordinates. Two different datasets (another protein, or
+    the same one from another seed, whose first saved frame differs) get different probes; the
+    same data always get the same key, so a rerun reproduces its probes. Once written, the key
+    is read from ``probe_key`` (copies and subsets keep it), never re-derived.
+
+    Returns:
+        int in [0, 2**60).
+    """
+    h = hashlib.sha256(b"hessid probe key v1\0")
+    h.update(ds.topology_text.encode())
+    h.update(np.ascontiguousarray(ds.coordinates(slice(0, 1)), dtype="<f8").tobytes())
+    return int(h.hexdigest()[:15], 16)
+
+
 def _plain(value):
     """A stored attribute as a plain Python value (for messages: 2, not np.int64(2))."""
     if isinstance(value, bytes):
@@ -431,36 +447,38 @@ def check_constraint_handling(path: Path, ds: Dataset, topology, constraints: st
     (docs/data.md, "Constraint-aware projector").
 
     The System is rebuilt with ``constraints`` (default: the file's ``constraints`` attribute,
-    which must then exist). Under HBond constraints its potential lacks the X–H bond terms, so
-    the projector must move each rigid group as one (``cg`` attribute ``projector_constraints =
-    "HBonds"``); without constraints it must not (``"none"``). An unmapped file is mapped by
-    ``write_cg`` from the file's own ``constraints``, which must then equal ``constraints``.
+    which must then exist; an override must equal a stored value, since another constraint set
+    is another potential). Under HBond constraints the System lacks the X–H bond terms and the
+    projector must move each rigid group as one: the columns of Q of the two atoms of every
+    HBond pair must be equal (as :func:`hessid.maps.constraint_aware_projector` makes them).
+    An unmapped file is mapped by ``write_cg`` from the file's own constraints.
 
     Raises:
-        DatasetError: no ``constraints`` attribute and none given; the mapped projector's
-            handling (or the file's constraints, for an unmapped file) differs from the System's.
+        DatasetError: no ``constraints`` attribute and none given; an override that differs
+            from the stored constraints; under HBonds, a mapped projector whose columns differ
+            within a rigid pair (names the atoms).
     """
     stored = ds.constraints
     cons = constraints or stored
     if cons is None:
         raise DatasetError(path, "/", "no 'constraints' attribute, so the Term-1 potential is unknown "
-                           "(HBonds or none): re-import with --constraints, or pass constraints=")
+                           "(HBonds or none): pass --constraints, or re-import with --constraints")
     if str(cons).lower() not in ("hbonds", "none"):
         raise DatasetError(path, "/", f"constraints {cons!r}: expected HBonds or none")
-    system_hbonds = str(cons).lower() == "hbonds"
-    if not len(hbond_pairs(topology)):
-        return  # no bond to hydrogen: both handlings coincide
-    if ds.has_cg:
-        projector = ds.cg.projector_constraints or "none"
-        where = "cg/ projector_constraints"
-    else:
-        projector = stored if stored is not None else "none"
-        where = "the file's constraints (used by the default map)"
-    if system_hbonds != (projector.lower() == "hbonds"):
-        raise DatasetError(path, sc.CG, f"the projector handles constraints as {projector!r} ({where}) but "
-                           f"the Term-1 System uses constraints={cons!r}: Term 1 would not be the Hessian "
-                           "of the potential the forces came from; re-map (`hessid data map --overwrite`, "
-                           "constraint-aware) or use matching constraints")
+    if stored is not None and str(stored).lower() != str(cons).lower():
+        raise DatasetError(path, "/", f"the data were simulated with constraints={stored!r} but the Term-1 System "
+                           f"would use constraints={cons!r}: Term 1 would not be the Hessian of the potential "
+                           "the forces came from")
+    if str(cons).lower() != "hbonds" or not ds.has_cg:
+        return
+    q = ds.cg.projector  # (n, N)
+    for a, h in hbond_pairs(topology):
+        if not np.array_equal(q[:, a], q[:, h]):
+            raise DatasetError(path, sc.CG_PROJECTOR, f"the projector handles constraints as "
+                               f"{ds.cg.projector_constraints or 'none'!r}: its columns of the rigid HBond pair "
+                               f"(atoms {int(a)}, {int(h)}) differ, but the Term-1 System uses constraints="
+                               f"{cons!r} (no X–H bond terms), so Term 1 would not be the Hessian of the potential "
+                               "the forces came from; re-map constraint-aware (`hessid data map NAME --overwrite`)")
 
 
 def _system_for(ds: Dataset, forcefield, solvent, constraints):
@@ -504,6 +522,7 @@ def compute_targets(
     constraints: str | None = None,
     progress: bool = True,
     interrupt_after_chunks: int | None = None,
+    probe_key: int | None = None,
 ) -> TargetsResult:
     """Precompute Term 1 for every frame of a dataset file (``hessid targets``;
     docs/identities.md §5).
@@ -519,7 +538,8 @@ def compute_targets(
         n_probes: k probes per frame (ignored with ``full_block``).
         probe_kind: a :data:`hessid.probes.PROBE_KINDS` kind (default Gaussian: unbiased for
             ‖·‖_F² with scale 1, docs/identities.md §6, §8); ``probe_scale`` is stored.
-        seed: probe seed; probes of frame t are ``draw_probes(kind, seed, [frame_id[t]], k, 3n)``.
+        seed: probe seed; probes of frame t are
+            ``draw_probes(kind, seed, [frame_id[t]], k, 3n, key=probe_key)``.
         epsilon_nm: largest atomic displacement, nm (default :func:`default_epsilon`).
         platform, threads, precision: OpenMM platform (default CUDA if present else CPU),
             CPU threads per worker (default cores // workers), CUDA/OpenCL precision.
@@ -534,6 +554,9 @@ def compute_targets(
         progress: tqdm bar.
         interrupt_after_chunks: test hook; raise :class:`TargetsInterrupted` after this many
             chunks were committed by this call.
+        probe_key: per-dataset probe key (stored as ``probe_key``); default
+            :func:`dataset_probe_key` of the file, or the stored key on ``resume`` (0 for targets
+            written before keys existed).
 
     Returns:
         :class:`TargetsResult` (timings for the throughput benchmark).
@@ -560,6 +583,10 @@ def compute_targets(
         t_frames = ds.n_frames
         check_constraint_handling(path, ds, top, constraints)
         exists = ds.has_hessian_block if full_block else ds.has_term1
+        stored_key = None
+        if exists and resume and not full_block:  # a resumed run keeps its key (0: written before keys)
+            stored_key = int(_plain(ds.term1.attrs.get(sc.ATTR_PROBE_KEY, 0)))
+        key_of_data = dataset_probe_key(ds) if probe_key is None and stored_key is None else None
     if exists and not (resume or overwrite):
         raise FileExistsError(f"{path}: dataset 'cg/{key}' exists (use --resume or --overwrite)")
     if not exists or not resume:
@@ -605,9 +632,10 @@ def compute_targets(
     probe_spec = None
     if full_block:  # every unit vector e_a: not a ProbeSpec kind
         attrs.update(probe_kind=sc.FULL_BLOCK_PROBE_KIND, probe_seed=0, probe_scale=1.0, n_probes=k,
-                     layout=sc.FULL_BLOCK_LAYOUT)  # fmt: skip
+                     probe_key=0, layout=sc.FULL_BLOCK_LAYOUT)  # fmt: skip
     else:
-        probe_spec = ProbeSpec(kind=probe_kind, seed=int(seed), n_probes=k)
+        pkey = int(probe_key) if probe_key is not None else (stored_key if stored_key is not None else key_of_data)
+        probe_spec = ProbeSpec(kind=probe_kind, seed=int(seed), n_probes=k, key=pkey)
         attrs.update(probe_spec.to_attrs(dim=d), probe_reshape=sc.PROBE_RESHAPE)
     chunk_frames = int(chunk_frames)
     attrs["chunk_frames"] = chunk_frames
@@ -620,8 +648,8 @@ def compute_targets(
             if resume:
                 old = {a: _plain(v) for a, v in g[key].attrs.items()}
                 for a in sc.TERM1_RESUME_ATTRS:
-                    if a == sc.ATTR_PROJECTOR_SHA256 and a not in old:
-                        continue  # targets written before the projector was recorded
+                    if a in (sc.ATTR_PROJECTOR_SHA256, sc.ATTR_PROBE_KEY) and a not in old:
+                        continue  # targets written before the projector / probe key was recorded
                     if str(old.get(a)) != str(attrs[a]):
                         raise DatasetError(path, f"cg/{key}", f"--resume with {a}={_plain(attrs[a])!r} but "
                                            f"the stored run used {old.get(a)!r} (rerun with the stored "
