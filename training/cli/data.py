@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from hessid.cli.options import (
+    JobFailed,
     add_dataclass,
     add_run_flags,
     dataclass_from,
@@ -35,6 +36,7 @@ from hessid.training.data.cg_map import (
     load_projector,
     write_cg,
 )
+from hessid.training.data.deep_check import deep_validate, format_checks
 from hessid.training.data.importers import (
     import_arrays,
     import_hdf5,
@@ -261,10 +263,19 @@ def _map_parser(prog: str) -> ArgumentParser:
 
 
 def _validate_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame.",
+    parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame. "
+                              "--deep also checks the values (exit 1 when a check fails).",
                         config=False)
     parser.add_argument("name", type=str, help="dataset name or path")
     parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    parser.add_argument("--deep", action=ActionYesNo(no_prefix="no-"), default=False,
+                        help="also check cg/coordinates = S·coordinates, cg/forces = Q·forces, "
+                             "recompute the forces of a few frames with OpenMM, check bond and "
+                             "Cα–Cα lengths (units) and report incomplete runs")
+    parser.add_argument("--force-frames", type=int, default=signature_default(deep_validate, "n_force_frames"),
+                        help="with --deep: frames whose forces are recomputed")
+    parser.add_argument("--platform", type=str | None, default=None,
+                        help="with --deep: OpenMM platform of the recomputation (default CPU, 1 thread)")
     return parser
 
 
@@ -367,7 +378,15 @@ def _map(cfg: Namespace, prog: str) -> None:
 
 
 def _validate(cfg: Namespace, prog: str) -> None:
-    print(validate_dataset(dataset_path(cfg.name, cfg.root)))
+    path = dataset_path(cfg.name, cfg.root)
+    if not cfg.deep:
+        print(validate_dataset(path))
+        return
+    rows = deep_validate(path, n_force_frames=cfg.force_frames, platform=cfg.platform)
+    print(format_checks(path, rows))
+    failed = [r.name for r in rows if r.failed]
+    if failed:
+        raise JobFailed(f"{path}: {len(failed)} deep check(s) failed: {', '.join(failed)}")
 
 
 _RUN = {"build": _build, "simulate": _simulate, "import": _import, "map": _map,
@@ -382,6 +401,7 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
         ValueError: invalid options or data (exit 2).
         FileNotFoundError: a missing structure or dataset (exit 2).
         FileExistsError: the dataset exists and neither --resume nor --overwrite (exit 2).
+        JobFailed: ``validate --deep`` found a failing check (exit 1).
     """
     action = cfg.subcommand
     _RUN[action](cfg[action], f"{parser.prog} {action}")
