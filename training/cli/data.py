@@ -28,7 +28,7 @@ from hessid.cli.options import (
     signature_default,
 )
 from hessid.optimal_projector import DEFAULT_RIDGE
-from hessid.training.data.aa_md import SOLVENTS, MDConfig, simulate
+from hessid.training.data.aa_md import SOLVENTS, MDConfig, check_md_config, simulate
 from hessid.training.data.cg_map import (
     PROJECTOR_KINDS,
     OptimalFit,
@@ -314,7 +314,9 @@ def _build(cfg: Namespace, prog: str) -> None:
 
 def _simulate(cfg: Namespace, prog: str) -> None:
     t0 = time.perf_counter()
-    path = simulate(cfg.name, dataclass_from(MDConfig, cfg), root=cfg.root, resume=cfg.resume,
+    md = dataclass_from(MDConfig, cfg)
+    check_md_config(md)  # refuses --seed 0 (the library would replace it)
+    path = simulate(cfg.name, md, root=cfg.root, resume=cfg.resume,
                     overwrite=cfg.overwrite, progress=cfg.progress)
     save_config(_simulate_parser(prog), cfg, path.parent, "data simulate")
     _done(f"wrote {path}", t0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import time as _time
@@ -57,6 +58,12 @@ _SOLVENT_FILES = {
 }
 
 
+log = logging.getLogger(__name__)
+
+#: the default Langevin/velocity seed: fixed and non-zero (OpenMM reads 0 as "random")
+DEFAULT_SEED = 12345
+
+
 class SimulationInterrupted(RuntimeError):
     """Raised by :func:`simulate` when ``interrupt_after_chunks`` is reached (a test hook that
     behaves like a killed run: frames and checkpoint of finished chunks are on disk)."""
@@ -81,8 +88,9 @@ class MDConfig:
             Boltzmann distribution, forces or Term 1: mapped data stay valid reference data.
         platform: OpenMM platform name (default: CUDA if present, else CPU).
         threads: CPU-platform threads (None: OpenMM's default).
-        seed: Langevin and velocity seed, in [1, 2**31) (OpenMM reads 0 as "pick a random
-            seed", so 0 is refused; the fixed default is stored in every file).
+        seed: Langevin and velocity seed, in [1, 2**31); the fixed default is stored in every
+            file. OpenMM reads 0 as "pick a random seed": ``hessid data simulate --seed 0`` is
+            refused, and :func:`simulate` replaces 0 by :data:`DEFAULT_SEED` with a warning.
         chunk_frames: frames per HDF5 write / checkpoint.
         deterministic: bit-identical reruns: CPU platform with one thread and
             ``DeterministicForces=true`` (default platform then CPU; Reference is deterministic
@@ -105,7 +113,7 @@ class MDConfig:
     hydrogen_mass: float | None = None
     platform: str | None = None
     threads: int | None = None
-    seed: int = 12345
+    seed: int = 12345  # DEFAULT_SEED
     chunk_frames: int = 10
     deterministic: bool = False
 
@@ -392,11 +400,16 @@ def simulate(
         FileNotFoundError: no ``<name>.pdb`` (run ``hessid data build``), or ``--resume`` without
             a checkpoint.
         FileExistsError: dataset exists and neither ``resume`` nor ``overwrite``.
-        ValueError: bad settings (stride < 1, unknown solvent/platform), the stored file
-            disagrees with the checkpoint, or (``resume``) the file cannot be opened.
+        ValueError: bad settings (:func:`check_md_config`; seed 0 is replaced, not refused), a
+            ``resume`` that changes a :data:`RESUME_FIXED` setting, the stored file disagrees
+            with the checkpoint, or (``resume``) the file cannot be opened.
     """
 
     cfg = config or MDConfig()
+    if int(cfg.seed) == 0:  # OpenMM's "random": never passed on (the CLI refuses --seed 0)
+        log.warning("seed 0 means 'random' to OpenMM; using the fixed default seed %d (stored in the file)",
+                    DEFAULT_SEED)
+        cfg = dataclasses.replace(cfg, seed=DEFAULT_SEED)
     h5_path = dataset_path(name, root)
     folder, stem = h5_path.parent, h5_path.stem
     chk_path = folder / f"{stem}.chk"
@@ -409,7 +422,7 @@ def simulate(
             raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
         h5 = open_for_append(h5_path)  # DatasetError (a ValueError) if a kill damaged it
         try:
-            cfg = resumed_config(h5_path, json.loads(h5.attrs[sc.ATTR_MD_CONFIG]), config)
+            cfg = resumed_config(h5_path, json.loads(h5.attrs[sc.ATTR_MD_CONFIG]), None if config is None else cfg)
         except BaseException:
             h5.close()
             raise
@@ -523,7 +536,7 @@ def ns_per_day(steps: int, timestep_fs: float, seconds: float) -> float:
 
 
 __all__ = [
-    "MD_RANGES", "RESUME_FIXED", "SEED_RANGE", "SOLVENTS", "MDConfig", "SimulationInterrupted",
+    "DEFAULT_SEED", "MD_RANGES", "RESUME_FIXED", "SEED_RANGE", "SOLVENTS", "MDConfig", "SimulationInterrupted",
     "check_md_config", "choose_platform", "create_system", "resumed_config",
     "dataset_attrs", "forcefield_files", "platform_precision", "simulate", "state_arrays", "system_hash",
     "ns_per_day",

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from hessid.cli import main
-from hessid.training.data.aa_md import MDConfig, choose_platform
+from hessid.training.data.aa_md import DEFAULT_SEED, MDConfig, choose_platform, simulate
 from hessid.training.data.structures import DEFAULT_BUILD_SEED, build_structure
 
 ARRAYS = ("coordinates", "forces", "potential_energy", "time", "frame_id")
@@ -24,6 +24,14 @@ def _arrays(path) -> dict[str, bytes]:
 
 def test_default_seed_is_fixed_non_zero():
     assert MDConfig().seed != 0 and DEFAULT_BUILD_SEED != 0
+
+
+def test_the_library_never_passes_seed_0_to_openmm(tmp_path):
+    build_structure("z", sequence="AG", out_dir=tmp_path)
+    path = simulate("z", MDConfig(steps=0, seed=0, solvent="vacuum", platform="CPU", threads=1, minimize=False),
+                    root=tmp_path, progress=False)  # fmt: skip
+    with h5py.File(path, "r") as h5:
+        assert int(h5.attrs["seed"]) == DEFAULT_SEED == MDConfig().seed
 
 
 def test_deterministic_platform_settings():
