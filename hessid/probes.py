@@ -1,8 +1,9 @@
 """Probe vectors for stochastic Hessian-vector-product matching (docs/identities.md §5, §6).
 
 Probes are drawn per frame from a counter-based generator (numpy's Philox keyed by
-``(seed, frame_id)``) on the CPU in float64, then cast. The probes of a frame therefore depend
-only on ``(kind, seed, frame_id, k, dim)``: they are bit-identical whatever the batch
+``(seed, frame_id)``, its counter starting at ``(0, 0, 0, key)`` for a per-dataset ``key``) on
+the CPU in float64, then cast. The probes of a frame therefore depend only on
+``(kind, seed, key, frame_id, k, dim)``: they are bit-identical whatever the batch
 order, batch composition, process or rank count, device or storage dtype (a float32 copy is
 the rounding of the float64 draw). This is what lets Term 1 be precomputed once and the
 same probes be regenerated online during training.
@@ -43,14 +44,20 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"probe kind {kind!r} is not one of {PROBE_KINDS}")
 
 
-def _generator(seed: int, frame_id: int) -> np.random.Generator:
-    """Philox generator keyed by (seed, frame_id): a counter-based stream per frame."""
+def _generator(seed: int, frame_id: int, key: int = 0) -> np.random.Generator:
+    """Philox generator keyed by (seed, frame_id), its 256-bit counter starting at
+    (0, 0, 0, key): a counter-based stream per frame and dataset key. A frame's draw advances
+    only the low counter word (far below 2**192 steps), so different keys never share counter
+    values, hence never share random numbers; key 0 is the stream of version-1 files."""
     if not (0 <= int(seed) < _MAX_KEY):
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if not (0 <= int(frame_id) < _MAX_KEY):
         raise ValueError(f"frame id must be an integer in [0, 2**64), got {frame_id!r}")
-    key = np.array([int(seed), int(frame_id)], dtype=np.uint64)
-    return np.random.Generator(np.random.Philox(key=key))
+    if not (0 <= int(key) < _MAX_KEY):
+        raise ValueError(f"probe key must be an integer in [0, 2**64), got {key!r}")
+    words = np.array([int(seed), int(frame_id)], dtype=np.uint64)
+    counter = np.array([0, 0, 0, int(key)], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=words, counter=counter))
 
 
 def _orthonormal_columns(g: np.ndarray) -> np.ndarray:
@@ -99,6 +106,7 @@ def draw_probes(
     dim: int,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    key: int = 0,
 ) -> torch.Tensor:
     """Deterministic probes for each frame (docs/identities.md §5, "Deterministic probes").
 
@@ -110,14 +118,16 @@ def draw_probes(
         dim: CG dimension d = 3n (probes live in flat CG space; reshape to (n, 3) as needed).
         dtype: storage dtype of the result (the draw is always float64, then cast).
         device: where the result lives (drawn on the CPU, then moved).
+        key: per-dataset probe key in [0, 2**64) (0: the probes of files without one), so two
+            datasets with the same seed and frame ids get different probes.
 
     Returns:
         (F, k, dim) tensor; dimensionless (unit of the displacement direction).
-        Row ``[f]`` depends only on ``(kind, seed, frame_ids[f], k, dim)``.
+        Row ``[f]`` depends only on ``(kind, seed, key, frame_ids[f], k, dim)``.
 
     Raises:
-        ValueError: unknown kind, k < 1, dim < 1, k > dim for orthonormal probes, seed or a
-            frame id outside [0, 2**64).
+        ValueError: unknown kind, k < 1, dim < 1, k > dim for orthonormal probes, seed, key or
+            a frame id outside [0, 2**64).
     """
     _check_kind(kind)
     if int(k) < 1 or int(dim) < 1:
@@ -129,7 +139,7 @@ def draw_probes(
         raise ValueError(f"frame_ids must be a 1-D sequence of integers, got {ids.dtype} {ids.shape}")
     out = np.empty((ids.size, int(k), int(dim)))  # (F, k, d)
     for f, frame_id in enumerate(ids.tolist()):
-        out[f] = _draw_one(kind, _generator(seed, frame_id), int(k), int(dim))
+        out[f] = _draw_one(kind, _generator(seed, frame_id, key), int(k), int(dim))
     return torch.from_numpy(out).to(dtype=dtype, device=device)
 
 
@@ -279,24 +289,28 @@ def trace_estimator_variances(kind: str, A, k: int = 1) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """What fixes the probes of a run: kind, global seed, probes per frame.
+    """What fixes the probes of a run: kind, global seed, probes per frame, per-dataset key.
 
-    Stored as HDF5/checkpoint attributes (``probe_kind``, ``probe_seed``, ``n_probes``) so that
-    a file records enough to regenerate its probes; see :meth:`to_attrs`.
+    Stored as HDF5/checkpoint attributes (``probe_kind``, ``probe_seed``, ``n_probes``,
+    ``probe_key``) so that a file records enough to regenerate its probes; see :meth:`to_attrs`.
+    ``key`` 0 is the stream of files written before the key existed (no ``probe_key``).
     """
 
     kind: str = "gaussian"
     seed: int = 0
     n_probes: int = 4
+    key: int = 0
 
     def __post_init__(self):
         _check_kind(self.kind)
         if self.n_probes < 1:
             raise ValueError(f"n_probes must be >= 1, got {self.n_probes}")
+        if not 0 <= int(self.key) < _MAX_KEY:
+            raise ValueError(f"probe key must be an integer in [0, 2**64), got {self.key!r}")
 
     def draw(self, frame_ids, dim: int, dtype=torch.float64, device=None) -> torch.Tensor:
         """:func:`draw_probes` with this spec: (F, n_probes, dim)."""
-        return draw_probes(self.kind, self.seed, frame_ids, self.n_probes, dim, dtype, device)
+        return draw_probes(self.kind, self.seed, frame_ids, self.n_probes, dim, dtype, device, key=self.key)
 
     def scale(self, dim: int) -> float:
         """:func:`probe_scale` of this kind at dimension ``dim``."""
@@ -310,20 +324,22 @@ class ProbeSpec:
                 ``probe_scale`` (float, :func:`probe_scale` at d) are stored too.
 
         Returns:
-            dict ``probe_kind`` (str), ``probe_seed`` (int), ``n_probes`` (int)
-            [, ``probe_scale``, ``probe_dim``].
+            dict ``probe_kind`` (str), ``probe_seed`` (int), ``n_probes`` (int), ``probe_key``
+            (int) [, ``probe_scale``, ``probe_dim``].
 
         Raises:
             ValueError: dim < 1.
         """
-        out = {"probe_kind": self.kind, "probe_seed": int(self.seed), "n_probes": int(self.n_probes)}
+        out = {"probe_kind": self.kind, "probe_seed": int(self.seed), "n_probes": int(self.n_probes),
+               "probe_key": int(self.key)}
         if dim is not None:
             out.update(probe_scale=float(self.scale(int(dim))), probe_dim=int(dim))
         return out
 
     @classmethod
     def from_attrs(cls, attrs) -> ProbeSpec:
-        """Inverse of :meth:`to_attrs` (accepts an h5py attrs mapping or a dict).
+        """Inverse of :meth:`to_attrs` (accepts an h5py attrs mapping or a dict); a missing
+        ``probe_key`` is 0 (files written before the key existed keep their probes).
 
         Raises:
             KeyError: an attribute is missing (names it).
@@ -333,4 +349,5 @@ class ProbeSpec:
             raise KeyError(f"probe attributes missing: {missing}")
         kind = attrs["probe_kind"]
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        return cls(kind=kind, seed=int(attrs["probe_seed"]), n_probes=int(attrs["n_probes"]))
+        return cls(kind=kind, seed=int(attrs["probe_seed"]), n_probes=int(attrs["n_probes"]),
+                   key=int(attrs.get("probe_key", 0)))

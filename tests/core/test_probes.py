@@ -196,7 +196,7 @@ def test_probe_spec_round_trips_through_attributes():
 def test_probe_spec_attributes_with_a_dimension_carry_scale_and_dimension():
     spec = ProbeSpec("unit_sphere", 3, 2)
     attrs = spec.to_attrs(dim=12)
-    assert attrs == {"probe_kind": "unit_sphere", "probe_seed": 3, "n_probes": 2,
+    assert attrs == {"probe_kind": "unit_sphere", "probe_seed": 3, "n_probes": 2, "probe_key": 0,
                      "probe_scale": 12.0, "probe_dim": 12}
     assert ProbeSpec.from_attrs(attrs) == spec  # extra attributes are ignored on reading
     assert ProbeSpec("gaussian", 0, 1).to_attrs(dim=9)["probe_scale"] == 1.0

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from hessid.cli.options import (
+    JobFailed,
     add_dataclass,
     add_run_flags,
     dataclass_from,
@@ -27,7 +28,7 @@ from hessid.cli.options import (
     signature_default,
 )
 from hessid.optimal_projector import DEFAULT_RIDGE
-from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.aa_md import SOLVENTS, MDConfig, check_md_config, simulate
 from hessid.training.data.cg_map import (
     PROJECTOR_KINDS,
     OptimalFit,
@@ -35,8 +36,14 @@ from hessid.training.data.cg_map import (
     load_projector,
     write_cg,
 )
-from hessid.training.data.importers import import_arrays, import_hdf5, import_trajectory
-from hessid.training.data.io import dataset_path, validate_dataset
+from hessid.training.data.deep_check import deep_validate, format_checks
+from hessid.training.data.importers import (
+    import_arrays,
+    import_hdf5,
+    import_trajectory,
+    source_physics,
+)
+from hessid.training.data.io import check_dataset_name, dataset_path, validate_dataset
 from hessid.training.data.reader import open_dataset
 from hessid.training.data.structures import build_structure
 
@@ -59,7 +66,11 @@ class BuildOptions:
         keep_ions: keep ions (with --pdb).
         phi: backbone φ of a built sequence, degrees (default: PPII).
         psi: backbone ψ, degrees.
-        ph: protonation pH.
+        ph: protonation pH, in [0, 14].
+        drop_unknown: drop residues amber14 has no template for (ligands, unknown residues),
+            listing them; default: refuse the file naming them.
+        seed: seed of the hydrogen and missing-atom placement (the same seed gives the same
+            file; fixed non-zero default).
         root: folder holding NAME/.
     """
 
@@ -71,6 +82,8 @@ class BuildOptions:
     phi: float = signature_default(build_structure, "phi")
     psi: float = signature_default(build_structure, "psi")
     ph: float = signature_default(build_structure, "ph")
+    drop_unknown: bool = signature_default(build_structure, "drop_unknown")
+    seed: int = signature_default(build_structure, "seed")
     root: str = "."
 
 
@@ -91,7 +104,9 @@ class ImportOptions:
         timestep: fs between saved frames (default: the source's time, else the frame index).
         solvent: solvent of the source simulation (needed by `hessid targets`).
         forcefield: force-field XML of the source simulation.
-        temperature: K.
+        temperature: K of the source simulation (required, no default; in [1, 1000]).
+        constraints: ``HBonds`` if the source simulation kept bonds to hydrogen rigid, else
+            ``none`` (required, no default: the CG projector and the Term-1 potential depend on it).
         root: folder holding NAME/.
     """
 
@@ -108,6 +123,7 @@ class ImportOptions:
     solvent: str | None = None
     forcefield: str | None = None
     temperature: float | None = None
+    constraints: str | None = None
     root: str = "."
 
 
@@ -215,6 +231,7 @@ def _build_parser(prog: str) -> ArgumentParser:
     parser = new_parser(prog, "Structure from a sequence (PeptideBuilder + pdbfixer) or a "
                               "PDB/mmCIF file: ROOT/NAME/NAME.pdb.")
     add_dataclass(parser, BuildOptions)
+    add_run_flags(parser, overwrite="replace an existing NAME.pdb")
     return parser
 
 
@@ -246,10 +263,19 @@ def _map_parser(prog: str) -> ArgumentParser:
 
 
 def _validate_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame.",
+    parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame. "
+                              "--deep also checks the values (exit 1 when a check fails).",
                         config=False)
     parser.add_argument("name", type=str, help="dataset name or path")
     parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    parser.add_argument("--deep", action=ActionYesNo(no_prefix="no-"), default=False,
+                        help="also check cg/coordinates = S·coordinates, cg/forces = Q·forces, "
+                             "recompute the forces of a few frames with OpenMM, check bond and "
+                             "Cα–Cα lengths (units) and report incomplete runs")
+    parser.add_argument("--force-frames", type=int, default=signature_default(deep_validate, "n_force_frames"),
+                        help="with --deep: frames whose forces are recomputed")
+    parser.add_argument("--platform", type=str | None, default=None,
+                        help="with --deep: OpenMM platform of the recomputation (default CPU, 1 thread)")
     return parser
 
 
@@ -280,14 +306,17 @@ def _build(cfg: Namespace, prog: str) -> None:
     t0 = time.perf_counter()
     path = build_structure(opts.name, sequence=opts.sequence, pdb=opts.pdb, out_dir=opts.root,
                            keep_water=opts.keep_water, keep_ions=opts.keep_ions, phi=opts.phi,
-                           psi=opts.psi, ph=opts.ph)
+                           psi=opts.psi, ph=opts.ph, drop_unknown=opts.drop_unknown, seed=opts.seed,
+                           overwrite=cfg.overwrite)
     save_config(_build_parser(prog), cfg, path.parent, "data build")
     _done(f"wrote {path}", t0)
 
 
 def _simulate(cfg: Namespace, prog: str) -> None:
     t0 = time.perf_counter()
-    path = simulate(cfg.name, dataclass_from(MDConfig, cfg), root=cfg.root, resume=cfg.resume,
+    md = dataclass_from(MDConfig, cfg)
+    check_md_config(md)  # refuses --seed 0 (the library would replace it)
+    path = simulate(cfg.name, md, root=cfg.root, resume=cfg.resume,
                     overwrite=cfg.overwrite, progress=cfg.progress)
     save_config(_simulate_parser(prog), cfg, path.parent, "data simulate")
     _done(f"wrote {path}", t0)
@@ -296,9 +325,22 @@ def _simulate(cfg: Namespace, prog: str) -> None:
 def _import(cfg: Namespace, prog: str) -> None:
     opts = dataclass_from(ImportOptions, cfg)
     t0 = time.perf_counter()
+    check_dataset_name(opts.name)
+    source_physics(opts.temperature, opts.constraints)  # required: refuse before reading anything
+    if opts.solvent is not None and opts.solvent not in SOLVENTS:
+        raise ValueError(f"--solvent={opts.solvent!r}: expected one of {', '.join(SOLVENTS)}")
+    if opts.timestep is not None and not opts.timestep > 0:
+        raise ValueError(f"--timestep={opts.timestep}: expected fs > 0")
+    for option in ("source", "forces", "topology"):
+        given = getattr(opts, option)
+        if given is not None and not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file (--{option})" if option != "source"
+                                    else f"{given}: no such source file")
     out = Path(opts.root) / opts.name / f"{opts.name}.h5"
-    attrs = {"name": opts.name, "solvent": opts.solvent, "forcefield": opts.forcefield,
-             "temperature": opts.temperature}
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out}: exists (use --overwrite to replace it)")
+    attrs = {"name": opts.name, "solvent": opts.solvent, "forcefield": opts.forcefield}
+    physics = {"temperature": opts.temperature, "constraints": opts.constraints}
     timestep_ps = None if opts.timestep is None else opts.timestep / 1000.0  # fs → ps
     fmt = opts.format
     if fmt == "auto":
@@ -308,19 +350,20 @@ def _import(cfg: Namespace, prog: str) -> None:
         path = import_hdf5(opts.source, out, topology=opts.topology,
                                 coordinates_key=opts.coordinates_key, forces_key=opts.forces_key,
                                 length_unit=opts.length_unit, force_unit=opts.force_unit,
-                                timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+                                timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite, **physics)
     elif fmt == "arrays":
         if opts.forces is None or opts.topology is None:
             raise ValueError("--format arrays needs --forces FILE and --topology PDB")
         path = import_arrays(opts.source, opts.forces, opts.topology, out,
                                   length_unit=opts.length_unit, force_unit=opts.force_unit,
-                                  timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite)
+                                  timestep_ps=timestep_ps, attrs=attrs, overwrite=cfg.overwrite,
+                                  **physics)
     else:
         if opts.forces is None:
             raise ValueError("--format trajectory needs --forces FILE")
         path = import_trajectory(opts.source, opts.forces, out, force_unit=opts.force_unit,
                                       topology=opts.topology, attrs=attrs,
-                                      overwrite=cfg.overwrite)
+                                      overwrite=cfg.overwrite, **physics)
     save_config(_import_parser(prog), cfg, Path(path).parent, "data import")
     _done(f"wrote {path}", t0)
 
@@ -337,7 +380,15 @@ def _map(cfg: Namespace, prog: str) -> None:
 
 
 def _validate(cfg: Namespace, prog: str) -> None:
-    print(validate_dataset(dataset_path(cfg.name, cfg.root)))
+    path = dataset_path(cfg.name, cfg.root)
+    if not cfg.deep:
+        print(validate_dataset(path))
+        return
+    rows = deep_validate(path, n_force_frames=cfg.force_frames, platform=cfg.platform)
+    print(format_checks(path, rows))
+    failed = [r.name for r in rows if r.failed]
+    if failed:
+        raise JobFailed(f"{path}: {len(failed)} deep check(s) failed: {', '.join(failed)}")
 
 
 _RUN = {"build": _build, "simulate": _simulate, "import": _import, "map": _map,
@@ -352,6 +403,7 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
         ValueError: invalid options or data (exit 2).
         FileNotFoundError: a missing structure or dataset (exit 2).
         FileExistsError: the dataset exists and neither --resume nor --overwrite (exit 2).
+        JobFailed: ``validate --deep`` found a failing check (exit 1).
     """
     action = cfg.subcommand
     _RUN[action](cfg[action], f"{parser.prog} {action}")

@@ -64,6 +64,8 @@ class TargetsOptions:
         full_block: store cg/hessian_block (2·3n force evaluations per frame).
         forcefield: override the file's force field.
         solvent: override the file's solvent.
+        constraints: ``HBonds`` | ``none``: the constraints of the source simulation, for files
+            imported without them (must agree with the projector's constraint handling).
         root: folder holding the dataset folders NAME/.
         conditional: write conditional labels (mean force + CG Hessian by frozen-bead sampling)
             at chosen configurations of the mapped dataset, instead of Term 1 of every frame.
@@ -93,6 +95,7 @@ class TargetsOptions:
     full_block: bool = _default("full_block")
     forcefield: str | None = _default("forcefield")
     solvent: str | None = _default("solvent")
+    constraints: str | None = _default("constraints")
     root: str = "."
     conditional: bool = False
     configs: int | None = None
@@ -139,7 +142,7 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
         precision=opts.precision, workers=opts.workers, chunk_frames=opts.chunk_frames,
         scheduler=opts.scheduler, resume=cfg.resume, overwrite=cfg.overwrite,
         full_block=opts.full_block, forcefield=opts.forcefield, solvent=opts.solvent,
-        progress=cfg.progress)
+        constraints=opts.constraints, progress=cfg.progress)
     save_config(parser, cfg, path.parent, "targets")
     print(f"wrote {res.path}: {res.chunks_computed} chunks computed, {res.chunks_skipped} "
           f"already done, {res.frame_probes_per_s:.1f} frame·probes/s "

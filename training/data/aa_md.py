@@ -15,8 +15,10 @@ checkpoint and continues bit-for-bit (the checkpoint restores the Langevin RNG).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import time as _time
@@ -56,6 +58,12 @@ _SOLVENT_FILES = {
 }
 
 
+log = logging.getLogger(__name__)
+
+#: the default Langevin/velocity seed: fixed and non-zero (OpenMM reads 0 as "random")
+DEFAULT_SEED = 12345
+
+
 class SimulationInterrupted(RuntimeError):
     """Raised by :func:`simulate` when ``interrupt_after_chunks`` is reached (a test hook that
     behaves like a killed run: frames and checkpoint of finished chunks are on disk)."""
@@ -80,8 +88,15 @@ class MDConfig:
             Boltzmann distribution, forces or Term 1: mapped data stay valid reference data.
         platform: OpenMM platform name (default: CUDA if present, else CPU).
         threads: CPU-platform threads (None: OpenMM's default).
-        seed: Langevin and velocity seed.
+        seed: Langevin and velocity seed, in [1, 2**31); the fixed default is stored in every
+            file. OpenMM reads 0 as "pick a random seed": ``hessid data simulate --seed 0`` is
+            refused, and :func:`simulate` replaces 0 by :data:`DEFAULT_SEED` with a warning.
         chunk_frames: frames per HDF5 write / checkpoint.
+        deterministic: bit-identical reruns: CPU platform with one thread and
+            ``DeterministicForces=true`` (default platform then CPU; Reference is deterministic
+            anyway; CUDA/OpenCL get ``DeterministicForces=true``, reproducible on the same GPU
+            and driver only). Without it the same seed gives the same run only up to the
+            order of floating-point sums across threads.
     """
 
     steps: int = 10_000
@@ -98,8 +113,56 @@ class MDConfig:
     hydrogen_mass: float | None = None
     platform: str | None = None
     threads: int | None = None
-    seed: int = 0
+    seed: int = 12345  # DEFAULT_SEED
     chunk_frames: int = 10
+    deterministic: bool = False
+
+
+#: MDConfig fields that fix the physics or the trajectory of a run: ``--resume`` refuses a
+#: change (execution fields — platform, threads, chunk_frames — and steps may change)
+RESUME_FIXED = ("stride", "temperature", "friction", "timestep", "equilibration_steps", "minimize",
+                "solvent", "forcefield", "padding", "constraints", "hydrogen_mass", "seed",
+                "deterministic")
+#: accepted ranges of MDConfig's numbers: (low, high), inclusive
+MD_RANGES = {"temperature": (1.0, 1000.0), "timestep": (0.01, 5.0), "friction": (1e-6, 1e4),
+             "padding": (0.5, 10.0)}
+#: OpenMM's random seeds are C ints; 0 means "random"
+SEED_RANGE = (1, 2**31 - 1)
+
+
+def check_md_config(cfg: MDConfig) -> None:
+    """Range-check an :class:`MDConfig` before anything is created.
+
+    Ranges: steps ≥ 0, stride ≥ 1, chunk_frames ≥ 1, equilibration_steps ≥ 0, threads ≥ 1,
+    seed in :data:`SEED_RANGE`, :data:`MD_RANGES` (temperature K, timestep fs — above 5 fs
+    even hydrogen-mass-repartitioned amber14 with HBond constraints is unstable —, friction
+    1/ps, padding nm), hydrogen_mass in (0, 10] amu, known solvent and constraints.
+
+    Raises:
+        ValueError: the first value out of range (one line naming the option).
+    """
+    ints = {"steps": 0, "stride": 1, "chunk_frames": 1, "equilibration_steps": 0}
+    for name, low in ints.items():
+        if int(getattr(cfg, name)) < low:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)}: expected an integer >= {low}")
+    for name, (lo, hi) in MD_RANGES.items():
+        value = float(getattr(cfg, name))
+        if not lo <= value <= hi:
+            raise ValueError(f"--{name}={getattr(cfg, name)}: expected a value in [{lo:g}, {hi:g}]"
+                             + (" fs" if name == "timestep" else ""))
+    if cfg.threads is not None and int(cfg.threads) < 1:
+        raise ValueError(f"--threads={cfg.threads}: expected at least 1")
+    if not SEED_RANGE[0] <= int(cfg.seed) <= SEED_RANGE[1]:
+        raise ValueError(f"--seed={cfg.seed}: expected an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                         "(OpenMM reads 0 as 'random')")
+    if cfg.hydrogen_mass is not None and not 0 < float(cfg.hydrogen_mass) <= 10.0:
+        raise ValueError(f"--hydrogen-mass={cfg.hydrogen_mass}: expected amu in (0, 10]")
+    if cfg.solvent not in SOLVENTS:
+        raise ValueError(f"--solvent={cfg.solvent!r}: expected one of {', '.join(SOLVENTS)}")
+    if str(cfg.constraints).lower() not in ("hbonds", "none"):
+        raise ValueError(f"--constraints={cfg.constraints!r}: expected HBonds or none")
+    if cfg.deterministic and cfg.threads is not None and int(cfg.threads) != 1:
+        raise ValueError(f"--deterministic runs one CPU thread; --threads={cfg.threads} contradicts it")
 
 
 def forcefield_files(forcefield: str = "amber14-all.xml", solvent: str = "gbn2") -> list[str]:
@@ -164,7 +227,8 @@ def dataset_attrs(name: str, cfg: MDConfig, platform, properties: dict, forcefie
     Returns:
         dict: ``name``, ``temperature`` (K), ``forcefield``, ``forcefield_files`` (JSON),
         ``solvent``, ``constraints``, ``platform``, ``precision``, ``seed``, ``timestep_fs``,
-        ``friction_per_ps``, ``stride``, ``forcefield_hash``, ``md_config``, ``time_unit="ps"``.
+        ``friction_per_ps``, ``stride``, ``forcefield_hash``, ``md_config``, ``time_unit="ps"``,
+        ``platform_properties`` (JSON, e.g. ``{"DeterministicForces": "true", "Threads": "1"}``).
     """
     return {
         "name": name, "temperature": float(cfg.temperature), "forcefield": cfg.forcefield,
@@ -174,6 +238,7 @@ def dataset_attrs(name: str, cfg: MDConfig, platform, properties: dict, forcefie
         "timestep_fs": float(cfg.timestep), "friction_per_ps": float(cfg.friction),
         "stride": int(cfg.stride), "forcefield_hash": forcefield_hash,
         "md_config": json.dumps(asdict(cfg)), "time_unit": "ps",
+        "platform_properties": json.dumps(properties, sort_keys=True),
     }  # fmt: skip
 
 
@@ -197,13 +262,16 @@ def system_hash(system) -> str:
 
 
 def choose_platform(name: str | None = None, threads: int | None = None,
-                    precision: str | None = None):  # fmt: skip
-    """OpenMM platform and properties: ``name`` if given, else CUDA if present, else CPU.
+                    precision: str | None = None, deterministic: bool = False):  # fmt: skip
+    """OpenMM platform and properties: ``name`` if given, else CUDA if present, else CPU
+    (with ``deterministic``: else CPU).
 
     Args:
         name: "Reference" | "CPU" | "CUDA" | "OpenCL" | None.
         threads: CPU threads (CPU platform only).
         precision: "single" | "mixed" | "double" (CUDA/OpenCL only).
+        deterministic: CPU: ``Threads=1``, ``DeterministicForces=true``; CUDA/OpenCL:
+            ``DeterministicForces=true``; Reference: nothing (deterministic already).
 
     Returns:
         ``(platform, properties)``.
@@ -214,7 +282,7 @@ def choose_platform(name: str | None = None, threads: int | None = None,
 
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
     if name is None:
-        name = "CUDA" if "CUDA" in names else "CPU"
+        name = "CUDA" if "CUDA" in names and not deterministic else "CPU"
     if name not in names:
         raise ValueError(f"OpenMM platform {name!r} not available; available: {names}")
     props = {}
@@ -222,6 +290,10 @@ def choose_platform(name: str | None = None, threads: int | None = None,
         props["Threads"] = str(int(threads))
     if name in ("CUDA", "OpenCL") and precision:
         props["Precision"] = precision
+    if deterministic and name == "CPU":
+        props["Threads"] = "1"
+    if deterministic and name != "Reference":
+        props["DeterministicForces"] = "true"
     return openmm.Platform.getPlatformByName(name), props
 
 
@@ -233,6 +305,34 @@ def platform_precision(platform_name: str, properties: dict | None = None) -> st
     if platform_name == "CPU":
         return "mixed"
     return (properties or {}).get("Precision", "single")
+
+
+def resumed_config(path: Path, stored: dict, given: MDConfig | None) -> MDConfig:
+    """The configuration of a resumed run: the stored ``md_config`` with the given ``steps``
+    and execution settings (platform, threads, chunk_frames).
+
+    A field of :data:`RESUME_FIXED` given with a value other than the stored one is refused:
+    continuing with it would make ``md_config`` describe a run that did not happen. A given
+    value equal to :class:`MDConfig`'s default counts as "not given" (the CLI cannot tell the
+    two apart), so the stored value is kept.
+
+    Raises:
+        ValueError: a changed fixed setting (one line naming it, both values and the file).
+    """
+    default = MDConfig()
+    known = {f.name for f in dataclasses.fields(MDConfig)}
+    merged = {**asdict(default), **{k: v for k, v in stored.items() if k in known}}
+    if given is not None:
+        for k in RESUME_FIXED:
+            new = getattr(given, k)
+            if new != merged[k] and new != getattr(default, k):
+                raise ValueError(f"{path}: --resume with {k}={new!r} but the stored run used {merged[k]!r} "
+                                 "(a resumed run keeps its settings; start a new dataset to change it)")
+        merged["steps"] = given.steps
+        for k in ("platform", "threads", "chunk_frames"):  # execution, not physics: may change
+            if getattr(given, k) is not None:
+                merged[k] = getattr(given, k)
+    return MDConfig(**merged)
 
 
 def _write_checkpoint(context, path: Path) -> None:
@@ -300,27 +400,32 @@ def simulate(
         FileNotFoundError: no ``<name>.pdb`` (run ``hessid data build``), or ``--resume`` without
             a checkpoint.
         FileExistsError: dataset exists and neither ``resume`` nor ``overwrite``.
-        ValueError: bad settings (stride < 1, unknown solvent/platform), the stored file
-            disagrees with the checkpoint, or (``resume``) the file cannot be opened.
+        ValueError: bad settings (:func:`check_md_config`; seed 0 is replaced, not refused), a
+            ``resume`` that changes a :data:`RESUME_FIXED` setting, the stored file disagrees
+            with the checkpoint, or (``resume``) the file cannot be opened.
     """
 
     cfg = config or MDConfig()
+    if int(cfg.seed) == 0:  # OpenMM's "random": never passed on (the CLI refuses --seed 0)
+        log.warning("seed 0 means 'random' to OpenMM; using the fixed default seed %d (stored in the file)",
+                    DEFAULT_SEED)
+        cfg = dataclasses.replace(cfg, seed=DEFAULT_SEED)
     h5_path = dataset_path(name, root)
     folder, stem = h5_path.parent, h5_path.stem
     chk_path = folder / f"{stem}.chk"
-    if cfg.stride < 1 or cfg.steps < 0:
-        raise ValueError(f"need stride >= 1 and steps >= 0, got stride={cfg.stride}, steps={cfg.steps}")
+    check_md_config(cfg)
+    if not resume and h5_path.exists() and not overwrite:
+        raise FileExistsError(f"{h5_path}: exists (use --overwrite to replace, --resume to continue)")
 
     if resume:
         if not (h5_path.exists() and chk_path.exists()):
             raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
         h5 = open_for_append(h5_path)  # DatasetError (a ValueError) if a kill damaged it
-        stored = json.loads(h5.attrs[sc.ATTR_MD_CONFIG])
-        stored["steps"] = cfg.steps
-        for k in ("platform", "threads", "chunk_frames"):  # execution, not physics: may change
-            if getattr(cfg, k) is not None and config is not None:
-                stored[k] = getattr(cfg, k)
-        cfg = MDConfig(**stored)
+        try:
+            cfg = resumed_config(h5_path, json.loads(h5.attrs[sc.ATTR_MD_CONFIG]), None if config is None else cfg)
+        except BaseException:
+            h5.close()
+            raise
         top = topology_from_pdb(read_topology_text(h5), f"{h5_path}: topology")
         positions = None
     else:
@@ -340,7 +445,7 @@ def simulate(
         cfg.temperature * u.kelvin, cfg.friction / u.picosecond, cfg.timestep * u.femtosecond
     )
     integrator.setRandomNumberSeed(int(cfg.seed))
-    plat, props = choose_platform(cfg.platform, cfg.threads)
+    plat, props = choose_platform(cfg.platform, cfg.threads, deterministic=cfg.deterministic)
     context = openmm.Context(system, integrator, plat, props)
     n_target = cfg.steps // cfg.stride
 
@@ -431,7 +536,8 @@ def ns_per_day(steps: int, timestep_fs: float, seconds: float) -> float:
 
 
 __all__ = [
-    "SOLVENTS", "MDConfig", "SimulationInterrupted", "choose_platform", "create_system",
+    "DEFAULT_SEED", "MD_RANGES", "RESUME_FIXED", "SEED_RANGE", "SOLVENTS", "MDConfig", "SimulationInterrupted",
+    "check_md_config", "choose_platform", "create_system", "resumed_config",
     "dataset_attrs", "forcefield_files", "platform_precision", "simulate", "state_arrays", "system_hash",
     "ns_per_day",
 ]  # fmt: skip

@@ -23,8 +23,14 @@ from hessid.training.data.io import count_pdb_atoms, write_dataset
 from hessid.training.data.schema import DatasetError
 from hessid.units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
-__all__ = ["ENERGY_UNITS", "FORCE_UNITS", "LENGTH_UNITS", "import_arrays", "import_hdf5",
-           "import_trajectory", "normalize_unit"]  # fmt: skip
+__all__ = ["CONSTRAINTS", "ENERGY_UNITS", "FORCE_UNITS", "LENGTH_UNITS", "TEMPERATURE_RANGE_K",
+           "import_arrays", "import_hdf5", "import_trajectory", "normalize_unit",
+           "source_physics"]  # fmt: skip
+
+#: accepted --constraints of an imported simulation → the stored spelling
+CONSTRAINTS = {"hbonds": "HBonds", "none": "none"}
+#: accepted --temperature range of an imported simulation, K
+TEMPERATURE_RANGE_K = (1.0, 1000.0)
 
 #: accepted spellings → factor that converts a value in that unit to hessid's unit
 LENGTH_UNITS = {"angstrom": 1.0, "nm": ANGSTROM_PER_NM}
@@ -61,6 +67,36 @@ def normalize_unit(unit: str | bytes | None, kind: str) -> str:
         raise ValueError(f"{kind} unit {unit!r} not recognised; use one of {sorted(table)}")
     return u
 
+
+
+def source_physics(temperature, constraints) -> dict:
+    """The root attributes ``temperature`` (K) and ``constraints`` of an imported simulation,
+    which must be declared: they are never defaulted, since the CG map's projector, the Term-1
+    System and training's β all depend on them.
+
+    Args:
+        temperature: K, within :data:`TEMPERATURE_RANGE_K`.
+        constraints: ``"HBonds"`` (bonds to hydrogen were rigid) or ``"none"`` (any case).
+
+    Returns:
+        ``{"temperature": float, "constraints": "HBonds" | "none"}``.
+
+    Raises:
+        ValueError: missing or out of range (one line naming --temperature / --constraints).
+    """
+    if temperature is None:
+        raise ValueError("--temperature is required: the temperature (K) of the source simulation "
+                         "(there is no default)")
+    lo, hi = TEMPERATURE_RANGE_K
+    if not lo <= float(temperature) <= hi:
+        raise ValueError(f"--temperature={temperature}: expected K in [{lo:g}, {hi:g}]")
+    if constraints is None:
+        raise ValueError("--constraints is required: HBonds if the source simulation kept bonds to "
+                         "hydrogen rigid, else none (there is no default)")
+    key = str(constraints).strip().lower()
+    if key not in CONSTRAINTS:
+        raise ValueError(f"--constraints={constraints!r}: expected HBonds or none")
+    return {"temperature": float(temperature), "constraints": CONSTRAINTS[key]}
 
 
 def _unit_from_attrs(ds, fallback_attrs, keys) -> str | None:
@@ -137,6 +173,8 @@ def import_hdf5(
     length_unit: str | None = None,
     force_unit: str | None = None,
     timestep_ps: float | None = None,
+    temperature: float | None = None,
+    constraints: str | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -154,15 +192,25 @@ def import_hdf5(
         length_unit: of the coordinates ("angstrom" | "nm").  force_unit: of the forces
             ("kcal/mol/angstrom" | "kj/mol/nm" | ...).
         timestep_ps: time between frames, ps (else ``time`` from the source or the index).
+        temperature, constraints: of the source simulation; required (:func:`source_physics`).
 
     Returns:
         the output path (validated).
 
     Raises:
         DatasetError: missing dataset or unit, shape mismatch, NaN/inf, atom-count mismatch.
+        ValueError: temperature or constraints missing or invalid.
+        FileNotFoundError: no source file.
     """
+    physics = source_physics(temperature, constraints)
     src = Path(source)
-    with h5py.File(src, "r") as h5:
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such source file")
+    try:
+        h5 = h5py.File(src, "r")
+    except OSError as exc:
+        raise DatasetError(src, None, f"not a readable HDF5 file ({exc})") from None
+    with h5:
         ck = _find_key(h5, ("coordinates", "coords", "positions"), coordinates_key, src, "coordinate")
         fk = _find_key(h5, ("forces",), forces_key, src, "force")
         lu = length_unit or _unit_from_attrs(h5[ck], h5.attrs, ("unit", "units", "length_unit"))
@@ -184,6 +232,7 @@ def import_hdf5(
     if time is None and timestep_ps is not None:
         time = np.arange(1, coords.shape[0] + 1) * float(timestep_ps)
     meta = {"source": str(src), "source_length_unit": lu, "source_force_unit": fu}
+    meta.update(physics)
     meta.update(attrs or {})
     return write_dataset(out, top, coords, forces, time=time, attrs=meta, overwrite=overwrite)
 
@@ -196,29 +245,39 @@ def import_arrays(
     length_unit: str,
     force_unit: str,
     timestep_ps: float | None = None,
+    temperature: float | None = None,
+    constraints: str | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Import npy/npz coordinate and force arrays (T, N, 3) with a PDB topology.
 
     An ``.npz`` is read for keys ``coordinates``/``coords``/``positions`` and ``forces``.
-    Units must be declared (``length_unit``, ``force_unit``).
+    Units must be declared (``length_unit``, ``force_unit``), and so must ``temperature`` (K)
+    and ``constraints`` (:func:`source_physics`).
 
     Raises:
         DatasetError: unit missing, shape or atom-count mismatch, NaN/inf (file, array, frame).
     """
 
+    physics = source_physics(temperature, constraints)
+
     def read(x, keys, what):
         if isinstance(x, np.ndarray):
             return x, what
         p = Path(x)
-        if p.suffix == ".npz":
-            z = np.load(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such {what} file")
+        try:
+            z = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{p}: not a readable .npy/.npz file ({exc})") from None
+        if isinstance(z, np.lib.npyio.NpzFile):
             for k in keys:
                 if k in z:
                     return z[k], f"{p}:{k}"
             raise DatasetError(p, "/", f"no {what} array (looked for {keys})")
-        return np.load(p), str(p)
+        return z, str(p)
 
     c, csrc = read(coordinates, ("coordinates", "coords", "positions"), "coordinates")
     f, fsrc = read(forces, ("forces",), "forces")
@@ -228,6 +287,7 @@ def import_arrays(
     _check_import_shapes(csrc, c, f, count_pdb_atoms(top))
     time = None if timestep_ps is None else np.arange(1, c.shape[0] + 1) * float(timestep_ps)
     meta = {"source": str(csrc), "source_length_unit": lu, "source_force_unit": fu}
+    meta.update(physics)
     meta.update(attrs or {})
     return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
 
@@ -238,6 +298,8 @@ def import_trajectory(
     out: str | Path,
     force_unit: str,
     topology: str | Path | None = None,
+    temperature: float | None = None,
+    constraints: str | None = None,
     attrs: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -245,11 +307,18 @@ def import_trajectory(
     array (npy/npz, (T, N, 3)) whose unit must be declared.
 
     Times come from the trajectory (ps) when strictly increasing, else the frame index.
+    ``temperature`` (K) and ``constraints`` are required (:func:`source_physics`).
 
     Raises:
         DatasetError: see :func:`import_arrays`.
     """
-    traj = mdtraj.load(str(trajectory), top=None if topology is None else str(topology))
+    physics = source_physics(temperature, constraints)
+    if not Path(trajectory).is_file():
+        raise FileNotFoundError(f"{trajectory}: no such trajectory file")
+    try:
+        traj = mdtraj.load(str(trajectory), top=None if topology is None else str(topology))
+    except Exception as exc:  # noqa: BLE001 - mdtraj raises many kinds on unreadable input
+        raise ValueError(f"{trajectory}: not a trajectory mdtraj reads ({type(exc).__name__}: {exc})") from None
     with tempfile.NamedTemporaryFile(suffix=".pdb") as tmp:
         traj[0].save_pdb(tmp.name)
         top = Path(tmp.name).read_text()
@@ -263,6 +332,7 @@ def import_trajectory(
     if time.size > 1 and not (np.diff(time) > 0).all():
         time = None
     meta = {"source": str(trajectory), "source_length_unit": "nm", "source_force_unit": fu}
+    meta.update(physics)
     meta.update(attrs or {})
     return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
 

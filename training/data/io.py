@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform as _platform
+import re
 from pathlib import Path
 
 import h5py
@@ -30,7 +31,7 @@ from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 
 __all__ = [
     "DatasetError", "append_frames", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
-    "dataset_path", "open_for_append", "read_topology_text", "software_versions", "topology_from_pdb",
+    "check_dataset_name", "dataset_path", "open_for_append", "read_topology_text", "software_versions", "topology_from_pdb",
     "truncate_frames", "validate_dataset", "write_dataset",
 ]  # fmt: skip
 
@@ -39,6 +40,37 @@ FRAME_BLOCK = 256
 
 
 # ----------------------------------------------------------------------------- helpers
+
+#: a dataset name: one folder/file stem, no path separators, not starting with a dot
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_dataset_name(name: str, option: str = "--name") -> str:
+    """Refuse a dataset name that is not a plain folder name (it becomes ``ROOT/NAME/NAME.h5``).
+
+    Args:
+        name: the name given.  option: the option that gave it, for the message.
+
+    Returns:
+        ``name`` unchanged.
+
+    Raises:
+        ValueError: empty, a path (``/``, ``\\``, ``..``), starting with a dot or dash, or with
+            characters outside ``A-Z a-z 0-9 _ . + -`` (one line naming the option).
+    """
+    text = str(name)
+    if not _NAME_RE.fullmatch(text) or ".." in text:
+        raise ValueError(f"{option}={text!r}: a dataset name is one folder name (letters, digits, "
+                         "'_', '.', '+', '-'; no '/' or '..'), e.g. chignolin")
+    return text
+
+
+def remove_new_folder(folder: Path, existed: bool) -> None:
+    """Remove ``folder`` if this run created it (``existed`` False) and it is empty: a failed
+    start leaves nothing behind."""
+    if not existed:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def software_versions() -> dict:
@@ -274,7 +306,8 @@ def write_dataset(
         the path.
 
     Raises:
-        DatasetError: the written data fail :func:`validate_dataset`.
+        DatasetError: the written data fail :func:`validate_dataset` (nothing is left behind:
+            the file is written as ``<path>.tmp``, validated, then renamed).
         FileExistsError: exists and not ``overwrite``.
     """
     coordinates = np.asarray(coordinates, dtype=np.float64)
@@ -285,16 +318,30 @@ def write_dataset(
         attrs[sc.ATTR_TIME_IS_INDEX] = True
     if frame_id is None:
         frame_id = np.arange(t, dtype=np.int64)
-    with create_dataset(path, topology_pdb, attrs, periodic=box is not None,
-                        overwrite=overwrite) as h5:  # fmt: skip
-        append_frames(h5, coordinates, np.asarray(forces, dtype=np.float64),
-                      np.asarray(time, dtype=np.float64), np.asarray(frame_id, dtype=np.int64),
-                      None if potential_energy is None else np.asarray(potential_energy, "f8"),
-                      None if box is None else np.asarray(box, "f8"))  # fmt: skip
-        if potential_energy is None:
-            del h5[sc.POTENTIAL_ENERGY]
-    validate_dataset(path)
-    return Path(path)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (use --overwrite to replace)")
+    existed = path.parent.exists()
+    tmp = path.with_name(path.name + ".tmp")  # written and validated, then renamed
+    try:
+        with create_dataset(tmp, topology_pdb, attrs, periodic=box is not None,
+                            overwrite=True) as h5:  # fmt: skip
+            append_frames(h5, coordinates, np.asarray(forces, dtype=np.float64),
+                          np.asarray(time, dtype=np.float64), np.asarray(frame_id, dtype=np.int64),
+                          None if potential_energy is None else np.asarray(potential_energy, "f8"),
+                          None if box is None else np.asarray(box, "f8"))  # fmt: skip
+            if potential_energy is None:
+                del h5[sc.POTENTIAL_ENERGY]
+        try:
+            validate_dataset(tmp)
+        except DatasetError as exc:  # name the final file, not the temporary one
+            raise DatasetError(path, exc.dataset, exc.detail, exc.frame) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        remove_new_folder(path.parent, existed)
+        raise
+    os.replace(tmp, path)
+    return path
 
 
 def copy_frames(

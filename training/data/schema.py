@@ -18,12 +18,15 @@ before writing. Shapes use T frames, N atoms, n beads, k probes, d = 3n::
     cg/hessian_block (T, 3n, 3n) kcal/mol/Å², cg/hessian_block_done (T,) uint8   (optional)
 
 The probe attributes of ``cg/hvp_term1`` (``probe_kind``, ``probe_seed``, ``n_probes``,
-``probe_scale``, ``probe_dim``) are read and written only through
+``probe_key``, ``probe_scale``, ``probe_dim``) are read and written only through
 :class:`hessid.probes.ProbeSpec`.
 
 Format version: the root attribute ``format_version`` (int). Files written before it existed
-have no such attribute and are read as version 1 (:func:`format_version_of`); the layout of
-version 1 is the table above, so no migration is needed.
+have no such attribute and are read as version 1 (:func:`format_version_of`). Version 2 adds
+the per-dataset ``probe_key`` attribute of ``cg/hvp_term1`` (mixed into the probe generator so
+two datasets with the same seed and frame ids do not share probes) and requires the root
+``temperature`` and ``constraints`` of imported files; a Term 1 without ``probe_key`` (any
+version) was computed with key 0 and is read with it, so no migration is needed.
 
 This module holds names and small frozen dataclasses only (no I/O); the readers and writers are
 :mod:`hessid.training.data.io` and :mod:`hessid.training.data.reader`.
@@ -41,9 +44,9 @@ __all__ = [
 ]  # fmt: skip
 
 #: version of the layout written by this hessid; files without the attribute are version 1
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: versions this hessid reads
-READABLE_FORMAT_VERSIONS = (1,)
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 # ----------------------------------------------------------------------------- units
 
@@ -123,12 +126,14 @@ CG_FORCES_MEANING = "P f, projected AA forces (spec §2)"
 #: attributes of cg/hvp_term1 that validate_dataset requires
 TERM1_REQUIRED_ATTRS = ("probe_kind", "probe_seed", "epsilon_nm", "unit")
 #: attributes a --resume must match (projector_sha256 only when the stored run has it)
-TERM1_RESUME_ATTRS = ("probe_kind", "probe_seed", "n_probes", "epsilon_nm", "platform", "precision",
-                      "forcefield_hash", "chunk_frames", "threads", "projector_sha256")  # fmt: skip
+TERM1_RESUME_ATTRS = ("probe_kind", "probe_seed", "n_probes", "probe_key", "epsilon_nm", "platform",
+                      "precision", "forcefield_hash", "chunk_frames", "threads",
+                      "projector_sha256")  # fmt: skip
+ATTR_PROBE_KEY = "probe_key"
 ATTR_EPSILON_NM = "epsilon_nm"
 ATTR_PROJECTOR_SHA256 = "projector_sha256"
 #: how a reader turns draw_probes' flat (k, 3n) probes into the (k, n, 3) layout of the file
-PROBE_RESHAPE = "draw_probes(kind, seed, [frame_id], k, 3n).reshape(k, n, 3)"
+PROBE_RESHAPE = "draw_probes(kind, seed, [frame_id], k, 3n, key=probe_key).reshape(k, n, 3)"
 #: the probe_kind stored on cg/hessian_block: every unit vector e_a (not a ProbeSpec kind)
 FULL_BLOCK_PROBE_KIND = "one_hot_all"
 FULL_BLOCK_LAYOUT = "[t, a, b] = (P ∇²H Pᵀ)_ab, a, b flat CG indices 3*I + alpha"
@@ -188,6 +193,7 @@ class DatasetError(ValueError):
 
     Attributes:
         path: the file (str).  dataset: HDF5 key or None.  frame: frame index or None.
+        detail: the message without the location.
     """
 
     def __init__(self, path, dataset: str | None, message: str, frame: int | None = None):
@@ -195,7 +201,7 @@ class DatasetError(ValueError):
         if frame is not None:
             where += f", frame {frame}"
         super().__init__(f"{where}: {message}")
-        self.path, self.dataset, self.frame = str(path), dataset, frame
+        self.path, self.dataset, self.frame, self.detail = str(path), dataset, frame, message
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):

@@ -28,8 +28,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import math
 import multiprocessing
 import os
+import shutil
 import socket
 import threading
 import time as _time
@@ -50,7 +52,7 @@ from hessid.training.data.aa_md import (
     platform_precision,
     system_hash,
 )
-from hessid.training.data.cg_map import write_cg
+from hessid.training.data.cg_map import ca_map, hbond_pairs, write_cg
 from hessid.training.data.io import commit, dataset_path, validate_dataset
 from hessid.training.data.reader import Dataset, open_dataset
 from hessid.training.data.schema import DatasetError
@@ -68,6 +70,76 @@ from hessid.units import (
 #: worst-frame curve at 1e-4–1.8e-4 nm (1.7e-6 GBn2, 2.5–4e-6 vacuum) → 1e-4 nm;
 #: single: not measured here (no GPU), 3e-4 nm by the round-off scaling.
 DEFAULT_EPSILON_NM = {"double": 1e-5, "mixed": 1e-4, "single": 3e-4}
+#: accepted ε range, nm (docs/data.md, "Choice of ε"): below 1e-7 nm the central difference of
+#: mixed/single-precision forces (relative round-off ~1e-7) is round-off only; above 1e-2 nm
+#: (0.1 Å) the measured truncation error 3.4e-5·(ε/1e-3 nm)² passes 3e-3 and GB's kinks
+#: (seen at 3e-4 nm) are straddled; a value in Å given as nm (e.g. 5) is far outside
+EPSILON_RANGE_NM = (1e-7, 1e-2)
+#: HDF5's largest chunk, bytes (a chunk holds chunk_frames frames of the targets)
+HDF5_CHUNK_LIMIT = 2**32 - 1
+#: fraction of the free disk space the allocated targets may take
+DISK_FRACTION = 0.9
+
+
+def free_disk_bytes(folder: str | Path) -> int:
+    """Free bytes on the file system holding ``folder`` (``shutil.disk_usage``)."""
+    return int(shutil.disk_usage(folder).free)
+
+
+def check_target_arguments(n_probes: int, epsilon_nm: float | None, workers: int, chunk_frames: int,
+                           threads: int | None) -> None:
+    """Range-check the arguments of :func:`compute_targets` before anything is read or created.
+
+    Raises:
+        ValueError: ``n_probes`` < 1, ε outside :data:`EPSILON_RANGE_NM` (nm) or not finite,
+            ``workers`` < 0, ``chunk_frames`` < 1, ``threads`` < 1 (one line naming the option).
+    """
+    if int(n_probes) < 1:
+        raise ValueError(f"--probes={n_probes}: expected at least 1 probe per frame")
+    if epsilon_nm is not None:
+        lo, hi = EPSILON_RANGE_NM
+        if not (math.isfinite(float(epsilon_nm)) and lo <= float(epsilon_nm) <= hi):
+            raise ValueError(f"--epsilon={epsilon_nm}: expected nm in [{lo:g}, {hi:g}] (the largest atomic "
+                             "displacement in nm, not Å; default by platform precision, docs/data.md)")
+    if int(workers) < 0:
+        raise ValueError(f"--workers={workers}: expected 0 (in this process) or a positive number of processes")
+    if int(chunk_frames) < 1:
+        raise ValueError(f"--chunk-frames={chunk_frames}: expected at least 1 frame per chunk")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"--threads={threads}: expected at least 1 thread")
+
+
+def targets_bytes(n_frames: int, n_beads: int, n_probes: int, full_block: bool = False) -> int:
+    """Bytes :func:`compute_targets` allocates: the float64 values (T·k·n·3, or T·(3n)² with
+    ``full_block``) plus the (T,) uint8 done mask."""
+    d = 3 * int(n_beads)
+    per_frame = d * d if full_block else int(n_probes) * d
+    return int(n_frames) * (8 * per_frame + 1)
+
+
+def dataset_probe_key(ds: Dataset) -> int:
+    """The default per-dataset probe key: the first 60 bits of sha256 over the topology text
+    and the float64 bytes of frame 0's coordinates. Two different datasets (another protein, or
+    the same one from another seed, whose first saved frame differs) get different probes; the
+    same data always get the same key, so a rerun reproduces its probes. Once written, the key
+    is read from ``probe_key`` (copies and subsets keep it), never re-derived.
+
+    Returns:
+        int in [0, 2**60).
+    """
+    h = hashlib.sha256(b"hessid probe key v1\0")
+    h.update(ds.topology_text.encode())
+    h.update(np.ascontiguousarray(ds.coordinates(slice(0, 1)), dtype="<f8").tobytes())
+    return int(h.hexdigest()[:15], 16)
+
+
+def _plain(value):
+    """A stored attribute as a plain Python value (for messages: 2, not np.int64(2))."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class TargetsInterrupted(RuntimeError):
@@ -370,6 +442,45 @@ class TargetsResult:
         return self.extra.get("frames_computed", 0) * self.n_probes / max(self.wall_s, 1e-12)
 
 
+def check_constraint_handling(path: Path, ds: Dataset, topology, constraints: str | None = None) -> None:
+    """Refuse Term 1 when the CG projector's constraint handling and the Term-1 System disagree
+    (docs/data.md, "Constraint-aware projector").
+
+    The System is rebuilt with ``constraints`` (default: the file's ``constraints`` attribute,
+    which must then exist; an override must equal a stored value, since another constraint set
+    is another potential). Under HBond constraints the System lacks the X–H bond terms and the
+    projector must move each rigid group as one: the columns of Q of the two atoms of every
+    HBond pair must be equal (as :func:`hessid.maps.constraint_aware_projector` makes them).
+    An unmapped file is mapped by ``write_cg`` from the file's own constraints.
+
+    Raises:
+        DatasetError: no ``constraints`` attribute and none given; an override that differs
+            from the stored constraints; under HBonds, a mapped projector whose columns differ
+            within a rigid pair (names the atoms).
+    """
+    stored = ds.constraints
+    cons = constraints or stored
+    if cons is None:
+        raise DatasetError(path, "/", "no 'constraints' attribute, so the Term-1 potential is unknown "
+                           "(HBonds or none): pass --constraints, or re-import with --constraints")
+    if str(cons).lower() not in ("hbonds", "none"):
+        raise DatasetError(path, "/", f"constraints {cons!r}: expected HBonds or none")
+    if stored is not None and str(stored).lower() != str(cons).lower():
+        raise DatasetError(path, "/", f"the data were simulated with constraints={stored!r} but the Term-1 System "
+                           f"would use constraints={cons!r}: Term 1 would not be the Hessian of the potential "
+                           "the forces came from")
+    if str(cons).lower() != "hbonds" or not ds.has_cg:
+        return
+    q = ds.cg.projector  # (n, N)
+    for a, h in hbond_pairs(topology):
+        if not np.array_equal(q[:, a], q[:, h]):
+            raise DatasetError(path, sc.CG_PROJECTOR, f"the projector handles constraints as "
+                               f"{ds.cg.projector_constraints or 'none'!r}: its columns of the rigid HBond pair "
+                               f"(atoms {int(a)}, {int(h)}) differ, but the Term-1 System uses constraints="
+                               f"{cons!r} (no X–H bond terms), so Term 1 would not be the Hessian of the potential "
+                               "the forces came from; re-map constraint-aware (`hessid data map NAME --overwrite`)")
+
+
 def _system_for(ds: Dataset, forcefield, solvent, constraints):
     """(System, its sha256, force field, solvent, constraints) rebuilt from the dataset's
     topology and attributes (arguments override them; imports lack them)."""
@@ -378,7 +489,10 @@ def _system_for(ds: Dataset, forcefield, solvent, constraints):
     if solv is None:
         raise DatasetError(ds.path, "/", "no 'solvent' attribute; pass --solvent")
     solv = str(solv)
-    cons = constraints or str(ds.attr(sc.ATTR_CONSTRAINTS, "HBonds"))
+    cons = constraints or ds.constraints
+    if cons is None:
+        raise DatasetError(ds.path, "/", "no 'constraints' attribute: re-import with --constraints "
+                           "HBonds|none (or pass constraints=)")
     top = ds.topology()
     box = ds.box(slice(0, 1))
     if box is not None and box.shape[0]:
@@ -408,6 +522,7 @@ def compute_targets(
     constraints: str | None = None,
     progress: bool = True,
     interrupt_after_chunks: int | None = None,
+    probe_key: int | None = None,
 ) -> TargetsResult:
     """Precompute Term 1 for every frame of a dataset file (``hessid targets``;
     docs/identities.md §5).
@@ -423,7 +538,8 @@ def compute_targets(
         n_probes: k probes per frame (ignored with ``full_block``).
         probe_kind: a :data:`hessid.probes.PROBE_KINDS` kind (default Gaussian: unbiased for
             ‖·‖_F² with scale 1, docs/identities.md §6, §8); ``probe_scale`` is stored.
-        seed: probe seed; probes of frame t are ``draw_probes(kind, seed, [frame_id[t]], k, 3n)``.
+        seed: probe seed; probes of frame t are
+            ``draw_probes(kind, seed, [frame_id[t]], k, 3n, key=probe_key)``.
         epsilon_nm: largest atomic displacement, nm (default :func:`default_epsilon`).
         platform, threads, precision: OpenMM platform (default CUDA if present else CPU),
             CPU threads per worker (default cores // workers), CUDA/OpenCL precision.
@@ -438,6 +554,9 @@ def compute_targets(
         progress: tqdm bar.
         interrupt_after_chunks: test hook; raise :class:`TargetsInterrupted` after this many
             chunks were committed by this call.
+        probe_key: per-dataset probe key (stored as ``probe_key``); default
+            :func:`dataset_probe_key` of the file, or the stored key on ``resume`` (0 for targets
+            written before keys existed).
 
     Returns:
         :class:`TargetsResult` (timings for the throughput benchmark).
@@ -451,22 +570,46 @@ def compute_targets(
     """
     t_start = _time.perf_counter()
     path = dataset_path(path)
+    check_target_arguments(n_probes, epsilon_nm, workers, chunk_frames, threads)
+    if not full_block and probe_kind not in PROBE_KINDS:
+        raise ValueError(f"--probe-kind={probe_kind!r}: expected one of {', '.join(PROBE_KINDS)}")
     validate_dataset(path)
+    key = sc.HESSIAN_BLOCK_NAME if full_block else sc.TERM1_NAME  # inside cg/
     with open_dataset(path) as ds:
         sc.refuse_labels_file(ds.attrs, path, "recomputing targets of")
         has_cg = ds.has_cg
-    if not has_cg:
-        write_cg(path)
-    key = sc.HESSIAN_BLOCK_NAME if full_block else sc.TERM1_NAME  # inside cg/
+        top = ds.topology()
+        n_beads = ds.cg.n_beads if has_cg else ca_map(top)[0].n_beads
+        t_frames = ds.n_frames
+        check_constraint_handling(path, ds, top, constraints)
+        exists = ds.has_hessian_block if full_block else ds.has_term1
+        stored_key = None
+        if exists and resume and not full_block:  # a resumed run keeps its key (0: written before keys)
+            stored_key = int(_plain(ds.term1.attrs.get(sc.ATTR_PROBE_KEY, 0)))
+        key_of_data = dataset_probe_key(ds) if probe_key is None and stored_key is None else None
+    if exists and not (resume or overwrite):
+        raise FileExistsError(f"{path}: dataset 'cg/{key}' exists (use --resume or --overwrite)")
+    if not exists or not resume:
+        rows = min(int(chunk_frames), max(t_frames, 1))
+        chunk = targets_bytes(rows, n_beads, n_probes, full_block)
+        if chunk >= HDF5_CHUNK_LIMIT:
+            raise ValueError(f"--probes={n_probes}, --chunk-frames={chunk_frames}: one HDF5 chunk of cg/{key} "
+                             f"would hold {chunk / 2**30:.3g} GiB, above HDF5's 4 GiB chunk limit; lower "
+                             "--chunk-frames or --probes")
+        need = targets_bytes(t_frames, n_beads, n_probes, full_block)
+        free = free_disk_bytes(path.parent)
+        if need > DISK_FRACTION * free:
+            what = f"{t_frames} frames × (3·{n_beads})² block" if full_block else \
+                f"{t_frames} frames × {n_probes} probes × {n_beads} beads × 3"
+            raise ValueError(f"--probes={n_probes}: cg/{key} would take {need / 1e9:.3g} GB ({what} float64) "
+                             f"but {path.parent} has {free / 1e9:.3g} GB free")
     if workers > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     plat, props = choose_platform(platform, threads, precision)
     prec = platform_precision(plat.getName(), props)
     eps = float(epsilon_nm) if epsilon_nm is not None else default_epsilon(prec)
-    if not eps > 0:
-        raise ValueError(f"epsilon_nm must be positive, got {eps}")
-    if n_probes < 1:
-        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    if not has_cg:
+        write_cg(path)
 
     with open_dataset(path) as ds:
         system, fhash, ff, solv, cons = _system_for(ds, forcefield, solvent, constraints)
@@ -489,13 +632,12 @@ def compute_targets(
     probe_spec = None
     if full_block:  # every unit vector e_a: not a ProbeSpec kind
         attrs.update(probe_kind=sc.FULL_BLOCK_PROBE_KIND, probe_seed=0, probe_scale=1.0, n_probes=k,
-                     layout=sc.FULL_BLOCK_LAYOUT)  # fmt: skip
+                     probe_key=0, layout=sc.FULL_BLOCK_LAYOUT)  # fmt: skip
     else:
-        if probe_kind not in PROBE_KINDS:
-            raise ValueError(f"probe kind {probe_kind!r} is not one of {PROBE_KINDS}")
-        probe_spec = ProbeSpec(kind=probe_kind, seed=int(seed), n_probes=k)
+        pkey = int(probe_key) if probe_key is not None else (stored_key if stored_key is not None else key_of_data)
+        probe_spec = ProbeSpec(kind=probe_kind, seed=int(seed), n_probes=k, key=pkey)
         attrs.update(probe_spec.to_attrs(dim=d), probe_reshape=sc.PROBE_RESHAPE)
-    chunk_frames = max(1, int(chunk_frames))
+    chunk_frames = int(chunk_frames)
     attrs["chunk_frames"] = chunk_frames
     shape = (t_frames, d, d) if full_block else (t_frames, k, n, 3)
     chunks = (min(chunk_frames, max(t_frames, 1)),) + shape[1:]
@@ -503,16 +645,15 @@ def compute_targets(
     with h5py.File(path, "r+") as h5:
         g = h5[sc.CG]
         if key in g:
-            if not (resume or overwrite):
-                raise FileExistsError(f"{path}: dataset 'cg/{key}' exists (use --resume or --overwrite)")
             if resume:
-                old = dict(g[key].attrs)
+                old = {a: _plain(v) for a, v in g[key].attrs.items()}
                 for a in sc.TERM1_RESUME_ATTRS:
-                    if a == sc.ATTR_PROJECTOR_SHA256 and a not in old:
-                        continue  # targets written before the projector was recorded
+                    if a in (sc.ATTR_PROJECTOR_SHA256, sc.ATTR_PROBE_KEY) and a not in old:
+                        continue  # targets written before the projector / probe key was recorded
                     if str(old.get(a)) != str(attrs[a]):
-                        raise DatasetError(path, f"cg/{key}", f"--resume with {a}={attrs[a]!r} but the "
-                                           f"stored run used {old.get(a)!r}")  # fmt: skip
+                        raise DatasetError(path, f"cg/{key}", f"--resume with {a}={_plain(attrs[a])!r} but "
+                                           f"the stored run used {old.get(a)!r} (rerun with the stored "
+                                           "settings, or --overwrite)")  # fmt: skip
                 if g[key].shape != shape:
                     raise DatasetError(path, f"cg/{key}", f"shape {g[key].shape}, expected {shape}")
             else:

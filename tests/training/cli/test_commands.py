@@ -126,7 +126,7 @@ def test_import_takes_the_timestep_in_fs_and_saves_its_config(tmp_path, monkeypa
         f"           C\n" for i in range(4)) + "END\n")
     assert main(["data", "import", "x.npy", "--name", "imp", "--forces", "f.npy", "--topology",
                  "top.pdb", "--length-unit", "angstrom", "--force-unit", "kcal/mol/angstrom",
-                 "--timestep", "20"]) == 0
+                 "--timestep", "20", "--temperature", "300", "--constraints", "none"]) == 0
     got = load_dataset("imp/imp.h5")
     np.testing.assert_allclose(np.diff(got.time), 0.02)  # 20 fs between frames = 0.02 ps
     assert (tmp_path / "imp" / "hessid-data-import.yaml").exists()

@@ -225,6 +225,9 @@ def test_nan_in_cg_targets_of_finished_frames_is_refused(small_file):
 
 # ----------------------------------------------------------------------------- imports
 
+#: the source simulation's temperature and constraints, required at import
+PHYS = {"temperature": 300.0, "constraints": "HBonds"}
+
 
 def test_array_import_converts_declared_units(simulated, tmp_path):
     _, path = simulated
@@ -233,7 +236,8 @@ def test_array_import_converts_declared_units(simulated, tmp_path):
     pdb = tmp_path / "top.pdb"
     pdb.write_text(ds.topology_pdb)
     out = importers.import_arrays(tmp_path / "x.npz", tmp_path / "x.npz", pdb, tmp_path / "imp.h5",
-                             length_unit="nm", force_unit="kJ/mol/nm", timestep_ps=0.02)  # fmt: skip
+                             length_unit="nm", force_unit="kJ/mol/nm", timestep_ps=0.02,
+                             temperature=300.0, constraints="HBonds")  # fmt: skip
     got = reader.load_dataset(out)
     np.testing.assert_allclose(got.coordinates, ds.coordinates, rtol=1e-12)
     np.testing.assert_allclose(got.forces, ds.forces, rtol=1e-12)
@@ -250,20 +254,20 @@ def test_import_without_units_is_an_error_never_a_guess(simulated, tmp_path):
         g.create_dataset("forces", data=ds.forces)
         h5.create_dataset("topology", data=ds.topology_pdb)
     with pytest.raises(data.DatasetError, match="missing units"):
-        importers.import_hdf5(src, tmp_path / "a.h5")
+        importers.import_hdf5(src, tmp_path / "a.h5", **PHYS)
     with h5py.File(src, "r+") as h5:  # mdCATH-style unit attributes are read
         h5["dom/320/0/coords"].attrs["unit"] = "Angstrom"
         h5["dom/320/0/forces"].attrs["unit"] = "kcal/mol/Angstrom"
-    got = reader.load_dataset(importers.import_hdf5(src, tmp_path / "b.h5"))
+    got = reader.load_dataset(importers.import_hdf5(src, tmp_path / "b.h5", **PHYS))
     np.testing.assert_array_equal(got.forces, ds.forces)
     with pytest.raises(data.DatasetError, match="30 atoms but the topology has 33"):
         importers.import_arrays(ds.coordinates[:, :30], ds.forces[:, :30], path.with_suffix(".pdb"),
-                           tmp_path / "c.h5", "angstrom", "kcal/mol/angstrom")  # fmt: skip
+                           tmp_path / "c.h5", "angstrom", "kcal/mol/angstrom", **PHYS)  # fmt: skip
     bad = ds.forces.copy()
     bad[2, 0, 0] = np.inf
     with pytest.raises(data.DatasetError, match="'forces', frame 2"):
         importers.import_arrays(ds.coordinates, bad, path.with_suffix(".pdb"), tmp_path / "d.h5",
-                           "angstrom", "kcal/mol/angstrom")  # fmt: skip
+                           "angstrom", "kcal/mol/angstrom", **PHYS)  # fmt: skip
 
 
 def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
@@ -276,7 +280,8 @@ def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
     traj.save_dcd(str(tmp_path / "t.dcd"))
     np.save(tmp_path / "f.npy", ds.forces)
     out = importers.import_trajectory(tmp_path / "t.dcd", tmp_path / "f.npy", tmp_path / "t.h5",
-                                 force_unit="kcal/mol/angstrom", topology=path.with_suffix(".pdb"))  # fmt: skip
+                                 force_unit="kcal/mol/angstrom", topology=path.with_suffix(".pdb"),
+                                 **PHYS)  # fmt: skip
     got = reader.load_dataset(out)
     np.testing.assert_allclose(got.coordinates, ds.coordinates, atol=1e-3)  # DCD is float32
 
@@ -339,7 +344,8 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
     pdb = tmp_path / "top.pdb"
     pdb.write_text(ds.topology_pdb)
     imported = importers.import_arrays(ds.coordinates, ds.forces, pdb, tmp_path / "imp.h5",
-                                  length_unit="angstrom", force_unit="kcal/mol/angstrom")  # fmt: skip
+                                  length_unit="angstrom", force_unit="kcal/mol/angstrom",
+                                  temperature=300.0, constraints="none")  # fmt: skip
     np.testing.assert_array_equal(cg_map.write_cg(imported).projector, S)
 
 
@@ -464,7 +470,7 @@ def _peptide_with_crystal_water(pdb_text: str) -> str:
     return "\n".join(lines + ["END"]) + "\n"
 
 
-EXPLICIT = dict(steps=20, stride=10, platform="CPU", threads=1, chunk_frames=2, seed=0,
+EXPLICIT = dict(steps=20, stride=10, platform="CPU", threads=1, chunk_frames=2, seed=1,
                 solvent="explicit", padding=1.0)  # fmt: skip
 
 

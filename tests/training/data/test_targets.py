@@ -21,6 +21,7 @@ from hessid.training.data.targets import (
     DEFAULT_EPSILON_NM,
     TargetsInterrupted,
     compute_targets,
+    dataset_probe_key,
     load_probes,
     make_executor,
     term1_fd,
@@ -198,9 +199,11 @@ def test_targets_create_cg_group_and_store_attributes(dataset, tmp_path):
     assert a["unit"] == "kcal/mol/angstrom**2"
     with h5py.File(path) as h5:
         assert a["forcefield_hash"] == h5.attrs["forcefield_hash"]  # same potential as the MD
+    with reader.open_dataset(path) as ds:
+        assert a["probe_key"] == dataset_probe_key(ds) > 0  # per-dataset key (issue 12 item 3)
     np.testing.assert_array_equal(
         load_probes(path),
-        draw_probes("gaussian", 0, np.arange(7), 2, 9).numpy().reshape(7, 2, 3, 3),
+        draw_probes("gaussian", 0, np.arange(7), 2, 9, key=a["probe_key"]).numpy().reshape(7, 2, 3, 3),
     )
     assert data.validate_dataset(path)["n_probes"] == 2
     with pytest.raises(FileExistsError, match="--resume or --overwrite"):
@@ -237,8 +240,12 @@ def test_killed_run_resumed_is_byte_identical(dataset, tmp_path):
                         progress=False, **CPU1)  # fmt: skip
     with h5py.File(part, "r+") as h5:  # a projector changed under the stored targets (e.g. re-mapped)
         q = h5["cg/projector"][()]
-        h5["cg/projector"][...] = h5["cg/weights"][()]
+        h5["cg/projector"][...] = q * (1.0 + 1e-9)  # rigid groups still equal: only the hash tells
     with pytest.raises(data.DatasetError, match="projector_sha256"):
+        compute_targets(part, n_probes=3, workers=0, chunk_frames=2, resume=True, progress=False, **CPU1)
+    with h5py.File(part, "r+") as h5:  # the plain Cα projector on HBond data: refused before the hash
+        h5["cg/projector"][...] = h5["cg/weights"][()]
+    with pytest.raises(data.DatasetError, match="rigid HBond pair"):
         compute_targets(part, n_probes=3, workers=0, chunk_frames=2, resume=True, progress=False, **CPU1)
     with h5py.File(part, "r+") as h5:
         h5["cg/projector"][...] = q
