@@ -80,9 +80,11 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
 
     Raises:
         JobFailed: the verification gate refused a dataset (exit 1).
-        ValueError, FileNotFoundError: bad config or data (exit 2).
+        ValueError, FileNotFoundError: bad config or data, one line naming the key or file
+            (exit 2); nothing is created.
     """
     config = train_config(cfg)
+    config.check_files()  # refused before the run folder is created
     if config.skip_verification:
         print("WARNING: --skip-verification: the CG map and projector will NOT be verified",
               file=sys.stderr)
