@@ -186,10 +186,16 @@ def load_cg_reference(path) -> dict:
                 "residue_names": residue_names, "name": ds.name, "path": str(path)}
 
 
+#: environment of :func:`deterministic_torch`: cuBLAS's deterministic workspace, and one thread
+#: for OpenMM CPU-platform contexts created inside the block (the AA MD of ``hessid demo``)
+_DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "OPENMM_CPU_THREADS": "1"}
+
+
 @contextlib.contextmanager
 def deterministic_torch(enabled: bool = True):
     """Within the block: one torch CPU thread and torch's deterministic algorithms (on CUDA also
-    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``), so that a fixed seed gives bit-identical numbers on the
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; OpenMM CPU contexts created inside get
+    ``OPENMM_CPU_THREADS=1``), so that a fixed seed gives bit-identical numbers on the
     same machine and library versions; restored afterwards. Costs: one thread only (CG MD of
     ≤ 100 beads already runs on one; training is up to ~2× slower on 2 cores) and, on GPUs, the
     slower deterministic kernels. Not covered: other machines, other torch/BLAS builds.
@@ -201,8 +207,10 @@ def deterministic_torch(enabled: bool = True):
         yield
         return
     old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-           torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    env = {k: os.environ.get(k) for k in _DETERMINISTIC_ENV}
+    for k, v in _DETERMINISTIC_ENV.items():
+        os.environ.setdefault(k, v)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     try:
@@ -210,8 +218,9 @@ def deterministic_torch(enabled: bool = True):
     finally:
         torch.set_num_threads(old[0])
         torch.use_deterministic_algorithms(old[1], warn_only=old[2])
-        if old[3] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def _versions() -> dict:
