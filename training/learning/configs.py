@@ -510,7 +510,7 @@ class TrainConfig:
                 where = "" if path.is_absolute() else (
                     f" (relative to the working directory {os.getcwd()}, then to the "
                     "config file's folder)")
-                raise FileNotFoundError(f"{key}: no such file {p}{where}")
+                raise FileNotFoundError(f"{key}: {p} does not exist{where}")
 
     @classmethod
     def from_dict(cls, d: dict | None, base_dir: str | Path | None = None) -> TrainConfig:

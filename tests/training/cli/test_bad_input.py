@@ -58,7 +58,7 @@ CASES = [
     ("train-negative-batch", ["train", "--config", "batch.yaml"],
      "data.batch_size: must be >= 1, got -4", 2),
     ("train-missing-dataset", ["train", "--config", "missing.yaml"],
-     "data.datasets[0]: no such file nothere/nothere.h5", 2),
+     "data.datasets[0]: nothere/nothere.h5 does not exist", 2),
     ("train-name-escapes", ["train", "--config", "ok.yaml", "--name", "../escape"],
      "name: must be a plain folder name", 2),
     ("train-val-fraction-one", ["train", "--config", "ok.yaml", "--set", "data.val_fraction=1"],
