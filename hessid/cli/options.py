@@ -47,6 +47,8 @@ __all__ = [
     "configure_logging",
     "dataclass_from",
     "missing_extra_message",
+    "one_line",
+    "read_yaml_mapping",
     "new_parser",
     "run_command",
     "save_config",
@@ -414,6 +416,59 @@ def missing_extra_message(exc: ImportError, default_extra: str | None = None) ->
     return f"needs the '{extra}' extra ({exc}): pip install 'hessid[{extra}]'"
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping (or nothing).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed YAML (the message names the file, line and column) or a top
+            level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}{where}: malformed YAML ({problem})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of keys, got "
+                         f"{type(raw).__name__}")
+    return raw
+
+
+#: jsonargparse's names of the types it expected
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def one_line(text: str) -> str:
+    """A usage-error message on one line: jsonargparse's ``Parser key "optim.lr": Expected a
+    <class 'float'>. Got value: fast`` becomes ``optim.lr: expected a number, got 'fast'``;
+    any other message has its lines joined."""
+    m = re.search(r'key "([^"]+)":\s*Expected a <class \'(\w+)\'>\.\s*Got value:\s*(.*)$',
+                  text, flags=re.S)
+    if m:
+        got = m.group(3).strip().splitlines()[0] if m.group(3).strip() else ""
+        return f"{m.group(1)}: expected {_TYPE_WORDS.get(m.group(2), m.group(2))}, got {got!r}"
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The files given to ``--config`` in ``argv`` (``--config F`` and ``--config=F``)."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--config="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
 def _runtime(cfg: Namespace) -> Namespace:
     """The namespace holding -v/-q/--log-file (a subcommand's, when there is one)."""
     sub = cfg.get("subcommand")
@@ -437,13 +492,18 @@ def run_command(build_parser: Callable[[str], ArgumentParser],
         prog: ``"hessid COMMAND"``.
         extra: the command's optional extra, named when an import fails.
     """
+    verbose = sum(a in ("-v", "--verbose") or bool(re.fullmatch(r"-v+", a)) for a in argv)
     try:
+        for path in _config_files(argv):  # name the file and line of malformed YAML
+            read_yaml_mapping(path)
         parser = build_parser(prog)
         cfg = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --print-config (or an action that exits)
         return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except argparse.ArgumentError as exc:
-        print(f"{prog}: error: {exc}\nsee: {prog} --help", file=sys.stderr)
+    except (argparse.ArgumentError, ValueError, FileNotFoundError) as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))} (see {prog} --help)", file=sys.stderr)
         return EXIT_USAGE
     rt = _runtime(cfg)
     if cfg.get("subcommand"):
@@ -474,4 +534,4 @@ def _text(exc: BaseException) -> str:
 def _say(prog: str, message: str, verbose: int) -> None:
     if verbose:
         traceback.print_exc(file=sys.stderr)
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {one_line(message)}", file=sys.stderr)

@@ -20,6 +20,7 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.md.simulation import DEFAULT_SEED, deterministic_torch
 from hessid.training.pipelines.demo import SCALES, run_demo
 
 __all__ = ["DemoOptions", "build_parser", "run"]
@@ -41,7 +42,12 @@ class DemoOptions:
         pdb: build from this PDB file instead of the sequence.
         name: protein name (default: chignolin, or the PDB file's stem).
         platform: OpenMM platform (default: CUDA if present, else CPU).
-        seed: seed of AA MD, probes, training and CG MD.
+        seed: seed of AA MD, probes, training and CG MD (default: a fixed non-zero seed, so
+            two default demos are the same demo; stored in hessid-demo.yaml and demo_state.json).
+        deterministic: bit-identical results for a fixed seed on this machine and these library
+            versions: one CPU thread for torch and OpenMM, torch's deterministic algorithms (cost:
+            no multi-threading, roughly 2x slower on 2 cores). Without it, AA MD and training use
+            several threads and may differ in the last bits, which grow over a long run.
     """
 
     out: str = _default("out_dir")
@@ -50,7 +56,8 @@ class DemoOptions:
     pdb: str | None = _default("pdb")
     name: str | None = None
     platform: str | None = _default("platform")
-    seed: int = _default("seed")
+    seed: int = DEFAULT_SEED
+    deterministic: bool = False
 
 
 def build_parser(prog: str = "hessid demo") -> ArgumentParser:
@@ -71,9 +78,12 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
     """
     opts = dataclass_from(DemoOptions, cfg)
     name = opts.name or (Path(opts.pdb).stem if opts.pdb else _default("name"))
-    path = run_demo(opts.out, sequence=None if opts.pdb else opts.sequence, name=name,
-                    pdb=opts.pdb, scale=opts.scale, platform=opts.platform, seed=opts.seed,
-                    progress=cfg.progress)
+    if opts.seed == 0:
+        raise ValueError("--seed 0 means 'random' to OpenMM: give a non-zero seed")
+    with deterministic_torch(opts.deterministic):
+        path = run_demo(opts.out, sequence=None if opts.pdb else opts.sequence, name=name,
+                        pdb=opts.pdb, scale=opts.scale, platform=opts.platform, seed=opts.seed,
+                        progress=cfg.progress)
     save_config(parser, cfg, opts.out, "demo")
     print(f"report: {path}")
     return 0

@@ -42,7 +42,9 @@ class EvaluateOptions:
         top: topology of reference trajectories that carry none.
         reference_dt: reference frame spacing, ps (when the file stores no time).
         protein: protein name for the table (default: the reference's).
-        lag_time: TICA lag, ps of reference time.
+        lag_time: TICA lag, ps of reference time (default: the benchmark's 800 ps when the
+            longest reference trajectory spans ten times that, else a tenth of it; a lag not
+            shorter than the reference is refused).
         burn_in: fraction dropped from the start of each replica.
         bond_range: allowed Cα–Cα bond range (min max), Å.
         n_bootstrap: replica bootstrap resamples for single-run standard errors.
@@ -57,7 +59,7 @@ class EvaluateOptions:
     top: str | None = None
     reference_dt: float | None = signature_default(evaluate, "reference_dt")
     protein: str | None = signature_default(evaluate, "protein")
-    lag_time: float = _default("lag_time")
+    lag_time: float | None = _default("lag_time")
     burn_in: float = _default("burn_in")
     bond_range: tuple[float, float] = _default("bond_range")
     n_bootstrap: int = signature_default(evaluate, "n_bootstrap")

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
 from hessid.cli.options import (
     JobFailed,
@@ -34,6 +34,15 @@ from hessid.training.data.io import dataset_path
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.gate import VerificationGateError
 from hessid.training.learning.trainer import train
+from hessid.training.md.simulation import deterministic_torch
+
+#: what --deterministic does and costs (train, demo)
+DETERMINISTIC_HELP = (
+    "bit-identical results for a fixed --seed on this machine and these library versions: one "
+    "CPU thread and torch's deterministic algorithms (cost: no multi-threading, about 2x slower "
+    "on 2 cores; slower deterministic GPU kernels). Without it a fixed seed gives the same data "
+    "order and initial weights, but multi-threaded sums may differ in the last bits. Other "
+    "machines, torch builds or rank counts are not covered")
 
 __all__ = ["build_parser", "run", "train_config"]
 
@@ -42,7 +51,7 @@ RENAME = {"output_dir": "out", "trainer.progress_bar": "progress"}
 ALIASES = {"trainer.max_steps": ["--steps", "--max-steps"], "trainer.devices": ["--devices"],
            "trainer.num_nodes": ["--num-nodes"], "trainer.accelerator": ["--accelerator"]}
 #: parsed keys that are not TrainConfig keys
-_RUNTIME = ("config", "print_config", "verbose", "quiet", "log_file", "resume")
+_RUNTIME = ("config", "print_config", "verbose", "quiet", "log_file", "resume", "deterministic")
 
 
 def build_parser(prog: str = "hessid train") -> ArgumentParser:
@@ -55,6 +64,8 @@ def build_parser(prog: str = "hessid train") -> ArgumentParser:
     add_set_flag(parser)
     add_run_flags(parser, resume="continue from <out>/<name>/checkpoints/last.ckpt with the "
                                  "same data order")
+    parser.add_argument("--deterministic", action=ActionYesNo(no_prefix="no-"), default=False,
+                        help=DETERMINISTIC_HELP)
     return parser
 
 
@@ -80,14 +91,17 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
 
     Raises:
         JobFailed: the verification gate refused a dataset (exit 1).
-        ValueError, FileNotFoundError: bad config or data (exit 2).
+        ValueError, FileNotFoundError: bad config or data, one line naming the key or file
+            (exit 2); nothing is created.
     """
     config = train_config(cfg)
+    config.check_files()  # refused before the run folder is created
     if config.skip_verification:
         print("WARNING: --skip-verification: the CG map and projector will NOT be verified",
               file=sys.stderr)
     try:
-        result = train(config, resume=cfg.resume)
+        with deterministic_torch(bool(cfg.get("deterministic"))):
+            result = train(config, resume=cfg.resume)
     except VerificationGateError as exc:
         raise JobFailed(str(exc)) from exc
     save_config(parser, cfg, result.run_dir, "train")

@@ -35,7 +35,7 @@ import mdtraj as md
 import numpy as np
 from deeptime.decomposition import TICA
 
-from hessid.training.data.schema import DatasetError, DatasetNotFoundError
+from hessid.training.data.schema import DatasetError, DatasetNotFoundError, NotMappedError
 from hessid.training.evaluation.divergences import (
     KL_FLOOR,
     kl_divergence,
@@ -109,12 +109,13 @@ def load_reference(path, dt: float | None = None, name: str | None = None, top=N
     Raises:
         ValueError: no frame spacing known, or spacing not positive.
         DatasetNotFoundError: a single ``.h5``/``.hdf5`` path that does not exist.
+        NotMappedError: a hessid dataset without ``cg/`` (run ``hessid data map``).
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     if len(paths) == 1 and str(paths[0]).endswith((".h5", ".hdf5")):
         try:
             ref = load_cg_reference(paths[0])
-        except DatasetNotFoundError:
+        except (DatasetNotFoundError, NotMappedError):  # missing, or a hessid dataset not mapped
             raise
         except DatasetError:  # an HDF5 file that is not a mapped hessid dataset: mdtraj reads it
             ref = None
@@ -169,6 +170,11 @@ def load_simulation(directory, name: str | None = None) -> Trajectories:
         FileNotFoundError: no ``simulation.json`` in ``directory``.
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"simulation folder {directory}: no such folder")
+    if not (directory / "simulation.json").is_file():
+        raise FileNotFoundError(f"simulation folder {directory}: no simulation.json (not written "
+                                "by hessid simulate, or the run has not finished)")
     meta = json.loads((directory / "simulation.json").read_text())
     top = str(directory / meta.get("topology", "topology.pdb"))
     xyz, sources = [], []
@@ -333,13 +339,23 @@ class ReferenceEnsemble:
         return EvaluationResult(metrics, info, {"tics": tics, **structure}, sem)
 
 
+#: the benchmark's TICA lag, ps (0.8 ns), used when the reference is long enough
+BENCHMARK_LAG_PS = 800.0
+#: an automatic lag is at most this fraction of the longest reference trajectory
+AUTO_LAG_FRACTION = 0.1
+
+
 class BenchmarkEvaluator:
     """Estimator: fit TICA on the reference only, then score models (docs/evaluation.md,
     "Evaluation protocol").
 
     Args:
-        lag_time: TICA lag, ps of reference time (800 = 0.8 ns, the benchmark default); the
-            lag in frames is ``round(lag_time / dt_ref)`` (≥ 1).
+        lag_time: TICA lag, ps of reference time; the lag in frames is
+            ``round(lag_time / dt_ref)`` (≥ 1). None (default): the benchmark's 800 ps
+            (:data:`BENCHMARK_LAG_PS`) when the longest reference trajectory spans at least ten
+            times that, else a tenth of its span (:data:`AUTO_LAG_FRACTION`), at least one
+            frame; the lag used is in ``settings``. A given lag not shorter than every reference
+            trajectory is refused (ValueError with the lengths).
         n_tics: TICs kept (≥ 4; the metrics use TIC0–3 and (TIC0, TIC1)).
         burn_in: fraction dropped from the start of each model replica (0.1).
         bond_range: allowed Cα–Cα bond range, Å ([2.0, 6.0]).
@@ -354,16 +370,16 @@ class BenchmarkEvaluator:
         chunk_size: frames per ``partial_fit`` chunk.
     """
 
-    def __init__(self, lag_time: float = 800.0, n_tics: int = 4, burn_in: float = 0.1,
+    def __init__(self, lag_time: float | None = None, n_tics: int = 4, burn_in: float = 0.1,
                  bond_range: tuple[float, float] = (2.0, 6.0), floor: float = KL_FLOOR,
                  n_grid_1d: int = 100, n_grid_2d: int = 25, padding: float = 0.1,
                  max_kde_points: int | None = 5000, max_eval_points: int | None = 5000,
                  seed: int = 0, stream_above: int = 20_000_000, chunk_size: int = 10_000):
         if n_tics < 4:
             raise ValueError("n_tics must be at least 4 (TIC0–3 are scored)")
-        if lag_time <= 0:
-            raise ValueError("lag_time must be positive (ps)")
-        self.settings = {"lag_time_ps": float(lag_time), "n_tics": int(n_tics), "burn_in": float(burn_in),
+        if lag_time is not None and not lag_time > 0:
+            raise ValueError(f"lag_time must be positive (ps), got {lag_time}")
+        self.settings = {"lag_time_ps": None if lag_time is None else float(lag_time), "n_tics": int(n_tics), "burn_in": float(burn_in),
                          "bond_range_angstrom": list(bond_range),
                          "bond_range_nm": (bond_range[0] / 10.0, bond_range[1] / 10.0),
                          "floor": floor, "n_grid_1d": n_grid_1d, "n_grid_2d": n_grid_2d,
@@ -394,14 +410,34 @@ class BenchmarkEvaluator:
         dt = float(reference.dt if dt is None else dt)
         if not dt > 0:
             raise ValueError("reference frame spacing must be positive (ps)")
+        trajs = [np.asarray(x, dtype=np.float64) for x in reference.xyz]
+        longest = max((len(x) for x in trajs), default=0)
+        span = (longest - 1) * dt  # ps covered by the longest trajectory
+        if longest < 2:
+            raise ValueError(f"the reference holds no trajectory of 2 frames or more (longest: "
+                             f"{longest}); TICA needs time-lagged frame pairs")
+        if self.settings["lag_time_ps"] is None:  # automatic: 800 ps, or a tenth of the data
+            lag = max(1, min(int(round(BENCHMARK_LAG_PS / dt)),
+                             int(AUTO_LAG_FRACTION * (longest - 1))))
+            self.settings["lag_time_ps"] = lag * dt
+            self.settings["lag_auto"] = True
+            if lag * dt < BENCHMARK_LAG_PS:
+                log.warning("TICA lag %.4g ps (%d frames): a tenth of the longest reference "
+                            "trajectory (%d frames = %.4g ps); the benchmark's %g ps needs %.4g ps "
+                            "of reference", lag * dt, lag, longest, span, BENCHMARK_LAG_PS,
+                            BENCHMARK_LAG_PS / AUTO_LAG_FRACTION)
         lag = max(1, int(round(self.settings["lag_time_ps"] / dt)))
         if abs(lag * dt - self.settings["lag_time_ps"]) > 1e-6 * self.settings["lag_time_ps"]:
             log.warning("lag %.4g ps is not a multiple of dt %.4g ps; using %d frames = %.4g ps",
                         self.settings["lag_time_ps"], dt, lag, lag * dt)
-        trajs = [np.asarray(x, dtype=np.float64) for x in reference.xyz]
         usable = [x for x in trajs if len(x) > lag]
         if not usable:
-            raise ValueError(f"no reference trajectory longer than the lag ({lag} frames)")
+            suggest = max(1, int(AUTO_LAG_FRACTION * (longest - 1))) * dt
+            raise ValueError(
+                f"lag_time {self.settings['lag_time_ps']:g} ps ({lag} frames of {dt:g} ps) is not "
+                f"shorter than any reference trajectory (longest: {longest} frames = {span:g} ps): "
+                f"TICA needs frame pairs one lag apart; give a lag below {span:g} ps (e.g. "
+                f"{suggest:g} ps, a tenth of it) or leave it unset to choose one automatically")
         n = usable[0].shape[1]
         n_pairs = n * (n - 1) // 2
         dim = min(self.settings["n_tics"], n_pairs)
@@ -488,18 +524,25 @@ def evaluate(reference, models: dict[str, Sequence], out_dir, protein: str | Non
         The list of metrics.json dicts written (one per model).
 
     Raises:
-        ValueError: no models, or a model with no usable replica.
+        ValueError: no models, a model with no usable replica, a lag not shorter than the
+            reference trajectories.
+        FileNotFoundError: a missing reference or simulation folder.
+
+    Nothing is written unless every model was scored.
     """
     if not models:
         raise ValueError("no models to evaluate")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} is a file, not a folder")
+    for label, runs in models.items():  # every input checked before anything is written
+        for run in [runs] if isinstance(runs, str | Path | Trajectories) else list(runs):
+            if not isinstance(run, Trajectories) and not (Path(run) / "simulation.json").is_file():
+                load_simulation(run, name=label)  # raises FileNotFoundError naming the folder
     ref = reference if isinstance(reference, Trajectories) else load_reference(reference, dt=reference_dt)
     fitted = BenchmarkEvaluator(**settings).fit(ref).fetch_model()
     protein = protein or ref.name
     seed = fitted.settings["seed"]
-    np.savez_compressed(out / "reference_features.npz",
-                        **_subsampled({"tics": fitted.tics, **fitted.structure}, max_saved_points, seed))
     settings_out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in fitted.settings.items()}
     written = []
     for label, runs in models.items():
@@ -524,12 +567,16 @@ def evaluate(reference, models: dict[str, Sequence], out_dir, protein: str | Non
             "settings": settings_out, "reference": fitted.info,
             "defects_not_copied": DEFECTS_NOT_COPIED, "versions": _versions(),
         }
-        d = out / _safe(label)
+        written.append((doc, results[0][1].features))
+    out.mkdir(parents=True, exist_ok=True)  # every model scored: now write
+    np.savez_compressed(out / "reference_features.npz",
+                        **_subsampled({"tics": fitted.tics, **fitted.structure}, max_saved_points, seed))
+    for doc, features in written:
+        d = out / _safe(doc["model"])
         d.mkdir(exist_ok=True)
         (d / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
-        np.savez_compressed(d / "features.npz",
-                            **_subsampled(results[0][1].features, max_saved_points, seed))
-        written.append(doc)
+        np.savez_compressed(d / "features.npz", **_subsampled(features, max_saved_points, seed))
+    written = [doc for doc, _ in written]
     index = {"protein": protein, "models": [{"label": d["model"], "directory": _safe(d["model"])} for d in written],
              "reference_features": "reference_features.npz", "comparison": ["comparison.md", "comparison.csv"]}
     (out / "evaluation.json").write_text(json.dumps(index, indent=2))
@@ -587,10 +634,11 @@ def read_metrics(directory) -> list[dict]:
     else:
         paths = sorted(directory.glob("*/metrics.json"))
     if not paths:
-        raise FileNotFoundError(f"no metrics.json under {directory}")
+        raise FileNotFoundError(f"evaluation folder {directory}: no metrics.json (write it with "
+                                "hessid evaluate)")
     return [json.loads(p.read_text()) for p in paths]
 
 
-__all__ = ["DEFECTS_NOT_COPIED", "METRIC_LABELS", "METRIC_NAMES", "METRIC_UNITS", "BenchmarkEvaluator",
+__all__ = ["AUTO_LAG_FRACTION", "BENCHMARK_LAG_PS", "DEFECTS_NOT_COPIED", "METRIC_LABELS", "METRIC_NAMES", "METRIC_UNITS", "BenchmarkEvaluator",
            "EvaluationResult", "ReferenceEnsemble", "Trajectories", "comparison_table", "evaluate",
            "filter_replicas", "format_value", "load_reference", "load_simulation", "read_metrics"]

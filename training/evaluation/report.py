@@ -288,9 +288,17 @@ def build_report(eval_dir, out_dir=None, training_curves: Mapping[str, str | Pat
         FileNotFoundError: no metrics.json / reference_features.npz in ``eval_dir``.
     """
     eval_dir = Path(eval_dir)
+    if not eval_dir.is_dir():
+        raise FileNotFoundError(f"evaluation folder {eval_dir}: no such folder (write it with "
+                                "hessid evaluate)")
     out = Path(out_dir) if out_dir is not None else eval_dir
-    out.mkdir(parents=True, exist_ok=True)
     docs = read_metrics(eval_dir)
+    if not (eval_dir / "reference_features.npz").is_file():
+        raise FileNotFoundError(f"evaluation folder {eval_dir}: no reference_features.npz")
+    for name, path in (training_curves or {}).items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--training {name}={path}: no such file")
+    out.mkdir(parents=True, exist_ok=True)
     index_path = eval_dir / "evaluation.json"
     dirs = ([m["directory"] for m in json.loads(index_path.read_text())["models"]] if index_path.exists()
             else [p.parent.name for p in sorted(eval_dir.glob("*/metrics.json"))])

@@ -9,11 +9,17 @@ and ``prior`` (:class:`PriorConfig`). :func:`load_config` reads the YAML file an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+import os
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import yaml
+
+from hessid.cli.options import read_yaml_mapping
 
 __all__ = [
     "HVP_ESTIMATORS",
@@ -28,6 +34,7 @@ __all__ = [
     "TrainerConfig",
     "dataclass_from_dict",
     "load_config",
+    "validate_fields",
 ]
 
 LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
@@ -64,6 +71,112 @@ def _from_dict(cls, d, section):
     return dataclass_from_dict(cls, d, f"unknown keys in `{section}`:")
 
 
+# ----------------------------------------------------------------------------- validation
+# Every field is type-checked and range-checked when its dataclass is built: a bad value is
+# refused with a ValueError naming its dotted key (``optim.lr: expected a number, got 'fast'``),
+# never clamped, so a run folder is only created for a config that can run.
+
+#: (section, field) → (test, what it must be); a field absent here is only type-checked
+_RANGES: dict[tuple[str, str], tuple[typing.Callable[[typing.Any], bool], str]] = {
+    ("", "seed"): (lambda v: v >= 0, ">= 0"),
+    ("", "hvp_start_step"): (lambda v: v >= 0, ">= 0"),
+    ("", "cov_ramp_steps"): (lambda v: v >= 0, ">= 0"),
+    ("data", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("data", "max_frames"): (lambda v: v is None or v >= 1, ">= 1 (or null: all frames)"),
+    ("data", "val_fraction"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("model", "embedding_dimension"): (lambda v: v >= 1, ">= 1"),
+    ("model", "num_layers"): (lambda v: v >= 1, ">= 1"),
+    ("model", "num_rbf"): (lambda v: v >= 1, ">= 1"),
+    ("model", "rbf_type"): (lambda v: v in ("expnorm", "gauss"), "'expnorm' or 'gauss'"),
+    ("model", "max_num_neighbors"): (lambda v: v >= 1, ">= 1"),
+    ("optim", "lr"): (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    ("optim", "weight_decay"): (lambda v: 0.0 <= v < math.inf, ">= 0"),
+    ("optim", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("optim", "min_lr_ratio"): (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("optim", "gamma_per_1000"): (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("optim", "grad_clip"): (lambda v: 0.0 <= v < math.inf, ">= 0 (0 = off)"),
+    ("trainer", "max_steps"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "val_every_steps"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "checkpoint_every_steps"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "early_stopping_patience"): (lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("trainer", "accelerator"): (lambda v: v in ("cpu", "gpu", "cuda", "mps", "auto"),
+                                 "'cpu', 'gpu' or 'auto'"),
+    ("trainer", "devices"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "num_nodes"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "hvp_probe_chunk"): (lambda v: v is None or v >= 1, ">= 1 (or null: all probes)"),
+    ("prior", "n_fourier"): (lambda v: v >= 0, ">= 0"),
+    ("prior", "repulsion_scale"): (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+}
+
+
+def _coerce(value, hint, key: str):
+    """``value`` checked against the type ``hint`` of config key ``key`` (a numeric string
+    such as YAML's ``1e-3`` becomes a float; an integral number an int).
+
+    Raises:
+        ValueError: ``"KEY: expected WHAT, got VALUE"``.
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        what = "true or false"
+    elif hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        what = "an integer"
+    elif hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if math.isnan(float(value)):
+                raise ValueError(f"{key}: expected a number, got NaN")
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return _coerce(float(value), float, key)
+            except ValueError:
+                pass
+        what = "a number"
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        what = "a string"
+    elif hint is list or typing.get_origin(hint) is list:
+        if isinstance(value, list | tuple):
+            return list(value)
+        what = "a list"
+    else:
+        return value
+    raise ValueError(f"{key}: expected {what}, got {value!r}")
+
+
+def validate_fields(obj, section: str = "") -> None:
+    """Type-check and range-check every field of a config dataclass in place.
+
+    Args:
+        obj: a config dataclass instance (numeric strings are converted in place).
+        section: its YAML section (``"optim"``; ``""`` for the top level), used in messages.
+
+    Raises:
+        ValueError: one line naming the dotted key, what it must be and the value given
+            (``data.batch_size: must be >= 1, got -4``).
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        hint = hints[f.name]
+        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            continue  # a section: validated by its own __post_init__
+        key = f"{section}.{f.name}" if section else f.name
+        value = _coerce(getattr(obj, f.name), hint, key)
+        setattr(obj, f.name, value)
+        rule = _RANGES.get((section, f.name))
+        if rule is not None and not rule[0](value):
+            raise ValueError(f"{key}: must be {rule[1]}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """CGSchNet hyper-parameters (TorchMD-Net ``create_model`` names).
@@ -94,6 +207,9 @@ class ModelConfig:
     max_num_neighbors: int = 512
     neighbor_embedding: bool = False
     precision: str = "float32"
+
+    def __post_init__(self):
+        validate_fields(self, "model")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ModelConfig:
@@ -167,6 +283,7 @@ class LossConfig:
     residual_file: str | None = None
 
     def __post_init__(self):
+        validate_fields(self, "loss")
         if self.mode not in LOSS_MODES:
             raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {self.mode!r}")
         if not 0.0 <= float(self.cov_weight) <= 1.0:
@@ -233,6 +350,9 @@ class DataConfig:
     batch_size: int = 16
     max_frames: int | None = None
 
+    def __post_init__(self):
+        validate_fields(self, "data")
+
 
 @dataclass
 class OptimConfig:
@@ -256,6 +376,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     gamma_per_1000: float = 0.5
     grad_clip: float = 10.0
+
+    def __post_init__(self):
+        validate_fields(self, "optim")
 
 
 @dataclass
@@ -298,6 +421,7 @@ class TrainerConfig:
     keep_best: bool = False
 
     def __post_init__(self):
+        validate_fields(self, "trainer")
         if not 0.0 <= float(self.plateau_rel_delta) < 1.0:
             raise ValueError(f"trainer.plateau_rel_delta must lie in [0, 1), got {self.plateau_rel_delta}")
         if int(self.plateau_window_steps) < 0 or float(self.plateau_budget_factor) < 1.0:
@@ -320,6 +444,9 @@ class PriorConfig:
     enabled: bool = True
     n_fourier: int = 3
     repulsion_scale: float = 1.0
+
+    def __post_init__(self):
+        validate_fields(self, "prior")
 
 
 @dataclass
@@ -351,6 +478,39 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def __post_init__(self):
+        validate_fields(self)
+        name = self.name
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            raise ValueError(f"name: must be a plain folder name (no '/', not '..'), got {name!r}")
+
+    def check_files(self) -> None:
+        """Refuse a config whose files are missing, before anything is created.
+
+        Checks ``data.datasets``, ``data.val_datasets`` (each must be a file) and
+        ``loss.residual_file``.
+
+        Raises:
+            ValueError: ``data.datasets`` is empty.
+            FileNotFoundError: one line naming the key, its index and the path, and where
+                relative paths were looked up.
+        """
+        if not self.data.datasets:
+            raise ValueError("data.datasets is empty: list the dataset files to train on")
+        items = [(f"data.{k}[{i}]", p) for k in ("datasets", "val_datasets")
+                 for i, p in enumerate(getattr(self.data, k))]
+        if self.loss.residual_file:
+            items.append(("loss.residual_file", self.loss.residual_file))
+        for key, p in items:
+            path = Path(p)
+            if path.is_dir():
+                raise FileNotFoundError(f"{key}: {p} is a folder, not a dataset file")
+            if not path.is_file():
+                where = "" if path.is_absolute() else (
+                    f" (relative to the working directory {os.getcwd()}, then to the "
+                    "config file's folder)")
+                raise FileNotFoundError(f"{key}: {p} does not exist{where}")
 
     @classmethod
     def from_dict(cls, d: dict | None, base_dir: str | Path | None = None) -> TrainConfig:
@@ -424,8 +584,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict = {}
     base = None
     if path is not None:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+        raw = read_yaml_mapping(path)
         base = Path(path).parent
     for item in overrides or []:
         if "=" not in item:

@@ -203,8 +203,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     cfg = config
     if skip_verification is not None:
         cfg.skip_verification = bool(skip_verification)
-    if not cfg.data.datasets:
-        raise ValueError("data.datasets is empty: list the dataset files to train on")
+    cfg.check_files()  # before anything is created
     run_dir = Path(cfg.output_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"

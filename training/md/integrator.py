@@ -33,6 +33,7 @@ from hessid.units import KB_KCAL_PER_MOL_K
 
 __all__ = [
     "ACCELERATION_A_PS2_PER_KCAL_MOL_A_AMU",
+    "STABILITY_OMEGA_DT",
     "DEFAULT_BOND_RANGE",
     "STATUS_BOND_OUT_OF_RANGE",
     "STATUS_NAMES",
@@ -42,8 +43,10 @@ __all__ = [
     "LangevinFunctions",
     "LangevinState",
     "baoab_langevin",
+    "check_timestep",
     "consecutive_bonds",
     "energy_and_forces",
+    "stiffest_bond",
 ]
 
 #: Acceleration of 1 kcal/mol/Å acting on 1 amu, in Å/ps² (also kcal/mol/amu in Å²/ps²).
@@ -55,6 +58,10 @@ STATUS_NONFINITE = 1
 STATUS_BOND_OUT_OF_RANGE = 2
 STATUS_NAMES = {0: "running", 1: "non-finite positions/velocities/forces/energy",
                 2: "Cα–Cα bond outside the allowed range"}
+
+#: BAOAB, like velocity Verlet, is unstable for a harmonic mode of angular frequency ω when
+#: ω·h ≥ 2 (h the timestep): :func:`check_timestep` refuses a timestep beyond it.
+STABILITY_OMEGA_DT = 2.0
 
 #: Default sane range of consecutive Cα–Cα distances, Å (the blow-up check of docs/evaluation.md).
 DEFAULT_BOND_RANGE = (2.0, 6.0)
@@ -94,6 +101,59 @@ def energy_and_forces(potential, positions: torch.Tensor, bead_types: torch.Tens
         (grad,) = torch.autograd.grad(energy.sum(), x)
     forces = -grad.reshape(n_rep, n_beads, 3)  # (R, n, 3)
     return energy.detach().to(positions.dtype), forces.detach().to(positions.dtype)
+
+
+def stiffest_bond(potential) -> float | None:
+    """The largest harmonic bond constant of a potential's prior, kcal/mol/Å².
+
+    Knows :class:`~hessid.training.learning.models.CGPotential` (its prior's pooled and
+    per-class ``bond_k``) and potentials with a ``bond_k`` attribute (the harmonic chain).
+
+    Returns:
+        k (float), or None when the potential has no known bond term (then no check is made).
+    """
+    params = getattr(getattr(potential, "prior", None), "params", None)
+    if params is not None and hasattr(params, "bond_k"):
+        return float(max([params.bond_k, *(k for _, k, _ in getattr(params, "bond_classes", ()))]))
+    k = getattr(potential, "bond_k", None)
+    return None if k is None else float(k)
+
+
+def check_timestep(timestep: float, masses, bond_k: float | None) -> float | None:
+    """Refuse a timestep at which the stiffest bond cannot be integrated stably.
+
+    A chain of beads of mass ≥ m joined by harmonic springs of constant ≤ k has normal-mode
+    frequencies ω ≤ 2√(k/m) (Gershgorin's bound on the mass-weighted bond Hessian, reached by a
+    long straight chain; units: ω² = 418.4·k/m ps⁻² with k in kcal/mol/Å², m in amu). BAOAB
+    blows up for ω·h ≥ 2 (:data:`STABILITY_OMEGA_DT`), so ``timestep`` is refused when
+    2√(k/m)·h > 2. Angle terms and the network only add stiffness, so a refused step never works.
+
+    Args:
+        timestep: h, fs.
+        masses: bead masses, amu (float or (n,)); the lightest bead is used.
+        bond_k: the stiffest bond, kcal/mol/Å² (:func:`stiffest_bond`); None: nothing checked.
+
+    Returns:
+        ω_max·h (None when ``bond_k`` is None).
+
+    Raises:
+        ValueError: one line with k, m, ω_max, the period, ω_max·h and the largest stable
+            timestep.
+    """
+    if bond_k is None or not bond_k > 0:
+        return None
+    m = float(torch.as_tensor(masses, dtype=torch.float64).min())
+    omega = 2.0 * math.sqrt(ACCELERATION_A_PS2_PER_KCAL_MOL_A_AMU * bond_k / m)  # 1/ps
+    omega_h = omega * timestep * 1e-3
+    if omega_h > STABILITY_OMEGA_DT:
+        raise ValueError(
+            f"timestep {timestep:g} fs is beyond the stability limit of this model: its stiffest "
+            f"prior bond (k = {bond_k:.4g} kcal/mol/Å²) between beads of {m:.4g} amu vibrates at up "
+            f"to ω = 2√(k/m) = {omega:.4g}/ps (period {2e3 * math.pi / omega:.3g} fs), and BAOAB "
+            f"needs ω·dt < {STABILITY_OMEGA_DT:g} (here {omega_h:.3g}): use a timestep below "
+            f"{1e3 * STABILITY_OMEGA_DT / omega:.3g} fs (a tenth of the period, "
+            f"{2e2 * math.pi / omega:.2g} fs, is accurate)")
+    return omega_h
 
 
 def consecutive_bonds(n_beads: int) -> torch.Tensor:

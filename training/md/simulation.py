@@ -12,9 +12,11 @@ K, 1/ps.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as im
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -35,13 +37,19 @@ from hessid.training.md.integrator import (
     STATUS_RUNNING,
     LangevinBAOAB,
     LangevinState,
+    check_timestep,
+    stiffest_bond,
 )
 from hessid.training.md.reporters import DCDReporter, Reporter, StateDataReporter, ca_topology
 
-__all__ = ["SimulationResult", "failures", "load_checkpoint", "load_cg_reference", "run",
+__all__ = ["DEFAULT_SEED", "SimulationResult", "deterministic_torch", "failures", "load_checkpoint", "load_cg_reference", "run",
            "save_checkpoint", "simulate"]
 
 log = logging.getLogger(__name__)
+
+#: seed of a run that names none: fixed and non-zero (OpenMM reads 0 as "pick one at random"),
+#: so two default runs are the same run; stored in ``simulation.json``
+DEFAULT_SEED = 2026
 
 
 def failures(state: LangevinState) -> list[dict]:
@@ -178,6 +186,43 @@ def load_cg_reference(path) -> dict:
                 "residue_names": residue_names, "name": ds.name, "path": str(path)}
 
 
+#: environment of :func:`deterministic_torch`: cuBLAS's deterministic workspace, and one thread
+#: for OpenMM CPU-platform contexts created inside the block (the AA MD of ``hessid demo``)
+_DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "OPENMM_CPU_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def deterministic_torch(enabled: bool = True):
+    """Within the block: one torch CPU thread and torch's deterministic algorithms (on CUDA also
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; OpenMM CPU contexts created inside get
+    ``OPENMM_CPU_THREADS=1``), so that a fixed seed gives bit-identical numbers on the
+    same machine and library versions; restored afterwards. Costs: one thread only (CG MD of
+    ≤ 100 beads already runs on one; training is up to ~2× slower on 2 cores) and, on GPUs, the
+    slower deterministic kernels. Not covered: other machines, other torch/BLAS builds.
+
+    Args:
+        enabled: False: do nothing.
+    """
+    if not enabled:
+        yield
+        return
+    old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    env = {k: os.environ.get(k) for k in _DETERMINISTIC_ENV}
+    for k, v in _DETERMINISTIC_ENV.items():
+        os.environ.setdefault(k, v)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        torch.use_deterministic_algorithms(old[1], warn_only=old[2])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
 def _versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("hessid", "torch", "numpy", "mdtraj"):
@@ -191,12 +236,13 @@ def _versions() -> dict:
 def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
              reference=None, start_positions=None, bead_types=None, n_replicas: int = 20,
              timestep: float = 2.0, temperature: float = 300.0, friction: float = 1.0,
-             masses: float | Sequence[float] = 12.0, seed: int = 0, device: str = "cpu",
+             masses: float | Sequence[float] = 12.0, seed: int = DEFAULT_SEED, device: str = "cpu",
              dtype: torch.dtype = torch.float32, checkpoint_interval: int | None = None,
              resume: bool = False, overwrite: bool = False, progress: bool = True,
              residue_names: Sequence[str] | None = None, bond_range=DEFAULT_BOND_RANGE,
              provenance: dict | None = None, threads: int | None = 1,
-             reporters: Mapping[str, Reporter] | None = None) -> SimulationResult:
+             reporters: Mapping[str, Reporter] | None = None,
+             deterministic: bool = False) -> SimulationResult:
     """Run R replicas of CG Langevin MD and write mdtraj-readable trajectories.
 
     Starting structures: ``start_positions`` (R, n, 3) Å or (n, 3) (copied to every replica), or
@@ -234,23 +280,40 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
         threads: torch CPU threads during the run (restored afterwards; None: leave as is).
             CG systems of ≤ 100 beads are dominated by per-op overhead, where one thread is
             fastest (multi-threaded small ops were up to 9× slower on a loaded 2-core machine).
+        deterministic: bit-identical trajectories for a fixed seed on the same machine and
+            library versions (:func:`deterministic_torch`: one CPU thread, torch's
+            deterministic algorithms; on CUDA also cuBLAS workspace settings, slower).
 
     Returns:
         :class:`SimulationResult`.
 
     Raises:
         ValueError: neither or both of ``reference``/``start_positions``, too few reference
-            frames, bad shapes, a checkpoint interval that is not a multiple of the stride, an
+            frames, bad shapes, a count < 1 (``n_steps``, ``save_interval``, ``n_replicas``), a
+            non-positive timestep or temperature, a timestep beyond the stability limit of the
+            potential's stiffest bond (:func:`~hessid.training.md.integrator.check_timestep`), a checkpoint interval that is not a multiple of the stride, an
             extra reporter named ``"trajectory"`` or ``"state_data"``, or a checkpoint written
             with other settings.
         FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
+    for name, value in (("n_steps", n_steps), ("save_interval", save_interval),
+                        ("n_replicas", n_replicas)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value, unit in (("timestep", timestep, "fs"), ("temperature", temperature, "K")):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}")
+    if not (math.isfinite(friction) and friction >= 0):
+        raise ValueError(f"friction must be >= 0 (1/ps), got {friction!r}")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} is a file, not a folder")
     checkpoint_interval = checkpoint_interval or 10 * save_interval
-    if checkpoint_interval % save_interval:
-        raise ValueError("checkpoint_interval must be a multiple of save_interval")
+    if checkpoint_interval < 1 or checkpoint_interval % save_interval:
+        raise ValueError(f"checkpoint_interval ({checkpoint_interval}) must be a positive multiple "
+                         f"of save_interval ({save_interval})")
+    omega_dt = check_timestep(timestep, masses, stiffest_bond(potential))
     if (reference is None) == (start_positions is None):
         raise ValueError("give exactly one of reference= or start_positions=")
     clash = sorted({"trajectory", "state_data"} & set(reporters or {}))
@@ -277,6 +340,11 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
         if start.ndim == 2:
             start = start.expand(n_replicas, *start.shape).clone()  # (R, n, 3)
         start_info["given"] = True
+    if start.ndim != 3 or start.shape[-1] != 3 or start.shape[1] < 2:
+        raise ValueError(f"start positions must be (R, n, 3) or (n, 3) Å with n >= 2 beads, got "
+                         f"{tuple(start.shape)}")
+    if not torch.isfinite(start).all():
+        raise ValueError("start positions hold non-finite values")
     n_rep, n_beads = start.shape[0], start.shape[1]
     if bead_types is None:
         bead_types = np.zeros(n_beads, dtype=np.int64)
@@ -287,6 +355,8 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
     config = {"n_replicas": n_rep, "n_beads": n_beads, "n_steps": n_steps, "save_interval": save_interval,
               "checkpoint_interval": checkpoint_interval, "seed": seed, "dtype": str(dtype),
               **integrator.config()}
+    if deterministic:
+        config["deterministic"] = True
     config_for_match = {k: v for k, v in config.items() if k != "n_steps"}
 
     have_run = ckpt_path.exists() or any(out.glob("replica_*.dcd"))
@@ -297,6 +367,7 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
                   out / "topology.pdb"]:
             p.unlink(missing_ok=True)
 
+    out.mkdir(parents=True, exist_ok=True)  # every check above passed: now create files
     topology = ca_topology(n_beads, residue_names)
     builtin = {
         "trajectory": DCDReporter(out, save_interval, n_rep, n_beads, save_interval * timestep * 1e-3, topology),
@@ -324,8 +395,9 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
     if threads is not None and str(device).startswith("cpu"):
         torch.set_num_threads(int(threads))
     try:
-        state = run(integrator, potential, state, n_steps, all_reporters, ckpt_path, checkpoint_interval,
-                    config, progress)
+        with deterministic_torch(deterministic):
+            state = run(integrator, potential, state, n_steps, all_reporters, ckpt_path,
+                        checkpoint_interval, config, progress)
     finally:
         torch.set_num_threads(old_threads)
     elapsed = time.perf_counter() - t0
@@ -345,6 +417,7 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
         "frames_per_replica": builtin["trajectory"].frames_written,
         "trajectories": [p.name for p in traj], "topology": "topology.pdb",
         "failures": fails, "steps_completed": state.step,
+        "omega_max_dt": omega_dt, "seed": seed, "deterministic": bool(deterministic),
         "steps_per_second_last_invocation": speed, "device": str(device),
         "versions": _versions(), "provenance": provenance or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

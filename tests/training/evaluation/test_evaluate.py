@@ -295,7 +295,7 @@ def test_bootstrap_gives_standard_errors(fitted):
 def test_bad_settings_raise(reference):
     with pytest.raises(ValueError):
         BenchmarkEvaluator(n_tics=2)
-    with pytest.raises(ValueError, match="longer than the lag"):
+    with pytest.raises(ValueError, match="not shorter than any reference trajectory"):
         BenchmarkEvaluator(lag_time=1e6).fit(reference)
     with pytest.raises(RuntimeError):
         BenchmarkEvaluator().fetch_model()
