@@ -19,6 +19,7 @@ import torch
 
 from hessid.probes import ProbeSpec
 from hessid.training.data.reader import open_dataset
+from hessid.training.data.schema import DatasetError
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.losses import hessian_target_norms, hvp_target_norms
 from hessid.units import beta as beta_of_temperature
@@ -121,15 +122,19 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
         DatasetNotFoundError: no file (a ``FileNotFoundError``).
         NotMappedError: no ``cg/`` group (a ``ValueError``, as every
             :class:`~hessid.training.data.schema.DatasetError`).
-        DatasetError: a dataset training needs is missing (names the file and dataset).
+        DatasetError: a dataset training needs is missing (names the file and dataset), or the
+            file has no ``temperature`` attribute (β enters Term 2 and the prior: no default).
         ValueError: shapes inconsistent (names the file and dataset).
     """
     sl = slice(None, max_frames)
     with open_dataset(path) as ds:
         cg = ds.cg
         temperature = ds.temperature
+        if temperature is None:
+            raise DatasetError(ds.path, "/", "no 'temperature' attribute: β enters Term 2 and the prior, so "
+                               "training does not assume one (set it when importing: --temperature K)")
         p = ProteinData(
-            name=ds.name, path=ds.path, temperature=300.0 if temperature is None else temperature,
+            name=ds.name, path=ds.path, temperature=float(temperature),
             frame_id=ds.frame_id(sl), cg_coordinates=cg.coordinates(sl), cg_forces=cg.forces(sl),
             bead_types=cg.bead_types, vocabulary=cg.vocabulary, weights=cg.weights,
             projector=cg.projector, aa_frame0=ds.coordinates(0),

@@ -217,3 +217,17 @@ def test_training_module_is_public_and_computes_every_term(datasets):
     assert torch.isfinite(terms["total"]) and terms["total"].requires_grad
     assert torch.allclose(terms["total"], terms["fm"] + terms["hvp"])  # λ = 1, no normalisation
     assert CGTrainingModule(pot, cfg).run_info == {}
+
+
+def test_a_dataset_without_temperature_is_refused_not_defaulted(tmp_path):
+    """β enters Term 2 and the prior: a file without ``temperature`` is an error (no silent 300 K)."""
+    import h5py
+
+    from hessid.training.data.schema import DatasetError
+
+    path = write_synthetic_dataset(tmp_path / "t" / "t.h5", n_beads=4, n_frames=3, seed=0, name="noT")
+    assert load_protein(path).temperature == 300.0  # control: the attribute is read when present
+    with h5py.File(path, "a") as h5:
+        del h5.attrs["temperature"]
+    with pytest.raises(DatasetError, match="no 'temperature' attribute"):
+        load_protein(path)
