@@ -6,7 +6,9 @@ energy minimisation, equilibration, production with a stride. Every saved frame 
 positions *and the forces of those positions* (one ``getState`` after the step), converted at
 the OpenMM boundary: nm → Å (×10), kJ/mol/nm → kcal/mol/Å (÷41.84), kJ/mol → kcal/mol.
 
-Frames are written in chunks; after each chunk is committed (HDF5 flush + fsync,
+Frames are written in chunks, each append guarded by a pre-append copy ``<name>.h5.bak`` that
+``--resume`` puts back if the append was killed (:func:`hessid.training.data.io.begin_append`);
+after each chunk is committed (HDF5 flush + fsync,
 :func:`hessid.training.data.io.commit`) the OpenMM checkpoint ``<name>.chk`` is replaced
 atomically (write, fsync, rename). The checkpoint's step count fixes how many frames it
 stands for (``steps_done // stride``), so ``--resume`` cuts any frames flushed after the last
@@ -34,9 +36,12 @@ from tqdm.auto import tqdm
 from hessid.training.data import schema as sc
 from hessid.training.data.io import (
     append_frames,
+    begin_append,
     commit,
+    crash_point,
     create_dataset,
     dataset_path,
+    end_append,
     open_for_append,
     read_topology_text,
     topology_from_pdb,
@@ -514,6 +519,7 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
             bar.set_postfix(ns_per_day=f"{ns_per_frame * frames_run / elapsed * 86400:.1f}")
             if len(buf) == cfg.chunk_frames or n == n_target:
                 pos, frc, ene, tim, box = zip(*buf, strict=True)
+                begin_append(h5)  # NAME.h5.bak: the file as committed, restored on --resume
                 append_frames(
                     h5, np.stack(pos), np.stack(frc), np.asarray(tim, "f8"),
                     np.arange(n - len(buf), n, dtype=np.int64), np.asarray(ene, "f8"),
@@ -521,6 +527,8 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
                 )  # flushed before the checkpoint: the checkpoint never runs ahead of the file
                 h5.attrs[sc.ATTR_CHECKPOINT_FRAMES] = n
                 commit(h5)  # flush + fsync: the checkpoint never runs ahead of the file
+                crash_point("after_flush")
+                end_append(h5)  # before the checkpoint: it never runs ahead of a restored backup
                 _write_checkpoint(context, chk_path)
                 buf.clear()
                 chunks += 1

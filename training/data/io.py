@@ -1,7 +1,8 @@
 """Writing and validating the hessid dataset file (layout: :mod:`hessid.training.data.schema`).
 
 Public functions: :func:`dataset_path` (name or path → file), :func:`create_dataset`,
-:func:`append_frames`, :func:`commit`, :func:`truncate_frames`, :func:`open_for_append`,
+:func:`append_frames`, :func:`commit`, :func:`truncate_frames`, :func:`open_for_append`, the
+crash-safe append guard :func:`begin_append` / :func:`end_append` / :func:`recover_append`,
 :func:`write_dataset`, :func:`validate_dataset`, :func:`copy_frames`, and the topology helpers
 :func:`read_topology_text`, :func:`topology_from_pdb`, :func:`count_pdb_atoms`. Reading is
 :func:`hessid.training.data.reader.open_dataset`; imports of foreign files are in
@@ -18,6 +19,7 @@ import json
 import os
 import platform as _platform
 import re
+import shutil
 from pathlib import Path
 
 import h5py
@@ -30,13 +32,28 @@ from hessid.training.data import schema as sc
 from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 
 __all__ = [
-    "DatasetError", "append_frames", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
+    "APPEND_BACKUP", "DatasetError", "append_frames", "backup_path", "begin_append", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
     "check_dataset_name", "dataset_path", "open_for_append", "read_topology_text", "software_versions", "topology_from_pdb",
-    "truncate_frames", "validate_dataset", "write_dataset",
+    "crash_point", "end_append", "recover_append", "truncate_frames", "validate_dataset", "write_dataset",
 ]  # fmt: skip
 
 #: frames read at a time while validating and mapping
 FRAME_BLOCK = 256
+
+#: :func:`begin_append` keeps a pre-append copy ``NAME.h5.bak`` (docs/data.md "Crash safety");
+#: False only in the negative-control test
+APPEND_BACKUP = True
+
+#: test hook: called with the name of each crash point of an append (``after_backup_copy``,
+#: ``before_resize``, ``after_resize``, ``after_write``; ``aa_md`` adds ``after_flush``);
+#: tests make it SIGKILL the process
+crash_hook = None
+
+
+def crash_point(name: str) -> None:
+    """Call :data:`crash_hook` with ``name`` (a test hook; no-op when unset)."""
+    if crash_hook is not None:
+        crash_hook(name)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -146,7 +163,8 @@ def create_dataset(
             ``seed``, ``name`` as known. ``format_version``/``length_unit``/``energy_unit``/
             ``versions`` are set here.
         periodic: also create the ``box`` dataset (T, 3, 3) Å.
-        overwrite: replace an existing file.
+        overwrite: replace an existing file (and delete its pre-append backup
+            ``NAME.h5.bak``, :func:`begin_append`, so a resume never restores the old run).
         chunk_frames: HDF5 chunk length along the frame axis.
 
     Returns:
@@ -163,6 +181,9 @@ def create_dataset(
     if n_atoms == 0:
         raise ValueError(f"{path}: topology has no ATOM/HETATM records")
     path.parent.mkdir(parents=True, exist_ok=True)
+    bak = backup_path(path)
+    for stale in (bak, bak.with_name(bak.name + ".tmp")):  # of a replaced run: never restore it
+        stale.unlink(missing_ok=True)
     h5 = h5py.File(path, "w")
     h5.create_dataset(sc.TOPOLOGY, data=topology_pdb, dtype=h5py.string_dtype("utf-8"))
     c = max(1, int(chunk_frames))
@@ -189,7 +210,8 @@ def create_dataset(
 
 def open_for_append(path: str | Path) -> h5py.File:
     """Open an existing dataset file for :func:`append_frames` / :func:`truncate_frames`
-    (``--resume`` of a simulation).
+    (``--resume`` of a simulation). An append cut short by a kill is rolled back first
+    (:func:`recover_append`), so the file is the one of the last finished append.
 
     Returns:
         ``h5py.File`` in mode ``r+`` (caller closes it).
@@ -200,6 +222,7 @@ def open_for_append(path: str | Path) -> h5py.File:
             docs/data.md "Crash safety"); the message says to start again with --overwrite.
     """
     path = Path(path)
+    recover_append(path)
     if not path.exists():
         raise DatasetNotFoundError(path)
     try:
@@ -246,10 +269,92 @@ def append_frames(
                 f"{h5.filename}: dataset '{key}': appending shape {arr.shape}, "
                 f"expected {(b,) + ds.shape[1:]}"
             )
+        crash_point("before_resize")
         ds.resize(t0 + b, axis=0)
+        crash_point("after_resize")
         ds[t0:] = arr
+    crash_point("after_write")
     h5.flush()
     return t0 + b
+
+
+def backup_path(path: str | Path) -> Path:
+    """The pre-append copy of dataset file ``path``: ``NAME.h5`` → ``NAME.h5.bak``."""
+    path = Path(path)
+    return path.with_name(path.name + ".bak")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def begin_append(h5: h5py.File) -> None:
+    """Before an :func:`append_frames` that may be killed: :func:`commit` ``h5`` and store a
+    durable copy of it as ``NAME.h5.bak`` (copy to ``.bak.tmp``, fsync, rename, fsync the folder).
+    While the ``.bak`` exists the main file may be torn; :func:`recover_append` puts it back.
+    Call :func:`end_append` once the append is committed. No-op when :data:`APPEND_BACKUP` is False.
+
+    Cost: one copy of the whole file (measured in docs/data.md "Crash safety").
+
+    Raises:
+        OSError: copy, fsync or rename failed (disk full, I/O error).
+    """
+    if not APPEND_BACKUP:
+        return
+    commit(h5)
+    path = Path(h5.filename)
+    bak = backup_path(path)
+    tmp = bak.with_name(bak.name + ".tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    crash_point("after_backup_copy")
+    os.replace(tmp, bak)
+    _fsync_dir(path.parent)
+
+
+def end_append(h5: h5py.File) -> None:
+    """After the append that :func:`begin_append` guarded has been committed: delete
+    ``NAME.h5.bak`` durably (unlink, fsync the folder), so a later resume keeps the new frames.
+    Call it *before* replacing the simulation checkpoint (the checkpoint must never stand for
+    more frames than a restored backup holds).
+
+    Raises:
+        OSError: unlink or fsync failed.
+    """
+    bak = backup_path(h5.filename)
+    if bak.exists():
+        bak.unlink()
+        _fsync_dir(bak.parent)
+
+
+def recover_append(path: str | Path) -> bool:
+    """Roll back an append killed between :func:`begin_append` and :func:`end_append`: if
+    ``NAME.h5.bak`` exists it replaces ``NAME.h5`` (rename, fsync the folder); a leftover
+    ``NAME.h5.bak.tmp`` (kill during the copy; the main file was not touched yet) is deleted.
+    Call it only while no process has the file open.
+
+    Returns:
+        True when the file was restored from the backup.
+
+    Raises:
+        OSError: rename, unlink or fsync failed.
+    """
+    path = Path(path)
+    bak = backup_path(path)
+    tmp = bak.with_name(bak.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    if not bak.exists():
+        return False
+    os.replace(bak, path)
+    _fsync_dir(path.parent)
+    return True
 
 
 def commit(h5: h5py.File) -> None:
@@ -259,7 +364,8 @@ def commit(h5: h5py.File) -> None:
     After ``commit`` returns, a killed process (SIGKILL, OOM) or a power loss leaves the file
     as it was at this point, provided no further write was in progress: HDF5 without SWMR has
     no journal, so a kill *during* a metadata-changing write (e.g. :func:`append_frames`
-    resizing datasets) can still leave the file unreadable (docs/data.md, "Crash safety").
+    resizing datasets) can tear the file; guard such writes with :func:`begin_append` /
+    :func:`end_append` (docs/data.md, "Crash safety").
 
     Raises:
         OSError: flush or fsync failed (disk full, I/O error).

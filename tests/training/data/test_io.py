@@ -421,6 +421,152 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
     np.testing.assert_array_equal(b.forces, a.forces)
 
 
+# (point, n): SIGKILL at the n-th call of that crash point = inside the 3rd chunk's append (chunks
+# 1 and 2 committed: 6 frames). 5 datasets per append (no box): the 11th ``before_resize`` is the
+# 3rd chunk's first dataset, the 12th ``after_resize`` its second (coordinates resized and written,
+# forces resized, not written).
+APPEND_KILLS = [("after_backup_copy", 3), ("before_resize", 11), ("after_resize", 12),
+                ("after_write", 3), ("after_flush", 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("point", "nth"), APPEND_KILLS, ids=[p for p, _ in APPEND_KILLS])
+def test_sigkill_inside_an_append_resumes_bit_identically(simulated, tmp_path, point, nth):
+    """A real SIGKILL at each named point of the 3rd chunk's append (from the backup copy to
+    after the flush, before the checkpoint): the file opens for ``--resume`` (a torn append is
+    rolled back from ``aaa.h5.bak``), resume continues, and the arrays equal the uninterrupted
+    run's."""
+    root, ref_path = simulated
+    (tmp_path / "aaa").mkdir()
+    shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
+    _run_until_sigkill(f"""
+import os, signal
+from hessid.training.data import aa_md, io
+calls = [0]
+def hook(name):
+    if name == {point!r}:
+        calls[0] += 1
+        if calls[0] == {nth}:
+            os.kill(os.getpid(), signal.SIGKILL)
+io.crash_hook = hook
+aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress=False)
+""")
+    path = tmp_path / "aaa" / "aaa.h5"
+    # the backup exists from its rename until the append is committed (after_backup_copy: not yet)
+    assert data.backup_path(path).exists() == (point != "after_backup_copy")
+    h5 = data.open_for_append(path)  # restores the backup; the file of the last finished append
+    with h5:
+        n = {k: h5[k].shape[0] for k in ("coordinates", "forces", "time", "frame_id", "potential_energy")}
+    assert set(n.values()) == {6}, n  # after_flush too: the append is undone until end_append
+    assert not data.backup_path(path).exists()
+    simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
+    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
+    np.testing.assert_array_equal(b.frame_id, a.frame_id)
+    np.testing.assert_array_equal(b.coordinates, a.coordinates)
+    np.testing.assert_array_equal(b.forces, a.forces)
+    np.testing.assert_array_equal(b.potential_energy, a.potential_energy)
+    assert data.validate_dataset(path)["n_frames"] == 12
+
+
+def test_overwrite_deletes_the_backup_of_the_replaced_run(tmp_path):
+    """A backup left by a killed append of an old run must not be restored into a new run
+    created with overwrite; without overwrite nothing is touched (control)."""
+    path = tmp_path / "x.h5"
+    pdb = "ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00  0.00           C\nEND\n"
+    data.create_dataset(path, pdb, {}).close()
+    bak = data.backup_path(path)
+    bak.write_bytes(b"old run")
+    with pytest.raises(FileExistsError):
+        data.create_dataset(path, pdb, {})
+    assert bak.read_bytes() == b"old run"
+    data.create_dataset(path, pdb, {}, overwrite=True).close()
+    assert not bak.exists() and not data.recover_append(path)
+
+
+_TORN_FLUSH_CHILD = """
+import os, signal, sys
+import h5py, numpy as np
+from hessid.training.data import io
+path, nth, protect = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+with io.open_for_append(path) as h5:
+    n_atoms = h5["coordinates"].shape[1]
+    if protect:
+        io.begin_append(h5)
+class Killing:  # the file as HDF5 writes it (h5py's file-object driver): SIGKILL at write nth
+    def __init__(self, f):
+        self.f, self.n = f, 0
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def write(self, b):
+        self.n += 1
+        if self.n == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.f.write(b)
+fo = Killing(open(path, "r+b"))
+h5 = h5py.File(fo, "r+")
+fo.n = 0
+r = np.random.default_rng(0)
+io.append_frames(h5, r.normal(size=(3, n_atoms, 3)), r.normal(size=(3, n_atoms, 3)),
+                 np.arange(3.0), np.arange(6, 9), r.normal(size=3))
+print("writes", fo.n, flush=True)
+os._exit(3)
+"""
+
+
+def _frame_counts(path) -> dict | str:
+    try:
+        with h5py.File(path, "r") as h5:
+            return {k: h5[k].shape[0] for k in ("coordinates", "forces", "time", "frame_id", "potential_energy")}
+    except OSError as exc:
+        return f"unreadable: {exc}"
+
+
+def _contents(path) -> dict:
+    """Every dataset's bytes and shape (the superblock's open-for-write flag may differ)."""
+    out = {}
+    with h5py.File(path, "r") as h5:
+        h5.visititems(lambda name, obj: out.__setitem__(name, (obj.shape, np.asarray(obj[()]).tobytes()))
+                      if isinstance(obj, h5py.Dataset) else None)  # fmt: skip
+    return out
+
+
+def test_sigkill_inside_hdf5_flush_is_rolled_back_and_torn_without_backup(simulated, tmp_path):
+    """Kills *inside* HDF5's flush of an append (every write call of it in turn, via h5py's
+    file-object driver). With the backup (``begin_append``), every kill is rolled back by
+    ``recover_append`` to the committed file (every dataset's bytes). Negative control without it: some
+    kill leaves a torn file (datasets of different lengths; never unreadable here)."""
+    import subprocess
+    import sys
+
+    _, src = simulated
+    committed = tmp_path / "committed.h5"
+    with h5py.File(src, "r") as a:  # 6 frames of the simulation, appendable layout
+        h5 = data.create_dataset(committed, a["topology"][()].decode(), {"temperature": 300.0},
+                                 chunk_frames=3)  # fmt: skip
+        with h5:
+            data.append_frames(h5, a["coordinates"][:6], a["forces"][:6], a["time"][:6],
+                               a["frame_id"][:6], a["potential_energy"][:6])  # fmt: skip
+    good, want = committed.read_bytes(), _contents(committed)
+    path = tmp_path / "x.h5"
+    torn = []
+    for protect in ("1", "0"):
+        for nth in range(1, 200):
+            path.write_bytes(good)
+            proc = subprocess.run([sys.executable, "-c", _TORN_FLUSH_CHILD, str(path), str(nth), protect],
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            if "writes" in proc.stdout:  # the append finished before write nth
+                break
+            assert proc.returncode == -9, proc.stderr[-2000:]
+            if protect == "1":
+                assert data.recover_append(path), nth
+                assert _contents(path) == want, nth
+            else:
+                counts = _frame_counts(path)
+                if isinstance(counts, str) or len(set(counts.values())) > 1:
+                    torn.append((nth, counts))
+        assert nth > 3  # the flush made several writes, each one killed in turn
+    assert torn, "negative control: no kill inside the flush tore the unprotected file"
+
+
 def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(simulated, tmp_path):
     """Targets commit a chunk's values, then its done flags. SIGKILL in between: the frames are
     not marked done, ``--resume`` recomputes that chunk only, and the bytes equal an
