@@ -63,6 +63,18 @@ def _check_quadrature_betas(betas) -> None:
 
 
 # ======================================================================== T1 Gaussian
+
+def _bath_cumulant(m: int, n: int, beta: float) -> float:
+    """κ_n of the energy of m harmonic bath coordinates at β: (n−1)! m/(2βⁿ) for n ≥ 2, (kcal/mol)^n
+    (shared by T1 and T2/T3, whose conditional energy fluctuations are those of such a bath).
+
+    Raises:
+        ValueError: n < 2 (κ_1 is the mean energy), or β not a plausible inverse temperature.
+    """
+    if n < 2:
+        raise ValueError(f"n must be ≥ 2 (κ_1 is mean_energy), got {n}")
+    return math.factorial(n - 1) * m / (2 * _check_beta(beta) ** n)
+
 class GaussianThermoSystem:
     """T1: ``U = U0 + ½(r − r0)ᵀK(r − r0)``, ``R = M r`` (docs/thermo.md §6, T1).
 
@@ -120,9 +132,7 @@ class GaussianThermoSystem:
 
     def energy_cumulant(self, n: int, beta: float) -> float:
         """κ_n(U|R) = (n−1)! m/(2βⁿ) for n ≥ 2 (independent of R), (kcal/mol)^n."""
-        if n < 2:
-            raise ValueError(f"n must be ≥ 2 (κ_1 is mean_energy), got {n}")
-        return math.factorial(n - 1) * self.m / (2 * _check_beta(beta) ** n)
+        return _bath_cumulant(self.m, n, beta)
 
     def energy_variance(self, beta: float) -> float:
         """Var_R(U) = m/(2β²), (kcal/mol)²."""
@@ -250,9 +260,7 @@ class EntropicDoubleWell:
 
     def energy_cumulant(self, n: int, beta: float) -> float:
         """κ_n(U|x) = (n−1)! m/(2βⁿ) for n ≥ 2 (independent of x and λ), (kcal/mol)^n."""
-        if n < 2:
-            raise ValueError(f"n must be ≥ 2 (κ_1 is mean_energy), got {n}")
-        return math.factorial(n - 1) * self.m / (2 * _check_beta(beta) ** n)
+        return _bath_cumulant(self.m, n, beta)
 
     def energy_variance(self, beta: float) -> float:
         """Var_x(U) = m/(2β²), (kcal/mol)²."""

@@ -86,12 +86,13 @@ def _executor(jobs: int) -> cf.Executor:
     return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _n_frames(path: Path) -> int:
+def n_frames(path: Path) -> int:
+    """Frame count T of a dataset file."""
     with open_dataset(path) as ds:
         return ds.shape_of(sc.COORDINATES)[0]
 
 
-def _done_mask_complete(path: Path, key: str) -> bool:
+def done_mask_complete(path: Path, key: str) -> bool:
     """Whether the done mask of ``key`` (``schema.TERM1`` or ``schema.HESSIAN_BLOCK``) exists in
     ``path`` and flags every frame."""
     if not path.exists():
@@ -113,7 +114,7 @@ def _run_aa(name: str, root: str, cfg: dict, seed: int) -> dict:
                          hydrogen_mass=cfg.get("hydrogen_mass"))  # fmt: skip
     h5 = dataset_path(name, root)
     n_target = cfg["steps"] // cfg["stride"]
-    n0 = _n_frames(h5) if h5.exists() else 0
+    n0 = n_frames(h5) if h5.exists() else 0
     if n0 >= n_target:
         return {"name": name, "frames": n0, "ns_per_day": None, "skipped": True}
     t0 = time.perf_counter()
@@ -167,7 +168,7 @@ def stage_map(out: Path, ref: dict) -> dict:
 # ----------------------------------------------------------------------------- 3. pool
 
 
-def _times(path: Path, rows: np.ndarray) -> np.ndarray:
+def frame_times(path: Path, rows: np.ndarray) -> np.ndarray:
     """``time`` (ps) of the frames ``rows`` of a dataset file."""
     with open_dataset(path) as ds:
         return ds.time(rows)
@@ -183,7 +184,7 @@ def stage_pool(out: Path, s: dict, ref: dict) -> dict:
     """Training pool: the first max(sizes) frames of one seeded permutation of all frames."""
     n_pool = max(s["sizes"])
     files = [out / f for f in ref["files"]]
-    counts = [_n_frames(f) for f in files]
+    counts = [n_frames(f) for f in files]
     total = sum(counts)
     if n_pool > total:
         raise ValueError(f"pool of {n_pool} frames requested but the reference holds {total}")
@@ -200,7 +201,7 @@ def stage_pool(out: Path, s: dict, ref: dict) -> dict:
     # time i·(span + 1 ps) + t (span: the largest pooled time, ps)
     sel_global = np.concatenate([offsets[i] + r for i, (_, r) in enumerate(per_file)])
     run_of = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(per_file)])
-    t = np.concatenate([_times(f, r) for f, r in per_file])
+    t = np.concatenate([frame_times(f, r) for f, r in per_file])
     copy_frames(per_file, pool, frame_id=run_of * 10_000_000 + np.concatenate([r for _, r in per_file]),
                 time=run_of * (float(t.max()) + 1.0) + t, extra_datasets={DRAW_RANK: rank[sel_global]},
                 extra_attrs={"pool_seed": s["pool_seed"], "pool_sources": json.dumps([str(f) for f in files])})
@@ -236,13 +237,13 @@ def stage_targets(out: Path, s: dict, pool: dict, jobs: int) -> dict:
     for tag, (kind, k, full_block) in s["targets"].items():
         path = out / "targets" / tag / f"{tag}.h5"
         n_tag = max(need[tag])  # Term 1 only on the frames some variant trains on
-        if path.exists() and _n_frames(path) != n_tag:  # e.g. a size was added to the grid
+        if path.exists() and n_frames(path) != n_tag:  # e.g. a size was added to the grid
             log(f"targets: {tag} holds a different frame set than {n_tag} frames; rebuilt")
             path.unlink()
         if not path.exists():
             copy_frames([(pool_path, np.flatnonzero(_draw_rank(pool_path) < n_tag))], path)
         key = sc.HESSIAN_BLOCK if full_block else sc.TERM1
-        if not _done_mask_complete(path, key):
+        if not done_mask_complete(path, key):
             with open_dataset(path) as ds:
                 exists = ds.has(key)
             log(f"targets: {tag} on {n_tag} frames")
@@ -439,7 +440,7 @@ def _hessian_reference_one(job: dict) -> dict:
         xyz = ds.coordinates(job["frame"])  # (N, 3) Å
     path = Path(job["path"])
     t0 = time.perf_counter()
-    if not _done_mask_complete(path, sc.HESSIAN_BLOCK):
+    if not done_mask_complete(path, sc.HESSIAN_BLOCK):
         sample_frozen((top, xyz), ala2.backbone_indices(top), path, n_frames=c["n_frames"], stride=c["stride"],
                       timestep=c["timestep"], equilibration_steps=c["equilibration_steps"], seed=job["seed"],
                       threads=1, overwrite=True)
@@ -636,6 +637,6 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2,
     return finish()
 
 
-__all__ = ["STATE_FILE", "log", "run_study", "stage_cost", "stage_evaluate", "stage_hessian_reference",
+__all__ = ["STATE_FILE", "done_mask_complete", "frame_times", "log", "n_frames", "run_study", "stage_cost", "stage_evaluate", "stage_hessian_reference",
            "stage_map", "stage_pool", "stage_reference", "stage_report", "stage_simulate", "stage_targets",
            "stage_train", "target_sizes", "variant_sizes"]

@@ -47,7 +47,13 @@ from hessid.training.data.reader import open_dataset
 from hessid.training.data.targets import compute_targets, make_executor
 from hessid.training.learning.trainer import train
 from hessid.training.pipelines import ala2
-from hessid.training.pipelines.ala2_study import stage_map, stage_reference
+from hessid.training.pipelines.ala2_study import (
+    done_mask_complete,
+    frame_times,
+    n_frames,
+    stage_map,
+    stage_reference,
+)
 from hessid.training.pipelines.runner import read_json, write_json
 
 #: per-frame dataset of the subset pools and the files cut from them: the frame's position in
@@ -75,11 +81,6 @@ def replicates(s: dict) -> list[tuple[int, int]]:
 def rep_tag(rep: tuple[int, int]) -> str:
     """``"s<subset>i<init>"``."""
     return f"s{rep[0]}i{rep[1]}"
-
-
-def _n_frames(path: Path) -> int:
-    with open_dataset(path) as ds:
-        return ds.shape_of(sc.COORDINATES)[0]
 
 
 # ----------------------------------------------------------------------------- 1. reference
@@ -175,7 +176,7 @@ def stage_split(out: Path, s: dict, ref: dict) -> dict:
         path = out / "split" / name / f"{name}.h5"
         if not path.exists():
             copy_frames([(held, idx)], path)
-    counts = [_n_frames(f) for f in train_files]
+    counts = [n_frames(f) for f in train_files]
     offsets = np.concatenate([[0], np.cumsum(counts)])
     total = int(offsets[-1])
     n_pool = max(s["fm_sizes"])
@@ -195,7 +196,7 @@ def stage_split(out: Path, s: dict, ref: dict) -> dict:
                             for i, f in enumerate(train_files)]  # fmt: skip
                 run_of = np.concatenate([np.full(len(r), i) for i, (_, r) in enumerate(per_file)])
                 local = np.concatenate([r for _, r in per_file])
-                times = np.concatenate([_times(f, r) for f, r in per_file])
+                times = np.concatenate([frame_times(f, r) for f, r in per_file])
                 copy_frames(per_file, path, frame_id=run_of * 10_000_000 + local,
                             time=run_of * (float(times.max()) + 1.0) + times,
                             extra_datasets={DRAW_RANK: rank[sel]},
@@ -213,11 +214,6 @@ def stage_split(out: Path, s: dict, ref: dict) -> dict:
             "qfit_frames": int(len(qfit_idx)), "frame_dt_ps": dt, "subsets": subsets}  # fmt: skip
 
 
-def _times(path: Path, rows: np.ndarray) -> np.ndarray:
-    with open_dataset(path) as ds:
-        return ds.time(rows)
-
-
 def cut_by_rank(src: Path, dst: Path, size: int) -> Path:
     """Copy the frames of ``src`` with draw rank < ``size`` (targets included) to ``dst``."""
     if not dst.exists():
@@ -225,15 +221,6 @@ def cut_by_rank(src: Path, dst: Path, size: int) -> Path:
             rank = ds.read(DRAW_RANK)
         copy_frames([(src, np.flatnonzero(rank < size))], dst)
     return dst
-
-
-def done_mask_complete(path: Path, key: str) -> bool:
-    """Whether ``key + done`` exists in ``path`` and flags every frame."""
-    if not path.exists():
-        return False
-    with open_dataset(path) as ds:
-        done = key + sc.DONE_SUFFIX
-        return ds.has(done) and bool(ds.read(done).all())
 
 
 # ----------------------------------------------------------------------------- training jobs
@@ -378,7 +365,7 @@ def label_cost_estimate(s: dict) -> float:
     return float(c["equilibration_steps"] + c["samples"] * c["stride"] + 2 * 15 * c["samples"])
 
 
-__all__ = ["DRAW_RANK", "choose_test_configurations", "cut_by_rank", "done_mask_complete", "executor",
+__all__ = ["DRAW_RANK", "choose_test_configurations", "cut_by_rank", "executor",
            "fm_aa_cost", "job_spec", "label_cost_estimate", "log", "n_label_configs", "rep_tag", "replicates",
            "run_jobs", "stage_gate_train", "stage_keys", "stage_reference_v2", "stage_split", "targets_for",
            "train_config", "train_job"]  # fmt: skip
