@@ -371,6 +371,151 @@ def state_arrays(context, periodic: bool):
             st.getTime().value_in_unit(u.picosecond), box)  # fmt: skip
 
 
+#: the integrator of every AA run and temperature segment (stored in each segment record)
+INTEGRATOR = "LangevinMiddleIntegrator"
+#: MDConfig fields every temperature segment of one file shares: the sampled system (force
+#: field, solvent, constraints, box padding, masses), the dynamics and frame spacing, and the
+#: base seed. A new segment may change only ``temperature``, ``steps``,
+#: ``equilibration_steps`` and the execution settings (platform, threads, chunk_frames).
+SEGMENT_SHARED = tuple(k for k in RESUME_FIXED if k not in ("temperature", "equilibration_steps"))
+
+
+def segment_seed(seed: int, temperature: float) -> int:
+    """Langevin/velocity seed of a temperature segment added to an existing file.
+
+    The segment that creates the file uses ``seed`` itself (so a single-temperature run is
+    the run of earlier hessid versions); each later segment uses this deterministic function of
+    the base seed and its temperature: the first 8 bytes of sha256(``"hessid-segment:<seed>:
+    <T to 1e-6 K>"``) mapped into :data:`SEED_RANGE` (never 0, OpenMM's "random").
+
+    Args:
+        seed: the file's base seed (``md_config`` seed).  temperature: K.
+
+    Returns:
+        int in [1, 2**31 − 1].
+    """
+    digest = hashlib.sha256(f"hessid-segment:{int(seed)}:{float(temperature):.6f}".encode()).digest()
+    lo, hi = SEED_RANGE
+    return lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
+
+
+def segment_checkpoint_name(stem: str, temperature: float, first: bool) -> str:
+    """Checkpoint file of a segment: ``NAME.chk`` for the one that created the file (as before
+    multi-temperature files existed), ``NAME.<T>K.chk`` (e.g. ``ala2.350K.chk``) for later ones."""
+    return f"{stem}.chk" if first else f"{stem}.{float(temperature):g}K.chk"
+
+
+def segment_record(cfg: MDConfig, seed: int, checkpoint: str) -> dict:
+    """Provenance of one temperature segment (an item of the root attribute ``segments``).
+
+    Returns:
+        dict: ``temperature`` K, ``seed`` (the one given to OpenMM), ``integrator``
+        (:data:`INTEGRATOR`), ``thermostat`` (what it samples), ``steps``,
+        ``equilibration_steps``, ``checkpoint`` (file name in the dataset folder), ``md_config``
+        (the segment's :class:`MDConfig` with the file's base seed).
+    """
+    return {"temperature": float(cfg.temperature), "seed": int(seed), "integrator": INTEGRATOR,
+            "thermostat": "Langevin (BAOAB-type middle scheme): canonical in configurations",
+            "steps": int(cfg.steps), "equilibration_steps": int(cfg.equilibration_steps),
+            "checkpoint": checkpoint, "md_config": asdict(cfg)}  # fmt: skip
+
+
+def stored_segments(h5, stem: str) -> list[dict]:
+    """The segment records of an open simulated file: the root ``segments`` JSON, or (files of
+    format version ≤ 2) one record built from ``md_config`` and the root temperature.
+
+    Raises:
+        DatasetError: the file has no ``md_config`` (not written by ``hessid data simulate``).
+    """
+    if sc.ATTR_SEGMENTS in h5.attrs:
+        return list(json.loads(h5.attrs[sc.ATTR_SEGMENTS]))
+    if sc.ATTR_MD_CONFIG not in h5.attrs:
+        raise sc.DatasetError(h5.filename, None, "has no 'md_config' attribute: not written by "
+                              "`hessid data simulate`, so it cannot be resumed or extended")  # fmt: skip
+    md = json.loads(h5.attrs[sc.ATTR_MD_CONFIG])
+    known = {f.name for f in dataclasses.fields(MDConfig)}
+    cfg = MDConfig(**{k: v for k, v in md.items() if k in known})
+    if sc.ATTR_TEMPERATURE in h5.attrs:
+        cfg = dataclasses.replace(cfg, temperature=float(h5.attrs[sc.ATTR_TEMPERATURE]))
+    return [segment_record(cfg, cfg.seed, segment_checkpoint_name(stem, cfg.temperature, True))]
+
+
+def _find_segment(segments: list[dict], temperature: float) -> int | None:
+    for i, seg in enumerate(segments):
+        if abs(float(seg["temperature"]) - float(temperature)) < 1e-6:
+            return i
+    return None
+
+
+def new_segment_config(path: Path, stored: dict, given: MDConfig) -> MDConfig:
+    """Settings of a new temperature segment: the given ones where they differ from
+    :class:`MDConfig`'s defaults (the CLI cannot tell a default from "not given"), else the
+    stored first segment's; the fields of :data:`SEGMENT_SHARED` must equal the stored ones.
+
+    Raises:
+        ValueError: a shared setting given with another value (one line naming it, both
+            values and the file).
+    """
+    default = MDConfig()
+    known = {f.name for f in dataclasses.fields(MDConfig)}
+    merged = {**asdict(default), **{k: v for k, v in stored.items() if k in known}}
+    for k in SEGMENT_SHARED:
+        new = getattr(given, k)
+        if new != merged[k] and new != getattr(default, k):
+            raise ValueError(f"{path}: a new temperature segment with {k}={new!r} but the file's segments "
+                             f"use {merged[k]!r} (every temperature of one dataset samples the same system "
+                             "with the same dynamics; start a new dataset to change it)")  # fmt: skip
+    merged["temperature"] = float(given.temperature)
+    merged["steps"] = int(given.steps)
+    if given.equilibration_steps != default.equilibration_steps:
+        merged["equilibration_steps"] = int(given.equilibration_steps)
+    for k in ("platform", "threads", "chunk_frames"):  # execution, not physics
+        if getattr(given, k) != getattr(default, k):
+            merged[k] = getattr(given, k)
+    return MDConfig(**merged)
+
+
+def _checkpoint_steps(system, chk_path: Path, plat, props) -> int:
+    """Step count of an OpenMM checkpoint (loaded into a throw-away context)."""
+    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.001 * u.picosecond)
+    context = openmm.Context(system, integrator, plat, props)
+    try:
+        context.loadCheckpoint(chk_path.read_bytes())
+        return int(context.getStepCount())
+    finally:
+        del context
+
+
+def _start_structure(folder: Path, stem: str, cfg: MDConfig):
+    """Topology and positions (nm) of a new run: ``NAME.pdb``, solvated for explicit solvent."""
+    pdb_path = folder / f"{stem}.pdb"
+    if not pdb_path.exists():
+        raise FileNotFoundError(f"{pdb_path}: no structure (run `hessid data build` first)")
+    s = structure_from_pdb_text(pdb_path.read_text(), str(pdb_path))
+    top, positions = s.topology, s.positions_nm() * u.nanometer
+    if cfg.solvent == "explicit":
+        modeller = app.Modeller(top, positions)
+        ff = app.ForceField(*forcefield_files(cfg.forcefield, cfg.solvent))
+        modeller.addSolvent(ff, model="tip3p", padding=cfg.padding * u.nanometer)
+        top, positions = modeller.topology, modeller.positions
+    return top, positions
+
+
+def _equilibrate(context, integrator, cfg: MDConfig, seed: int, positions, top, periodic: bool) -> None:
+    """Minimise (``cfg.minimize``), draw Maxwell–Boltzmann velocities at ``cfg.temperature``
+    with ``seed``, run ``cfg.equilibration_steps``, and reset time and step count to 0."""
+    context.setPositions(positions)
+    if periodic:
+        context.setPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    if cfg.minimize:
+        openmm.LocalEnergyMinimizer.minimize(context, 10.0)
+    context.setVelocitiesToTemperature(cfg.temperature * u.kelvin, int(seed))
+    if cfg.equilibration_steps:
+        integrator.step(int(cfg.equilibration_steps))
+    context.setTime(0.0)
+    context.setStepCount(0)
+
+
 def simulate(
     name: str | Path,
     config: MDConfig | None = None,
@@ -380,20 +525,35 @@ def simulate(
     progress: bool = True,
     interrupt_after_chunks: int | None = None,
 ) -> Path:
-    """Run (or resume) an AA simulation of ``<root>/<name>/<name>.pdb`` into ``<name>.h5``.
+    """Run (or resume, or add a temperature to) an AA simulation of ``<root>/<name>/<name>.pdb``
+    into ``<name>.h5``.
 
     Writes the dataset layout of :mod:`hessid.training.data.io` (coordinates Å, forces of the saved
-    positions kcal/mol/Å, potential energy kcal/mol, time ps from the start of production,
-    frame_id = frame index) plus ``box`` for explicit solvent, and the checkpoint
-    ``<name>.chk``. With ``resume`` the run continues from the checkpoint up to
-    ``config.steps`` production steps (a larger ``steps`` extends a finished run).
+    positions kcal/mol/Å, potential energy kcal/mol (float64, the whole System: force field +
+    implicit solvent or PME water), the thermostat temperature K per frame, time ps from the
+    start of the segment's production, frame_id = global frame counter) plus ``box`` for
+    explicit solvent, and an OpenMM checkpoint per temperature segment.
+
+    Temperature segments (docs/data.md "Multi-temperature datasets"): on an existing file,
+
+    * a ``config.temperature`` the file does not hold starts a new segment (with or without
+      ``resume``): same system and dynamics (:data:`SEGMENT_SHARED`, refused otherwise), seed
+      :func:`segment_seed`, its own minimisation from ``NAME.pdb``, velocities and
+      equilibration at that temperature, its own checkpoint
+      (:func:`segment_checkpoint_name`), a record in the root attribute ``segments``; the
+      root ``temperature`` attribute is removed once the file holds two temperatures;
+    * a temperature it holds needs ``resume``: the segment continues from its checkpoint up to
+      ``config.steps`` production steps (a larger ``steps`` extends it), bit-for-bit;
+    * ``resume`` with the default temperature (or ``config=None``) continues the segment of the
+      file's last frame.
 
     Args:
         name: dataset name or directory (see :func:`hessid.training.data.io.dataset_path`).
-        config: :class:`MDConfig` (on resume the stored settings are used; ``steps`` extends).
+        config: :class:`MDConfig` (on resume the segment's stored settings are used; ``steps``
+            extends).
         root: folder holding ``<name>/``.
-        resume: continue from ``<name>.chk``.
-        overwrite: replace an existing dataset when not resuming.
+        resume: continue a segment from its checkpoint.
+        overwrite: replace an existing dataset (when not resuming).
         progress: tqdm progress bar with ns/day.
         interrupt_after_chunks: test hook; raise :class:`SimulationInterrupted` after this many
             chunks have been committed.
@@ -403,11 +563,12 @@ def simulate(
 
     Raises:
         FileNotFoundError: no ``<name>.pdb`` (run ``hessid data build``), or ``--resume`` without
-            a checkpoint.
-        FileExistsError: dataset exists and neither ``resume`` nor ``overwrite``.
+            a dataset or checkpoint.
+        FileExistsError: the dataset holds the temperature and neither ``resume`` nor ``overwrite``.
         ValueError: bad settings (:func:`check_md_config`; seed 0 is replaced, not refused), a
-            ``resume`` that changes a :data:`RESUME_FIXED` setting, the stored file disagrees
-            with the checkpoint, or (``resume``) the file cannot be opened.
+            ``resume`` that changes a :data:`RESUME_FIXED` setting, a new segment that changes a
+            :data:`SEGMENT_SHARED` setting or builds another System (force-field hash), the
+            stored file disagrees with a checkpoint, or the file cannot be opened.
     """
 
     cfg = config or MDConfig()
@@ -417,33 +578,13 @@ def simulate(
         cfg = dataclasses.replace(cfg, seed=DEFAULT_SEED)
     h5_path = dataset_path(name, root)
     folder, stem = h5_path.parent, h5_path.stem
-    chk_path = folder / f"{stem}.chk"
     check_md_config(cfg)
-    if not resume and h5_path.exists() and not overwrite:
-        raise FileExistsError(f"{h5_path}: exists (use --overwrite to replace, --resume to continue)")
+    if resume and not h5_path.exists():
+        raise FileNotFoundError(f"{folder / (stem + '.chk')}: no checkpoint to resume from (or {h5_path} missing)")
+    if h5_path.exists() and (resume or not overwrite):
+        return _continue(h5_path, None if config is None else cfg, resume, progress, interrupt_after_chunks)
 
-    if resume:
-        if not (h5_path.exists() and chk_path.exists()):
-            raise FileNotFoundError(f"{chk_path}: no checkpoint to resume from (or {h5_path} missing)")
-        h5 = open_for_append(h5_path)  # DatasetError (a ValueError) if a kill damaged it
-        try:
-            cfg = resumed_config(h5_path, json.loads(h5.attrs[sc.ATTR_MD_CONFIG]), None if config is None else cfg)
-        except BaseException:
-            h5.close()
-            raise
-        top = topology_from_pdb(read_topology_text(h5), f"{h5_path}: topology")
-        positions = None
-    else:
-        pdb_path = folder / f"{stem}.pdb"
-        if not pdb_path.exists():
-            raise FileNotFoundError(f"{pdb_path}: no structure (run `hessid data build` first)")
-        s = structure_from_pdb_text(pdb_path.read_text(), str(pdb_path))
-        top, positions = s.topology, s.positions_nm() * u.nanometer
-        if cfg.solvent == "explicit":
-            modeller = app.Modeller(top, positions)
-            ff = app.ForceField(*forcefield_files(cfg.forcefield, cfg.solvent))
-            modeller.addSolvent(ff, model="tip3p", padding=cfg.padding * u.nanometer)
-            top, positions = modeller.topology, modeller.positions
+    top, positions = _start_structure(folder, stem, cfg)
     periodic = cfg.solvent == "explicit"
     system = create_system(top, cfg.forcefield, cfg.solvent, cfg.constraints, cfg.hydrogen_mass)
     integrator = openmm.LangevinMiddleIntegrator(
@@ -452,54 +593,167 @@ def simulate(
     integrator.setRandomNumberSeed(int(cfg.seed))
     plat, props = choose_platform(cfg.platform, cfg.threads, deterministic=cfg.deterministic)
     context = openmm.Context(system, integrator, plat, props)
-    n_target = cfg.steps // cfg.stride
-
-    if resume:
-        context.loadCheckpoint(chk_path.read_bytes())
-        if context.getStepCount() % cfg.stride:
-            raise ValueError(f"{chk_path}: step count {context.getStepCount()} is not a multiple of stride {cfg.stride}")
-        n_done = context.getStepCount() // cfg.stride
-        if h5[sc.COORDINATES].shape[0] < n_done:
-            raise ValueError(f"{h5_path}: dataset 'coordinates' has {h5[sc.COORDINATES].shape[0]} frames "
-                             f"but the checkpoint stands for {n_done}")  # fmt: skip
-        truncate_frames(h5, n_done)  # frames flushed after the last checkpoint
-        commit(h5)
-    else:
-        context.setPositions(positions)
-        if periodic:
-            context.setPeriodicBoxVectors(*top.getPeriodicBoxVectors())
-        if cfg.minimize:
-            openmm.LocalEnergyMinimizer.minimize(context, 10.0)
-        context.setVelocitiesToTemperature(cfg.temperature * u.kelvin, int(cfg.seed))
-        if cfg.equilibration_steps:
-            integrator.step(int(cfg.equilibration_steps))
-        context.setTime(0.0)
-        context.setStepCount(0)
-        st = context.getState(getPositions=True)
-        if periodic:
-            top.setPeriodicBoxVectors(st.getPeriodicBoxVectors())
-
-        pdb_text = Structure(top, length_nm_to_angstrom(
-            st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
-        # the potential's hash: with HMR the sampled System differs only in its masses
-        potential = system if cfg.hydrogen_mass is None else create_system(
-            top, cfg.forcefield, cfg.solvent, cfg.constraints)  # fmt: skip
-        attrs = dataset_attrs(stem, cfg, plat, props, system_hash(potential))
-        h5 = create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
-                                  overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
-        _write_checkpoint(context, chk_path)
-        n_done = 0
-
+    _equilibrate(context, integrator, cfg, cfg.seed, positions, top, periodic)
+    st = context.getState(getPositions=True)
+    if periodic:
+        top.setPeriodicBoxVectors(st.getPeriodicBoxVectors())
+    pdb_text = Structure(top, length_nm_to_angstrom(
+        st.getPositions(asNumpy=True).value_in_unit(u.nanometer)), "").to_pdb()  # fmt: skip
+    # the potential's hash: with HMR the sampled System differs only in its masses
+    potential = system if cfg.hydrogen_mass is None else create_system(
+        top, cfg.forcefield, cfg.solvent, cfg.constraints)  # fmt: skip
+    attrs = dataset_attrs(stem, cfg, plat, props, system_hash(potential))
+    chk_name = segment_checkpoint_name(stem, cfg.temperature, True)
+    attrs[sc.ATTR_SEGMENTS] = json.dumps([segment_record(cfg, cfg.seed, chk_name)])
+    h5 = create_dataset(h5_path, pdb_text, attrs, periodic=periodic,
+                        overwrite=overwrite, chunk_frames=cfg.chunk_frames)  # fmt: skip
     try:
-        _production(context, integrator, h5, chk_path, cfg, n_done, n_target, periodic,
-                    progress, interrupt_after_chunks)  # fmt: skip
+        for stale in folder.glob(f"{stem}.*K.chk"):  # checkpoints of a replaced file's segments
+            stale.unlink()
+        _write_checkpoint(context, folder / chk_name)
+        _production(context, integrator, h5, folder / chk_name, cfg, 0, cfg.steps // cfg.stride, periodic,
+                    progress, interrupt_after_chunks, first_frame_id=0)  # fmt: skip
     finally:
         h5.close()
     return h5_path
 
 
+def _continue(h5_path: Path, given: MDConfig | None, resume: bool, progress: bool,
+              interrupt_after_chunks: int | None) -> Path:  # fmt: skip
+    """:func:`simulate` on an existing file: resume/extend a segment or add one."""
+    folder, stem = h5_path.parent, h5_path.stem
+    h5 = open_for_append(h5_path)  # DatasetError (a ValueError) if a kill damaged it; rolls back a torn append
+    try:
+        segments = stored_segments(h5, stem)
+        n_rows = h5[sc.COORDINATES].shape[0]
+        if sc.FRAME_TEMPERATURE in h5:
+            temps = h5[sc.FRAME_TEMPERATURE][()].astype(np.float64)
+        else:  # version ≤ 2: every frame at the one segment's temperature
+            temps = np.full(n_rows, float(segments[0]["temperature"]))
+        last_t = float(temps[-1]) if n_rows else float(segments[-1]["temperature"])
+        target = None if given is None else float(given.temperature)
+        if (target is not None and resume and target == MDConfig().temperature
+                and _find_segment(segments, target) is None):
+            target = None  # the default temperature: "not given" (the CLI cannot tell them apart)
+        target = last_t if target is None else target
+        index = _find_segment(segments, target)
+        if index is not None and not resume:
+            raise FileExistsError(f"{h5_path}: exists and holds a {target:g} K segment (use --resume to "
+                                  "continue or extend it, --overwrite to replace the file, or another "
+                                  "--temperature to add a segment)")  # fmt: skip
+        first_md = segments[0]["md_config"]
+        if index is None:
+            cfg = new_segment_config(h5_path, first_md, given)
+            seed = segment_seed(cfg.seed, cfg.temperature)
+            chk_path = folder / segment_checkpoint_name(stem, cfg.temperature, False)
+        else:
+            cfg = resumed_config(h5_path, segments[index]["md_config"], given)
+            seed = int(segments[index]["seed"])
+            chk_path = folder / segments[index]["checkpoint"]
+            if not chk_path.exists():
+                raise FileNotFoundError(f"{chk_path}: no checkpoint to resume the {target:g} K segment from")
+        check_md_config(cfg)
+        top = topology_from_pdb(read_topology_text(h5), f"{h5_path}: topology")
+        periodic = cfg.solvent == "explicit"
+        plat, props = choose_platform(cfg.platform, cfg.threads, deterministic=cfg.deterministic)
+        system = create_system(top, cfg.forcefield, cfg.solvent, cfg.constraints, cfg.hydrogen_mass)
+
+        # frames flushed after the last checkpoint of the segment written last (a kill between
+        # the file's commit and the checkpoint) are the file's last rows: cut them first
+        last_index = _find_segment(segments, last_t)
+        last_chk = folder / segments[last_index]["checkpoint"] if last_index is not None else None
+        if n_rows and last_chk is not None and last_chk.exists():
+            stride = int(segments[last_index]["md_config"]["stride"])
+            steps = _checkpoint_steps(system, last_chk, plat, props)
+            if steps % stride:
+                raise ValueError(f"{last_chk}: step count {steps} is not a multiple of stride {stride}")
+            have = int((temps == last_t).sum())
+            extra = have - steps // stride
+            if extra < 0:
+                raise ValueError(f"{h5_path}: dataset 'coordinates' has {have} frames at {last_t:g} K "
+                                 f"but the checkpoint {last_chk.name} stands for {steps // stride}")  # fmt: skip
+            if extra and not (temps[n_rows - extra:] == last_t).all():
+                raise ValueError(f"{h5_path}: the {extra} frames at {last_t:g} K after the checkpoint are not "
+                                 "the file's last frames; the file was changed by hand")  # fmt: skip
+            if extra:
+                truncate_frames(h5, n_rows - extra)
+                commit(h5)
+                n_rows -= extra
+                temps = temps[:n_rows]
+
+        integrator = openmm.LangevinMiddleIntegrator(
+            cfg.temperature * u.kelvin, cfg.friction / u.picosecond, cfg.timestep * u.femtosecond
+        )
+        integrator.setRandomNumberSeed(int(seed))
+        context = openmm.Context(system, integrator, plat, props)
+        have = int((temps == cfg.temperature).sum())
+        if index is not None:
+            context.loadCheckpoint(chk_path.read_bytes())
+            if context.getStepCount() % cfg.stride:
+                raise ValueError(f"{chk_path}: step count {context.getStepCount()} is not a multiple of stride "
+                                 f"{cfg.stride}")  # fmt: skip
+            n_done = context.getStepCount() // cfg.stride
+            if have != n_done:
+                raise ValueError(f"{h5_path}: dataset 'coordinates' has {have} frames at {cfg.temperature:g} K "
+                                 f"but the checkpoint {chk_path.name} stands for {n_done}")  # fmt: skip
+        else:
+            new_top, positions = _start_structure(folder, stem, cfg)
+            if new_top.getNumAtoms() != top.getNumAtoms():
+                raise ValueError(f"{h5_path}: {folder / (stem + '.pdb')} gives {new_top.getNumAtoms()} atoms but the "
+                                 f"dataset has {top.getNumAtoms()}; a new temperature must sample the same system")
+            potential = create_system(new_top, cfg.forcefield, cfg.solvent, cfg.constraints)
+            stored_hash = h5.attrs.get(sc.ATTR_FORCEFIELD_HASH)
+            if stored_hash is not None and system_hash(potential) != str(stored_hash):
+                raise ValueError(f"{h5_path}: {folder / (stem + '.pdb')} with the stored force field gives another "
+                                 "potential (forcefield_hash differs); a new temperature must sample the same system")
+            _equilibrate(context, integrator, cfg, seed, positions, new_top, periodic)
+            n_done = 0
+
+        record = segment_record(cfg, seed, chk_path.name)
+        updated = list(segments)
+        if index is None:
+            updated.append(record)
+        elif int(segments[index]["steps"]) != cfg.steps:
+            updated[index] = {**segments[index], "steps": int(cfg.steps),
+                              "md_config": {**segments[index]["md_config"], "steps": int(cfg.steps)}}  # fmt: skip
+        _write_provenance(h5, updated, temps, index is None)
+        if index is None:
+            _write_checkpoint(context, chk_path)
+        next_id = int(h5[sc.FRAME_ID][()].max()) + 1 if n_rows else 0
+        _production(context, integrator, h5, chk_path, cfg, n_done, cfg.steps // cfg.stride, periodic,
+                    progress, interrupt_after_chunks, first_frame_id=next_id - n_done)  # fmt: skip
+    finally:
+        h5.close()
+    return h5_path
+
+
+def _write_provenance(h5, segments: list[dict], temps: np.ndarray, new_segment: bool) -> None:
+    """Store the segment records (and upgrade a version ≤ 2 file: per-frame ``temperature``
+    filled from its one temperature, format version 3), guarded like an append; drop the root
+    ``temperature`` once the segments hold two temperatures."""
+    text = json.dumps(segments)
+    upgrade = sc.FRAME_TEMPERATURE not in h5
+    several = len({float(s["temperature"]) for s in segments}) > 1
+    if not (upgrade or new_segment or text != h5.attrs.get(sc.ATTR_SEGMENTS)):
+        return
+    begin_append(h5)
+    if upgrade:
+        ds = h5.create_dataset(sc.FRAME_TEMPERATURE, data=temps, maxshape=(None,), dtype="f8",
+                               chunks=(max(64, h5[sc.COORDINATES].chunks[0] if h5[sc.COORDINATES].chunks else 64),))
+        ds.attrs[sc.ATTR_UNIT] = sc.TEMPERATURE_UNIT
+        ds.attrs[sc.ATTR_MEANING] = sc.FRAME_TEMPERATURE_MEANING
+    h5.attrs[sc.ATTR_FORMAT_VERSION] = sc.FORMAT_VERSION
+    h5.attrs[sc.ATTR_SEGMENTS] = text
+    if several and sc.ATTR_TEMPERATURE in h5.attrs:
+        del h5.attrs[sc.ATTR_TEMPERATURE]
+    commit(h5)
+    end_append(h5)
+
+
 def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, periodic,
-                progress, interrupt_after_chunks):  # fmt: skip
+                progress, interrupt_after_chunks, first_frame_id=0):  # fmt: skip
+    """Production of one segment: frames ``n_done … n_target − 1`` of it, frame ids
+    ``first_frame_id + n``, temperature ``cfg.temperature`` per frame."""
 
     bar = tqdm(total=n_target, initial=n_done, unit="frame", disable=not progress,
                desc=f"{Path(h5.filename).stem} MD")  # fmt: skip
@@ -522,8 +776,8 @@ def _production(context, integrator, h5, chk_path, cfg, n_done, n_target, period
                 begin_append(h5)  # NAME.h5.bak: the file as committed, restored on --resume
                 append_frames(
                     h5, np.stack(pos), np.stack(frc), np.asarray(tim, "f8"),
-                    np.arange(n - len(buf), n, dtype=np.int64), np.asarray(ene, "f8"),
-                    np.stack(box) if periodic else None,
+                    first_frame_id + np.arange(n - len(buf), n, dtype=np.int64), np.asarray(ene, "f8"),
+                    np.stack(box) if periodic else None, temperature=float(cfg.temperature),
                 )  # flushed before the checkpoint: the checkpoint never runs ahead of the file
                 h5.attrs[sc.ATTR_CHECKPOINT_FRAMES] = n
                 commit(h5)  # flush + fsync: the checkpoint never runs ahead of the file

@@ -161,7 +161,8 @@ def create_dataset(
         topology_pdb: PDB text of the AA system (N atoms).
         attrs: root attributes; ``temperature`` (K), ``forcefield``, ``solvent``, ``platform``,
             ``seed``, ``name`` as known. ``format_version``/``length_unit``/``energy_unit``/
-            ``versions`` are set here.
+            ``versions`` are set here. The per-frame ``temperature`` dataset (T,) K is created
+            empty; :func:`append_frames` fills it (from the root ``temperature`` when not given).
         periodic: also create the ``box`` dataset (T, 3, 3) Å.
         overwrite: replace an existing file (and delete its pre-append backup
             ``NAME.h5.bak``, :func:`begin_append`, so a resume never restores the old run).
@@ -190,8 +191,10 @@ def create_dataset(
     for key in (sc.COORDINATES, sc.FORCES):
         h5.create_dataset(key, shape=(0, n_atoms, 3), maxshape=(None, n_atoms, 3),
                           dtype="f8", chunks=(c, n_atoms, 3))  # fmt: skip
-    for key, dt in ((sc.POTENTIAL_ENERGY, "f8"), (sc.TIME, "f8"), (sc.FRAME_ID, "i8")):
+    for key, dt in ((sc.POTENTIAL_ENERGY, "f8"), (sc.TIME, "f8"), (sc.FRAME_ID, "i8"),
+                    (sc.FRAME_TEMPERATURE, "f8")):  # fmt: skip
         h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(max(c, 64),))
+    h5[sc.FRAME_TEMPERATURE].attrs[sc.ATTR_MEANING] = sc.FRAME_TEMPERATURE_MEANING
     if periodic:
         h5.create_dataset(sc.BOX, shape=(0, 3, 3), maxshape=(None, 3, 3), dtype="f8",
                           chunks=(max(c, 64), 3, 3))  # fmt: skip
@@ -243,15 +246,20 @@ def append_frames(
     frame_id: np.ndarray,
     potential_energy: np.ndarray | None = None,
     box: np.ndarray | None = None,
+    temperature: np.ndarray | float | None = None,
 ) -> int:
     """Append B frames (hessid units) and flush; returns the new frame count T.
 
     Args:
         coordinates: (B, N, 3) Å.  forces: (B, N, 3) kcal/mol/Å.  time: (B,) ps.
         frame_id: (B,) int.  potential_energy: (B,) kcal/mol.  box: (B, 3, 3) Å.
+        temperature: thermostat set-point of the frames, K, (B,) or one float; written only when
+            the file has the per-frame ``temperature`` dataset (version 3), where None means
+            the root attribute ``temperature``.
 
     Raises:
-        ValueError: shapes disagree with the file.
+        ValueError: shapes disagree with the file; the file has a per-frame ``temperature``
+            dataset, no ``temperature`` is given and the root has none (a multi-temperature file).
     """
     coordinates = np.asarray(coordinates, dtype=np.float64)
     b = coordinates.shape[0]
@@ -261,6 +269,13 @@ def append_frames(
         items[sc.POTENTIAL_ENERGY] = potential_energy
     if box is not None:
         items[sc.BOX] = box
+    if sc.FRAME_TEMPERATURE in h5:
+        if temperature is None:
+            if sc.ATTR_TEMPERATURE not in h5.attrs:
+                raise ValueError(f"{h5.filename}: dataset '{sc.FRAME_TEMPERATURE}': appending frames "
+                                 "without a temperature to a file with no root temperature")
+            temperature = float(h5.attrs[sc.ATTR_TEMPERATURE])
+        items[sc.FRAME_TEMPERATURE] = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (b,))
     for key, arr in items.items():
         arr = np.asarray(arr)
         ds = h5[key]
@@ -432,6 +447,8 @@ def write_dataset(
     try:
         with create_dataset(tmp, topology_pdb, attrs, periodic=box is not None,
                             overwrite=True) as h5:  # fmt: skip
+            if sc.ATTR_TEMPERATURE not in attrs:  # no temperature known: no per-frame one either
+                del h5[sc.FRAME_TEMPERATURE]
             append_frames(h5, coordinates, np.asarray(forces, dtype=np.float64),
                           np.asarray(time, dtype=np.float64), np.asarray(frame_id, dtype=np.int64),
                           None if potential_energy is None else np.asarray(potential_energy, "f8"),
@@ -541,7 +558,9 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
 
     Checks: required datasets and unit attributes present; a readable format version (absent
     = 1); shapes consistent (T, N, 3) with N
-    = atoms of the topology; CG arrays consistent with (n, N); ``time`` strictly increasing;
+    = atoms of the topology; CG arrays consistent with (n, N); per-frame ``temperature`` finite,
+    in [1, 1000] K and equal to the root ``temperature`` where the root has one; ``time``
+    strictly increasing (within each temperature of a multi-temperature file);
     ``frame_id`` unique; no NaN/inf in coordinates, forces, energies, CG arrays and finished
     ``hvp_term1`` frames (``check_values``). ``check_cg=False`` skips the ``cg/`` group (the
     AA part only: what :func:`write_cg` needs before replacing a stale group, e.g. after a
@@ -580,17 +599,23 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
             raise DatasetError(path, "coordinates",
                                f"{n_atoms} atoms but the topology has {n_top}")  # fmt: skip
         expect = {sc.FORCES: (t, n_atoms, 3), sc.TIME: (t,), sc.FRAME_ID: (t,),
-                  sc.POTENTIAL_ENERGY: (t,), sc.BOX: (t, 3, 3)}  # fmt: skip
+                  sc.POTENTIAL_ENERGY: (t,), sc.BOX: (t, 3, 3), sc.FRAME_TEMPERATURE: (t,)}  # fmt: skip
         for key, shape in expect.items():
             if key in h5 and h5[key].shape != shape:
                 raise DatasetError(path, key, f"shape {h5[key].shape}, expected {shape} "
                                    f"(T={t} frames, N={n_atoms} atoms)")  # fmt: skip
+        temps = _check_frame_temperatures(path, h5)
         time = h5[sc.TIME][()]
         if not np.isfinite(time).all():
             raise DatasetError(path, "time", "contains NaN or inf", int(np.argmax(~np.isfinite(time))))
-        if t > 1 and not (np.diff(time) > 0).all():
-            bad = int(np.argmax(~(np.diff(time) > 0))) + 1
-            raise DatasetError(path, "time", f"not strictly increasing ({time[bad - 1]} → {time[bad]} ps)", bad)
+        for value in np.unique(temps) if temps is not None else [None]:
+            rows = np.arange(t) if value is None else np.flatnonzero(temps == value)
+            steps = np.diff(time[rows])
+            if rows.size > 1 and not (steps > 0).all():
+                bad = int(np.argmax(~(steps > 0))) + 1
+                where = "" if value is None else f" within the {value:g} K frames"
+                raise DatasetError(path, "time", f"not strictly increasing{where} "
+                                   f"({time[rows[bad - 1]]} → {time[rows[bad]]} ps)", int(rows[bad]))  # fmt: skip
         fid = h5[sc.FRAME_ID][()]
         if np.unique(fid).size != fid.size:
             _, first = np.unique(fid, return_index=True)
@@ -604,6 +629,39 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
         if sc.CG in h5 and check_cg:
             summary.update(_validate_cg(path, h5, t, n_atoms, check_values))
     return summary
+
+
+#: thermostat set-points a file may hold, K (as ``hessid data simulate --temperature``)
+TEMPERATURE_RANGE_K = (1.0, 1000.0)
+
+
+def _check_frame_temperatures(path, h5) -> np.ndarray | None:
+    """The per-frame ``temperature`` (T,) K after its checks, or None when the file has none.
+
+    Checks: finite and within :data:`TEMPERATURE_RANGE_K`; equal to the root ``temperature``
+    on every frame when the root has one (a file holding several temperatures has none).
+
+    Raises:
+        DatasetError: the first bad frame (naming the file, dataset and frame).
+    """
+    if sc.FRAME_TEMPERATURE not in h5:
+        return None
+    temps = h5[sc.FRAME_TEMPERATURE][()].astype(np.float64)
+    lo, hi = TEMPERATURE_RANGE_K
+    bad = ~(np.isfinite(temps) & (temps >= lo) & (temps <= hi))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DatasetError(path, sc.FRAME_TEMPERATURE, f"{temps[i]} K is not a temperature in "
+                           f"[{lo:g}, {hi:g}] K", i)  # fmt: skip
+    if sc.ATTR_TEMPERATURE in h5.attrs and temps.size:
+        root = float(h5.attrs[sc.ATTR_TEMPERATURE])
+        off = temps != root
+        if off.any():
+            i = int(np.argmax(off))
+            raise DatasetError(path, sc.FRAME_TEMPERATURE, f"{temps[i]:g} K but the root attribute "
+                               f"temperature is {root:g} K (a file holding several temperatures "
+                               "has no root temperature)", i)  # fmt: skip
+    return temps
 
 
 def _validate_cg(path, h5, t: int, n_atoms: int, check_values: bool) -> dict:

@@ -47,6 +47,7 @@ from hessid.training.data.schema import (
     NoTargetsError,
     NotMappedError,
 )
+from hessid.units import KB_KCAL_PER_MOL_K
 
 __all__ = ["AADataset", "CGData", "CGGroup", "Dataset", "HessianBlock", "Term1", "load_cg",
            "load_dataset", "open_dataset"]  # fmt: skip
@@ -271,7 +272,9 @@ class Dataset(_Part):
     AA arrays are methods taking an optional frame selection (None, slice, int, indices or a
     bool mask): :meth:`coordinates` (F, N, 3) Å, :meth:`forces` (F, N, 3) kcal/mol/Å,
     :meth:`potential_energy` (F,) kcal/mol or None, :meth:`time` (F,) ps, :meth:`frame_id`
-    (F,) int64, :meth:`box` (F, 3, 3) Å or None. The ``cg/`` group is :attr:`cg`
+    (F,) int64, :meth:`box` (F, 3, 3) Å or None, :meth:`temperatures` (F,) K and
+    :meth:`betas` (F,) mol/kcal (per frame; multi-temperature files, docs/data.md
+    "Multi-temperature datasets"). The ``cg/`` group is :attr:`cg`
     (:class:`CGGroup`), Term 1 :attr:`term1` (:class:`Term1`), the full block
     :attr:`hessian_block` (:class:`HessianBlock`).
     """
@@ -311,9 +314,91 @@ class Dataset(_Part):
 
     @property
     def temperature(self) -> float | None:
-        """K, or None when not stored."""
+        """The file's one temperature, K: the root attribute, else the single value of the
+        per-frame ``temperature``; None when not stored or when the frames hold several
+        temperatures (then use :meth:`temperatures`)."""
         t = self.attr(sc.ATTR_TEMPERATURE)
-        return None if t is None else float(t)
+        if t is not None:
+            return float(t)
+        values = self.temperature_values
+        return values[0] if len(values) == 1 else None
+
+    @property
+    def temperature_values(self) -> tuple[float, ...]:
+        """The distinct thermostat temperatures of the frames, K, ascending (() when none is stored)."""
+        if sc.FRAME_TEMPERATURE in self._open():
+            return tuple(float(v) for v in np.unique(self._h5[sc.FRAME_TEMPERATURE][()]))
+        t = self.attr(sc.ATTR_TEMPERATURE)
+        return () if t is None else (float(t),)
+
+    @property
+    def is_multi_temperature(self) -> bool:
+        """The frames were generated at more than one temperature."""
+        return len(self.temperature_values) > 1
+
+    def temperatures(self, frames=None) -> np.ndarray:
+        """Thermostat set-point of each frame, (F,) float64 K: the per-frame ``temperature``
+        dataset (version 3), else the root attribute repeated (single-temperature files).
+
+        Raises:
+            DatasetError: neither is stored (e.g. an import without --temperature).
+        """
+        if sc.FRAME_TEMPERATURE in self._open():
+            return np.asarray(_read(self._h5[sc.FRAME_TEMPERATURE], frames), dtype=np.float64)
+        t = self.attr(sc.ATTR_TEMPERATURE)
+        if t is None:
+            raise DatasetError(self.path, sc.FRAME_TEMPERATURE, "missing, and no root 'temperature' attribute")
+        full = np.full(self.n_frames, float(t), dtype=np.float64)
+        if frames is None or isinstance(frames, slice):
+            return full[frames if frames is not None else slice(None)]
+        idx = np.asarray(frames)
+        return full[np.flatnonzero(idx) if idx.dtype == bool else idx]
+
+    def betas(self, frames=None) -> np.ndarray:
+        """β = 1/(k_B T) of each frame, (F,) float64 mol/kcal (:meth:`temperatures`, hessid.units.beta).
+
+        Raises:
+            DatasetError: no temperature stored.
+        """
+        return 1.0 / (KB_KCAL_PER_MOL_K * self.temperatures(frames))
+
+    def single_temperature(self, purpose: str = "single-temperature training") -> float:
+        """The file's one temperature, K, for a consumer that needs exactly one.
+
+        Args:
+            purpose: what needs it, for the message.
+
+        Raises:
+            DatasetError: none stored, or the frames hold several (one line naming the file and
+                the temperatures).
+        """
+        values = self.temperature_values
+        if len(values) > 1:
+            raise DatasetError(self.path, None, f"holds frames at {len(values)} temperatures "
+                               f"({', '.join(f'{v:g}' for v in values)} K): {purpose} needs one "
+                               "(use a temperature-aware model, or a file of one temperature)")  # fmt: skip
+        if not values:
+            raise DatasetError(self.path, "/", f"no 'temperature' attribute: {purpose} needs one "
+                               "(set it when importing: --temperature K)")  # fmt: skip
+        return values[0]
+
+    @property
+    def segments(self) -> list[dict]:
+        """The temperature segments of a simulated file (root attribute ``segments``, JSON; one
+        dict per ``hessid data simulate`` temperature: ``temperature`` K, ``seed``,
+        ``integrator``, ``checkpoint``, ``md_config``); a version-1/2 simulated file gives one
+        record built from its ``md_config``; [] for files not written by ``data simulate``."""
+        raw = self.attr(sc.ATTR_SEGMENTS)
+        if raw is not None:
+            return list(json.loads(raw))
+        cfg = self.attr(sc.ATTR_MD_CONFIG)
+        if cfg is None:
+            return []
+        md = json.loads(cfg)
+        return [{"temperature": float(self.attr(sc.ATTR_TEMPERATURE, md.get("temperature"))),
+                 "seed": int(md.get("seed", self.attr(sc.ATTR_SEED, 0))),
+                 "integrator": "LangevinMiddleIntegrator", "checkpoint": f"{self.path.stem}.chk",
+                 "md_config": md}]  # fmt: skip
 
     @property
     def constraints(self) -> str | None:
@@ -502,7 +587,7 @@ class AADataset:
         path: the file.  topology_pdb: PDB text.  attrs: root attributes.
         coordinates: (T, N, 3) Å.  forces: (T, N, 3) kcal/mol/Å.  time: (T,) ps.
         frame_id: (T,) int64.  potential_energy: (T,) kcal/mol or None.  box: (T, 3, 3) Å or None.
-        cg: :class:`CGData` or None.
+        cg: :class:`CGData` or None.  temperatures: (T,) K per frame, or None when not stored.
     """
 
     path: Path
@@ -515,6 +600,7 @@ class AADataset:
     potential_energy: np.ndarray | None = None
     box: np.ndarray | None = None
     cg: CGData | None = None
+    temperatures: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -564,4 +650,5 @@ def load_dataset(path: str | Path, validate: bool = True) -> AADataset:
             coordinates=ds.coordinates(), forces=ds.forces(), time=ds.time(),
             frame_id=ds.read(sc.FRAME_ID), potential_energy=ds.potential_energy(),
             box=ds.box(), cg=_cg_data(ds) if ds.has_cg else None,
+            temperatures=ds.temperatures() if ds.temperature_values else None,
         )  # fmt: skip

@@ -8,7 +8,8 @@ before writing. Shapes use T frames, N atoms, n beads, k probes, d = 3n::
     coordinates         (T, N, 3) float64        Å
     forces              (T, N, 3) float64        kcal/mol/Å, forces of the saved positions
     potential_energy    (T,) float64             kcal/mol (optional for imported data)
-    time                (T,) float64             ps, strictly increasing
+    temperature         (T,) float64             K, thermostat set-point of the frame (version 3)
+    time                (T,) float64             ps, strictly increasing within a temperature
     frame_id            (T,) int64               global frame id (probe seeding key), unique
     box                 (T, 3, 3) float64        Å, periodic systems only
     cg/weights, cg/projector        (n, N)       S and Q of the LinearMap
@@ -26,7 +27,13 @@ have no such attribute and are read as version 1 (:func:`format_version_of`). Ve
 the per-dataset ``probe_key`` attribute of ``cg/hvp_term1`` (mixed into the probe generator so
 two datasets with the same seed and frame ids do not share probes) and requires the root
 ``temperature`` and ``constraints`` of imported files; a Term 1 without ``probe_key`` (any
-version) was computed with key 0 and is read with it, so no migration is needed.
+version) was computed with key 0 and is read with it, so no migration is needed. Version 3
+adds the per-frame ``temperature`` dataset (K) and the root attribute ``segments`` (JSON: one
+record per temperature segment of ``hessid data simulate``): a file may then hold frames at
+several temperatures, its root ``temperature`` attribute is absent when it does, and ``time``
+restarts at 0 in each segment. The bump is needed because a version-2 writer resuming such a
+file would append frames without a temperature and read the whole file at one temperature;
+version-1/2 files are read unchanged (every frame at the root ``temperature``).
 
 This module holds names and small frozen dataclasses only (no I/O); the readers and writers are
 :mod:`hessid.training.data.io` and :mod:`hessid.training.data.reader`.
@@ -44,9 +51,9 @@ __all__ = [
 ]  # fmt: skip
 
 #: version of the layout written by this hessid; files without the attribute are version 1
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: versions this hessid reads
-READABLE_FORMAT_VERSIONS = (1, 2)
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 
 # ----------------------------------------------------------------------------- units
 
@@ -66,8 +73,10 @@ POTENTIAL_ENERGY = "potential_energy"
 TIME = "time"
 FRAME_ID = "frame_id"
 BOX = "box"
+#: per-frame thermostat set-point, K (version 3; absent: every frame at the root temperature)
+FRAME_TEMPERATURE = "temperature"
 #: per-frame AA datasets (first axis T), in the order they are written
-AA_PER_FRAME = (COORDINATES, FORCES, POTENTIAL_ENERGY, TIME, FRAME_ID, BOX)
+AA_PER_FRAME = (COORDINATES, FORCES, POTENTIAL_ENERGY, TIME, FRAME_ID, BOX, FRAME_TEMPERATURE)
 #: datasets every AA dataset file has
 AA_REQUIRED = (TOPOLOGY, COORDINATES, FORCES, TIME, FRAME_ID)
 
@@ -88,13 +97,19 @@ ATTR_FORCEFIELD_HASH = "forcefield_hash"  # sha256 of the serialized OpenMM Syst
 ATTR_MD_CONFIG = "md_config"  # JSON of aa_md.MDConfig
 ATTR_TIME_IS_INDEX = "time_is_index"  # True when time was not given (frame index × 1 ps)
 ATTR_CHECKPOINT_FRAMES = "checkpoint_frames"  # frames covered by the last AA MD checkpoint
+#: JSON list, one record per temperature segment (aa_md.segment_record): temperature (K), seed,
+#: integrator, checkpoint file, md_config (the segment's settings with the file's base seed)
+ATTR_SEGMENTS = "segments"
 ATTR_FROZEN_DRIFT = "frozen_max_displacement_angstrom"  # conditional.sample_frozen, Å
 #: per-dataset unit attribute (coordinates, forces, potential_energy, time, cg arrays)
 ATTR_UNIT = "unit"
 #: units every root must declare: attribute → required value
 ROOT_UNITS = {ATTR_LENGTH_UNIT: LENGTH_UNIT, ATTR_ENERGY_UNIT: ENERGY_UNIT}
 #: per-dataset unit attributes written by create_dataset
-AA_UNITS = {COORDINATES: LENGTH_UNIT, FORCES: FORCE_UNIT, POTENTIAL_ENERGY: ENERGY_UNIT, TIME: TIME_UNIT}
+AA_UNITS = {COORDINATES: LENGTH_UNIT, FORCES: FORCE_UNIT, POTENTIAL_ENERGY: ENERGY_UNIT, TIME: TIME_UNIT,
+            FRAME_TEMPERATURE: TEMPERATURE_UNIT}
+#: meaning attribute of the per-frame temperature dataset
+FRAME_TEMPERATURE_MEANING = "thermostat set-point (K) of the canonical (Langevin) run that generated the frame"
 
 # ----------------------------------------------------------------------------- CG keys
 
@@ -169,6 +184,7 @@ AA_ARRAYS = (
     ArraySpec(TIME, ("T",), "f8", TIME_UNIT, True),
     ArraySpec(FRAME_ID, ("T",), "i8", None, True),
     ArraySpec(BOX, ("T", 3, 3), "f8", LENGTH_UNIT),
+    ArraySpec(FRAME_TEMPERATURE, ("T",), "f8", TEMPERATURE_UNIT),
 )
 CG_ARRAYS = (
     ArraySpec(CG_WEIGHTS, ("n", "N"), "f8", None, True),

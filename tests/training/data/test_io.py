@@ -422,10 +422,10 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
 
 
 # (point, n): SIGKILL at the n-th call of that crash point = inside the 3rd chunk's append (chunks
-# 1 and 2 committed: 6 frames). 5 datasets per append (no box): the 11th ``before_resize`` is the
-# 3rd chunk's first dataset, the 12th ``after_resize`` its second (coordinates resized and written,
-# forces resized, not written).
-APPEND_KILLS = [("after_backup_copy", 3), ("before_resize", 11), ("after_resize", 12),
+# 1 and 2 committed: 6 frames). 6 datasets per append (no box; with the per-frame temperature of
+# format version 3): the 13th ``before_resize`` is the 3rd chunk's first dataset, the 14th
+# ``after_resize`` its second (coordinates resized and written, forces resized, not written).
+APPEND_KILLS = [("after_backup_copy", 3), ("before_resize", 13), ("after_resize", 14),
                 ("after_write", 3), ("after_flush", 3)]  # fmt: skip
 
 
@@ -455,7 +455,8 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
     assert data.backup_path(path).exists() == (point != "after_backup_copy")
     h5 = data.open_for_append(path)  # restores the backup; the file of the last finished append
     with h5:
-        n = {k: h5[k].shape[0] for k in ("coordinates", "forces", "time", "frame_id", "potential_energy")}
+        n = {k: h5[k].shape[0] for k in ("coordinates", "forces", "time", "frame_id", "potential_energy",
+                                          "temperature")}
     assert set(n.values()) == {6}, n  # after_flush too: the append is undone until end_append
     assert not data.backup_path(path).exists()
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)

@@ -44,9 +44,10 @@ def aa_file(tmp_path):
 
 def test_new_files_carry_the_format_version_and_files_without_it_read_as_version_1(aa_file):
     with h5py.File(aa_file, "r") as h5:
-        assert int(h5.attrs["format_version"]) == sc.FORMAT_VERSION == 2  # 2: per-dataset probe key
+        # 2: per-dataset probe key; 3: per-frame temperature (multi-temperature files)
+        assert int(h5.attrs["format_version"]) == sc.FORMAT_VERSION == 3
     with open_dataset(aa_file) as ds:
-        assert ds.format_version == 2
+        assert ds.format_version == 3
     with h5py.File(aa_file, "r+") as h5:  # a file written before the attribute existed
         del h5.attrs["format_version"]
     assert validate_dataset(aa_file)["n_frames"] == T
