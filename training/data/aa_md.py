@@ -536,8 +536,8 @@ def simulate(
 
     Temperature segments (docs/data.md "Multi-temperature datasets"): on an existing file,
 
-    * a ``config.temperature`` the file does not hold starts a new segment (with or without
-      ``resume``): same system and dynamics (:data:`SEGMENT_SHARED`, refused otherwise), seed
+    * a ``config.temperature`` the file does not hold starts a new segment (refused with
+      ``resume``, which only continues a held temperature): same system and dynamics (:data:`SEGMENT_SHARED`, refused otherwise), seed
       :func:`segment_seed`, its own minimisation from ``NAME.pdb``, velocities and
       equilibration at that temperature, its own checkpoint
       (:func:`segment_checkpoint_name`), a record in the root attribute ``segments``; the
@@ -566,7 +566,8 @@ def simulate(
             a dataset or checkpoint.
         FileExistsError: the dataset holds the temperature and neither ``resume`` nor ``overwrite``.
         ValueError: bad settings (:func:`check_md_config`; seed 0 is replaced, not refused), a
-            ``resume`` that changes a :data:`RESUME_FIXED` setting, a new segment that changes a
+            ``resume`` that changes a :data:`RESUME_FIXED` setting or names a temperature the file
+            does not hold, a new segment that changes a
             :data:`SEGMENT_SHARED` setting or builds another System (force-field hash), the
             stored file disagrees with a checkpoint, or the file cannot be opened.
     """
@@ -638,9 +639,13 @@ def _continue(h5_path: Path, given: MDConfig | None, resume: bool, progress: boo
         target = last_t if target is None else target
         index = _find_segment(segments, target)
         if index is not None and not resume:
-            raise FileExistsError(f"{h5_path}: exists and holds a {target:g} K segment (use --resume to "
-                                  "continue or extend it, --overwrite to replace the file, or another "
-                                  "--temperature to add a segment)")  # fmt: skip
+            raise FileExistsError(f"{h5_path}: exists (use --overwrite to replace, --resume to continue or "
+                                  f"extend its {target:g} K segment, or another --temperature to add a "
+                                  "segment)")  # fmt: skip
+        if index is None and resume:
+            held = ", ".join(f"{float(s['temperature']):g}" for s in segments)
+            raise ValueError(f"{h5_path}: --resume with temperature={target!r} but the file holds {held} K "
+                             f"(--resume continues a held temperature; without it a {target:g} K segment is added)")
         first_md = segments[0]["md_config"]
         if index is None:
             cfg = new_segment_config(h5_path, first_md, given)

@@ -6,17 +6,19 @@ Each check gives one :class:`DeepCheck` row with status ``PASS``, ``FAIL``, ``IN
 
 * ``cg/coordinates = S·coordinates`` and ``cg/forces = Q·forces`` on every frame (a stale
   ``cg/`` after the AA arrays changed);
-* the stored forces of a few frames recomputed with OpenMM from the stored topology, force
-  field, solvent and constraints (forces of other positions, another potential, wrong units);
+* the stored forces and potential energies of a few frames (and of the first and last frame of
+  each temperature of a multi-temperature file) recomputed with OpenMM from the stored
+  topology, force field, solvent and constraints (forces of other positions, another
+  potential, wrong units);
 * bonded distances: every AA bond of the topology and, for the Cα map, consecutive Cα–Cα
   distances within plausible ranges (catches Å declared as nm and the reverse);
-* incomplete runs: a simulation with fewer frames than ``md_config`` asks for, targets or
+* incomplete runs: a simulation (each temperature segment of one) with fewer frames than its
+  settings ask for, targets or
   labels whose done flags are not all set.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +29,9 @@ from hessid.training.data import schema as sc
 from hessid.training.data.aa_md import choose_platform, create_system
 from hessid.training.data.io import FRAME_BLOCK, dataset_path, validate_dataset
 from hessid.training.data.reader import Dataset, open_dataset
-from hessid.units import force_kj_nm_to_kcal_angstrom, length_angstrom_to_nm
+from hessid.units import energy_kj_to_kcal, force_kj_nm_to_kcal_angstrom, length_angstrom_to_nm
 
-__all__ = ["AA_BOND_RANGE", "CA_CA_RANGE", "FORCE_REL_TOL", "MAP_ROUNDOFF", "DeepCheck", "aa_bond_lengths",
+__all__ = ["AA_BOND_RANGE", "CA_CA_RANGE", "ENERGY_REL_TOL", "FORCE_REL_TOL", "MAP_ROUNDOFF", "DeepCheck", "aa_bond_lengths",
            "deep_validate", "format_checks"]  # fmt: skip
 
 #: relative round-off bound of a recomputed S·x or Q·f: a float64 sum of N products differs
@@ -42,6 +44,11 @@ MAP_ROUNDOFF = 1e-12
 #: to 1e-4 (docs/data.md: agreement to 1e-4 measured); the forces of the neighbouring MD step
 #: differ by > 1e-2, a kcal/kJ mix-up by a factor 4.184
 FORCE_REL_TOL = 1e-3
+#: relative error |U_stored − U_OpenMM| / max(|U_OpenMM|, 1 kcal/mol) accepted for recomputed
+#: potential energies: both are the same positions' energy, summed in double precision on the CPU
+#: platform (measured 6e-16 relative on the vacuum test peptide, the same platform's own numbers); a kJ/mol
+#: vs kcal/mol mix-up is a factor 4.184, another frame's energy differs by ≫ 1e-4 of |U|
+ENERGY_REL_TOL = 1e-4
 #: plausible length of any covalent bond in the AA topology, Å (X–H ≈ 1.0, S–S ≈ 2.05;
 #: Å read as nm gives 10–20 Å, nm read as Å 0.1–0.2 Å)
 AA_BOND_RANGE = (0.8, 2.3)
@@ -132,16 +139,20 @@ def _distance_checks(ds: Dataset) -> list[DeepCheck]:
     return out
 
 
-def _force_check(ds: Dataset, n_frames: int, platform: str | None) -> DeepCheck:
-    name = "forces recomputed with OpenMM"
+def _force_check(ds: Dataset, n_frames: int, platform: str | None) -> list[DeepCheck]:
+    name, energy_name = "forces recomputed with OpenMM", "potential energies recomputed with OpenMM"
     solvent = ds.attr(sc.ATTR_SOLVENT)
     constraints = ds.constraints
     if solvent is None or constraints is None:
         missing = ", ".join(a for a, v in (("solvent", solvent), ("constraints", constraints)) if v is None)
-        return DeepCheck(name, "SKIP", f"no {missing} attribute: the potential is unknown")
+        return [DeepCheck(name, "SKIP", f"no {missing} attribute: the potential is unknown")]
     frames = _sample_frames(ds.n_frames, n_frames)
+    if ds.is_multi_temperature:  # the first and last frame of each temperature, then evenly spaced
+        temps = ds.temperatures()
+        ends = [i for t in np.unique(temps) for i in np.flatnonzero(temps == t)[[0, -1]]]
+        frames = np.unique(np.concatenate([frames, ends])).astype(int)
     if not frames.size:
-        return DeepCheck(name, "SKIP", "no frames")
+        return [DeepCheck(name, "SKIP", "no frames")]
     top = ds.topology()
     box = ds.box(frames)
     if box is not None:
@@ -149,36 +160,54 @@ def _force_check(ds: Dataset, n_frames: int, platform: str | None) -> DeepCheck:
     try:
         system = create_system(top, str(ds.attr(sc.ATTR_FORCEFIELD, "amber14-all.xml")), str(solvent), constraints)
     except ValueError as exc:
-        return DeepCheck(name, "FAIL", f"the stored topology/force field give no System ({exc})")
+        return [DeepCheck(name, "FAIL", f"the stored topology/force field give no System ({exc})")]
     plat, props = choose_platform(platform or "CPU", threads=1)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), plat, props)
-    worst, worst_frame = 0.0, int(frames[0])
+    stored_energy = ds.potential_energy(frames)
+    worst, worst_frame, e_worst, e_frame = 0.0, int(frames[0]), 0.0, int(frames[0])
     for row, t in enumerate(frames):
         if box is not None:
             context.setPeriodicBoxVectors(*length_angstrom_to_nm(box[row]))
         context.setPositions(length_angstrom_to_nm(ds.coordinates(int(t))))
-        f = context.getState(getForces=True).getForces(asNumpy=True)
+        st = context.getState(getForces=True, getEnergy=True)
+        f = st.getForces(asNumpy=True)
         ref = force_kj_nm_to_kcal_angstrom(np.asarray(f.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)))
         rel = float(np.linalg.norm(ds.forces(int(t)) - ref) / max(np.linalg.norm(ref), 1e-300))
         if rel > worst:
             worst, worst_frame = rel, int(t)
+        if stored_energy is not None:
+            e_ref = energy_kj_to_kcal(st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            e_rel = abs(float(stored_energy[row]) - e_ref) / max(abs(e_ref), 1.0)
+            if e_rel > e_worst:
+                e_worst, e_frame = e_rel, int(t)
     detail = (f"max ‖f_stored − f_OpenMM‖/‖f_OpenMM‖ = {worst:.3g} (frame {worst_frame}) over frames "
               f"{frames.tolist()} on {plat.getName()}; tolerance {FORCE_REL_TOL:g}")
-    return DeepCheck(name, "FAIL" if worst > FORCE_REL_TOL else "PASS", detail)
+    rows = [DeepCheck(name, "FAIL" if worst > FORCE_REL_TOL else "PASS", detail)]
+    if stored_energy is None:
+        rows.append(DeepCheck(energy_name, "SKIP", "no potential_energy stored"))
+    else:
+        detail = (f"max |U_stored − U_OpenMM|/max(|U_OpenMM|, 1 kcal/mol) = {e_worst:.3g} (frame {e_frame}) "
+                  f"over the same frames' energies; tolerance {ENERGY_REL_TOL:g}")
+        rows.append(DeepCheck(energy_name, "FAIL" if e_worst > ENERGY_REL_TOL else "PASS", detail))
+    return rows
 
 
 def _completeness(ds: Dataset) -> list[DeepCheck]:
     out = []
-    cfg = ds.attr(sc.ATTR_MD_CONFIG)
-    if cfg is not None:
-        md = json.loads(cfg)
-        want = int(md["steps"]) // int(md["stride"])
-        have = ds.n_frames
+    segments = ds.segments
+    several = len(segments) > 1
+    temps = ds.temperatures() if several else None
+    for seg in segments:
+        md = seg["md_config"]
+        want = int(seg.get("steps", md["steps"])) // int(md["stride"])
+        t = float(seg["temperature"])
+        have = int((temps == t).sum()) if several else ds.n_frames
         status = "PASS" if have >= want else "INCOMPLETE"
-        detail = f"{have} of {want} frames (md_config steps // stride)"
+        detail = f"{have} of {want} frames (steps // stride)"
         if have < want:
-            detail += f"; continue with `hessid data simulate {ds.path.stem} --resume`"
-        out.append(DeepCheck("simulation complete", status, detail))
+            flag = f" --temperature {t:g}" if several else ""
+            detail += f"; continue with `hessid data simulate {ds.path.stem} --resume{flag}`"
+        out.append(DeepCheck(f"simulation complete ({t:g} K)" if several else "simulation complete", status, detail))
     for part, label, command in ((sc.TERM1, "Term 1", "hessid targets {} --resume"),
                                  (sc.HESSIAN_BLOCK, "Hessian block", "hessid targets {} --full-block --resume")):
         done_key = part + sc.DONE_SUFFIX
@@ -224,7 +253,7 @@ def deep_validate(path, n_force_frames: int = DEFAULT_FORCE_FRAMES, platform: st
         elif not ds.has_cg:
             rows.append(DeepCheck("cg/ = S·, Q·", "SKIP", "not mapped"))
         rows += _distance_checks(ds)
-        rows.append(_force_check(ds, n_force_frames, platform))
+        rows += _force_check(ds, n_force_frames, platform)
         rows += _completeness(ds)
     return rows
 

@@ -144,7 +144,7 @@ CASES = [
      "--resume with stride=50 but the stored run used 10", None),
     ("simulate-resume-temperature", ["data", "simulate", "ag", "--resume", "--temperature", "350",
                                      "--steps", "40", "--no-progress"],
-     "--resume with temperature=350.0 but the stored run used 300.0", None),
+     "--resume with temperature=350.0 but the file holds 300 K", None),
     ("simulate-exists", ["data", "simulate", "ag", "--steps", "40", "--no-progress"],
      "ag.h5: exists (use --overwrite", None),
     ("simulate-seed-zero", ["data", "simulate", "ag", "--overwrite", "--seed", "0", "--no-progress"],

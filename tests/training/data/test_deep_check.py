@@ -46,7 +46,8 @@ def test_a_clean_file_passes_every_check(clean):
     st = _status(rows)
     assert st == {"cg/coordinates = S·coordinates": "PASS", "cg/forces = Q·forces": "PASS",
                   "AA bond lengths": "PASS", "Cα–Cα distances (cg/bonds)": "PASS",
-                  "forces recomputed with OpenMM": "PASS", "simulation complete": "PASS"}, rows
+                  "forces recomputed with OpenMM": "PASS", "potential energies recomputed with OpenMM": "PASS",
+                  "simulation complete": "PASS"}, rows
     forces = next(r for r in rows if r.name.startswith("forces"))
     assert "frames [0, 1, 2]" in forces.detail
 
