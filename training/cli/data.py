@@ -236,12 +236,15 @@ def _build_parser(prog: str) -> ArgumentParser:
 
 
 def _simulate_parser(prog: str) -> ArgumentParser:
-    parser = new_parser(prog, "OpenMM all-atom MD with the forces of the saved frames: "
-                              "ROOT/NAME/NAME.h5 (+ NAME.chk for --resume).")
+    parser = new_parser(prog, "OpenMM all-atom MD (Langevin, canonical) with the forces and potential "
+                              "energies of the saved frames: ROOT/NAME/NAME.h5 (+ NAME.chk for --resume). "
+                              "On an existing dataset a new --temperature adds a temperature segment "
+                              "(same system; docs/data.md, 'Multi-temperature datasets').")
     parser.add_argument("name", type=str, help="dataset name (ROOT/NAME/NAME.pdb → NAME.h5)")
     add_dataclass(parser, MDConfig)
     parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
-    add_run_flags(parser, resume="continue from ROOT/NAME/NAME.chk (a larger --steps extends)",
+    add_run_flags(parser, resume="continue the --temperature segment (default: that of the last frame) "
+                                 "from its checkpoint (a larger --steps extends)",
                   overwrite="replace an existing dataset", progress=True)
     return parser
 

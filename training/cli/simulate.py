@@ -52,7 +52,10 @@ class SimulateOptions:
         stride: steps between saved frames.
         replicas: replicas R.
         timestep: fs.
-        temperature: K (default: the reference dataset's, else 300).
+        temperature: K (default: the reference dataset's, else 300; required with a reference
+            holding several temperatures). A temperature-aware model runs at it through
+            ``at_temperature(T)``; a temperature-unaware one trained at another temperature
+            runs with one warning.
         friction: 1/ps.
         mass: bead mass, amu.
         seed: draws start frames, velocities and noise (default: a fixed non-zero seed, so two
@@ -171,7 +174,11 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
     reference = None if opts.reference is None else str(dataset_path(opts.reference))
     temperature = opts.temperature
     if temperature is None and reference is not None:
-        temperature = load_cg_reference(reference)["temperature"]
+        ref = load_cg_reference(reference)
+        temperature = ref["temperature"]
+        if temperature is None and len(ref["temperatures"]) > 1:
+            raise ValueError(f"--temperature is required: the reference {reference} holds frames at "
+                             f"{', '.join(f'{t:g}' for t in ref['temperatures'])} K")
     start = None if opts.start is None else read_start(opts.start)
     result = simulate(
         load_model(opts.model), opts.out, n_steps=opts.steps, save_interval=opts.stride,

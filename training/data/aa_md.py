@@ -2,7 +2,20 @@
 
 Amber14 (``amber14-all.xml``) with implicit solvent GBn2 by default (``obc2``; ``explicit`` =
 TIP3P-FB box with PME; ``vacuum`` for tests), HBond constraints, LangevinMiddle integrator,
-energy minimisation, equilibration, production with a stride. Every saved frame stores the
+energy minimisation, equilibration, production with a stride.
+
+Thermostat: OpenMM's ``LangevinMiddleIntegrator`` (Zhang, Liu, Zhang, Wang & Liu, J. Chem.
+Phys. 151, 044503 (2019); the BAOAB "middle" splitting of Leimkuhler & Matthews, Appl. Math.
+Res. Express 2013, 34) is Langevin dynamics: its exact flow has the canonical density
+∝ exp(−β[U(r) + K(p)]) as its stationary distribution for any friction > 0, so the configurations
+follow exp(−βU(r)) (with holonomic constraints, on the constraint manifold; hydrogen mass
+repartitioning changes masses, hence only the dynamics). Discretisation biases configurational
+averages by O(Δt²), and the middle scheme's configurational error is the smallest of the usual
+splittings (exact for harmonic U in the Δt → 0 expansion's leading term). Unlike Berendsen, it does
+not bias ⟨U⟩ or its variance (docs/thermo.md, spec §4), which the temperature-aware losses need.
+
+Several temperatures can share one file (temperature segments, :func:`simulate`): each frame
+stores its thermostat temperature (dataset ``temperature``, K) next to its potential energy. Every saved frame stores the
 positions *and the forces of those positions* (one ``getState`` after the step), converted at
 the OpenMM boundary: nm → Å (×10), kJ/mol/nm → kcal/mol/Å (÷41.84), kJ/mol → kcal/mol.
 
@@ -81,7 +94,9 @@ class MDConfig:
     Attributes:
         steps: production steps (frames = steps // stride).
         stride: steps between saved frames.
-        temperature: K.  friction: 1/ps.  timestep: fs.
+        temperature: thermostat set-point, K; on an existing dataset a temperature it does not
+            hold adds a temperature segment (docs/data.md "Multi-temperature datasets").
+        friction: 1/ps.  timestep: fs.
         equilibration_steps: steps after minimisation, before production (not saved).
         minimize: run OpenMM's L-BFGS minimiser first (tolerance 10 kJ/mol/nm).
         solvent: one of :data:`SOLVENTS`.  forcefield: main force-field XML.

@@ -42,8 +42,8 @@ from hessid.training.md.integrator import (
 )
 from hessid.training.md.reporters import DCDReporter, Reporter, StateDataReporter, ca_topology
 
-__all__ = ["DEFAULT_SEED", "SimulationResult", "deterministic_torch", "failures", "load_checkpoint", "load_cg_reference", "run",
-           "save_checkpoint", "simulate"]
+__all__ = ["DEFAULT_SEED", "SimulationResult", "deterministic_torch", "failures", "load_checkpoint", "load_cg_reference",
+           "potential_at_temperature", "run", "save_checkpoint", "simulate", "training_temperature"]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ def load_cg_reference(path) -> dict:
 
     Returns:
         dict with ``positions`` (T, n, 3) float64 Å, ``bead_types`` (n,) int64 (zeros when not
-        stored), ``time`` (T,) ps (or None), ``temperature`` K (or None), ``residue_names`` (n,)
+        stored), ``time`` (T,) ps (or None), ``temperature`` K (or None: not stored, or the file
+        holds several), ``temperatures`` (the distinct ones, K, ascending), ``residue_names`` (n,)
         or None, ``name``, ``path``.
 
     Raises:
@@ -183,6 +184,7 @@ def load_cg_reference(path) -> dict:
         t = np.asarray(ds.time(), dtype=np.float64) if ds.has(sc.TIME) else None
         residue_names = cg.residue_names if cg.has(sc.CG_BEAD_TYPES) else None
         return {"positions": pos, "bead_types": types, "time": t, "temperature": ds.temperature,
+                "temperatures": ds.temperature_values,
                 "residue_names": residue_names, "name": ds.name, "path": str(path)}
 
 
@@ -223,6 +225,59 @@ def deterministic_torch(enabled: bool = True):
                 os.environ.pop(k, None)
 
 
+def training_temperature(potential) -> float | None:
+    """The temperature a temperature-unaware potential was trained at, K, when it says so: its
+    ``training_temperature`` attribute, else ``metadata["temperature"]``, else its prior's fit
+    temperature (``prior.params.temperature``, :class:`~hessid.training.learning.priors.PriorParameters`).
+
+    Returns:
+        float K, or None when the potential records none (e.g. the harmonic stand-in).
+    """
+    for value in (getattr(potential, "training_temperature", None),
+                  (getattr(potential, "metadata", None) or {}).get("temperature")):
+        if value is not None:
+            return float(value)
+    params = getattr(getattr(potential, "prior", None), "params", None)
+    value = getattr(params, "temperature", None)
+    return None if value is None else float(value)
+
+
+def potential_at_temperature(potential, temperature: float) -> tuple[torch.nn.Module, dict]:
+    """The potential to integrate at ``temperature`` K, and what was done (for ``simulation.json``).
+
+    A temperature-aware model (attribute ``temperature_aware = True``; docs/architecture.md,
+    the multi-temperature contract) is replaced by its fixed-β view
+    ``potential.at_temperature(temperature)`` — a module with ``CGPotential``'s interface whose
+    energy is the free energy A_θ(R, β) at that β (kcal/mol). Any other potential is used as it
+    is; when it records a training temperature (:func:`training_temperature`) other than
+    ``temperature`` (by more than 1e-6 K), one warning line says that its free energy is reused
+    at another temperature (the entropic part −T S(R) of A does not follow T, so populations
+    can move the wrong way).
+
+    Args:
+        potential: ``CGPotential``-like module.  temperature: K, > 0.
+
+    Returns:
+        ``(module, info)``; info: ``temperature_aware`` (bool), ``training_temperature`` (K or
+        None), ``temperature`` (K).
+
+    Raises:
+        TypeError: ``temperature_aware`` is set but the model has no callable ``at_temperature``.
+    """
+    t = float(temperature)
+    if getattr(potential, "temperature_aware", False):
+        at = getattr(potential, "at_temperature", None)
+        if not callable(at):
+            raise TypeError(f"{type(potential).__name__} says temperature_aware but has no at_temperature(T)")
+        return at(t), {"temperature_aware": True, "training_temperature": None, "temperature": t}
+    t_train = training_temperature(potential)
+    if t_train is not None and abs(t_train - t) > 1e-6:
+        log.warning("the model is not temperature-aware and was trained at %g K: simulating it at %g K reuses its "
+                    "%g K free energy (its entropic part does not follow the temperature; use a temperature-aware "
+                    "model to transfer)", t_train, t, t_train)
+    return potential, {"temperature_aware": False, "training_temperature": t_train, "temperature": t}
+
+
 def _versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("hessid", "torch", "numpy", "mdtraj"):
@@ -255,7 +310,10 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
     versions, failures, steps/s). ``mdtraj.load(out/'replica_000.dcd', top=out/'topology.pdb')``.
 
     Args:
-        potential: ``CGPotential``-like callable (kcal/mol, Å).
+        potential: ``CGPotential``-like callable (kcal/mol, Å). A temperature-aware model is
+            integrated through its fixed-β view ``potential.at_temperature(temperature)``; a
+            temperature-unaware one trained at another temperature is used with one warning
+            (:func:`potential_at_temperature`).
         out_dir: output folder.
         n_steps: total integration steps.
         save_interval: frame stride in steps.
@@ -313,6 +371,7 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
     if checkpoint_interval < 1 or checkpoint_interval % save_interval:
         raise ValueError(f"checkpoint_interval ({checkpoint_interval}) must be a positive multiple "
                          f"of save_interval ({save_interval})")
+    potential, thermal = potential_at_temperature(potential, temperature)  # (warns once when T-unaware)
     omega_dt = check_timestep(timestep, masses, stiffest_bond(potential))
     if (reference is None) == (start_positions is None):
         raise ValueError("give exactly one of reference= or start_positions=")
@@ -419,7 +478,7 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
         "failures": fails, "steps_completed": state.step,
         "omega_max_dt": omega_dt, "seed": seed, "deterministic": bool(deterministic),
         "steps_per_second_last_invocation": speed, "device": str(device),
-        "versions": _versions(), "provenance": provenance or {},
+        "versions": _versions(), "provenance": provenance or {}, "model_temperature": thermal,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / "simulation.json").write_text(json.dumps(meta, indent=2, default=str))

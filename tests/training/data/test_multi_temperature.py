@@ -25,6 +25,7 @@ from hessid.training.data.aa_md import (
 from hessid.training.data.cg_map import write_cg
 from hessid.training.data.deep_check import deep_validate
 from hessid.training.data.structures import build_structure
+from hessid.training.learning.datasets import load_protein  # the FM training reader
 from hessid.units import beta
 
 #: vacuum AAA, 6 frames per segment in chunks of 3 (about 1 s per segment)
@@ -337,8 +338,6 @@ def test_map_and_deep_validate_handle_a_mixed_file(two_temperatures, tmp_path):
 
 
 def test_a_mixed_file_is_refused_by_single_temperature_consumers_naming_the_file(two_temperatures, tmp_path):
-    from hessid.training.learning.datasets import load_protein  # the FM training reader
-
     _, ref = two_temperatures
     path = tmp_path / "m" / "m.h5"
     path.parent.mkdir()
