@@ -9,10 +9,11 @@ Phys. 151, 044503 (2019); the BAOAB "middle" splitting of Leimkuhler & Matthews,
 Res. Express 2013, 34) is Langevin dynamics: its exact flow has the canonical density
 ∝ exp(−β[U(r) + K(p)]) as its stationary distribution for any friction > 0, so the configurations
 follow exp(−βU(r)) (with holonomic constraints, on the constraint manifold; hydrogen mass
-repartitioning changes masses, hence only the dynamics). Discretisation biases configurational
-averages by O(Δt²), and the middle scheme's configurational error is the smallest of the usual
-splittings (exact for harmonic U in the Δt → 0 expansion's leading term). Unlike Berendsen, it does
-not bias ⟨U⟩ or its variance (docs/thermo.md, spec §4), which the temperature-aware losses need.
+repartitioning changes masses, hence only the dynamics). The discretisation biases
+configurational averages by O(Δt²); the middle (BAOAB-type) placement of the thermostat step
+makes that error small — for a harmonic U, BAOAB samples the configurations exactly at any
+stable Δt (Leimkuhler & Matthews). Unlike Berendsen, it does not bias ⟨U⟩ or its variance
+(spec thermo.md §4), which the temperature-aware losses need.
 
 Several temperatures can share one file (temperature segments, :func:`simulate`): each frame
 stores its thermostat temperature (dataset ``temperature``, K) next to its potential energy. Every saved frame stores the
