@@ -767,6 +767,7 @@ def _write_provenance(h5, segments: list[dict], temps: np.ndarray, new_segment: 
     h5.attrs[sc.ATTR_SEGMENTS] = text
     if several and sc.ATTR_TEMPERATURE in h5.attrs:
         del h5.attrs[sc.ATTR_TEMPERATURE]
+    crash_point("after_provenance")
     commit(h5)
     end_append(h5)
 

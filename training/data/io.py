@@ -45,7 +45,8 @@ FRAME_BLOCK = 256
 APPEND_BACKUP = True
 
 #: test hook: called with the name of each crash point of an append (``after_backup_copy``,
-#: ``before_resize``, ``after_resize``, ``after_write``; ``aa_md`` adds ``after_flush``);
+#: ``before_resize``, ``after_resize``, ``after_write``; ``aa_md`` adds ``after_flush`` and
+#: ``after_provenance``, inside the guarded write of a new temperature segment's record);
 #: tests make it SIGKILL the process
 crash_hook = None
 

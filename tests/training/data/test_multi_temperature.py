@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -25,6 +28,7 @@ from hessid.training.data.aa_md import (
 from hessid.training.data.cg_map import write_cg
 from hessid.training.data.deep_check import deep_validate
 from hessid.training.data.structures import build_structure
+from hessid.training.data.targets import compute_targets
 from hessid.training.learning.datasets import load_protein  # the FM training reader
 from hessid.units import beta
 
@@ -117,6 +121,44 @@ def test_an_interrupted_new_segment_resumes_bit_identically(two_temperatures, tm
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(b[key], a[key])
+
+
+def _run_until_sigkill(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("point", "nth"), [("after_provenance", 1), ("after_flush", 2)])
+def test_a_sigkill_while_adding_a_segment_leaves_a_file_that_completes_bit_identically(
+        two_temperatures, tmp_path, point, nth):
+    """A real SIGKILL (no ``finally``) while the 350 K segment is added: inside the guarded write of
+    its record (the file is rolled back to the 300 K file: the same command adds the segment), or
+    after its 2nd chunk reached the file but before its checkpoint (``--resume`` cuts the extra
+    frames). Either way the finished file equals the uninterrupted one."""
+    root, ref = two_temperatures
+    _copy_pdb(root, tmp_path)
+    simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
+    md350 = {**MD, "temperature": 350.0}
+    _run_until_sigkill(f"""
+import os, signal
+from hessid.training.data import aa_md, io
+calls = [0]
+def hook(name):
+    if name == {point!r}:
+        calls[0] += 1
+        if calls[0] == {nth}:
+            os.kill(os.getpid(), signal.SIGKILL)
+io.crash_hook = hook
+aa_md.simulate("aaa", aa_md.MDConfig(**{md350!r}), root={str(tmp_path)!r}, progress=False)
+""")
+    path = tmp_path / "aaa" / "aaa.h5"
+    assert data.backup_path(path).exists()  # both points lie inside a guarded write
+    simulate("aaa", MDConfig(**md350), root=tmp_path, resume=point == "after_flush", progress=False)
+    a, b = _arrays(ref), _arrays(path)
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key])
+    with reader.open_dataset(path) as ds:
+        assert [s["temperature"] for s in ds.segments] == [300.0, 350.0]
 
 
 def test_resume_without_a_temperature_continues_the_segment_of_the_last_frame(two_temperatures, tmp_path):
@@ -319,8 +361,9 @@ def test_map_and_deep_validate_handle_a_mixed_file(two_temperatures, tmp_path):
     assert rows["simulation complete (300 K)"].status == "PASS"
     assert rows["simulation complete (350 K)"].status == "PASS"
     assert "energies" in rows["potential energies recomputed with OpenMM"].detail
+    compute_targets(path, n_probes=1, platform="CPU", threads=1, progress=False)  # Term 1: no β
     with reader.open_dataset(path) as ds:
-        assert ds.cg.coordinates().shape == (12, 3, 3)
+        assert ds.cg.coordinates().shape == (12, 3, 3) and ds.term1.done().all()
     # negative controls: energies stored in kJ/mol at one segment's end; a segment cut short
     with h5py.File(path, "r+") as h5:
         h5["potential_energy"][11] *= 4.184
