@@ -266,6 +266,21 @@ def test_a_version_2_file_reads_at_its_one_temperature_and_is_upgraded_when_a_se
     assert data.validate_dataset(path)["n_frames"] == 12
 
 
+def test_a_killed_version_2_run_resumes_bit_identically_and_is_upgraded(two_temperatures, tmp_path):
+    root, ref = two_temperatures
+    _copy_pdb(root, tmp_path)
+    with pytest.raises(SimulationInterrupted):
+        simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False, interrupt_after_chunks=1)
+    path = tmp_path / "aaa" / "aaa.h5"
+    _to_version_2(path)
+    simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
+    a, b = _arrays(ref), _arrays(path)
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key][:6])
+    with reader.open_dataset(path) as ds:
+        assert ds.format_version == 3 and ds.temperature == 300.0 and len(ds.segments) == 1
+
+
 def test_a_version_1_import_without_per_frame_temperature_reads_its_root_temperature(tmp_path):
     pdb = "ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00  0.00           C\nEND\n"
     path = data.write_dataset(tmp_path / "x" / "x.h5", pdb, np.zeros((4, 1, 3)), np.zeros((4, 1, 3)),
