@@ -568,7 +568,9 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
     simulation was extended).
 
     Returns:
-        summary dict: ``n_frames``, ``n_atoms``, ``n_beads`` (or None), ``n_probes`` (or None).
+        summary dict: ``n_frames``, ``n_atoms``, ``n_beads`` (or None), ``n_probes`` (or None),
+        and ``frames_per_temperature`` (``{"300 K": 6, ...}``) when the file stores per-frame
+        temperatures.
 
     Raises:
         DatasetNotFoundError: no such file (also a ``FileNotFoundError``).
@@ -627,6 +629,9 @@ def validate_dataset(path: str | Path, check_values: bool = True, check_cg: bool
                 if key in h5:
                     _check_finite(path, h5, key)
         summary = {"n_frames": int(t), "n_atoms": int(n_atoms), "n_beads": None, "n_probes": None}
+        if temps is not None:  # frames per thermostat temperature, K
+            values, counts = np.unique(temps, return_counts=True)
+            summary["frames_per_temperature"] = {f"{v:g} K": int(c) for v, c in zip(values, counts, strict=True)}
         if sc.CG in h5 and check_cg:
             summary.update(_validate_cg(path, h5, t, n_atoms, check_values))
     return summary

@@ -59,7 +59,8 @@ def two_temperatures(tmp_path_factory):
 
 def test_a_second_temperature_appends_a_segment_with_per_frame_temperature_and_energy(two_temperatures):
     _, path = two_temperatures
-    assert data.validate_dataset(path)["n_frames"] == 12
+    summary = data.validate_dataset(path)
+    assert summary["n_frames"] == 12 and summary["frames_per_temperature"] == {"300 K": 6, "350 K": 6}
     with reader.open_dataset(path) as ds:
         np.testing.assert_array_equal(ds.temperatures(), [300.0] * 6 + [350.0] * 6)
         assert ds.temperature is None and ds.is_multi_temperature  # mixed: no single temperature
