@@ -481,8 +481,11 @@ def copy_frames(
 
     Per-frame datasets (first axis T of the first source, except ``topology`` and the CG map
     arrays ``cg/weights``, ``cg/projector``, ``cg/bead_types``, ``cg/bonds``) are taken at the
-    given rows; every other dataset and all attributes come from the first source. The file is
-    written to ``<dst>.tmp.h5`` and renamed, so ``dst`` is never half-written.
+    given rows; every other dataset and all attributes come from the first source, except the
+    per-frame ``temperature`` (K), built from every source (its dataset, or its root
+    ``temperature`` for version-1/2 files) with the root ``temperature`` set to the one value or
+    removed when the copied frames mix temperatures. The file is written to ``<dst>.tmp.h5`` and
+    renamed, so ``dst`` is never half-written.
 
     Args:
         sources: ``[(file, rows)]``, rows (R,) int indices into that file's frames.
@@ -519,6 +522,8 @@ def copy_frames(
                 for k, v in obj.attrs.items():
                     g.attrs[k] = v
                 return
+            if name == sc.FRAME_TEMPERATURE:  # written below from every source
+                return
             per_frame = obj.shape and obj.shape[0] == t_first and name != sc.TOPOLOGY and not name.startswith(fixed)
             if not per_frame:
                 ds = o.create_dataset(name, data=obj[()], dtype=obj.dtype)
@@ -529,6 +534,17 @@ def copy_frames(
                 ds.attrs[k] = v
 
         first.visititems(visit)
+        temps = _source_temperatures(handles, [r for _, r in sources])
+        if temps is not None:
+            ds = o.create_dataset(sc.FRAME_TEMPERATURE, data=temps, maxshape=(None,), dtype="f8")
+            ds.attrs[sc.ATTR_UNIT] = sc.TEMPERATURE_UNIT
+            ds.attrs[sc.ATTR_MEANING] = sc.FRAME_TEMPERATURE_MEANING
+            values = np.unique(temps)
+            if values.size == 1:
+                o.attrs[sc.ATTR_TEMPERATURE] = float(values[0])
+            elif sc.ATTR_TEMPERATURE in o.attrs:  # frames of several temperatures: no root one
+                del o.attrs[sc.ATTR_TEMPERATURE]
+            o.attrs[sc.ATTR_FORMAT_VERSION] = max(int(o.attrs.get(sc.ATTR_FORMAT_VERSION, 1)), sc.FORMAT_VERSION)
         for key, arr in ((sc.FRAME_ID, frame_id), (sc.TIME, time)):
             if arr is not None:
                 o[key][...] = np.asarray(arr, dtype=o[key].dtype)
@@ -538,6 +554,21 @@ def copy_frames(
             o.attrs[k] = v
     os.replace(tmp, dst)
     return dst
+
+
+def _source_temperatures(handles, rows) -> np.ndarray | None:
+    """Per-frame temperatures (K) of the rows copied from each open source (its ``temperature``
+    dataset, else its root ``temperature`` repeated); None when a source stores neither."""
+    parts = []
+    for h, r in zip(handles, rows, strict=True):
+        r = np.asarray(r)
+        if sc.FRAME_TEMPERATURE in h:
+            parts.append(h[sc.FRAME_TEMPERATURE][()][r])
+        elif sc.ATTR_TEMPERATURE in h.attrs:
+            parts.append(np.full(r.shape[0], float(h.attrs[sc.ATTR_TEMPERATURE])))
+        else:
+            return None
+    return np.concatenate(parts).astype(np.float64) if parts else None
 
 
 # ----------------------------------------------------------------------------- validation

@@ -298,6 +298,22 @@ def test_a_version_1_import_without_per_frame_temperature_reads_its_root_tempera
         ds.temperatures()
 
 
+def test_copied_frames_keep_each_frames_temperature_across_sources_of_both_layouts(two_temperatures, tmp_path):
+    root, mixed = two_temperatures
+    _copy_pdb(root, tmp_path)
+    old = simulate("aaa", MDConfig(**{**MD, "steps": 30}), root=tmp_path, progress=False)
+    _to_version_2(old)  # 3 frames at 300 K, no per-frame temperature
+    pool = data.copy_frames([(old, np.array([0, 2])), (mixed, np.array([7, 1]))], tmp_path / "p" / "p.h5",
+                            frame_id=np.arange(4), time=np.arange(4.0))  # fmt: skip
+    with reader.open_dataset(pool) as ds:
+        np.testing.assert_array_equal(ds.temperatures(), [300.0, 300.0, 350.0, 300.0])
+        assert ds.temperature is None and "temperature" not in ds.attrs
+    one = data.copy_frames([(mixed, np.array([6, 8]))], tmp_path / "q" / "q.h5")
+    with reader.open_dataset(one) as ds:  # one temperature: the root attribute is that one
+        assert ds.temperature == 350.0 and ds.attrs["temperature"] == 350.0
+    assert data.validate_dataset(one)["frames_per_temperature"] == {"350 K": 2}
+
+
 # ----------------------------------------------------------------------------- β per frame
 
 
