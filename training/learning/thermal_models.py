@@ -253,14 +253,20 @@ class ThermalPotential(torch.nn.Module):
             a = a + KB_KCAL_PER_MOL_K * c["heat_capacity"] * ((t - t0) - t * torch.log(t / t0))
         return a
 
+    def _beta_or_refuse(self, beta):
+        if beta is not None:
+            return beta
+        if not self.temperature_aware:
+            return 1.0  # M0: A does not depend on β, any value gives the same numbers
+        raise ValueError("a temperature-aware model needs beta (or use at_temperature(T))")
+
     def energy(self, positions, bead_types, batch=None, beta=None) -> torch.Tensor:
-        """Alias of :meth:`free_energy` (β required), (B,) kcal/mol."""
-        if beta is None:
-            raise ValueError("a temperature-aware model needs beta (or use at_temperature(T))")
-        return self.free_energy(positions, bead_types, batch, beta)
+        """Alias of :meth:`free_energy`, (B,) kcal/mol (β required unless the form is M0, so
+        the control also has CGPotential's call signature)."""
+        return self.free_energy(positions, bead_types, batch, self._beta_or_refuse(beta))
 
     def forward(self, positions, bead_types, batch=None, beta=None) -> torch.Tensor:
-        """:meth:`free_energy` (β required), (B,) kcal/mol."""
+        """:meth:`free_energy` (β required unless M0), (B,) kcal/mol."""
         return self.energy(positions, bead_types, batch, beta)
 
     def evaluate(self, positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None, beta,
@@ -293,10 +299,9 @@ class ThermalPotential(torch.nn.Module):
         return out
 
     def forces(self, positions, bead_types, batch=None, beta=None, create_graph: bool = False) -> torch.Tensor:
-        """``F_θ = −∇_R A_θ(R, β)``, (A, 3) kcal/mol/Å, by autograd (β required)."""
-        if beta is None:
-            raise ValueError("a temperature-aware model needs beta (or use at_temperature(T))")
-        return self.evaluate(positions, bead_types, batch, beta, create_graph=create_graph)["forces"]
+        """``F_θ = −∇_R A_θ(R, β)``, (A, 3) kcal/mol/Å, by autograd (β required unless M0)."""
+        return self.evaluate(positions, bead_types, batch, self._beta_or_refuse(beta),
+                             create_graph=create_graph)["forces"]
 
     def mean_energy(self, positions, bead_types, batch, beta, create_graph: bool = False) -> torch.Tensor:
         """``u_θ(R, β) = ∂_β(βA_θ)`` by autograd (R2), (B,) kcal/mol."""

@@ -182,3 +182,5 @@ def test_bad_beta_is_refused():
         m.free_energy(pos, types, batch, torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="beta"):
         m.forces(pos, types, batch)
+    m0 = _model("M0", "mlp")  # the β-independent control keeps CGPotential's call signature
+    assert_close(m0(pos, types, batch).detach(), m0.free_energy(pos, types, batch, BETA).detach(), what="M0")
