@@ -97,7 +97,7 @@ class CGTrainingModule(pl.LightningModule):
         """
         lc = self.cfg.loss
         if lc.mode == "thermal":
-            return self.thermal_losses(data)
+            return self.thermal_losses(data, validation_file=fm_only)
         n_graphs = int(data["frame_id"].shape[0])
         curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step and not fm_only
         use_hvp = curvature and lc.mode == "fm_hvp"
@@ -157,10 +157,12 @@ class CGTrainingModule(pl.LightningModule):
         terms["gamma"] = torch.tensor(gamma)
         return terms
 
-    def thermal_losses(self, data: dict) -> dict:
+    def thermal_losses(self, data: dict, validation_file: bool = False) -> dict:
         """``loss.mode = "thermal"``: ``L_F/s_F + w_U L_U/s_U`` per frame temperature
         (:func:`~hessid.training.learning.thermal_losses.thermal_loss`, floors and w_U from the
-        ``thermal`` section).
+        ``thermal`` section). For a validation file (``data.val_datasets``, possibly at a held-out
+        temperature) floors at untabulated temperatures are scaled by T² from the nearest one
+        and L_U is skipped when the file has no potential energies.
 
         Returns:
             scalar tensors ``fm`` (raw L_F, (kcal/mol/Å)² per component), ``fm_excess``, with
@@ -175,7 +177,9 @@ class CGTrainingModule(pl.LightningModule):
             raise ValueError("thermal.force_floors/energy_floors are not set (the trainer estimates "
                              "them from the training frames)")
         floors = NoiseFloors.from_dicts(tc.force_floors, tc.energy_floors if tc.energy_weight > 0 else None)
-        t = thermal_loss(self.potential, data, floors, energy_weight=tc.energy_weight, per_temperature=False)
+        w_u = tc.energy_weight if ("potential_energy" in data or not validation_file) else 0.0
+        t = thermal_loss(self.potential, data, floors, energy_weight=w_u, per_temperature=False,
+                         scale_missing=validation_file)
         out = {"fm": t["force"], "fm_excess": t["force_excess"], "total": t["total"],
                "gamma": torch.tensor(0.0)}
         if "energy" in t:

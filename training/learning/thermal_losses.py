@@ -77,22 +77,30 @@ class NoiseFloors:
         e = None if self.energy is None else dict(zip(self.temperatures, self.energy, strict=True))
         return f, e
 
-    def lookup(self, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def lookup(self, beta: torch.Tensor, scale_missing: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-frame floors for β (B,) mol/kcal → ``(s_F (B,), s_U (B,) or None)``.
 
+        Args:
+            beta: (B,) mol/kcal.
+            scale_missing: a temperature without a floor takes the nearest tabulated one scaled
+                by (T/T_near)² — the law of harmonic eliminated DOFs, Var_R(U) = (D − d)/(2β²)
+                and Cov_R(Pf) ∝ 1/β (spec §4), exact for T1/T2 forces and energies: for
+                validation frames at a held-out temperature (False: refuse).
+
         Raises:
-            ValueError: a frame's temperature has no floor (names it).
+            ValueError: a frame's temperature has no floor (names it) and not ``scale_missing``.
         """
         t_frames = (1.0 / (KB_KCAL_PER_MOL_K * beta.detach().double())).cpu().numpy()
         table = np.asarray(self.temperatures)
         idx = np.abs(t_frames[:, None] - table[None, :]).argmin(1)
         bad = np.abs(table[idx] - t_frames) > _T_RTOL * t_frames
-        if bad.any():
+        if bad.any() and not scale_missing:
             raise ValueError(f"no noise floor for temperature {t_frames[bad][0]:.6g} K "
                              f"(floors at {list(self.temperatures)} K)")
-        f = torch.as_tensor(np.asarray(self.force)[idx], dtype=beta.dtype, device=beta.device)
-        e = None if self.energy is None else torch.as_tensor(np.asarray(self.energy)[idx], dtype=beta.dtype,
-                                                             device=beta.device)
+        scale = np.where(bad, (t_frames / table[idx]) ** 2, 1.0)
+        f = torch.as_tensor(np.asarray(self.force)[idx] * scale, dtype=beta.dtype, device=beta.device)
+        e = None if self.energy is None else torch.as_tensor(np.asarray(self.energy)[idx] * scale,
+                                                             dtype=beta.dtype, device=beta.device)
         return f, e
 
 
@@ -154,7 +162,7 @@ def check_energy_matching_allowed(model) -> None:
 
 
 def thermal_loss(model, data: dict, floors: NoiseFloors, energy_weight: float = 1.0,
-                 create_graph: bool = True, per_temperature: bool = True) -> dict:
+                 create_graph: bool = True, per_temperature: bool = True, scale_missing: bool = False) -> dict:
     """L_F and L_U of one batch over their floors (module doc), with excesses.
 
     Args:
@@ -169,6 +177,7 @@ def thermal_loss(model, data: dict, floors: NoiseFloors, energy_weight: float = 
         energy_weight: w_U ≥ 0.
         create_graph: keep the θ-graph (training); False for evaluation.
         per_temperature: also return the per-temperature breakdown (host syncs; off in tight loops).
+        scale_missing: floors at untabulated temperatures by T² scaling (:meth:`NoiseFloors.lookup`).
 
     Returns:
         scalar tensors: ``force`` (raw L_F, (kcal/mol/Å)² per component), ``force_scaled``
@@ -198,7 +207,7 @@ def thermal_loss(model, data: dict, floors: NoiseFloors, energy_weight: float = 
     else:
         model_forces = model.forces(pos, types, batch, create_graph=create_graph)
         out = {}
-    s_f, s_u = floors.lookup(beta)
+    s_f, s_u = floors.lookup(beta, scale_missing=scale_missing)
     counts = torch.bincount(batch, minlength=n_graphs).to(pos.dtype)  # beads per frame
     sq = torch.zeros(n_graphs, dtype=pos.dtype, device=pos.device).index_add(
         0, batch, ((data["forces"] + (-model_forces)) ** 2).sum(-1))  # (B,) ‖P f + ∇A‖² summed per frame

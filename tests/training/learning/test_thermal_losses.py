@@ -124,6 +124,11 @@ def test_floor_lookup_names_a_missing_temperature():
         floors.lookup(torch.tensor([beta_of_temperature(350.0)], dtype=torch.float64))
     got, _ = floors.lookup(torch.tensor([beta_of_temperature(300.0)], dtype=torch.float64))
     assert float(got) == 1.0
+    # held-out temperatures (validation): T² scaling, exact for T2's floors mγ²/(6β²), m/(2β²)
+    exact = exact_floors(t2_double_well(), (300.0, 400.0))
+    held = NoiseFloors((300.0,), exact.force[:1], exact.energy[:1])
+    f, e = held.lookup(torch.tensor([beta_of_temperature(400.0)], dtype=torch.float64), scale_missing=True)
+    assert float(f) == pytest.approx(exact.force[1], rel=1e-12) and float(e) == pytest.approx(exact.energy[1], rel=1e-12)
     assert float(temperature_of_beta(torch.tensor(beta_of_temperature(300.0)))) == pytest.approx(300.0, rel=1e-12)
 
 

@@ -94,3 +94,17 @@ def test_energy_matching_of_the_t_unaware_control_is_refused(datasets, tmp_path)
     })
     with pytest.raises(ValueError, match="refused"):
         train(cfg)
+
+
+def test_validation_file_at_a_held_out_temperature_is_scored(datasets, tmp_path):
+    held = write_synthetic_dataset(tmp_path / "c" / "c.h5", n_beads=5, n_frames=6, seed=0, name="held",
+                                   temperature=400.0, frame_id_offset=200)
+    cfg = TrainConfig.from_dict({
+        "name": "held_out", "output_dir": str(tmp_path / "runs"), "seed": 1, "skip_verification": True,
+        "data": {"datasets": [str(p) for p in datasets], "val_datasets": [str(held)], "batch_size": 6},
+        "model": TINY_MODEL, "loss": {"mode": "thermal"}, "thermal": {"form": "M1", "hidden": 8},
+        "trainer": {"max_steps": 2, "val_every_steps": 2, "progress_bar": False},
+    })
+    result = train(cfg)
+    rows = (result.run_dir / "metrics.csv").read_text().splitlines()
+    assert any(",val," in r for r in rows)  # floors at 400 K scaled from 350 K, not refused
