@@ -3,7 +3,8 @@
 A run is one :class:`TrainConfig` (YAML file, documented key by key in docs/training.md) with
 the sections ``data`` (:class:`DataConfig`), ``model`` (:class:`ModelConfig`), ``loss``
 (:class:`LossConfig`), ``optim`` (:class:`OptimConfig`), ``trainer`` (:class:`TrainerConfig`)
-and ``prior`` (:class:`PriorConfig`). :func:`load_config` reads the YAML file and applies
+``prior`` (:class:`PriorConfig`) and ``thermal`` (:class:`ThermalConfig`, the temperature-aware
+mode ``loss.mode: thermal``, docs/thermo.md §8). :func:`load_config` reads the YAML file and applies
 ``key.sub=value`` overrides; an unknown key anywhere raises ``ValueError`` naming its section.
 """
 
@@ -32,12 +33,19 @@ __all__ = [
     "PriorConfig",
     "TrainConfig",
     "TrainerConfig",
+    "THERMAL_FORMS",
+    "ThermalConfig",
     "dataclass_from_dict",
     "load_config",
     "validate_fields",
 ]
 
-LOSS_MODES = ("fm", "fm_hvp", "fm_hessian")
+LOSS_MODES = ("fm", "fm_hvp", "fm_hessian", "thermal")
+#: free-energy forms of the temperature-aware model (docs/thermo.md §8, spec thermo.md §5)
+THERMAL_FORMS = ("M0", "M1", "M2", "M3")
+#: networks under a temperature-aware model: CGSchNet (any protein) or an MLP on the
+#: coordinates of a fixed number of beads (low-dimensional toys such as T2)
+THERMAL_BACKBONES = ("schnet", "mlp")
 HVP_ESTIMATORS = ("frame", "rao_blackwell")
 #: where the force residual dF of Term 2 comes from (``LossConfig.residual``)
 RESIDUALS = ("online", "crossfit")
@@ -227,13 +235,29 @@ class ModelConfig:
         """``torch.float32`` or ``torch.float64`` (from ``precision``)."""
         return _DTYPES[self.precision]
 
+    def torchmdnet_args(self, n_types: int) -> dict:
+        """Arguments of :func:`torchmdnet.models.model.create_model` for a CGSchNet
+        (``graph-network``, ``Scalar`` head) over ``n_types`` bead types."""
+        return dict(
+            model="graph-network", embedding_dimension=self.embedding_dimension,
+            num_layers=self.num_layers, num_rbf=self.num_rbf, rbf_type=self.rbf_type,
+            trainable_rbf=self.trainable_rbf, activation=self.activation,
+            cutoff_lower=self.cutoff_lower, cutoff_upper=self.cutoff_upper, max_z=max(n_types, 1),
+            max_num_neighbors=self.max_num_neighbors, aggr="add",
+            neighbor_embedding=self.neighbor_embedding, precision=int(self.precision.removeprefix("float")),
+            derivative=False, atom_filter=-1, prior_model=None, output_model="Scalar",
+            reduce_op="sum", output_mlp_num_layers=0,
+        )
+
 
 @dataclass
 class LossConfig:
     """Loss settings (YAML ``loss:`` section; see docs/training.md).
 
     Attributes:
-        mode: ``"fm"``, ``"fm_hvp"`` or ``"fm_hessian"``.
+        mode: ``"fm"``, ``"fm_hvp"``, ``"fm_hessian"`` or ``"thermal"`` (temperature-aware
+            model, L_F per temperature + w_U L_U, each over its noise floor; the ``thermal``
+            section, docs/thermo.md §8).
         lambda_force: λ_F, weight of the (normalised) FM loss.
         lambda_hvp: λ_H, weight of the (normalised) HVP or Hessian loss.
         lambda_energy: weight of the energy loss (0: off; AA energies only make sense when the
@@ -450,6 +474,64 @@ class PriorConfig:
 
 
 @dataclass
+class ThermalConfig:
+    """``thermal:`` section: the temperature-aware model and its losses (``loss.mode: thermal``;
+    docs/thermo.md §8, spec thermo.md §3–§5).
+
+    Attributes:
+        form: ``"M1"`` (E − TS + b), ``"M2"`` (adds C[(T − T0) − T ln(T/T0)]), ``"M3"``
+            (generic: the network sees τ = ln(T/T0)) or ``"M0"`` (the T-unaware control
+            A = E(R) + b0: β-independent, L_U refused).
+        backbone: ``"schnet"`` (CGSchNet representation, the ``model`` section) or ``"mlp"``
+            (an MLP on the first ``mlp_dims`` coordinates of each of a fixed number of beads;
+            low-dimensional toys).
+        reference_temperature: T0 of M2 and of τ, K.
+        rank: M3 with the schnet backbone: A = Σ_k g_k(τ) h_k(R), k ≤ rank.
+        hidden: width of the heads / the MLP.  mlp_layers: hidden layers of the MLP.
+        mlp_dims: coordinates per bead the MLP sees (1–3).
+        energy_weight: w_U of L_U (0: forces only; refused > 0 for a β-independent model).
+        force_floors, energy_floors: noise floors per temperature ``{T_K: value}``
+            ((kcal/mol/Å)², (kcal/mol)²); None = estimated from the training frames by
+            nearest-neighbour differences (:func:`~hessid.training.learning.thermal_losses.estimate_noise_floors`).
+    """
+
+    form: str = "M2"
+    backbone: str = "schnet"
+    reference_temperature: float = 300.0
+    rank: int = 8
+    hidden: int = 64
+    mlp_layers: int = 2
+    mlp_dims: int = 3
+    energy_weight: float = 1.0
+    force_floors: dict | None = None
+    energy_floors: dict | None = None
+
+    def __post_init__(self):
+        validate_fields(self, "thermal")
+        if self.form not in THERMAL_FORMS:
+            raise ValueError(f"thermal.form must be one of {THERMAL_FORMS}, got {self.form!r}")
+        if self.backbone not in THERMAL_BACKBONES:
+            raise ValueError(f"thermal.backbone must be one of {THERMAL_BACKBONES}, got {self.backbone!r}")
+        if not 0 < self.reference_temperature < math.inf:
+            raise ValueError(f"thermal.reference_temperature must be > 0 K, got {self.reference_temperature}")
+        if self.rank < 1 or self.hidden < 1 or self.mlp_layers < 1 or not 1 <= self.mlp_dims <= 3:
+            raise ValueError("thermal: need rank, hidden, mlp_layers >= 1 and mlp_dims in 1..3, got "
+                             f"{self.rank}, {self.hidden}, {self.mlp_layers}, {self.mlp_dims}")
+        if not 0 <= self.energy_weight < math.inf:
+            raise ValueError(f"thermal.energy_weight must be >= 0, got {self.energy_weight}")
+        for name in ("force_floors", "energy_floors"):
+            v = getattr(self, name)
+            if v is not None:
+                try:
+                    v = {float(k): float(x) for k, x in dict(v).items()}
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"thermal.{name}: expected {{temperature_K: value}}, got {v!r}") from exc
+                if not v or not all(t > 0 and x > 0 for t, x in v.items()):
+                    raise ValueError(f"thermal.{name}: temperatures and floors must be > 0, got {v}")
+                setattr(self, name, v)
+
+
+@dataclass
 class TrainConfig:
     """A training run (YAML file; documented key by key in docs/training.md).
 
@@ -461,9 +543,9 @@ class TrainConfig:
         hvp_start_step: train FM only before this step (then switch on the HVP/Hessian term).
         cov_ramp_steps: ramp γ linearly from 0 to ``loss.cov_weight`` over this many steps
             after ``hvp_start_step`` (the Term-2 estimate uses the model force, poor early).
-        data, model, loss, optim, trainer, prior: the sections (:class:`DataConfig`,
+        data, model, loss, optim, trainer, prior, thermal: the sections (:class:`DataConfig`,
             :class:`ModelConfig`, :class:`LossConfig`, :class:`OptimConfig`,
-            :class:`TrainerConfig`, :class:`PriorConfig`).
+            :class:`TrainerConfig`, :class:`PriorConfig`, :class:`ThermalConfig`).
     """
 
     name: str = "run"
@@ -478,6 +560,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
 
     def __post_init__(self):
         validate_fields(self)
@@ -532,7 +615,7 @@ class TrainConfig:
         """
         d = dict(d or {})
         sections = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig,
-                    "prior": PriorConfig}
+                    "prior": PriorConfig, "thermal": ThermalConfig}
         kwargs = {}
         for key, value in d.items():
             if key in sections:

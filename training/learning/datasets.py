@@ -22,12 +22,14 @@ from hessid.training.data.reader import open_dataset
 from hessid.training.data.schema import DatasetError
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.losses import hessian_target_norms, hvp_target_norms
+from hessid.training.learning.thermal_losses import NoiseFloors, estimate_noise_floors
 from hessid.units import beta as beta_of_temperature
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "FrameStream",
+    "fill_thermal_floors",
     "ProteinData",
     "collate_frames",
     "load_protein",
@@ -35,6 +37,7 @@ __all__ = [
     "split_frames",
     "split_items",
     "target_normalisations",
+    "thermal_noise_floors",
 ]
 
 
@@ -44,13 +47,16 @@ class ProteinData:
 
     Attributes:
         name, path: protein name (root attr ``name`` or file stem) and file.
-        temperature: K.  frame_id: (T,) int64.
+        temperature: K (a mixed-temperature file: the mean of ``temperatures``, used only by the
+            gate and the prior fit; ``mixed_temperature`` is then True).  frame_id: (T,) int64.
+        temperatures: (T,) K, the thermostat set-point of each frame (constant for a
+            single-temperature file).
         cg_coordinates: (T, n, 3) Å.  cg_forces: (T, n, 3) kcal/mol/Å (P f).
         bead_types: (n,) int64 in the file's vocabulary; ``vocabulary`` its names.
         weights, projector: (n, N) S and Q.  aa_frame0: (N, 3) Å (for the gate).
         term1: (T, k, n, 3) kcal/mol/Å² or None; ``term1_attrs``; ``term1_done`` (T,) bool.
         hessian_block: (T, 3n, 3n) kcal/mol/Å² or None; ``hessian_done`` (T,) bool.
-        potential_energy: (T,) or None.
+        potential_energy: (T,) kcal/mol or None.
     """
 
     name: str
@@ -70,6 +76,12 @@ class ProteinData:
     hessian_block: np.ndarray | None = None
     hessian_done: np.ndarray | None = None
     potential_energy: np.ndarray | None = None
+    temperatures: np.ndarray | None = None
+    mixed_temperature: bool = False
+
+    def frame_temperature(self, t: int) -> float:
+        """Thermostat temperature of frame index ``t``, K."""
+        return float(self.temperatures[t]) if self.temperatures is not None else float(self.temperature)
 
     @property
     def n_beads(self) -> int:
@@ -123,23 +135,30 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
         NotMappedError: no ``cg/`` group (a ``ValueError``, as every
             :class:`~hessid.training.data.schema.DatasetError`).
         DatasetError: a dataset training needs is missing (names the file and dataset), or the
-            file has no ``temperature`` attribute (β enters Term 2 and the prior: no default).
+            file has neither a ``temperature`` attribute nor per-frame temperatures (β enters
+            Term 2 and the prior: no default).
         ValueError: shapes inconsistent (names the file and dataset).
     """
     sl = slice(None, max_frames)
     with open_dataset(path) as ds:
         cg = ds.cg
         temperature = ds.temperature
-        if temperature is None:
+        temps = _frame_temperatures(ds, sl)
+        if temperature is None and temps is None:
             raise DatasetError(ds.path, "/", "no 'temperature' attribute: β enters Term 2 and the prior, so "
                                "training does not assume one (set it when importing: --temperature K)")
+        mixed = temps is not None and temps.size > 0 and bool(np.any(temps != temps[0]))
+        if temperature is None:  # a mixed-temperature file (multi-temperature contract)
+            temperature = float(np.mean(temps)) if temps.size else float("nan")
         p = ProteinData(
             name=ds.name, path=ds.path, temperature=float(temperature),
             frame_id=ds.frame_id(sl), cg_coordinates=cg.coordinates(sl), cg_forces=cg.forces(sl),
             bead_types=cg.bead_types, vocabulary=cg.vocabulary, weights=cg.weights,
             projector=cg.projector, aa_frame0=ds.coordinates(0),
-            potential_energy=ds.potential_energy(sl),
+            potential_energy=ds.potential_energy(sl), temperatures=temps, mixed_temperature=mixed,
         )  # fmt: skip
+        if p.temperatures is None:
+            p.temperatures = np.full(p.n_frames, float(temperature))
         if ds.has_term1:
             p.term1, p.term1_attrs, p.term1_done = ds.term1.values(sl), ds.term1.attrs, ds.term1.done(sl)
         if ds.has_hessian_block:
@@ -153,6 +172,18 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
     if not p.vocabulary:
         p.vocabulary = [f"type{i}" for i in range(int(p.bead_types.max()) + 1)]
     return p
+
+
+def _frame_temperatures(ds, sl) -> np.ndarray | None:
+    """Per-frame temperatures (K) from a reader that has ``temperatures(frames)`` (the
+    multi-temperature contract), None when it has none or stores none."""
+    fn = getattr(ds, "temperatures", None)
+    if fn is None:
+        return None
+    try:
+        return np.asarray(fn(sl), dtype=np.float64)
+    except DatasetError:
+        return None
 
 
 def merge_vocabularies(proteins: list[ProteinData]) -> tuple[list[str], list[np.ndarray]]:
@@ -197,12 +228,16 @@ def split_frames(proteins: list[ProteinData], cfg: TrainConfig, need_term1: bool
         protein.
 
     Raises:
-        ValueError: a protein lacks the targets the loss needs, ``val_proteins`` names an
-            unknown protein, or no training frame is left.
+        ValueError: a protein lacks the targets the loss needs, a file mixes temperatures and
+            the loss mode is not ``thermal``, ``val_proteins`` names an unknown protein, or no
+            training frame is left.
     """
     train_items, val_items = [], []
     rng = np.random.default_rng([cfg.seed, 1])
     for pi, p in enumerate(proteins):
+        if p.mixed_temperature and cfg.loss.mode != "thermal":
+            raise ValueError(f"{p.path}: frames at several temperatures; loss mode {cfg.loss.mode} trains one "
+                             "β-independent potential at one temperature (use loss.mode=thermal)")
         ok = np.ones(p.n_frames, bool)
         if need_term1:
             if p.term1 is None:
@@ -327,6 +362,59 @@ def target_normalisations(proteins: list[ProteinData], items: list[tuple[int, in
     return out
 
 
+def thermal_noise_floors(proteins: list[ProteinData], items: list[tuple[int, int]],
+                         need_energy: bool = True) -> NoiseFloors:
+    """Noise floors per temperature for the thermal losses (spec thermo.md §4) from the training
+    frames: nearest-neighbour differences in the flattened CG coordinates within each
+    (protein, temperature) (:func:`~hessid.training.learning.thermal_losses.estimate_noise_floors`;
+    an over-estimate that shrinks as frames densify), pooled over proteins weighted by frame count.
+
+    Args:
+        proteins: loaded datasets; items: training frames ``(protein index, frame index)``.
+        need_energy: also the energy floors (every frame needs ``potential_energy``).
+
+    Returns:
+        :class:`~hessid.training.learning.thermal_losses.NoiseFloors`.
+
+    Raises:
+        ValueError: ``need_energy`` and a protein without potential energies; a temperature with
+            fewer than 2 frames of a protein.
+    """
+    by_protein: dict[int, list[int]] = {}
+    for pi, t in items:
+        by_protein.setdefault(pi, []).append(t)
+    acc: dict[float, list] = {}
+    for pi, ts in by_protein.items():
+        p = proteins[pi]
+        ts = np.asarray(sorted(ts))
+        if need_energy and p.potential_energy is None:
+            raise ValueError(f"{p.path}: L_U needs per-frame potential energies (AA 'potential_energy')")
+        temps = np.array([p.frame_temperature(t) for t in ts])
+        fl = estimate_noise_floors(p.cg_coordinates[ts].reshape(len(ts), -1), p.cg_forces[ts], temps,
+                                   p.potential_energy[ts] if need_energy else None)
+        for k, temp in enumerate(fl.temperatures):
+            n = int(np.sum(temps == temp))
+            acc.setdefault(temp, []).append((n, fl.force[k], fl.energy[k] if fl.energy is not None else None))
+    force = {t: sum(n * f for n, f, _ in v) / sum(n for n, _, _ in v) for t, v in acc.items()}
+    energy = ({t: sum(n * e for n, _, e in v) / sum(n for n, _, _ in v) for t, v in acc.items()}
+              if need_energy else None)
+    return NoiseFloors.from_dicts(force, energy)
+
+
+def fill_thermal_floors(cfg: TrainConfig, proteins: list[ProteinData], items: list[tuple[int, int]]) -> None:
+    """Set ``cfg.thermal.force_floors``/``energy_floors`` (those still None) from
+    :func:`thermal_noise_floors` of the training frames, in place (they are stored with the run's
+    config)."""
+    tc = cfg.thermal
+    if tc.force_floors is not None and (tc.energy_weight == 0 or tc.energy_floors is not None):
+        return
+    force, energy = thermal_noise_floors(proteins, items, need_energy=tc.energy_weight > 0).to_dicts()
+    if tc.force_floors is None:
+        tc.force_floors = force
+    if tc.energy_floors is None and energy is not None:
+        tc.energy_floors = energy
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -348,9 +436,11 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
 
     Returns:
         dict of tensors: ``positions`` (A, 3) Å, ``bead_types`` (A,), ``batch`` (A,),
-        ``forces`` (A, 3) kcal/mol/Å, ``frame_id`` (B,), ``beta`` (B,) mol/kcal, and with
+        ``forces`` (A, 3) kcal/mol/Å, ``frame_id`` (B,), ``beta`` (B,) mol/kcal (each frame's
+        thermostat β), and with
         probes ``probes``/``term1`` (k, A, 3) and ``probe_scale`` (B,); with Hessians
-        ``hessian_blocks`` (list of (3n, 3n)); ``energy`` (B,) when every frame has one;
+        ``hessian_blocks`` (list of (3n, 3n)); ``energy`` and ``potential_energy``
+        (B,) kcal/mol when every frame has one;
         ``residual`` (A, 3) kcal/mol/Å with ``residuals``.
 
     Raises:
@@ -375,7 +465,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
         types.append(torch.as_tensor(type_maps[pi][p.bead_types]))
         batch.append(torch.full((n,), b, dtype=torch.long))
         fid.append(int(p.frame_id[t]))
-        beta.append(beta_of_temperature(p.temperature))
+        beta.append(beta_of_temperature(p.frame_temperature(t)))
         if p.potential_energy is not None:
             energy.append(float(p.potential_energy[t]))
         if need_probes:
@@ -399,6 +489,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
     }
     if len(energy) == len(items):
         out["energy"] = torch.tensor(energy, dtype=dtype)
+        out["potential_energy"] = torch.tensor(energy, dtype=torch.float64).to(dtype)
     if residuals is not None:
         out["residual"] = torch.cat(resid).to(dtype)  # (A, 3)
     if need_probes:

@@ -21,14 +21,16 @@ import torch
 from torchmdnet.models.model import create_model
 
 from hessid import __version__ as HESSID_VERSION
-from hessid.training.learning.configs import ModelConfig
+from hessid.training.learning.configs import ModelConfig, TrainConfig
 from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.priors import PriorModel, PriorParameters
+from hessid.training.learning.thermal_models import THERMAL_CHECKPOINT_FORMAT, ThermalPotential
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CGPotential",
+    "build_potential",
     "load_potential",
 ]
 
@@ -37,19 +39,6 @@ CHECKPOINT_FORMAT = "hessid.cg_potential"
 #: 1: first release; 2: priors per bead-type class (format-1 files, pooled priors, still load).
 CHECKPOINT_FORMAT_VERSION = 2
 UNITS = {"length": "angstrom", "energy": "kcal/mol", "force": "kcal/mol/angstrom"}
-
-def _torchmdnet_args(cfg: ModelConfig, n_types: int) -> dict:
-    return dict(
-        model="graph-network", embedding_dimension=cfg.embedding_dimension,
-        num_layers=cfg.num_layers, num_rbf=cfg.num_rbf, rbf_type=cfg.rbf_type,
-        trainable_rbf=cfg.trainable_rbf, activation=cfg.activation,
-        cutoff_lower=cfg.cutoff_lower, cutoff_upper=cfg.cutoff_upper, max_z=max(n_types, 1),
-        max_num_neighbors=cfg.max_num_neighbors, aggr="add",
-        neighbor_embedding=cfg.neighbor_embedding, precision=int(cfg.precision.removeprefix("float")),
-        derivative=False, atom_filter=-1, prior_model=None, output_model="Scalar",
-        reduce_op="sum", output_mlp_num_layers=0,
-    )
-
 
 class CGPotential(torch.nn.Module):
     """CG potential ``U_θ = U_prior + U_net`` (kcal/mol) on graph-batched bead positions (Å).
@@ -71,7 +60,7 @@ class CGPotential(torch.nn.Module):
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
         self.bead_vocabulary = list(bead_vocabulary)
         dtype = self.config.dtype
-        self.net = create_model(_torchmdnet_args(self.config, len(self.bead_vocabulary)))
+        self.net = create_model(self.config.torchmdnet_args(len(self.bead_vocabulary)))
         if isinstance(prior, PriorModel):
             prior = prior.params
         # rebuilt from the float parameters in the model dtype (a cast float32 → float64 buffer
@@ -220,7 +209,21 @@ class CGPotential(torch.nn.Module):
         return model
 
 
-def load_potential(path: str | Path, map_location: str | torch.device = "cpu") -> CGPotential:
+def build_potential(vocabulary: list[str], prior: PriorModel | None, cfg: TrainConfig,
+                    n_beads: int | None = None) -> CGPotential | ThermalPotential:
+    """The potential a run trains: a :class:`ThermalPotential` (``cfg.thermal``) when
+    ``loss.mode == "thermal"``, else a :class:`CGPotential`.
+
+    Args:
+        vocabulary: bead vocabulary; prior: fitted prior or None; cfg: the run config;
+        n_beads: beads per structure (the thermal mlp backbone only).
+    """
+    if cfg.loss.mode == "thermal":
+        return ThermalPotential(vocabulary, prior, cfg.model, cfg.thermal, n_beads=n_beads)
+    return CGPotential(vocabulary, prior, cfg.model)
+
+
+def load_potential(path: str | Path, map_location: str | torch.device = "cpu") -> CGPotential | ThermalPotential:
     """Load a :class:`CGPotential` from one checkpoint file written by :meth:`CGPotential.save`.
 
     Also accepts a trainer checkpoint (Lightning ``.ckpt``) holding a ``hessid_potential`` entry.
@@ -230,7 +233,10 @@ def load_potential(path: str | Path, map_location: str | torch.device = "cpu") -
         map_location: device for the weights.
 
     Returns:
-        the potential in eval mode, with ``metadata`` (e.g. ``verification``) restored.
+        the potential in eval mode, with ``metadata`` (e.g. ``verification``) restored: a
+        :class:`CGPotential`, or a temperature-aware
+        :class:`~hessid.training.learning.thermal_models.ThermalPotential` (``temperature_aware``;
+        ``at_temperature(T)`` gives the fixed-β view MD uses) for a thermal checkpoint.
 
     Raises:
         FileNotFoundError: no such file.
@@ -243,5 +249,7 @@ def load_potential(path: str | Path, map_location: str | torch.device = "cpu") -
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     if isinstance(ckpt, dict) and "hessid_potential" in ckpt:
         ckpt = ckpt["hessid_potential"]
+    if isinstance(ckpt, dict) and ckpt.get("format") == THERMAL_CHECKPOINT_FORMAT:
+        return ThermalPotential.from_checkpoint_dict(ckpt, source=str(path)).to(map_location).eval()
     model = CGPotential.from_checkpoint_dict(ckpt, source=str(path))
     return model.to(map_location).eval()

@@ -22,6 +22,8 @@ from hessid.training.learning.losses import (
     rao_blackwell_hvp_loss_graph,
 )
 from hessid.training.learning.models import CGPotential
+from hessid.training.learning.thermal_losses import NoiseFloors, thermal_loss
+from hessid.training.learning.thermal_models import ThermalPotential
 
 __all__ = ["CGTrainingModule"]
 
@@ -64,7 +66,7 @@ class CGTrainingModule(pl.LightningModule):
             (under ``hessid_potential``; None: none).
     """
 
-    def __init__(self, potential: CGPotential, cfg: TrainConfig, run_info: dict | None = None):
+    def __init__(self, potential: CGPotential | ThermalPotential, cfg: TrainConfig, run_info: dict | None = None):
         super().__init__()
         self.potential = potential
         self.cfg = cfg
@@ -94,6 +96,8 @@ class CGTrainingModule(pl.LightningModule):
             normalised weighted sum, with a θ-graph) and ``gamma``.
         """
         lc = self.cfg.loss
+        if lc.mode == "thermal":
+            return self.thermal_losses(data, validation_file=fm_only)
         n_graphs = int(data["frame_id"].shape[0])
         curvature = lc.mode != "fm" and step >= self.cfg.hvp_start_step and not fm_only
         use_hvp = curvature and lc.mode == "fm_hvp"
@@ -152,6 +156,35 @@ class CGTrainingModule(pl.LightningModule):
         terms["total"] = total
         terms["gamma"] = torch.tensor(gamma)
         return terms
+
+    def thermal_losses(self, data: dict, validation_file: bool = False) -> dict:
+        """``loss.mode = "thermal"``: ``L_F/s_F + w_U L_U/s_U`` per frame temperature
+        (:func:`~hessid.training.learning.thermal_losses.thermal_loss`, floors and w_U from the
+        ``thermal`` section). For a validation file (``data.val_datasets``, possibly at a held-out
+        temperature) floors at untabulated temperatures are scaled by T² from the nearest one
+        and L_U is skipped when the file has no potential energies.
+
+        Returns:
+            scalar tensors ``fm`` (raw L_F, (kcal/mol/Å)² per component), ``fm_excess``, with
+            w_U > 0 ``energy`` ((kcal/mol)²) and ``energy_excess``; ``total``; ``gamma`` (0).
+
+        Raises:
+            ValueError: floors not set (the trainer estimates them), L_U for a β-independent
+                model, no potential energies.
+        """
+        tc = self.cfg.thermal
+        if tc.force_floors is None or (tc.energy_weight > 0 and tc.energy_floors is None):
+            raise ValueError("thermal.force_floors/energy_floors are not set (the trainer estimates "
+                             "them from the training frames)")
+        floors = NoiseFloors.from_dicts(tc.force_floors, tc.energy_floors if tc.energy_weight > 0 else None)
+        w_u = tc.energy_weight if ("potential_energy" in data or not validation_file) else 0.0
+        t = thermal_loss(self.potential, data, floors, energy_weight=w_u, per_temperature=False,
+                         scale_missing=validation_file)
+        out = {"fm": t["force"], "fm_excess": t["force_excess"], "total": t["total"],
+               "gamma": torch.tensor(0.0)}
+        if "energy" in t:
+            out["energy"], out["energy_excess"] = t["energy"], t["energy_excess"]
+        return out
 
     def training_step(self, data, batch_idx):
         """Log every term as ``train/<term>`` and the LR as ``lr``; return ``total``."""

@@ -41,13 +41,14 @@ from hessid.training.learning.configs import TrainConfig, load_config
 from hessid.training.learning.datasets import (
     FrameStream,
     collate_frames,
+    fill_thermal_floors,
     load_protein,
     merge_vocabularies,
     split_items,
     target_normalisations,
 )
 from hessid.training.learning.gate import run_verification_gate
-from hessid.training.learning.models import CGPotential
+from hessid.training.learning.models import build_potential
 from hessid.training.learning.module import CGTrainingModule
 from hessid.training.learning.priors import PriorFit
 from hessid.training.learning.residuals import residuals_for_frames
@@ -259,7 +260,9 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     if cfg.model.max_num_neighbors < max_beads:
         raise ValueError(f"model.max_num_neighbors={cfg.model.max_num_neighbors} < {max_beads} "
                          "beads: raise it so no pair inside the cutoff is dropped")
-    potential = CGPotential(vocabulary, prior, cfg.model)
+    if cfg.loss.mode == "thermal":  # noise floors per temperature (docs/thermo.md §8)
+        fill_thermal_floors(cfg, proteins, train_items)
+    potential = build_potential(vocabulary, prior, cfg, n_beads=max_beads)
     run_info = {"verification": verification, "proteins": names,
                 "n_train_frames": len(train_items), "n_val_frames": len(val_items),
                 "loss": cfg.loss.to_dict()}

@@ -1,0 +1,225 @@
+"""The T2 study of docs/results/thermo.md: temperature-aware free energies (M1, M2, M3) and a
+T-unaware control on the entropic double well, trained at 250/300/350 K, evaluated at 200/300/400 K
+against the exact quadrature.
+
+Resumable: each (arm, seed) writes ``OUT/runs/<arm>_s<seed>.json`` and is skipped when present.
+``--quick`` is a seconds-long miniature for CI (meaningless numbers). Prints one JSON object;
+``--results FILE`` also writes the markdown table.
+
+    python benchmarks/thermo_t2.py --out runs/thermo_t2 --jobs 3 --results /tmp/t2.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import finish, machine_info  # noqa: E402
+
+from hessid.thermo_toys import t2_double_well  # noqa: E402
+from hessid.training.learning.thermal_losses import estimate_noise_floors, thermal_loss  # noqa: E402
+from hessid.training.learning.thermal_models import ThermalPotential  # noqa: E402
+from hessid.training.learning.thermal_toy import (  # noqa: E402
+    exact_floors,
+    fit_full_batch,
+    model_thermodynamics,
+    toy_batch,
+)
+from hessid.units import KB_KCAL_PER_MOL_K  # noqa: E402
+from hessid.units import beta as beta_of_temperature  # noqa: E402
+
+#: arm → (form, training temperatures K, w_U)
+ARMS = {
+    "M0-300": ("M0", (300.0,), 0.0),
+    "M1": ("M1", (250.0, 300.0, 350.0), 1.0),
+    "M2": ("M2", (250.0, 300.0, 350.0), 1.0),
+    "M3": ("M3", (250.0, 300.0, 350.0), 1.0),
+    "M2-F": ("M2", (250.0, 300.0, 350.0), 0.0),
+}
+EVAL_TEMPERATURES = (200.0, 300.0, 400.0)
+TARGETS = ("population", "mean_energy", "heat_capacity", "free_energy_difference")
+
+
+def settings(mode: str = "full") -> dict:
+    """The pre-registered settings (``full``) or the CI miniature (``quick``)."""
+    if mode == "quick":
+        return {"n_per_temperature": 150, "iterations": 15, "hidden": 8, "layers": 1, "seeds": [0],
+                "arms": list(ARMS)}
+    return {"n_per_temperature": 2000, "iterations": 300, "hidden": 32, "layers": 2, "seeds": [0, 1, 2],
+            "arms": list(ARMS)}
+
+
+def exact_table(temperatures=EVAL_TEMPERATURES) -> dict:
+    """Exact P(x<0), ⟨U⟩, C_tot, A(1) − A(−1) per temperature (quadrature)."""
+    s = t2_double_well()
+    out = {}
+    for t in temperatures:
+        b = beta_of_temperature(t)
+        out[t] = {"population": s.population(b), "mean_energy": s.total_mean_energy(b),
+                  "heat_capacity": s.total_heat_capacity(b), "free_energy_difference": s.free_energy_difference(b)}
+    return out
+
+
+def run_one(arm: str, seed: int, st: dict) -> dict:
+    """Train one (arm, seed) and evaluate it (a dict of floats)."""
+    torch.set_num_threads(1)
+    form, temps, w_u = ARMS[arm]
+    system = t2_double_well()
+    data = toy_batch(system, temps, st["n_per_temperature"], seed)
+    floors = estimate_noise_floors(data["positions"][:, :1].numpy(), data["forces"].numpy(),
+                                   data["temperature"].numpy(), data["potential_energy"].numpy())
+    torch.manual_seed(seed)
+    model = ThermalPotential(["bead"], None, {"precision": "float64"},
+                             {"form": form, "backbone": "mlp", "mlp_dims": 1, "hidden": st["hidden"],
+                              "mlp_layers": st["layers"], "reference_temperature": 300.0}, n_beads=1)
+    t0 = time.process_time()
+    hist = fit_full_batch(model, data, floors, w_u, st["iterations"], seed=seed, method="lbfgs")
+    cpu = time.process_time() - t0
+    final = thermal_loss(model, data, floors, energy_weight=w_u if model.temperature_aware else 0.0,
+                         create_graph=False)
+    exact_fl = exact_floors(system, temps)
+    final_exact = thermal_loss(model, data, exact_fl, energy_weight=w_u if model.temperature_aware else 0.0,
+                               create_graph=False, per_temperature=False)
+    row = {"arm": arm, "seed": seed, "form": form, "train_temperatures": list(temps), "energy_weight": w_u,
+           "evaluations": len(hist), "loss_first": hist[0], "loss_last": hist[-1], "cpu_s": cpu,
+           "floors_estimated": floors.to_dicts(), "floors_exact": exact_fl.to_dicts(),
+           "force_excess": float(final["force_excess"]), "force_excess_exact_floor": float(final_exact["force_excess"]),
+           "per_temperature": final["per_temperature"], "eval": {}}
+    if "energy_excess" in final:
+        row["energy_excess"] = float(final["energy_excess"])
+        row["energy_excess_exact_floor"] = float(final_exact["energy_excess"])
+    for t in EVAL_TEMPERATURES:
+        row["eval"][t] = model_thermodynamics(model, t)
+    return row
+
+
+def _run_path(out: Path, arm: str, seed: int) -> Path:
+    return out / "runs" / f"{arm}_s{seed}.json"
+
+
+def _job(args):
+    arm, seed, st, path = args
+    row = run_one(arm, seed, st)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1))
+    tmp.replace(path)  # atomic: a crash leaves no half-written result
+    return arm, seed
+
+
+def summarise(rows: list[dict], exact: dict) -> dict:
+    """Per arm and temperature: mean and SD over seeds of each target, its error, the verdicts."""
+    kb = KB_KCAL_PER_MOL_K
+    by_arm: dict[str, list] = {}
+    for r in rows:
+        by_arm.setdefault(r["arm"], []).append(r)
+    out = {}
+    for arm, rs in by_arm.items():
+        a = {"seeds": sorted(r["seed"] for r in rs), "temperatures": {}}
+        for t in EVAL_TEMPERATURES:
+            cell = {}
+            for k in TARGETS + ("heat_capacity_channel", "entropy_gradient"):
+                v = np.array([r["eval"][str(t)][k] if str(t) in r["eval"] else r["eval"][t][k] for r in rs])
+                cell[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
+                if k in exact[t]:
+                    cell[k]["error"] = float(v.mean() - exact[t][k])
+            cell["pass"] = bool(abs(cell["population"]["error"]) <= 0.03
+                                and abs(cell["mean_energy"]["error"]) <= 0.05
+                                and abs(cell["heat_capacity"]["error"]) <= 0.10 * exact[t]["heat_capacity"]
+                                and abs(cell["free_energy_difference"]["error"]) <= 0.10)
+            a["temperatures"][t] = cell
+        trend = a["temperatures"][400.0]["population"]["mean"] - a["temperatures"][200.0]["population"]["mean"]
+        exact_trend = exact[400.0]["population"] - exact[200.0]["population"]
+        a["trend_sign_correct"] = bool(np.sign(trend) == np.sign(exact_trend))
+        c300 = a["temperatures"][300.0]["heat_capacity_channel"]["mean"]
+        s300 = a["temperatures"][300.0]["entropy_gradient"]["mean"]
+        a["heat_capacity_channel_rel_error"] = c300 / (2 * kb) - 1
+        a["entropy_gradient_rel_error"] = s300 / t2_double_well().entropy_gradient() - 1
+        a["recovers_parameters"] = bool(abs(a["heat_capacity_channel_rel_error"]) <= 0.15
+                                        and abs(a["entropy_gradient_rel_error"]) <= 0.15)
+        a["passes_extrapolation"] = bool(a["temperatures"][200.0]["pass"] and a["temperatures"][400.0]["pass"]
+                                         and a["trend_sign_correct"])
+        for key in ("force_excess", "force_excess_exact_floor", "energy_excess", "energy_excess_exact_floor", "cpu_s"):
+            v = [r[key] for r in rs if key in r]
+            if v:
+                a[key] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+        out[arm] = a
+    return out
+
+
+def markdown(summary: dict, exact: dict) -> str:
+    """The results table (mean ± SD over seeds; exact row first)."""
+    def f(c, k, scale=1.0, digits=3):
+        m, sd = c[k]["mean"] * scale, c[k]["sd"]
+        return f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd * scale:.{digits}f}")
+
+    lines = ["| T (K) | arm | P(x<0) | ⟨U⟩ (kcal/mol) | C_tot (10⁻³ kcal/mol/K) | A(1) − A(−1) (kcal/mol) | pass |",
+             "|---|---|---|---|---|---|---|"]
+    for t in EVAL_TEMPERATURES:
+        e = exact[t]
+        lines.append(f"| {t:.0f} | **exact** | {e['population']:.3f} | {e['mean_energy']:.3f} | "
+                     f"{1e3 * e['heat_capacity']:.3f} | {e['free_energy_difference']:.3f} | |")
+        for arm, a in summary.items():
+            c = a["temperatures"][t]
+            lines.append(f"| {t:.0f} | {arm} | {f(c, 'population')} | {f(c, 'mean_energy')} | "
+                         f"{f(c, 'heat_capacity', 1e3)} | {f(c, 'free_energy_difference')} | "
+                         f"{'yes' if c['pass'] else 'no'} |")
+    lines += ["", "| arm | E_p C_θ at 300 K / 2k_B − 1 | E_p ∇S_θ at 300 K / (−m k_B γ/2) − 1 | trend sign | "
+              "recovers parameters | passes 200 and 400 K | force excess | energy excess | CPU s/run |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in summary.items():
+        fe = a.get("force_excess", {}).get("mean")
+        ee = a.get("energy_excess", {}).get("mean")
+        lines.append(f"| {arm} | {a['heat_capacity_channel_rel_error']:+.3f} | {a['entropy_gradient_rel_error']:+.3f} | "
+                     f"{'right' if a['trend_sign_correct'] else 'WRONG'} | {'yes' if a['recovers_parameters'] else 'no'} | "
+                     f"{'yes' if a['passes_extrapolation'] else 'no'} | "
+                     f"{'' if fe is None else f'{fe:+.3f}'} | {'' if ee is None else f'{ee:+.3f}'} | "
+                     f"{a['cpu_s']['mean']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/thermo_t2", help="folder of per-run results (resumable)")
+    p.add_argument("--quick", action="store_true", help="CI miniature (meaningless numbers)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    p.add_argument("--results", default=None, help="also write the markdown table here")
+    p.add_argument("--json", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    st = settings("quick" if args.quick else "full")
+    out = Path(args.out)
+    result = {"benchmark": "thermo_t2", "machine": machine_info(), "settings": st}
+    todo = [(arm, seed, st, _run_path(out, arm, seed)) for arm in st["arms"] for seed in st["seeds"]
+            if not _run_path(out, arm, seed).exists()]
+    result["computed"] = [f"{a}_s{s}" for a, s, _, _ in todo]
+    wall = time.time()
+    if args.jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(args.jobs) as ex:
+            list(ex.map(_job, todo))
+    else:
+        for job in todo:
+            _job(job)
+    result["wall_s"] = time.time() - wall
+    rows = [json.loads(_run_path(out, a, s).read_text()) for a in st["arms"] for s in st["seeds"]]
+    exact = exact_table()
+    summary = summarise(rows, exact)
+    result["exact"] = exact
+    result["summary"] = summary
+    table = markdown(summary, exact)
+    result["table"] = table
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(table)
+    return finish(result, packages=("hessid", "numpy", "torch"), out=args.json)
+
+
+if __name__ == "__main__":
+    main()
