@@ -130,3 +130,9 @@ def hessian_hartree_bohr2_to_kcal_angstrom2(x):
 def hessian_kcal_angstrom2_to_hartree_bohr2(x):
     """Hessian kcal/mol/Å² → Hartree/Bohr² (divide by 2240.877)."""
     return x / (HARTREE_KCAL_PER_MOL / BOHR_ANGSTROM**2)
+
+#: harmonic wavenumber (cm⁻¹) of a mass-weighted force constant of 1 kcal/mol/Å²/amu:
+#: √(4184 J / (1e-20 m² · 1e-3 kg)) / (2π c), c = 2.99792458e10 cm/s  (≈ 108.59 cm⁻¹)
+WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU = (
+    (4184.0 / (1e-20 * 1e-3)) ** 0.5 / (2.0 * 3.141592653589793 * 2.99792458e10)
+)

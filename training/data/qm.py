@@ -342,6 +342,13 @@ def _attr_value(value):
     return value
 
 
+def _early_alloc():
+    """Dataset creation property list with early (at-creation) storage allocation."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
 def create_qm_dataset(
     path: str | Path,
     species: Sequence[int],
@@ -410,8 +417,10 @@ def create_qm_dataset(
             h5.create_dataset(ENERGIES, data=np.full(t, np.nan))
             h5.create_dataset(FORCES, data=np.full((t, n, 3), np.nan))
             if with_hessians:
+                # storage allocated now: later writes fill it in place in any order, so the
+                # file's bytes do not depend on the order structures finish
                 h5.create_dataset(HESSIANS, shape=(t, 3 * n, 3 * n), dtype="f8", fillvalue=np.nan,
-                                  chunks=(1, 3 * n, 3 * n))  # fmt: skip
+                                  chunks=(1, 3 * n, 3 * n), dcpl=_early_alloc())  # fmt: skip
             h5.create_dataset(STRUCTURE_ID, data=structure_id)
             h5.create_dataset(SUBSET, data=subset)
             h5.create_dataset(CONFORMER, data=conformer)
@@ -484,7 +493,8 @@ def write_qm_results(
         h5[FAILED][...] = failed
         err = h5[ERROR]
         for i in idx:
-            err[int(i)] = ""
+            if err[int(i)]:  # clear a failure a retry has fixed; untouched otherwise (same bytes)
+                err[int(i)] = ""
         commit(h5)
 
 
