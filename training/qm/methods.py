@@ -29,8 +29,8 @@ from tblite.interface import Calculator
 
 from hessid.training.data.qm import element_symbol
 from hessid.units import (
-    force_hartree_bohr_to_kcal_angstrom,
     energy_hartree_to_kcal,
+    force_hartree_bohr_to_kcal_angstrom,
     hessian_hartree_bohr2_to_kcal_angstrom2,
     length_angstrom_to_bohr,
 )
