@@ -65,6 +65,7 @@ class BuildOptions:
         fd_step: GFN2-xTB central-difference step, Å (default: see docs/atomistic.md).
         xtb_accuracy: tblite SCC accuracy (smaller is tighter).
         fmax: optimisation convergence, largest gradient component, kcal/mol/Å.
+        max_iter: SCF iteration limit of the labels (default: the method's).
         workers: worker processes (0: in this process).
         threads: threads per worker (default: cores // workers).
         chunk: structures per task and per commit.
@@ -90,6 +91,7 @@ class BuildOptions:
     fd_step: float | None = _b("fd_step")
     xtb_accuracy: float | None = _b("xtb_accuracy")
     fmax: float = _b("fmax")
+    max_iter: int | None = _b("max_iter")
     workers: int = _b("workers")
     threads: int | None = _b("threads")
     chunk: int = _b("chunk")

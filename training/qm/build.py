@@ -235,6 +235,7 @@ def build_qm_dataset(
     fd_step: float | None = None,
     xtb_accuracy: float | None = None,
     fmax: float = 0.01,
+    max_iter: int | None = None,
     workers: int = 0,
     threads: int | None = None,
     chunk: int = 4,
@@ -256,7 +257,8 @@ def build_qm_dataset(
             ``dft``).  hessians: compute Hessians (False: an E-F-only set).
         xc, basis: DFT functional and basis.  fd_step: GFN2-xTB FD step, Å (default
             :data:`~hessid.training.qm.methods.DEFAULT_FD_STEP`).  xtb_accuracy: tblite accuracy.
-        fmax: optimisation convergence, kcal/mol/Å.  workers: processes (0: in-process).
+        fmax: optimisation convergence, kcal/mol/Å.  max_iter: SCF iteration limit of the
+            labels (default: the method's).  workers: processes (0: in-process).
         threads: threads per worker (default cores // max(workers, 1)).  chunk: structures per
             task and per commit.  resume: continue an existing file.  retry_failed: with
             resume, recompute failed structures.  overwrite: replace an existing file.
@@ -300,7 +302,8 @@ def build_qm_dataset(
         common["fd_step"] = fd_step
     if xtb_accuracy is not None:
         common["xtb_accuracy"] = xtb_accuracy
-    spec = MethodSpec(name=method, threads=threads if method == "dft" else None, **common)
+    label_extra = {} if max_iter is None else {"max_iter": int(max_iter)}
+    spec = MethodSpec(name=method, threads=threads if method == "dft" else None, **common, **label_extra)
     sampling_spec = MethodSpec(name=sampling_method, **common)
     check_elements(species, spec)
     check_elements(species, sampling_spec)

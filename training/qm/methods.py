@@ -267,6 +267,7 @@ def _pyscf_mean_field(species, coords, spec: MethodSpec):
         mf = dft.RKS(mol, xc=spec.xc) if restricted else dft.UKS(mol, xc=spec.xc)
         mf.grids.level = int(spec.grid_level)
     mf.conv_tol = float(spec.conv_tol)
+    mf.chkfile = None  # no checkpoint files left in TMPDIR
     mf.max_cycle = int(spec.max_iter)
     mf.kernel()
     if not mf.converged:  # one second-order (Newton) attempt from where DIIS stopped
