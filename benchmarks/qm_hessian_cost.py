@@ -9,6 +9,8 @@ often shared). Results in docs/atomistic.md, "Cost". Prints JSON.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
 from _common import finish, machine_info
@@ -46,6 +48,7 @@ def main(argv=None) -> dict:
     result["gfn2_xtb"] = {"fd_step": gfn2.fd_step, "xtb_accuracy": gfn2.xtb_accuracy,
                           "gradients": 6 * len(mol.species) + 1,
                           **_time(lambda: compute(mol.species, x0, gfn2), args.repeats)}
+    print(json.dumps({"partial": "gfn2_xtb", **result["gfn2_xtb"]}), file=sys.stderr, flush=True)
     if not args.no_dft:
         dft = MethodSpec(name="dft", xc=args.xc, basis=args.basis, threads=args.threads)
         result["dft"] = {"method": dft.label, "threads": args.threads,

@@ -45,15 +45,18 @@ __all__ = [
 METHODS = ("gfn2-xtb", "dft")
 #: largest atomic number GFN2-xTB is parametrised for
 GFN2_MAX_Z = 86
-#: default central-difference step of GFN2-xTB Hessians, Å (docs/atomistic.md, "FD step"; ethanol,
-#: accuracy 0.01, against a Richardson-extrapolated reference: the error falls as h² from
-#: 5e-3 relative at 5e-2 Å to 5e-7 at 5e-4 Å and levels off at the SCF noise floor ≈ 4e-8 below
-#: 2e-4 Å; 5e-4 Å sits ≈ 10× above that floor, so a 10× noisier SCF still leaves it
-#: truncation-dominated)
+#: default central-difference step of GFN2-xTB Hessians, Å (docs/atomistic.md, "FD step"; ethanol at
+#: a minimum, a 300 K and a 1000 K sample, against a Richardson-extrapolated reference): at SCC
+#: accuracy 1e-4 the error follows the h² law from 2e-2 relative at 5e-2 Å down to ≈ 1e-7 at
+#: 1e-4 Å, where SCF noise (≈ 5e-5 kcal/mol/Å² at 1e-4 Å, ∝ 1/h) starts to show. At 5e-4 Å the
+#: error is ≤ 2e-6 relative (≤ 3e-3 kcal/mol/Å²), ~100× above that noise, so a structure with a
+#: 10× noisier SCF (far from equilibrium) is still truncation-dominated.
 DEFAULT_FD_STEP = 5e-4
-#: tblite SCC accuracy used for Hessians (1.0 = tblite default; smaller is tighter): the FD
-#: Hessian's noise floor is set by the gradient's SCF convergence, so Hessians use 0.01
-DEFAULT_XTB_ACCURACY = 0.01
+#: tblite SCC accuracy used for Hessians (1.0 = tblite default; smaller is tighter). At 1.0 and
+#: 0.01 the FD error stops falling (or jumps) below ≈ 2e-3 Å because the SCF stopping point
+#: changes between displaced gradients; 1e-4 keeps the h² law over the whole range for ≈ 1.3×
+#: the time per Hessian.
+DEFAULT_XTB_ACCURACY = 1e-4
 
 
 class QMError(RuntimeError):
