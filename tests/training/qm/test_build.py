@@ -157,3 +157,17 @@ def test_qm_build_offers_the_unified_flags_and_print_config_round_trips(tmp_path
     assert main(["qm", "build", "--config", "c.yaml", "--print-config"]) == 0
     assert capsys.readouterr().out == printed
     assert list(tmp_path.iterdir()) == [tmp_path / "c.yaml"]
+
+
+def test_dft_build_stores_analytic_hessians_with_provenance(tmp_path):
+    """Tier 2 end to end on water at HF/STO-3G (the cheapest PySCF level; structures from
+    GFN2-xTB): analytic Hessians, symmetric, method/basis/program recorded."""
+    res = build_qm_dataset("O", "w", root=tmp_path, method="dft", xc="hf", basis="sto-3g", configs=2,
+                           conformers=1, threads=1)  # fmt: skip
+    assert res.computed == 2
+    ds = open_qm_dataset("w", root=tmp_path)
+    assert ds.attrs["method"] == "hf/sto-3g" and ds.attrs["basis"] == "sto-3g" and ds.attrs["program"] == "pyscf"
+    assert ds.attrs["hessian_method"] == "analytic" and ds.attrs["minima_method"] == "gfn2-xtb"
+    assert ds.attrs["versions"]["pyscf"] and ds.attrs["convergence"]["conv_tol_hartree"] == 1e-10
+    np.testing.assert_array_equal(ds.hessians, ds.hessians.transpose(0, 2, 1))
+    assert -47_100 < ds.energies.mean() < -47_000  # HF/STO-3G water ≈ −74.96 Hartree = −47 037 kcal/mol
