@@ -67,7 +67,7 @@ class BuildOptions:
         fmax: optimisation convergence, largest gradient component, kcal/mol/Å.
         max_iter: SCF iteration limit of the labels (default: the method's).
         workers: worker processes (0: in this process).
-        threads: threads per worker (default: cores // workers).
+        threads: OpenMP threads per worker (default: 1 for GFN2-xTB, cores // workers for DFT).
         chunk: structures per task and per commit.
         retry_failed: with --resume, recompute the structures recorded as failed.
         root: folder holding NAME/.

@@ -259,7 +259,8 @@ def build_qm_dataset(
             :data:`~hessid.training.qm.methods.DEFAULT_FD_STEP`).  xtb_accuracy: tblite accuracy.
         fmax: optimisation convergence, kcal/mol/Å.  max_iter: SCF iteration limit of the
             labels (default: the method's).  workers: processes (0: in-process).
-        threads: threads per worker (default cores // max(workers, 1)).  chunk: structures per
+        threads: OpenMP threads per worker (default: 1 for GFN2-xTB, cores // max(workers, 1)
+            for DFT).  chunk: structures per
             task and per commit.  resume: continue an existing file.  retry_failed: with
             resume, recompute failed structures.  overwrite: replace an existing file.
         progress: tqdm bar.  interrupt_after_chunks: test hook (raise after that many commits).
@@ -296,6 +297,7 @@ def build_qm_dataset(
         raise FileNotFoundError(f"{path}: nothing to resume (run without --resume)")
     molecule = molecule_from_smiles(smiles)
     species = molecule.species
+    gfn2_threads = threads  # None → 1 (methods.MethodSpec.threads)
     threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     common = {"charge": molecule.charge, "multiplicity": molecule.multiplicity, "xc": xc, "basis": basis}
     if fd_step is not None:
@@ -303,8 +305,9 @@ def build_qm_dataset(
     if xtb_accuracy is not None:
         common["xtb_accuracy"] = xtb_accuracy
     label_extra = {} if max_iter is None else {"max_iter": int(max_iter)}
-    spec = MethodSpec(name=method, threads=threads if method == "dft" else None, **common, **label_extra)
-    sampling_spec = MethodSpec(name=sampling_method, **common)
+    spec = MethodSpec(name=method, threads=threads if method == "dft" else gfn2_threads, **common, **label_extra)
+    sampling_spec = MethodSpec(name=sampling_method, threads=threads if sampling_method == "dft" else gfn2_threads,
+                               **common)  # fmt: skip
     check_elements(species, spec)
     check_elements(species, sampling_spec)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tblite.exceptions import TBLiteRuntimeError
 from tblite.interface import Calculator
+from threadpoolctl import ThreadpoolController
 
 from hessid.training.data.qm import element_symbol
 from hessid.units import (
@@ -82,7 +83,10 @@ class MethodSpec:
         max_iter: SCF iteration limit.
         conv_tol: PySCF SCF energy convergence, Hartree.
         grid_level: PySCF DFT grid level (0–9).
-        threads: PySCF threads (None: PySCF's default, all cores).
+        threads: OpenMP threads of the computation (None: 1 for GFN2-xTB, whose small
+            per-gradient work loses to thread start-up and, on a loaded machine, to spinning
+            OpenMP barriers, 40–100× slower with 2 threads at load 10 on 2 cores; PySCF's
+            default, all cores, for DFT). Parallelise GFN2-xTB builds with workers instead.
     """
 
     name: str = "gfn2-xtb"
@@ -313,8 +317,20 @@ def compute(species: Sequence[int], coords: np.ndarray, spec: MethodSpec, hessia
     species = np.asarray(species, np.int64)
     coords = np.asarray(coords, np.float64)
     if spec.name == "gfn2-xtb":
-        return _xtb_compute(species, coords, spec, hessian)
+        with _openmp().limit(limits=int(spec.threads or 1), user_api="openmp"):
+            return _xtb_compute(species, coords, spec, hessian)
     return _pyscf_compute(species, coords, spec, hessian)
+
+
+_CONTROLLER: list = []
+
+
+def _openmp() -> ThreadpoolController:
+    """This process's threadpool controller (built once: scanning the loaded libraries costs
+    milliseconds, as much as a GFN2-xTB gradient of a small molecule)."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def energy_gradient(species: Sequence[int], coords: np.ndarray, spec: MethodSpec) -> tuple[float, np.ndarray]:
