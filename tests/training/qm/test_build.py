@@ -171,3 +171,14 @@ def test_dft_build_stores_analytic_hessians_with_provenance(tmp_path):
     assert ds.attrs["versions"]["pyscf"] and ds.attrs["convergence"]["conv_tol_hartree"] == 1e-10
     np.testing.assert_array_equal(ds.hessians, ds.hessians.transpose(0, 2, 1))
     assert -47_100 < ds.energies.mean() < -47_000  # HF/STO-3G water ≈ −74.96 Hartree = −47 037 kcal/mol
+
+
+@pytest.mark.slow
+def test_dask_scheduler_build_is_byte_identical_to_in_process(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    build_qm_dataset("O", "water", root=tmp_path / "serial", **SMALL)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster:  # fmt: skip
+        res = build_qm_dataset("O", "water", root=tmp_path / "dask", scheduler=cluster.scheduler_address, **SMALL)
+    assert res.computed == 6 and res.workers == 1
+    assert (tmp_path / "serial/water/water.h5").read_bytes() == (tmp_path / "dask/water/water.h5").read_bytes()
