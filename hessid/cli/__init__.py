@@ -54,6 +54,8 @@ COMMANDS: tuple[Command, ...] = (
             "benchmark metrics of CG simulations against the all-atom reference"),
     Command("report", "hessid.training.cli.report", "training",
             "HTML report: metrics, free energies, densities, provenance"),
+    Command("qm", "hessid.training.cli.qm", "qm",
+            "atomistic QM datasets: build (GFN2-xTB / DFT Hessians), import, validate"),
 )
 
 
