@@ -29,7 +29,8 @@ from hessid.training.data.cg_map import write_cg
 from hessid.training.data.deep_check import deep_validate
 from hessid.training.data.structures import build_structure
 from hessid.training.data.targets import compute_targets
-from hessid.training.learning.datasets import load_protein  # the FM training reader
+from hessid.training.learning.configs import TrainConfig
+from hessid.training.learning.datasets import load_protein, split_frames  # the training reader
 from hessid.units import beta
 
 #: vacuum AAA, 6 frames per segment in chunks of 3 (about 1 s per segment)
@@ -421,8 +422,10 @@ def test_a_mixed_file_is_refused_by_single_temperature_consumers_naming_the_file
     with reader.open_dataset(path) as ds, pytest.raises(sc.DatasetError, match=r"m\.h5: holds frames at 2 "
                                                         r"temperatures \(300, 350 K\)"):  # fmt: skip
         ds.single_temperature()
-    with pytest.raises(sc.DatasetError, match=r"m\.h5"):
-        load_protein(path)
+    mixed = load_protein(path)  # the training reader keeps per-frame temperatures ...
+    assert mixed.mixed_temperature and sorted(set(mixed.temperatures)) == [300.0, 350.0]
+    with pytest.raises(ValueError, match=r"m\.h5: frames at several temperatures"):  # ... FM refuses them
+        split_frames([mixed], TrainConfig.from_dict({"loss": {"mode": "fm"}}), need_term1=False)
     # negative control: a single-temperature file passes both
     root = tmp_path / "single"
     _copy_pdb(two_temperatures[0], root)
