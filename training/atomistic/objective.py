@@ -61,19 +61,19 @@ def batch_loss(model: AtomisticPotential, batch: AtomisticBatch, cfg: LossConfig
                                       create_graph=create_graph, n_molecules=batch.n_molecules)
     l_e = energy_mse(out.energy, target_e)
     l_f = force_mse(out.forces, batch.forces)
-    parts["energy_mse"], parts["force_mse"] = float(l_e), float(l_f)
+    parts["energy_mse"], parts["force_mse"] = float(l_e.detach()), float(l_f.detach())
     l_h = raw_h = None
     if cfg.mode == "ef_h":
         if batch.hessians is None:
             raise ValueError("loss.mode=ef_h needs reference Hessians")
         l_h = hessian_mse(hess, batch.hessians)
         raw_h = torch.sqrt(l_h)
-        parts["hessian_mse"] = float(l_h)
+        parts["hessian_mse"] = float(l_h.detach())
     elif cfg.mode == "ef_hvp":
         target_hvp = batch.hessian_times(probes)
         l_h = hvp_mse(out.hvp, target_hvp, c, batch.batch, batch.n_atoms)
         raw_h = hvp_rmse_raw(out.hvp, target_hvp)
-        parts["hvp_mse"] = float(l_h)
+        parts["hvp_mse"] = float(l_h.detach())
     if cfg.form == "rmse_sum":
         loss = w_e * torch.sqrt(l_e) + w_f * torch.sqrt(l_f)
         if raw_h is not None:
@@ -85,5 +85,5 @@ def batch_loss(model: AtomisticPotential, batch: AtomisticBatch, cfg: LossConfig
             loss = w_e * l_e + w_f * l_f
         if l_h is not None:
             loss = loss + w_h * l_h / (scales.hessian if cfg.normalise else 1.0)
-    parts["loss"] = float(loss)
+    parts["loss"] = float(loss.detach())
     return loss, parts
