@@ -67,7 +67,7 @@ def model_energy_and_gradient(model: AtomisticPotential, species):
         t = torch.as_tensor(x, dtype=model.dtype).requires_grad_(True)
         e = model(z, t).sum()
         (g,) = torch.autograd.grad(e, t)
-        return float(e), g.detach().double().numpy()
+        return float(e.detach()), g.detach().double().numpy()
 
     return fn
 
