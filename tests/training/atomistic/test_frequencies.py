@@ -94,7 +94,7 @@ def test_optimiser_finds_the_spring_minimum():
         t = torch.as_tensor(x).requires_grad_(True)
         e = _springs(t, [(0, 1), (1, 2)], k, r0) + 0.5 * ((t[0] - t[2]).norm() - 2.0) ** 2
         (g,) = torch.autograd.grad(e, t)
-        return float(e), g.numpy()
+        return float(e.detach()), g.numpy()
 
     res = optimise_geometry(eg, np.array([[0, 0, 0], [1.5, 0.1, 0], [2.4, 0.9, 0.2]]), gtol=1e-6)
     assert res.converged and res.max_force <= 1e-6
