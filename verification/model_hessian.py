@@ -1,5 +1,5 @@
 """Model-Hessian check: a model's fast Hessian-vector products against its autograd Hessian
-(docs/verification.md, "Model Hessian"; docs/atomistic_learning.md).
+(docs/atomistic_learning.md, "Model-Hessian check").
 
 Generic over the model: the caller passes a float64 energy function of flat coordinates and
 the HVP implementation under test. Verification does not import the training layer; a
