@@ -291,5 +291,5 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: list | None = None) 
         writer.writerows(rows)
     model_path = model.save(run_dir / "model.pt", metadata={
         "config": asdict(cfg), "step": step, "epoch": epoch, "target_scales": asdict(scales),
-        "datasets": [str(getattr(ds, "path", ds.name)) for ds in datasets]})
+        "datasets": [str(Path(getattr(ds, "path", ds.name)).resolve()) for ds in datasets]})
     return TrainResult(run_dir, model_path, metrics_csv, step, epoch, rows[-1] if rows else {})
