@@ -72,7 +72,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
                      "ot", "h5py", "lightning", "pytorch_lightning", "lightning_fabric",
                      "matplotlib", "tqdm", "pymbar"), "training"),
     "sympy": "verification",
-    **dict.fromkeys(("rdkit", "tblite", "pyscf"), "qm"),
+    **dict.fromkeys(("rdkit", "tblite", "pyscf", "threadpoolctl"), "qm"),
     "distributed": "dask",
     "dask": "dask",
 }

@@ -65,8 +65,10 @@ class BuildOptions:
         fd_step: GFN2-xTB central-difference step, Å (default: see docs/atomistic.md).
         xtb_accuracy: tblite SCC accuracy (smaller is tighter).
         fmax: optimisation convergence, largest gradient component, kcal/mol/Å.
+        max_iter: SCF iteration limit of the labels (default: the method's).
         workers: worker processes (0: in this process).
-        threads: threads per worker (default: cores // workers).
+        scheduler: Dask scheduler address, e.g. tcp://host:8786 (needs hessid[dask]).
+        threads: OpenMP threads per worker (default: 1 for GFN2-xTB, cores // workers for DFT).
         chunk: structures per task and per commit.
         retry_failed: with --resume, recompute the structures recorded as failed.
         root: folder holding NAME/.
@@ -90,7 +92,9 @@ class BuildOptions:
     fd_step: float | None = _b("fd_step")
     xtb_accuracy: float | None = _b("xtb_accuracy")
     fmax: float = _b("fmax")
+    max_iter: int | None = _b("max_iter")
     workers: int = _b("workers")
+    scheduler: str | None = _b("scheduler")
     threads: int | None = _b("threads")
     chunk: int = _b("chunk")
     retry_failed: bool = _b("retry_failed")

@@ -94,12 +94,13 @@ UNITS = {
 _SYMBOLS = (
     "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As "
     "Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd "
-    "Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn"
+    "Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm "
+    "Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
 ).split()
 
 
 def element_symbol(z: int) -> str:
-    """Element symbol of atomic number ``z`` (1–86). Raises ValueError outside."""
+    """Element symbol of atomic number ``z`` (1–118). Raises ValueError outside."""
     if not 1 <= int(z) < len(_SYMBOLS):
         raise ValueError(f"atomic number {z!r} outside 1..{len(_SYMBOLS) - 1}")
     return _SYMBOLS[int(z)]
@@ -109,7 +110,7 @@ def atomic_number(symbol: str | bytes | int) -> int:
     """Atomic number of an element symbol (case-insensitive; bytes accepted) or of an int.
 
     Raises:
-        ValueError: not an element symbol H..Rn or an atomic number 1..86.
+        ValueError: not an element symbol H..Og or an atomic number 1..118.
     """
     if isinstance(symbol, bytes):
         symbol = symbol.decode()

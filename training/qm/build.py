@@ -52,7 +52,7 @@ from hessid.training.data.qm import (
     record_qm_failures,
     write_qm_results,
 )
-from hessid.training.data.targets import InlineExecutor
+from hessid.training.data.targets import InlineExecutor, make_executor
 from hessid.training.qm.methods import (
     MethodSpec,
     QMError,
@@ -199,7 +199,13 @@ def _init_worker(threads: int) -> None:
     os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
-def _make_executor(workers: int, threads: int):
+def _make_executor(workers: int, threads: int, scheduler: str | None = None):
+    """``(executor, slots)``: a Dask cluster's executor (through ``hessid targets``'s
+    :func:`~hessid.training.data.targets.make_executor`; its workers must import hessid), the
+    calling process (``workers=0``), or a spawn pool with pinned threads."""
+    if scheduler:
+        ex, _, n = make_executor(0, None, scheduler)
+        return ex, n
     if workers <= 0:
         return InlineExecutor(), 1
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -235,7 +241,9 @@ def build_qm_dataset(
     fd_step: float | None = None,
     xtb_accuracy: float | None = None,
     fmax: float = 0.01,
+    max_iter: int | None = None,
     workers: int = 0,
+    scheduler: str | None = None,
     threads: int | None = None,
     chunk: int = 4,
     resume: bool = False,
@@ -256,8 +264,11 @@ def build_qm_dataset(
             ``dft``).  hessians: compute Hessians (False: an E-F-only set).
         xc, basis: DFT functional and basis.  fd_step: GFN2-xTB FD step, Å (default
             :data:`~hessid.training.qm.methods.DEFAULT_FD_STEP`).  xtb_accuracy: tblite accuracy.
-        fmax: optimisation convergence, kcal/mol/Å.  workers: processes (0: in-process).
-        threads: threads per worker (default cores // max(workers, 1)).  chunk: structures per
+        fmax: optimisation convergence, kcal/mol/Å.  max_iter: SCF iteration limit of the
+            labels (default: the method's).  workers: processes (0: in-process).
+        scheduler: Dask scheduler address (needs hessid[dask]); tasks then run on its workers.
+        threads: OpenMP threads per worker (default: 1 for GFN2-xTB, cores // max(workers, 1)
+            for DFT).  chunk: structures per
             task and per commit.  resume: continue an existing file.  retry_failed: with
             resume, recompute failed structures.  overwrite: replace an existing file.
         progress: tqdm bar.  interrupt_after_chunks: test hook (raise after that many commits).
@@ -270,6 +281,7 @@ def build_qm_dataset(
             from the file's (one line naming them).
         FileExistsError: the file exists, neither resume nor overwrite.
         QMError: no conformer could be optimised (stage 1).
+        ImportError: ``scheduler`` without dask.distributed installed.
     """
     t_start = time.perf_counter()
     check_dataset_name(name)
@@ -294,14 +306,17 @@ def build_qm_dataset(
         raise FileNotFoundError(f"{path}: nothing to resume (run without --resume)")
     molecule = molecule_from_smiles(smiles)
     species = molecule.species
+    gfn2_threads = threads  # None → 1 (methods.MethodSpec.threads)
     threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     common = {"charge": molecule.charge, "multiplicity": molecule.multiplicity, "xc": xc, "basis": basis}
     if fd_step is not None:
         common["fd_step"] = fd_step
     if xtb_accuracy is not None:
         common["xtb_accuracy"] = xtb_accuracy
-    spec = MethodSpec(name=method, threads=threads if method == "dft" else None, **common)
-    sampling_spec = MethodSpec(name=sampling_method, **common)
+    label_extra = {} if max_iter is None else {"max_iter": int(max_iter)}
+    spec = MethodSpec(name=method, threads=threads if method == "dft" else gfn2_threads, **common, **label_extra)
+    sampling_spec = MethodSpec(name=sampling_method, threads=threads if sampling_method == "dft" else gfn2_threads,
+                               **common)  # fmt: skip
     check_elements(species, spec)
     check_elements(species, sampling_spec)
 
@@ -342,8 +357,8 @@ def build_qm_dataset(
     todo = np.flatnonzero(~done)
     result = BuildResult(path, n_structures, skipped=int(n_structures - todo.size))
     chunks = [todo[i : i + chunk] for i in range(0, todo.size, chunk)]
-    ex, n_slots = _make_executor(workers, threads)
-    result.workers = workers
+    ex, n_slots = _make_executor(workers, threads, scheduler)
+    result.workers = n_slots if scheduler else workers
     bar = tqdm(total=n_structures, initial=result.skipped, unit="structure", disable=not progress,
                desc=f"{name} {spec.label}")  # fmt: skip
     committed = 0

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tblite.exceptions import TBLiteRuntimeError
 from tblite.interface import Calculator
+from threadpoolctl import ThreadpoolController
 
 from hessid.training.data.qm import element_symbol
 from hessid.units import (
@@ -45,15 +46,18 @@ __all__ = [
 METHODS = ("gfn2-xtb", "dft")
 #: largest atomic number GFN2-xTB is parametrised for
 GFN2_MAX_Z = 86
-#: default central-difference step of GFN2-xTB Hessians, Å (docs/atomistic.md, "FD step"; ethanol,
-#: accuracy 0.01, against a Richardson-extrapolated reference: the error falls as h² from
-#: 5e-3 relative at 5e-2 Å to 5e-7 at 5e-4 Å and levels off at the SCF noise floor ≈ 4e-8 below
-#: 2e-4 Å; 5e-4 Å sits ≈ 10× above that floor, so a 10× noisier SCF still leaves it
-#: truncation-dominated)
+#: default central-difference step of GFN2-xTB Hessians, Å (docs/atomistic.md, "FD step"; ethanol at
+#: a minimum, a 300 K and a 1000 K sample, against a Richardson-extrapolated reference): at SCC
+#: accuracy 1e-4 the error follows the h² law from 2e-2 relative at 5e-2 Å down to ≈ 1e-7 at
+#: 1e-4 Å, where SCF noise (≈ 5e-5 kcal/mol/Å² at 1e-4 Å, ∝ 1/h) starts to show. At 5e-4 Å the
+#: error is ≤ 2e-6 relative (≤ 3e-3 kcal/mol/Å²), ~100× above that noise, so a structure with a
+#: 10× noisier SCF (far from equilibrium) is still truncation-dominated.
 DEFAULT_FD_STEP = 5e-4
-#: tblite SCC accuracy used for Hessians (1.0 = tblite default; smaller is tighter): the FD
-#: Hessian's noise floor is set by the gradient's SCF convergence, so Hessians use 0.01
-DEFAULT_XTB_ACCURACY = 0.01
+#: tblite SCC accuracy used for Hessians (1.0 = tblite default; smaller is tighter). At 1.0 and
+#: 0.01 the FD error stops falling (or jumps) below ≈ 2e-3 Å because the SCF stopping point
+#: changes between displaced gradients; 1e-4 keeps the h² law over the whole range for ≈ 1.3×
+#: the time per Hessian.
+DEFAULT_XTB_ACCURACY = 1e-4
 
 
 class QMError(RuntimeError):
@@ -79,7 +83,10 @@ class MethodSpec:
         max_iter: SCF iteration limit.
         conv_tol: PySCF SCF energy convergence, Hartree.
         grid_level: PySCF DFT grid level (0–9).
-        threads: PySCF threads (None: PySCF's default, all cores).
+        threads: OpenMP threads of the computation (None: 1 for GFN2-xTB, whose small
+            per-gradient work loses to thread start-up and, on a loaded machine, to spinning
+            OpenMP barriers, 40–100× slower with 2 threads at load 10 on 2 cores; PySCF's
+            default, all cores, for DFT). Parallelise GFN2-xTB builds with workers instead.
     """
 
     name: str = "gfn2-xtb"
@@ -267,6 +274,7 @@ def _pyscf_mean_field(species, coords, spec: MethodSpec):
         mf = dft.RKS(mol, xc=spec.xc) if restricted else dft.UKS(mol, xc=spec.xc)
         mf.grids.level = int(spec.grid_level)
     mf.conv_tol = float(spec.conv_tol)
+    mf.chkfile = None  # no checkpoint files left in TMPDIR
     mf.max_cycle = int(spec.max_iter)
     mf.kernel()
     if not mf.converged:  # one second-order (Newton) attempt from where DIIS stopped
@@ -309,8 +317,20 @@ def compute(species: Sequence[int], coords: np.ndarray, spec: MethodSpec, hessia
     species = np.asarray(species, np.int64)
     coords = np.asarray(coords, np.float64)
     if spec.name == "gfn2-xtb":
-        return _xtb_compute(species, coords, spec, hessian)
+        with _openmp().limit(limits=int(spec.threads or 1), user_api="openmp"):
+            return _xtb_compute(species, coords, spec, hessian)
     return _pyscf_compute(species, coords, spec, hessian)
+
+
+_CONTROLLER: list = []
+
+
+def _openmp() -> ThreadpoolController:
+    """This process's threadpool controller (built once: scanning the loaded libraries costs
+    milliseconds, as much as a GFN2-xTB gradient of a small molecule)."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def energy_gradient(species: Sequence[int], coords: np.ndarray, spec: MethodSpec) -> tuple[float, np.ndarray]:
