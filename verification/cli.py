@@ -4,6 +4,7 @@
     hessid verify SYSTEM.py [--json FILE]
     hessid verify --gaussian --map ca|com [--pdb FILE] [--projector min_norm|bead_sum]
                   [--temperature K] [--json FILE]
+    hessid verify --model-hessian [--json FILE]     (needs the training extra)
 
 Prints a table (system, map, quantity, max relative error, tolerance, PASS/FAIL/UNRESOLVED);
 ``-q`` prints only the rows that did not pass and the summary. Exit codes (:data:`EPILOG`):
@@ -15,6 +16,7 @@ are UNRESOLVED (the quadrature, bounds or FD step cannot certify them even after
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +34,7 @@ from hessid.cli.options import (
 )
 from hessid.verification.checks import run_builtin_checks
 from hessid.verification.elastic import check_structure_file
+from hessid.verification.model_hessian import MODEL_HESSIAN_PROVIDER
 from hessid.verification.results import (
     EXIT_UNRESOLVED,
     PASS,
@@ -44,7 +47,7 @@ from hessid.verification.results import (
 from hessid.verification.thermo_checks import run_thermo_builtin_checks
 from hessid.verification.user_system import verify_user_system
 
-__all__ = ["EPILOG", "VerifyOptions", "build_parser", "run", "verify_all"]
+__all__ = ["EPILOG", "VerifyOptions", "build_parser", "model_hessian_rows", "run", "verify_all"]
 
 #: the verdicts and exit codes, printed by ``hessid verify --help``
 EPILOG = (
@@ -60,7 +63,8 @@ EPILOG = (
 
 @dataclass
 class VerifyOptions:
-    """Options of ``hessid verify`` (give exactly one of ``system``, ``all``, ``gaussian``).
+    """Options of ``hessid verify`` (give exactly one of ``system``, ``all``, ``gaussian``,
+    ``model_hessian``).
 
     Attributes:
         system: a SYSTEM.py file defining your CG map and system (docs/verification.md).
@@ -70,6 +74,8 @@ class VerifyOptions:
         pdb: with --gaussian: PDB file (default: the shipped villin 1VII).
         projector: with --gaussian: force projector, ``min_norm`` or ``bead_sum``.
         temperature: with --gaussian: K.
+        model_hessian: the atomistic model's HVPs and Hessians against autograd on random
+            molecules, with negative controls (needs the training extra).
         json: also write the results as JSON to this file.
     """
 
@@ -81,6 +87,7 @@ class VerifyOptions:
     projector: Literal["min_norm", "bead_sum"] = signature_default(check_structure_file,
                                                                    "projector")
     temperature: float = signature_default(check_structure_file, "temperature")
+    model_hessian: bool = False
     json: str | None = None
 
 
@@ -89,6 +96,15 @@ def verify_all():
     :func:`hessid.verification.checks.run_builtin_checks` and
     :func:`hessid.verification.thermo_checks.run_thermo_builtin_checks` (T1–T3)."""
     return run_builtin_checks() + run_thermo_builtin_checks()
+
+
+def model_hessian_rows():
+    """The rows of ``hessid verify --model-hessian``: the training module named by
+    :data:`~hessid.verification.model_hessian.MODEL_HESSIAN_PROVIDER`, imported by name only
+    now (verification never imports the training layer; without the training extra the
+    ImportError becomes "needs the 'training' extra", exit 2)."""
+    module, _, function = MODEL_HESSIAN_PROVIDER.partition(":")
+    return getattr(importlib.import_module(module), function)()
 
 
 def build_parser(prog: str = "hessid verify") -> ArgumentParser:
@@ -109,9 +125,11 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
         ValueError, FileNotFoundError: the system or structure is refused (exit 2).
     """
     opts = dataclass_from(VerifyOptions, cfg)
-    if sum([opts.all, opts.gaussian, opts.system is not None]) != 1:
-        raise ValueError("give exactly one of --all, --gaussian or SYSTEM.py")
-    if opts.all:
+    if sum([opts.all, opts.gaussian, opts.system is not None, opts.model_hessian]) != 1:
+        raise ValueError("give exactly one of --all, --gaussian, --model-hessian or SYSTEM.py")
+    if opts.model_hessian:
+        results, wall = timed(model_hessian_rows)
+    elif opts.all:
         results, wall = timed(verify_all)
     elif opts.gaussian:
         results, wall = timed(check_structure_file, opts.pdb, opts.map, opts.projector,

@@ -1,0 +1,82 @@
+"""Training loop: runs each loss mode, resumes to the same weights, refuses bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hessid.training.atomistic.evaluation import error_metrics, frequency_comparison
+from hessid.training.atomistic.model import load_potential
+from hessid.training.atomistic.trainer import TrainConfig, train
+from tests.training.atomistic.fixtures import SMALL, fake_dataset
+
+
+def _datasets():
+    return [fake_dataset("a", 3, 16, seed=1), fake_dataset("b", 4, 16, seed=2, id_offset=100)]
+
+
+def _cfg(tmp_path, name, mode="ef_hvp", **optim):
+    return TrainConfig(
+        name=name, output_dir=str(tmp_path), seed=3, progress=False, checkpoint_every=2,
+        model={**SMALL, "precision": "float64"},
+        loss={"mode": mode, "probe_kind": "random", "n_probes": 2, "probe_regime": "fresh"},
+        data={"datasets": ["a", "b"], "n_train": 8, "n_val": 4, "n_test": 4},
+        optim={"batch_size": 4, "max_epochs": 2, "lr": 1e-3, **optim})
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    """4 steps straight vs 3 steps (stopping mid-epoch 2) then --resume to 4: equal weights
+    and metrics. Control: a run with another seed differs."""
+    torch.set_num_threads(1)
+    ds = _datasets()
+    full = train(_cfg(tmp_path, "full"), datasets=ds)
+    train(_cfg(tmp_path, "part", max_steps=3), datasets=ds)
+    resumed = train(_cfg(tmp_path, "part"), resume=True, datasets=ds)
+    assert full.global_step == resumed.global_step == 4
+    a, b = load_potential(full.model), load_potential(resumed.model)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    drop = {"cpu_s"}  # process time differs run to run
+    assert {k: v for k, v in full.last.items() if k not in drop} == \
+        {k: v for k, v in resumed.last.items() if k not in drop}
+    other = _cfg(tmp_path, "other", max_steps=1)
+    other.seed = 4
+    c = load_potential(train(other, datasets=ds).model)
+    assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
+
+
+@pytest.mark.parametrize("mode", ["ef", "ef_h"])
+def test_modes_train_and_write_metrics(tmp_path, mode):
+    ds = _datasets()
+    result = train(_cfg(tmp_path, mode, mode=mode, max_steps=3), datasets=ds)
+    assert result.global_step == 3 and result.model.is_file()
+    assert result.metrics_csv.is_file()  # 3 steps: one epoch of 2 batches, one row: no row yet
+
+
+def test_existing_run_and_changed_config_are_refused(tmp_path):
+    ds = _datasets()
+    train(_cfg(tmp_path, "r", max_steps=2), datasets=ds)
+    with pytest.raises(FileExistsError, match="use --resume"):
+        train(_cfg(tmp_path, "r", max_steps=2), datasets=ds)
+    changed = _cfg(tmp_path, "r")
+    changed.optim.lr = 1e-2
+    with pytest.raises(ValueError, match="different run configuration"):
+        train(changed, resume=True, datasets=ds)
+
+
+def test_hessian_losses_on_ef_only_data_are_refused(tmp_path):
+    ds = [fake_dataset("a", 3, 32, seed=1, hessians=False)]
+    cfg = _cfg(tmp_path, "x")
+    cfg.data.datasets = ["a"]
+    with pytest.raises(ValueError, match="needs Hessians"):
+        train(cfg, datasets=ds)
+
+
+def test_evaluation_metrics_and_frequencies_run_on_a_trained_model(tmp_path):
+    ds = _datasets()
+    result = train(_cfg(tmp_path, "ev", mode="ef_h", max_steps=2), datasets=ds)
+    model = load_potential(result.model)
+    m = error_metrics(model, ds, [(0, 0), (1, 3)])
+    assert m["n"] == 2 and m["hessian_rmse"] > 0 and m["force_mae"] <= m["force_rmse"]
+    f = frequency_comparison(model, ds[0], gtol=1e-2)
+    assert len(f["reference_frequencies"]) == len(f["model_frequencies"]) == 3
