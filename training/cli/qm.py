@@ -1,6 +1,8 @@
-"""``hessid qm {build,import,validate}``: atomistic QM datasets (docs/atomistic.md). Each action
-is a thin layer over one public function: :func:`~hessid.training.qm.build.build_qm_dataset`,
-:func:`~hessid.training.data.qm.import_pyani`, :func:`~hessid.training.data.qm.validate_qm_dataset`.
+"""``hessid qm {build,import,validate,train,evaluate,cost,check-model}``: atomistic QM datasets
+and potentials (docs/atomistic.md). Each action is a thin layer over one public function:
+:func:`~hessid.training.qm.build.build_qm_dataset`, :func:`~hessid.training.data.qm.import_pyani`,
+:func:`~hessid.training.data.qm.validate_qm_dataset`; the training actions are those of
+:mod:`hessid.training.cli.qm_train`.
 
 ``hessid qm build --smiles CCO --name ethanol --method gfn2-xtb --configs 200`` writes
 ``./ethanol/ethanol.h5``.
@@ -24,6 +26,7 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.cli.qm_train import ACTIONS as QM_TRAIN_ACTIONS
 from hessid.training.data.io import check_dataset_name
 from hessid.training.data.qm import SUBSET_NEAR, import_pyani, qm_dataset_path, validate_qm_dataset
 from hessid.training.qm.build import build_qm_dataset
@@ -195,11 +198,12 @@ def _validate(cfg: Namespace, prog: str) -> None:
         raise JobFailed(f"{path}: {summary['n_failed']} failed, {summary['n_pending']} pending structure(s)")
 
 
-#: action → (parser factory, help, runner); the atomistic training commands join at merge
+#: action → (parser factory, help, runner): data actions here, training actions from qm_train
 _ACTIONS = {
     "build": (_build_parser, "sample and label structures of a molecule (GFN2-xTB or DFT)", _build),
     "import": (_import_parser, "import a PyANI/hippynn HDF5 file (units declared)", _import),
     "validate": (_validate_parser, "check an atomistic QM dataset", _validate),
+    **QM_TRAIN_ACTIONS,
 }
 
 
