@@ -196,7 +196,8 @@ class EdgeScatter(torch.autograd.Function):
 def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Tensor,
                            batch: torch.Tensor, n_graphs: int, i: torch.Tensor, j: torch.Tensor,
                            jets: torch.Tensor, probes: torch.Tensor | None,
-                           probe_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                           probe_chunk: int | None = None, residual_fn=None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Network energy, ``∇_R U`` and ``H v`` by edge-list forward-over-reverse (module docstring).
 
     Args:
@@ -210,10 +211,15 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
             (``derivatives.filter_jets(..., order=2)``), carrying the θ-graph.
         probes: (k, A, 3) or None.
         probe_chunk: carry at most this many tangents at once (memory bound); None = all k.
+        residual_fn: None, or a function ``∇_R U_net (A, 3) → (A, 3)`` whose (detached) value
+            is appended to the probes as tangent k + 1 once the primal reverse has given
+            ``∇_R U_net`` (the force residual of the Rao–Blackwellised loss, which depends on
+            this very pass); requires probes.
 
     Returns:
         energy (B,) kcal/mol, grad (A, 3) kcal/mol/Å = ``∇_R U_net``, hvp (k, A, 3)
-        kcal/mol/Å² (None without probes); differentiable w.r.t. θ when grad mode is on.
+        kcal/mol/Å² (k + 1 rows with ``residual_fn``; None without probes); differentiable
+        w.r.t. θ when grad mode is on.
     """
     rep, out = net.representation_model, net.output_model
     A, P = pos.shape[0], i.shape[0]
@@ -281,6 +287,8 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
         return energy, grad_r, None
     # ---- tangents, all k probes at once: w = J v
     probes = probes.to(dt)
+    if residual_fn is not None:  # known only now: the residual of this pass as tangent k + 1
+        probes = torch.cat([probes, residual_fn(grad_r).detach().to(dt)[None]])
     chunk = max(probes.shape[0], 1) if probe_chunk is None else max(1, int(probe_chunk))
     parts = [probes.new_zeros(0, A, 3)]
     for start in range(0, probes.shape[0], chunk):
