@@ -41,6 +41,7 @@ class BatchLayout:
     types_range: tuple[int, int] | None
     device: torch.device = field(default=torch.device("cpu"), repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
+    _types_key: tuple | None = field(default=None, repr=False)
 
     def all_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All unordered same-structure pairs ``(i, j)``, i < j, each (P_all,) int64 on the
@@ -93,18 +94,23 @@ def batch_layout(batch: torch.Tensor, bead_types: torch.Tensor | None = None) ->
         bead_types: (A,) int64 or None.
 
     Returns:
-        :class:`BatchLayout`; the first call for a (batch, bead_types) pair costs one host
-        transfer, later calls none.
+        :class:`BatchLayout`; the first call for a batch object costs one host transfer
+        (counts and the bead-type range together), later calls none (other bead types with
+        the same batch: one transfer for their range).
     """
-    key = (id(batch), None if bead_types is None else id(bead_types))
-    hit = _LAYOUTS.get(key)
-    if hit is not None:
-        ref_b, ver_b, ref_t, ver_t, layout = hit
-        if (ref_b() is batch and ver_b == batch._version
-                and (bead_types is None or (ref_t() is bead_types and ver_t == bead_types._version))):
-            return layout
-    parts = [torch.bincount(batch)] if batch.numel() else [batch.new_zeros(0)]
+    hit = _LAYOUTS.get(id(batch))
+    layout = None
+    if hit is not None and hit[0]() is batch and hit[1] == batch._version:
+        layout = hit[2]
     with_types = bead_types is not None and bead_types.numel() > 0
+    if layout is not None:
+        if not with_types or layout._types_key == (id(bead_types), bead_types._version):
+            return layout
+        t = bead_types.long()  # same batch, other bead types: read their range only
+        layout.types_range = tuple(torch.stack([t.min(), t.max()]).tolist())
+        layout._types_key = (id(bead_types), bead_types._version)
+        return layout
+    parts = [torch.bincount(batch)] if batch.numel() else [batch.new_zeros(0)]
     if with_types:
         t = bead_types.long()
         parts.append(torch.stack([t.min(), t.max()]))
@@ -113,9 +119,8 @@ def batch_layout(batch: torch.Tensor, bead_types: torch.Tensor | None = None) ->
     layout = BatchLayout(counts=counts, n_graphs=len(counts),
                          types_range=(host[-2], host[-1]) if with_types else None,
                          device=batch.device)
+    layout._types_key = (id(bead_types), bead_types._version) if with_types else None
     if len(_LAYOUTS) > 16:
         _LAYOUTS.clear()
-    _LAYOUTS[key] = (weakref.ref(batch), batch._version,
-                     None if bead_types is None else weakref.ref(bead_types),
-                     None if bead_types is None else bead_types._version, layout)
+    _LAYOUTS[id(batch)] = (weakref.ref(batch), batch._version, layout)
     return layout
