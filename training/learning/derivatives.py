@@ -65,6 +65,7 @@ __all__ = [
     "choose_hvp_method",
     "energy_forces_hvp",
     "pair_list",
+    "set_compile",
 ]
 
 
@@ -451,6 +452,46 @@ def _check_supported(potential) -> None:
         raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
 
 
+# ----------------------------------------------------------------------------- torch.compile
+
+_COMPILE: dict = {"enabled": False, "fn": None}
+
+
+def _edge_core(rep, net, pos, z, batch, n_graphs, i, j, probes, probe_chunk):
+    """Filter jets + edge-list energy, ∇_R U and H v: the part of the step that compiles
+    (no data-dependent shapes: the pair list ``i, j`` is an input)."""
+    order = 1 if probes is None else 2
+    jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=order)  # (P, order+1, L', F)
+    return edge_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, jets, probes, probe_chunk)
+
+
+def _edge_kernel(compiled: bool):
+    if not compiled:
+        return _edge_core
+    if _COMPILE["fn"] is None:
+        _COMPILE["fn"] = torch.compile(_edge_core, dynamic=True)
+    return _COMPILE["fn"]
+
+
+def set_compile(enabled: bool) -> bool:
+    """Route the edge-list path through ``torch.compile`` (``trainer.compile``); returns the
+    previous setting.
+
+    When on, :func:`energy_forces_hvp` runs the filter jets and the edge-list energy,
+    forces and HVPs as one ``torch.compile(..., dynamic=True)`` region (the pair list, the
+    prior and the loss stay eager), for HVP steps with ``method="edges"`` (or ``"auto"``
+    choosing it) AND for forces-only (FM) steps, which then use the edge list's hand-written
+    reverse instead of an autograd double backward (AOTAutograd cannot differentiate a
+    compiled backward twice). The Rao–Blackwellised residual tangent and the dense path stay
+    eager. Process-wide; the trainer restores the previous value after the run. Exact either
+    way (same operations; float rounding may differ). Measured cost and speed-up:
+    docs/training.md "HVP cost".
+    """
+    previous = bool(_COMPILE["enabled"])
+    _COMPILE["enabled"] = bool(enabled)
+    return previous
+
+
 def _check_inputs(potential, positions, bead_types, batch) -> tuple[torch.Tensor, BatchLayout]:
     """``CGPotential._check``'s checks, with the host reads done once per batch object.
 
@@ -589,12 +630,23 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             return dF
     if probes is not None and method == "auto":
         method = choose_hvp_method(pos.shape[0], i.shape[0], n_graphs, probes.shape[0])
+    compiled = _COMPILE["enabled"] and residual_fn is None
+    if probes is None and compiled:  # hand-written reverse: one θ-backward, compilable
+        with torch.set_grad_enabled(create_graph):
+            energy, grad_r, _ = _edge_kernel(True)(rep, net, pos, bead_types.long(), batch,
+                                                   n_graphs, i, j, None, None)
+        pe, pg, _ = _prior_terms(potential, pos, batch, None, bead_types, layout)
+        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=None)
     if probes is not None and method == "edges":
         with torch.set_grad_enabled(create_graph):
-            jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
-            energy, grad_r, hvp = edge_energy_forces_hvp(
-                net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk,
-                residual_fn=residual_fn)
+            if compiled:
+                energy, grad_r, hvp = _edge_kernel(True)(rep, net, pos, bead_types.long(), batch,
+                                                         n_graphs, i, j, probes, probe_chunk)
+            else:
+                jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
+                energy, grad_r, hvp = edge_energy_forces_hvp(
+                    net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk,
+                    residual_fn=residual_fn)
         return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
                            probes, layout)
     if probes is not None and method == "dense":

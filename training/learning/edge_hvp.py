@@ -208,7 +208,8 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
         i, j: (P,) int64 pairs (i < j, same structure, inside the cutoffs; pairs outside
             would only add exact zeros).
         jets: (P, 3, L', F) filter jets ``(φ, φ′, φ″)`` w.r.t. d of all L' filters
-            (``derivatives.filter_jets(..., order=2)``), carrying the θ-graph.
+            (``derivatives.filter_jets(..., order=2)``), carrying the θ-graph; (P, 2, L', F)
+            (order 1) suffices without probes.
         probes: (k, A, 3) or None.
         probe_chunk: carry at most this many tangents at once (memory bound); None = all k.
         residual_fn: None, or a function ``∇_R U_net (A, 3) → (A, 3)`` whose (detached) value
@@ -228,7 +229,8 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
     rij = pos[i] - pos[j]  # (P, 3)
     d = rij.norm(dim=-1)  # (P,)
     u = rij / d[:, None]  # (P, 3)
-    W, P1, P2 = jets.unbind(1)  # (P, L', F) each
+    W, P1 = jets[:, 0], jets[:, 1]  # (P, L', F) each
+    P2 = jets[:, 2] if jets.shape[1] > 2 else None  # order-1 jets: forces only
 
     def src_(h):  # (A, F) -> (2, P, F) node features at each edge's source
         return h.index_select(0, src).unflatten(0, (2, P))
@@ -280,11 +282,13 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
         qs0 = P1[:, 0] * e_s
     c = torch.stack(cs, 1)  # (P, L', F)
     a = (P1 * c).sum((1, 2))  # (P,)  ∂U/∂d_p
-    a2 = (P2 * c).sum((1, 2))  # (P,)
     au = a[:, None] * u
     grad_r = torch.zeros_like(pos).index_add(0, i, au).index_add(0, j, -au)  # (A, 3)
     if probes is None:
         return energy, grad_r, None
+    if P2 is None:
+        raise ValueError("HVPs need order-2 filter jets (P, 3, L', F)")
+    a2 = (P2 * c).sum((1, 2))  # (P,)
     # ---- tangents, all k probes at once: w = J v
     probes = probes.to(dt)
     if residual_fn is not None:  # known only now: the residual of this pass as tangent k + 1
