@@ -39,7 +39,8 @@ autograd Hessian in float64 (``tests/training/learning/test_hvp.py``):
   The expensive part is shared by all probes; what scales with k is the tangent of ``G``
   and the geometry.
 
-Both return the prior's contribution too (the prior is fixed: no θ-graph).
+Both return the prior's contribution too (the prior is fixed: no θ-graph; closed-form gradient and
+HVPs, :meth:`~hessid.training.learning.priors.PriorModel.energy_gradient_hvp`).
 """
 
 from __future__ import annotations
