@@ -3,6 +3,9 @@
     python benchmarks/hvp_step.py                                   # the full sweep (docs table)
     python benchmarks/hvp_step.py --beads 35 --batch 16 --probes 4 --rounds 3
     python benchmarks/hvp_step.py --beads 80 --methods edges,dense  # both paths, for the crossover
+    python benchmarks/hvp_step.py --rounds 5 --json hvp_step.json --docs docs/training.md
+                                                  # the full sweep, table written into the docs
+    python benchmarks/hvp_step.py --beads 35 --batch 16 --probes 4 --compile  # torch.compile
 
 One step = energies/forces (and HVPs) of a batch of synthetic compact Cα chains with a
 CGSchNet (64 channels, 4 layers, 12 RBFs, cutoff 3–12 Å) plus a prior fitted to such chains
@@ -24,6 +27,13 @@ tensors saved for backward (autograd ``saved_tensors_hooks``, unique storages), 
 peak allocated bytes; ``kb_per_pair_probe`` = (bytes(FM+HVP(k)) − bytes(FM)) / (k · pairs),
 pairs = neighbour pairs inside the cutoffs in the batch. Times on a loaded machine are not
 comparable across runs: the script prints ``os.getloadavg()`` before and after.
+
+``--compile`` runs the edge-list kernel under ``torch.compile``
+(:func:`hessid.training.learning.derivatives.set_compile`, the trainer's ``trainer.compile``)
+for the FM and the HVP variants alike; the warm-up of each variant then includes its
+compilation, reported as ``warmup_s`` per variant. ``--docs FILE`` replaces the text between
+the lines ``<!-- hvp_step table -->`` and ``<!-- /hvp_step table -->`` of FILE by the table and
+a line naming the settings, date and load.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import torchmdnet
 
 import hessid
 from hessid.training.data.synthetic import compact_chain
-from hessid.training.learning.derivatives import energy_forces_hvp, pair_list
+from hessid.training.learning.derivatives import energy_forces_hvp, pair_list, set_compile
 from hessid.training.learning.hessians import hvp_reference
 from hessid.training.learning.models import CGPotential
 from hessid.training.learning.priors import PriorFit
@@ -164,7 +174,12 @@ def main(argv=None) -> dict:
                     help="wall: perf_counter (quiet machine, the docs' figures); process: CPU "
                     "time of this process (less sensitive to other load; CPU only)")
     ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the edge-list kernel "
+                    "(trainer.compile) for every variant; warm-up includes compilation")
+    ap.add_argument("--docs", default=None, help="write the table into this markdown file "
+                    "between <!-- hvp_step table --> and <!-- /hvp_step table -->")
     args = ap.parse_args(argv)
+    set_compile(args.compile)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -193,13 +208,17 @@ def main(argv=None) -> dict:
 
     load_before = os.getloadavg()
     sizes = [(n, B) for n in _ints(args.beads) for B in _ints(args.batch)]
-    steps, pairs, mem, times = {}, {}, {}, {}
+    steps, pairs, mem, times, warm = {}, {}, {}, {}, {}
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     for si, (n, B) in enumerate(sizes):
         steps[n, B], pairs[n, B] = _size_variants(model, opt, n, B, ks, methods, args.naive, dev,
                                                   seed=si)
-        mem[n, B] = {name: memory(fn) for name, fn in steps[n, B].items()}  # warm-up + memory
+        mem[n, B], warm[n, B] = {}, {}
+        for name, fn in steps[n, B].items():  # warm-up (+ compilation) and memory
+            t0 = clock()
+            mem[n, B][name] = memory(fn)
+            warm[n, B][name] = clock() - t0
         times[n, B] = {name: [] for name in steps[n, B]}
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
     for _ in range(args.rounds):  # round robin over every (size, variant)
         for key, variants in steps.items():
             for name, fn in variants.items():
@@ -210,10 +229,14 @@ def main(argv=None) -> dict:
                 times[key][name].append(clock() - t0)
     rows = []
     for n, B in sizes:
-        rows += _summary(times[n, B], mem[n, B], n, B, pairs[n, B], ks,
-                         methods + (["naive"] if args.naive else []))
+        new = _summary(times[n, B], mem[n, B], n, B, pairs[n, B], ks,
+                       methods + (["naive"] if args.naive else []))
+        for row in new:
+            row["warmup_s"] = {name: t for name, t in warm[n, B].items()
+                               if name == "fm" or name.startswith(f"{row['method']}_k")}
+        rows += new
     res = {"rows": rows, "probes": ks, "methods": methods, "rounds": args.rounds,
-           "clock": args.clock,
+           "clock": args.clock, "compile": args.compile,
            "prior": not args.no_prior, "precision": args.precision, "device": str(dev),
            "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                            else platform.processor() or platform.machine()),
@@ -228,10 +251,29 @@ def main(argv=None) -> dict:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
-    print(_table(rows, ks))
-    print(f"{args.clock} clock, rounds {args.rounds}, threads {res['threads']}, {args.precision}, {res['device_name']}, "
-          f"load average before {load_before[0]:.1f}, after {res['loadavg_after'][0]:.1f}")
+    table = _table(rows, ks)
+    note = (f"{args.clock} clock, rounds {args.rounds}, threads {res['threads']}, {args.precision}, "
+            f"{res['device_name']}, torch {torch.__version__}, compile {args.compile}, "
+            f"{res['date']}, load average before {load_before[0]:.1f}, after "
+            f"{res['loadavg_after'][0]:.1f}")
+    print(table)
+    print(note)
+    if args.docs:
+        _write_docs(args.docs, table + "\n\n" + note + "\n")
     return res
+
+
+def _write_docs(path: str, text: str) -> None:
+    """Replace the text between the two marker lines of the markdown file ``path``."""
+    start, end = "<!-- hvp_step table -->", "<!-- /hvp_step table -->"
+    with open(path) as fh:
+        doc = fh.read()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path}: no '{start}' ... '{end}' markers to write the table between")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as fh:
+        fh.write(head + start + "\n" + text + end + tail)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ autograd Hessian in float64 (``tests/training/learning/test_hvp.py``):
   The expensive part is shared by all probes; what scales with k is the tangent of ``G``
   and the geometry.
 
-Both return the prior's contribution too (the prior is fixed: no θ-graph).
+Both return the prior's contribution too (the prior is fixed: no θ-graph; closed-form gradient and
+HVPs, :meth:`~hessid.training.learning.priors.PriorModel.energy_gradient_hvp`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from hessid.training.learning.edge_hvp import (
     activation_jet,
     edge_energy_forces_hvp,
 )
+from hessid.training.learning.layout import BatchLayout, batch_layout
 
 __all__ = [
     "DENSE_MIN_FILL",
@@ -64,6 +66,7 @@ __all__ = [
     "choose_hvp_method",
     "energy_forces_hvp",
     "pair_list",
+    "set_compile",
 ]
 
 
@@ -90,47 +93,29 @@ class EnergyForcesHVP:
 
 # ----------------------------------------------------------------------------- pairs
 
-_TRIU_CACHE: dict = {}
-
-
-def _all_pairs(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    counts = tuple(torch.bincount(batch).tolist()) if batch.numel() else ()
-    key = (counts, str(batch.device))
-    hit = _TRIU_CACHE.get(key)
-    if hit is not None:
-        return hit
-    ii, jj, offset = [], [], 0
-    for n in counts:
-        i, j = torch.triu_indices(n, n, offset=1)
-        ii.append(i + offset)
-        jj.append(j + offset)
-        offset += n
-    out = (torch.cat(ii).to(batch.device), torch.cat(jj).to(batch.device)) if ii else (
-        torch.zeros(0, dtype=torch.long, device=batch.device),) * 2
-    if len(_TRIU_CACHE) > 32:
-        _TRIU_CACHE.clear()
-    _TRIU_CACHE[key] = out
-    return out
-
 
 def pair_list(positions: torch.Tensor, batch: torch.Tensor, cutoff_lower: float,
-              cutoff_upper: float) -> tuple[torch.Tensor, torch.Tensor]:
+              cutoff_upper: float, layout: BatchLayout | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unordered bead pairs (i < j, same structure) with ``cutoff_lower < d < cutoff_upper``.
 
     Pairs outside the open interval have zero filter weight and zero filter derivatives in
-    CGSchNet (cosine cutoff), so dropping them is exact. No neighbour cap.
+    CGSchNet (cosine cutoff), so dropping them is exact. No neighbour cap. The boolean
+    selection is the step's one unavoidable host sync (the pair count depends on the data).
 
     Args:
         positions: (A, 3) Å.  batch: (A,) int64, non-decreasing.
         cutoff_lower, cutoff_upper: Å.
+        layout: :func:`~hessid.training.learning.layout.batch_layout` of ``batch`` (None:
+            looked up).
 
     Returns:
         (i, j), each (P,) int64.
     """
-    i, j = _all_pairs(batch)
+    i, j = (batch_layout(batch) if layout is None else layout).all_pairs()
     with torch.no_grad():
         d = (positions[i] - positions[j]).norm(dim=-1)  # (P,)
-        keep = (d > cutoff_lower) & (d < cutoff_upper)
+        keep = torch.nonzero((d > cutoff_lower) & (d < cutoff_upper))[:, 0]
     return i[keep], j[keep]
 
 
@@ -263,7 +248,7 @@ def _dense_layout(batch: torch.Tensor, n_graphs: int):
     counts = torch.bincount(batch, minlength=n_graphs)
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(batch.shape[0], device=batch.device) - starts[batch]  # (A,)
-    return int(counts.max()), local
+    return max(batch_layout(batch).counts, default=0), local  # host ints from the cached layout
 
 
 def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_chunk,
@@ -468,8 +453,90 @@ def _check_supported(potential) -> None:
         raise ValueError(f"the fast HVP path supports expnorm/gauss RBFs, not {cfg.rbf_type!r}")
 
 
-def _prior_terms(potential, positions, batch, probes, bead_types=None):
-    """Prior energy (B,), gradient (A, 3) and HVPs (k, A, 3); constants w.r.t. θ."""
+# ----------------------------------------------------------------------------- torch.compile
+
+_COMPILE: dict = {"enabled": False, "fn": None}
+
+
+def _edge_core(rep, net, pos, z, batch, n_graphs, i, j, probes, probe_chunk):
+    """Filter jets + edge-list energy, ∇_R U and H v: the part of the step that compiles
+    (no data-dependent shapes: the pair list ``i, j`` is an input)."""
+    order = 1 if probes is None else 2
+    jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=order)  # (P, order+1, L', F)
+    return edge_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, jets, probes, probe_chunk)
+
+
+def _edge_kernel(compiled: bool):
+    if not compiled:
+        return _edge_core
+    if _COMPILE["fn"] is None:
+        _COMPILE["fn"] = torch.compile(_edge_core, dynamic=True)
+    return _COMPILE["fn"]
+
+
+def set_compile(enabled: bool) -> bool:
+    """Route the edge-list path through ``torch.compile`` (``trainer.compile``); returns the
+    previous setting.
+
+    When on, :func:`energy_forces_hvp` runs the filter jets and the edge-list energy,
+    forces and HVPs as one ``torch.compile(..., dynamic=True)`` region (the pair list, the
+    prior and the loss stay eager), for HVP steps with ``method="edges"`` (or ``"auto"``
+    choosing it) AND for forces-only (FM) steps, which then use the edge list's hand-written
+    reverse instead of an autograd double backward (AOTAutograd cannot differentiate a
+    compiled backward twice). The Rao–Blackwellised residual tangent and the dense path stay
+    eager. Process-wide; the trainer restores the previous value after the run. Exact either
+    way (same operations; float rounding may differ). Measured cost and speed-up:
+    docs/training.md "HVP cost".
+    """
+    previous = bool(_COMPILE["enabled"])
+    _COMPILE["enabled"] = bool(enabled)
+    return previous
+
+
+def _check_inputs(potential, positions, bead_types, batch) -> tuple[torch.Tensor, BatchLayout]:
+    """``CGPotential._check``'s checks, with the host reads done once per batch object.
+
+    Returns:
+        batch (A,) (zeros when None) and its :class:`BatchLayout`.
+
+    Raises:
+        ValueError: positions not (A, 3); bead_types or batch not (A,); a bead type outside
+            the vocabulary.
+    """
+    if positions.ndim != 2 or positions.shape[-1] != 3:
+        raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
+    if bead_types.shape != positions.shape[:1]:
+        raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = "
+                         f"({positions.shape[0]},)")
+    if batch is None:
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+    if batch.shape != bead_types.shape:
+        raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
+    layout = batch_layout(batch, bead_types)
+    n_vocab = len(potential.bead_vocabulary)
+    if layout.types_range is not None and not (0 <= layout.types_range[0]
+                                               and layout.types_range[1] < n_vocab):
+        raise ValueError(f"bead_types must lie in [0, {n_vocab})")
+    return batch, layout
+
+
+def _prior_terms(potential, positions, batch, probes, bead_types=None, layout=None):
+    """Prior energy (B,), gradient (A, 3) and HVPs (k, A, 3); constants w.r.t. θ.
+
+    Closed form (:meth:`~hessid.training.learning.priors.PriorModel.energy_gradient_hvp`:
+    analytic gradient and tangents per bonded/pair term, all probes at once; no autograd).
+    """
+    if potential.prior is None:
+        return 0.0, 0.0, 0.0
+    layout = batch_layout(batch) if layout is None else layout
+    e, g, hv = potential.prior.energy_gradient_hvp(positions, batch, bead_types, probes,
+                                                   n_graphs=layout.n_graphs, index=layout.chain())
+    return e, g, (0.0 if hv is None else hv)
+
+
+def _prior_terms_autograd(potential, positions, batch, probes, bead_types=None):
+    """The same by autograd: one batched double backward for all k probes (the reference of
+    the closed form; tests and benchmarks)."""
     if potential.prior is None:
         return 0.0, 0.0, 0.0
     with torch.enable_grad():
@@ -515,8 +582,6 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             ``"double_backward"`` — batched autograd double backward through the edge-list
             message passing (an independent check; slow). Forces-only calls always use the
             edge list with first-order jets.
-            With ``residual_target``, ``"auto"`` and ``"edges"`` take the ``"dense"`` path
-            (the edges path does not carry the residual tangent yet).
         residual_target: target forces ``P f`` (A, 3) kcal/mol/Å, or None. When given (probes
             required), the force residual ``dF = P f − F_θ`` of this very forward pass is
             detached and appended to the probes as a (k+1)-th tangent, so ``H_θ dF`` shares
@@ -539,15 +604,15 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             ``residual_target`` without probes or not of shape (A, 3).
     """
     _check_supported(potential)
-    batch = potential._check(positions, bead_types, batch)
+    batch, layout = _check_inputs(potential, positions, bead_types, batch)
     if probes is not None and (probes.ndim != 3 or probes.shape[1:] != positions.shape):
         raise ValueError(f"probes must be (k, A, 3) = (k, {positions.shape[0]}, 3), got "
                          f"{tuple(probes.shape)}")
     net = potential.net
     rep = net.representation_model
     pos = positions.detach()
-    n_graphs = int(batch.max()) + 1
-    i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
+    n_graphs = layout.n_graphs
+    i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper, layout)
     if method not in HVP_METHODS:
         raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
     residual_fn = None
@@ -557,7 +622,7 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
                              f"got {tuple(residual_target.shape)}")
         # dF = P f − F_θ = P f + ∇U_prior + ∇U_net = offset + ∇U_net
         offset = residual_target.detach().to(pos.dtype) + _prior_terms(potential, pos, batch, None,
-                                                                       bead_types)[1]
+                                                                       bead_types, layout)[1]
 
         def residual_fn(grad_net, transformed=True):
             dF = (offset + grad_net).detach()
@@ -566,22 +631,32 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
             return dF
     if probes is not None and method == "auto":
         method = choose_hvp_method(pos.shape[0], i.shape[0], n_graphs, probes.shape[0])
-    if residual_fn is not None and method == "edges":
-        method = "dense"  # the edges path does not carry the residual tangent yet
+    compiled = _COMPILE["enabled"] and residual_fn is None
+    if probes is None and compiled:  # hand-written reverse: one θ-backward, compilable
+        with torch.set_grad_enabled(create_graph):
+            energy, grad_r, _ = _edge_kernel(True)(rep, net, pos, bead_types.long(), batch,
+                                                   n_graphs, i, j, None, None)
+        pe, pg, _ = _prior_terms(potential, pos, batch, None, bead_types, layout)
+        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=None)
     if probes is not None and method == "edges":
         with torch.set_grad_enabled(create_graph):
-            jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
-            energy, grad_r, hvp = edge_energy_forces_hvp(
-                net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk)
-        pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
-        return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp + phv)
+            if compiled:
+                energy, grad_r, hvp = _edge_kernel(True)(rep, net, pos, bead_types.long(), batch,
+                                                         n_graphs, i, j, probes, probe_chunk)
+            else:
+                jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)  # (P, 3, L', F)
+                energy, grad_r, hvp = edge_energy_forces_hvp(
+                    net, pos, bead_types.long(), batch, n_graphs, i, j, jets, probes, probe_chunk,
+                    residual_fn=residual_fn)
+        return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
+                           probes, layout)
     if probes is not None and method == "dense":
         with torch.set_grad_enabled(create_graph):
             energy, grad_r, hvp = _dense_energy_forces_hvp(
                 net, pos, bead_types.long(), batch, n_graphs, i, j, probes, probe_chunk,
                 residual_fn)
         return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
-                           probes)
+                           probes, layout)
     rij = pos[i] - pos[j]  # (P, 3)
     d = rij.norm(dim=-1)  # (P,)
     u = rij / d[:, None]  # (P, 3)
@@ -625,12 +700,13 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         hvp = None if hvp is None else hvp.detach()
     if hvp is not None:
         return _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn,
-                           probes)
-    pe, pg, _ = _prior_terms(potential, pos, batch, None, bead_types)
+                           probes, layout)
+    pe, pg, _ = _prior_terms(potential, pos, batch, None, bead_types, layout)
     return EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=None)
 
 
-def _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn, probes):
+def _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual_fn, probes,
+                layout=None):
     """Add the prior to the network's energy, gradient and HVPs; split off the residual row.
 
     ``hvp`` (k', A, 3) holds the network HVPs along ``probes`` (k, A, 3), plus, when
@@ -640,7 +716,7 @@ def _with_prior(potential, pos, batch, bead_types, energy, grad_r, hvp, residual
     if residual_fn is not None:
         residual = residual_fn(grad_r, transformed=False)  # (A, 3)  dF
         probes = torch.cat([probes.to(pos.dtype), residual_fn(grad_r)[None]])
-    pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types)
+    pe, pg, phv = _prior_terms(potential, pos, batch, probes, bead_types, layout)
     hvp = hvp + phv  # (k', A, 3)
     out = EnergyForcesHVP(energy=energy + pe, forces=-(grad_r + pg), hvp=hvp)
     if residual_fn is not None:

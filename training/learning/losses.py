@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from hessid.hvp_loss import per_frame_hvp_loss, rao_blackwell_hvp_loss
+from hessid.training.learning.layout import batch_layout
 
 __all__ = [
     "DEFAULT_RB_STABILISER",
@@ -205,19 +206,17 @@ def energy_loss(model_energy: torch.Tensor, target_energy: torch.Tensor) -> torc
 
 
 def _frames_by_size(batch: torch.Tensor, n_graphs: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Group the frames of a graph batch by bead count.
+    """Group the frames of a graph batch by bead count (from the cached host layout, no sync
+    after the batch's first read: :func:`~hessid.training.learning.layout.batch_layout`).
 
     Returns:
         list of ``(frames (B_g,), atoms (B_g·n,), n)``: frame indices, the row indices of their
         beads in batch order (frame by frame, so ``atoms`` reshapes to (B_g, n)), bead count.
     """
-    counts = torch.bincount(batch, minlength=n_graphs)  # (B,)
-    groups = []
-    for n in torch.unique(counts).tolist():
-        frames = torch.nonzero(counts == n).reshape(-1)
-        atoms = torch.nonzero(counts[batch] == n).reshape(-1)  # batch is non-decreasing
-        groups.append((frames, atoms, int(n)))
-    return groups
+    layout = batch_layout(batch)
+    if layout.n_graphs != n_graphs:
+        raise ValueError(f"batch has {layout.n_graphs} frames, n_graphs = {n_graphs}")
+    return layout.size_groups()
 
 
 def rao_blackwell_hvp_loss_graph(model_hvp: torch.Tensor, term1: torch.Tensor,
@@ -464,9 +463,8 @@ def project_out_bonds(x: torch.Tensor, positions: torch.Tensor, batch: torch.Ten
     lead = x.shape[:-2]
     flat = x.reshape(-1, *positions.shape)  # (m, A, 3)
     m = flat.shape[0]
-    n_graphs = int(batch.max()) + 1 if batch.numel() else 0
     out = torch.zeros_like(flat)
-    for frames, atoms, n in _frames_by_size(batch, n_graphs):
+    for frames, atoms, n in _frames_by_size(batch, batch_layout(batch).n_graphs):
         Bg = frames.shape[0]
         R = positions[atoms].reshape(Bg, n, 3)
         xs = flat[:, atoms].reshape(m, Bg, n * 3).transpose(0, 1)  # (B_g, m, d)

@@ -140,21 +140,27 @@ def canonical_class(types) -> tuple[int, ...]:
 _INDEX_CACHE: dict = {}
 
 
-def chain_indices(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+def chain_indices(batch: torch.Tensor | None, counts: tuple[int, ...] | None = None,
+                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Bonded and non-bonded index lists of graph-batched single chains.
 
     Beads of one structure are consecutive in the flattened layout and form one chain in
     order (the dataset's ``cg/bonds`` are the chain bonds ``(i, i+1)``).
 
     Args:
-        batch: structure index of each bead, (A,) int64, non-decreasing.
+        batch: structure index of each bead, (A,) int64, non-decreasing; reading its bead
+            counts is a host sync. None with ``counts``.
+        counts: beads per structure (host ints), instead of reading them from ``batch``.
+        device: where the lists go (default: ``batch.device``).
 
     Returns:
         dict with ``bonds`` (nb, 2), ``angles`` (na, 3), ``dihedrals`` (nd, 4) and
         ``pairs`` (np, 2) (|i − j| ≥ 3, same structure), all int64 on ``batch.device``.
     """
-    counts = tuple(torch.bincount(batch).tolist()) if batch.numel() else ()
-    key = (counts, str(batch.device))
+    if counts is None:
+        counts = tuple(torch.bincount(batch).tolist()) if batch.numel() else ()
+    device = batch.device if device is None else torch.device(device)
+    key = (tuple(counts), str(device))
     if key in _INDEX_CACHE:
         return _INDEX_CACHE[key]
     out: dict[str, list] = {"bonds": [], "angles": [], "dihedrals": [], "pairs": []}
@@ -170,7 +176,7 @@ def chain_indices(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         offset += n
     widths = {"bonds": 2, "angles": 3, "dihedrals": 4, "pairs": 2}
     result = {
-        k: (torch.cat(v) if v else torch.zeros(0, widths[k], dtype=torch.long)).to(batch.device)
+        k: (torch.cat(v) if v else torch.zeros(0, widths[k], dtype=torch.long)).to(device)
         for k, v in out.items()
     }
     if len(_INDEX_CACHE) > 64:
@@ -198,6 +204,95 @@ def _dihedrals(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     n2 = torch.linalg.cross(b1, b2)
     m1 = torch.linalg.cross(n1, b1 / b1.norm(dim=-1, keepdim=True))
     return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(-1, keepdim=True)
+
+
+def _angle_jet(x: torch.Tensor, idx: torch.Tensor, v: torch.Tensor | None):
+    """Angle θ (na,) of (x0, x1, x2) at x1, its gradient w.r.t. the three beads (3, na, 3) and
+    the directional derivative of that gradient along v, (3, k, na, 3) (None without v)."""
+    a, b = x[idx[:, 0]] - x[idx[:, 1]], x[idx[:, 2]] - x[idx[:, 1]]  # (na, 3)
+    la, lb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)  # (na, 1)
+    ah, bh = a / la, b / lb
+    c = _dot(ah, bh)
+    theta = torch.acos(c.clamp(-1 + 1e-12, 1 - 1e-12))[:, 0]  # as _angles
+    s = torch.sqrt(1 - c * c)  # sin θ
+    na_, nb_ = c * ah - bh, c * bh - ah
+    da, db = la * s, lb * s
+    pa, pb = na_ / da, nb_ / db  # ∂θ/∂a, ∂θ/∂b
+    grad = torch.stack([pa, -(pa + pb), pb])  # (3, na, 3)
+    if v is None:
+        return theta, grad, None
+    at, bt = v[:, idx[:, 0]] - v[:, idx[:, 1]], v[:, idx[:, 2]] - v[:, idx[:, 1]]  # (k, na, 3)
+    lat, lbt = _dot(ah, at), _dot(bh, bt)  # (k, na, 1)
+    aht, bht = (at - ah * lat) / la, (bt - bh * lbt) / lb
+    ct = _dot(aht, bh) + _dot(ah, bht)
+    st = -c * ct / s
+    pat = (ct * ah + c * aht - bht - pa * (lat * s + la * st)) / da
+    pbt = (ct * bh + c * bht - aht - pb * (lbt * s + lb * st)) / db
+    thetat = _dot(pa, at) + _dot(pb, bt)  # (k, na, 1)  ∇θ·v
+    return theta, grad, (torch.stack([pat, -(pat + pbt), pbt]), thetat)
+
+
+def _dihedral_jet(x: torch.Tensor, idx: torch.Tensor, v: torch.Tensor | None):
+    """Dihedral φ (nd,) of (x0, x1, x2, x3) (the angle of :func:`_dihedrals`), its gradient
+    (4, nd, 3) and the directional derivative of the gradient along v (4, k, nd, 3)."""
+    b0 = x[idx[:, 1]] - x[idx[:, 0]]  # (nd, 3)
+    b1 = x[idx[:, 2]] - x[idx[:, 1]]
+    b2 = x[idx[:, 3]] - x[idx[:, 2]]
+    def cr(a, b):  # cross product, broadcasting the probe axis
+        return torch.linalg.cross(*torch.broadcast_tensors(a, b))
+
+    l1 = b1.norm(dim=-1, keepdim=True)
+    d01, d12, d02, d11 = _dot(b0, b1), _dot(b1, b2), _dot(b0, b2), _dot(b1, b1)
+    c12, c20, c01 = cr(b1, b2), cr(b2, b0), cr(b0, b1)
+    vol = _dot(b0, c12)  # b0·(b1×b2)
+    xx = d01 * d12 - d02 * d11  # (b0×b1)·(b1×b2)
+    yy = -l1 * vol
+    q = xx * xx + yy * yy
+    phi = torch.atan2(yy, xx)[:, 0]
+    gx = [d12 * b1 - d11 * b2, d01 * b2 + d12 * b0 - 2 * d02 * b1, d01 * b1 - d11 * b0]
+    gy = [-l1 * c12, -(b1 / l1) * vol - l1 * c20, -l1 * c01]
+    gphi = [(xx * gy_ - yy * gx_) / q for gx_, gy_ in zip(gx, gy, strict=True)]  # ∂φ/∂b_m
+    grad = torch.stack([-gphi[0], gphi[0] - gphi[1], gphi[1] - gphi[2], gphi[2]])  # (4, nd, 3)
+    if v is None:
+        return phi, grad, None
+    t0 = v[:, idx[:, 1]] - v[:, idx[:, 0]]  # (k, nd, 3)  tangents of b0, b1, b2
+    t1 = v[:, idx[:, 2]] - v[:, idx[:, 1]]
+    t2 = v[:, idx[:, 3]] - v[:, idx[:, 2]]
+    d01t, d12t = _dot(t0, b1) + _dot(b0, t1), _dot(t1, b2) + _dot(b1, t2)
+    d02t, d11t = _dot(t0, b2) + _dot(b0, t2), 2 * _dot(b1, t1)
+    l1t = _dot(b1, t1) / l1
+    volt = _dot(t0, c12) + _dot(t1, c20) + _dot(t2, c01)
+    xt = sum(_dot(g, t) for g, t in zip(gx, (t0, t1, t2), strict=True))
+    yt = sum(_dot(g, t) for g, t in zip(gy, (t0, t1, t2), strict=True))
+    gxt = [d12t * b1 + d12 * t1 - d11t * b2 - d11 * t2,
+           d01t * b2 + d01 * t2 + d12t * b0 + d12 * t0 - 2 * (d02t * b1 + d02 * t1),
+           d01t * b1 + d01 * t1 - d11t * b0 - d11 * t0]
+    gyt = [-l1t * c12 - l1 * (cr(t1, b2) + cr(b1, t2)),
+           -(t1 / l1 - b1 * l1t / l1**2) * vol - (b1 / l1) * volt - l1t * c20
+           - l1 * (cr(t2, b0) + cr(b2, t0)),
+           -l1t * c01 - l1 * (cr(t0, b1) + cr(b0, t1))]
+    qt = 2 * (xx * xt + yy * yt)
+    gphit = [(xt * gy_ + xx * gyt_ - yt * gx_ - yy * gxt_ - gp * qt) / q
+             for gx_, gy_, gxt_, gyt_, gp in zip(gx, gy, gxt, gyt, gphi, strict=True)]
+    phit = (xx * yt - yy * xt) / q  # (k, nd, 1)  ∇φ·v
+    hess = torch.stack([-gphit[0], gphit[0] - gphit[1], gphit[1] - gphit[2], gphit[2]])
+    return phi, grad, (hess, phit)
+
+
+def _chain_rule(idx, e1, e2, grad_q, jet, atoms, grads, hvps) -> None:
+    """Append the gradient ``E′ ∇q`` and HVP ``E″ (∇q·v) ∇q + E′ ∇²q v`` of a term E(q) to
+    the scatter lists, per bead of the term (``idx`` (m, w), ``grad_q`` (w, m, 3))."""
+    for col in range(idx.shape[1]):
+        atoms.append(idx[:, col])
+        grads.append(e1[:, None] * grad_q[col])
+    if jet is not None:
+        hq, qt = jet  # (w, k, m, 3), (k, m, 1)
+        for col in range(idx.shape[1]):
+            hvps.append(e2[:, None] * qt * grad_q[col] + e1[:, None] * hq[col])
 
 
 def _class_table(classes, width: int):
@@ -331,6 +426,122 @@ class PriorModel(torch.nn.Module):
             self.repulsion_epsilon * (self.repulsion_sigma / rr) ** 6, pr[:, 0]
         )
         return out
+
+    def energy_gradient_hvp(self, positions: torch.Tensor, batch: torch.Tensor,
+                            bead_types: torch.Tensor | None = None,
+                            probes: torch.Tensor | None = None, n_graphs: int | None = None,
+                            index: dict[str, torch.Tensor] | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Energy, gradient and Hessian-vector products of the prior in closed form.
+
+        Every term is a function of one internal coordinate ``q`` (bond length, angle,
+        dihedral, pair distance) with scalar derivatives ``E′(q)``, ``E″(q)``, so
+
+            ∇U = Σ_terms E′ ∇q,        H v = Σ_terms E″ (∇q·v) ∇q + E′ (∇²q v),
+
+        where ``∇q`` is written out analytically and ``∇²q v`` is its directional derivative
+        along v (forward-mode by hand: every intermediate of ``∇q`` carries a tangent with a
+        leading probe axis k, so all probes go through each term at once). Bonds and the
+        repulsion are radial (``∇²r v = (dv − u (u·dv))/r``); the angle uses
+        ``∇_a θ = (cos θ â − b̂)/(|a| sin θ)`` (a, b the bond vectors from the middle bead);
+        the dihedral ``φ = atan2(y, x)`` with ``x = (b0×b1)·(b1×b2)``,
+        ``y = −|b1| b0·(b1×b2)`` (the same angle as :meth:`energy_terms`), ``∇φ = (x∇y −
+        y∇x)/(x² + y²)``. No autograd (the prior has no parameters to train): equal to the
+        autograd gradient and Hessian times v to rounding (tests/training/learning/
+        test_prior_hvp.py, float64, 1e-10).
+
+        Args:
+            positions: (A, 3) Å, graph-batched.
+            batch: (A,) int64 structure index, non-decreasing.
+            bead_types: (A,) int64; required with per-class terms.
+            probes: (k, A, 3) probe vectors, or None (energy and gradient only).
+            n_graphs: B (None: ``batch.max() + 1``, a host sync).
+            index: :func:`chain_indices` of ``batch`` (None: looked up, a host sync).
+
+        Returns:
+            energy (B,) kcal/mol, gradient ``∂U/∂R`` (A, 3) kcal/mol/Å, hvp (k, A, 3)
+            kcal/mol/Å² (None without probes); detached, in the positions' dtype.
+
+        Raises:
+            ValueError: per-class terms but no ``bead_types``.
+        """
+        with torch.no_grad():
+            return self._energy_gradient_hvp(positions.detach(), batch, bead_types,
+                                             None if probes is None else probes.detach(),
+                                             n_graphs, index)
+
+    def _energy_gradient_hvp(self, x, batch, bead_types, v, n_graphs, index):
+        idx = chain_indices(batch) if index is None else index
+        if n_graphs is None:
+            n_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        dt, dev = x.dtype, x.device
+        if v is not None:
+            v = v.to(dt)
+        owners, energies, atoms, grads, hvps = [], [], [], [], []
+
+        def per_term(name, pooled, table):
+            rows = self._class_rows(name, idx[name], bead_types)
+            return pooled if rows is None else table[rows]
+
+        def radial(pairs, f0, f1, f2, r, u):  # f(r) of the pair (i, j), r = |x_j − x_i|
+            owners.append(pairs[:, 0])
+            energies.append(f0)
+            g = f1[:, None] * u  # (m, 3) ∂/∂x_j
+            atoms.append(pairs[:, 1])
+            atoms.append(pairs[:, 0])
+            grads.extend([g, -g])
+            if v is not None:
+                dv = v[:, pairs[:, 1]] - v[:, pairs[:, 0]]  # (k, m, 3)
+                uv = _dot(dv, u)  # (k, m, 1)
+                t = f2[:, None] * uv * u + (f1 / r)[:, None] * (dv - u * uv)  # (k, m, 3)
+                hvps.extend([t, -t])
+
+        def distances(pairs):
+            d = x[pairs[:, 1]] - x[pairs[:, 0]]  # (m, 3)
+            r = d.norm(dim=-1)  # (m,)
+            return r, d / r[:, None]
+
+        # bonds: ½ k (r − r0)²
+        bonds = idx["bonds"]
+        r, u = distances(bonds)
+        bk = per_term("bonds", self.bond_k, self.bond_k_c).to(dt)
+        dr = r - per_term("bonds", self.bond_r0, self.bond_r0_c).to(dt)
+        radial(bonds, 0.5 * bk * dr**2, bk * dr, bk.expand_as(r), r, u)
+        # repulsion: ε (σ/r)⁶
+        pairs = idx["pairs"]
+        r, u = distances(pairs)
+        e = self.repulsion_epsilon.to(dt) * (self.repulsion_sigma.to(dt) / r) ** 6
+        radial(pairs, e, -6 * e / r, 42 * e / r**2, r, u)
+        # angles: ½ k (θ − θ0)²
+        ang = idx["angles"]
+        ak = per_term("angles", self.angle_k, self.angle_k_c).to(dt)
+        a0 = per_term("angles", self.angle_theta0, self.angle_theta0_c).to(dt)
+        th, gth, hth = _angle_jet(x, ang, v)
+        owners.append(ang[:, 0])
+        energies.append(0.5 * ak * (th - a0) ** 2)
+        e1, e2 = ak * (th - a0), ak.expand_as(th)
+        _chain_rule(ang, e1, e2, gth, hth, atoms, grads, hvps)
+        # dihedrals: Σ_n a_n cos nφ + b_n sin nφ
+        dih = idx["dihedrals"]
+        if self.dihedral_cos.numel() and dih.shape[0]:
+            phi, gphi, hphi = _dihedral_jet(x, dih, v)
+            n = torch.arange(1, self.dihedral_cos.numel() + 1, dtype=dt, device=dev)
+            c = per_term("dihedrals", self.dihedral_cos, self.dihedral_cos_c).to(dt)
+            sn = per_term("dihedrals", self.dihedral_sin, self.dihedral_sin_c).to(dt)
+            cos, sin = torch.cos(phi[:, None] * n), torch.sin(phi[:, None] * n)  # (nd, N)
+            owners.append(dih[:, 0])
+            energies.append((cos * c + sin * sn).sum(-1))
+            e1 = (n * (sin * -c + cos * sn)).sum(-1)
+            e2 = -(n**2 * (cos * c + sin * sn)).sum(-1)
+            _chain_rule(dih, e1, e2, gphi, hphi, atoms, grads, hvps)
+        owner = batch[torch.cat(owners)]
+        energy = torch.zeros(n_graphs, dtype=dt, device=dev).index_add(0, owner, torch.cat(energies))
+        at = torch.cat(atoms)
+        grad = torch.zeros_like(x).index_add(0, at, torch.cat(grads))
+        hvp = None
+        if v is not None:
+            hvp = torch.zeros_like(v).index_add(1, at, torch.cat(hvps, 1))
+        return energy, grad, hvp
 
     def forward(self, positions: torch.Tensor, batch: torch.Tensor,
                 bead_types: torch.Tensor | None = None) -> torch.Tensor:

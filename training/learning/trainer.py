@@ -47,6 +47,7 @@ from hessid.training.learning.datasets import (
     split_items,
     target_normalisations,
 )
+from hessid.training.learning.derivatives import set_compile
 from hessid.training.learning.gate import run_verification_gate
 from hessid.training.learning.models import build_potential
 from hessid.training.learning.module import CGTrainingModule
@@ -310,8 +311,12 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         enable_model_summary=False, inference_mode=False, deterministic=False,
         log_every_n_steps=1, default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
-    trainer.fit(module, train_dataloaders=train_stream, val_dataloaders=val_stream,
-                ckpt_path=str(last) if resume else None)
+    previous = set_compile(tc.compile)
+    try:
+        trainer.fit(module, train_dataloaders=train_stream, val_dataloaders=val_stream,
+                    ckpt_path=str(last) if resume else None)
+    finally:
+        set_compile(previous)
 
     best = None
     for cb in trainer.callbacks:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchmdnet.models.utils import act_class_mapping
 
+from hessid.training.learning import edge_hvp
 from hessid.training.learning.derivatives import (
     choose_hvp_method,
     energy_forces_hvp,
@@ -158,10 +159,48 @@ def test_unsupported_activation_raises():
         energy_forces_hvp(model, pos, types, batch, torch.zeros(1, 5, 3, dtype=torch.float64))
 
 
-def test_saved_memory_per_probe_grows_by_scalars_per_pair_not_edge_features():
+@pytest.mark.parametrize("config", [{}, {"neighbor_embedding": True}])
+def test_custom_and_plain_edge_ops_give_the_same_hvps_and_parameter_gradients(config):
+    """``edge_ops="plain"`` (autograd ops, small systems) and ``"custom"`` (re-gathering
+    functions) are the same formulas: equal HVPs, forces and θ-gradients to float64 rounding,
+    both equal to the autograd Hessian · v. Negative control: a perturbed tangent differs."""
+    model, pos, types, batch = _system(sizes=(7, 5), config=config)
+    probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
+    rep = model.net.representation_model
+    i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
+    target = torch.randn_like(probes)
+
+    def run(kind, v=probes):
+        model.zero_grad()
+        jets = filter_jets(rep, (pos[i] - pos[j]).norm(dim=-1), order=2)
+        _, g, hv = edge_energy_forces_hvp(model.net, pos, types, batch, 2, i, j, jets, v,
+                                          edge_ops=kind)
+        ((hv - target) ** 2).sum().add((g**2).sum()).backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in model.net.parameters() if p.grad is not None])
+        return hv.detach(), g.detach(), grads
+
+    hc, gc, tc = run("custom")
+    hp, gp, tp = run("plain")
+    assert_close(hp, hc, rtol=1e-12, what="HVP plain vs custom")
+    assert_close(gp, gc, rtol=1e-12, what="∇U plain vs custom")
+    assert_close(tp, tc, rtol=1e-11, what="dL/dθ plain vs custom")
+    model.prior, prior = None, model.prior  # network-only autograd Hessian
+    try:
+        hv = _hessian_times(model, pos, types, batch, probes)
+    finally:
+        model.prior = prior
+    assert_close(hc, hv, rtol=1e-10, what="custom vs autograd Hessian")
+    assert relative_error(run("plain", probes * (1 + 1e-6))[0], hv) > 1e-8
+    with pytest.raises(ValueError, match="edge_ops"):
+        run("fused")
+
+
+def test_saved_memory_per_probe_grows_by_scalars_per_pair_not_edge_features(monkeypatch):
     """The θ-graph holds no (k, E, F) edge tensor: with the same beads and ~3× the pairs
     (larger cutoff), each probe saves at most 16 more scalars per added pair (an (E, F) edge
-    tensor would be 2F = 64 per pair)."""
+    tensor would be 2F = 64 per pair). The custom edge ops (``edge_ops="custom"``, the choice
+    of ``"auto"`` above :data:`PLAIN_EDGE_OPS_MAX_ELEMENTS`) are forced: these systems are small."""
+    monkeypatch.setattr(edge_hvp, "PLAIN_EDGE_OPS_MAX_ELEMENTS", 0)
 
     def per_probe(cutoff):
         model, pos, types, batch = _system(sizes=(14, 14), dtype=torch.float32, prior=False,
