@@ -96,10 +96,12 @@ def replica_angles(sim_dir: Path, burn_in_ps: float, dt_ps: float) -> list[np.nd
     trajs = load_simulation(sim_dir)
     n_burn = int(round(burn_in_ps / dt_ps))
     out = []
-    kept, _ = filter_replicas(trajs, (ala2.BOND_RANGE[0] / 10, ala2.BOND_RANGE[1] / 10), 0.0)
-    kept_ids = {id(x) for x in kept}
-    for x in trajs.xyz:
-        out.append(ala2.phi_psi(x[n_burn:] * 10.0) if id(x) in kept_ids and len(x) > n_burn + 1 else None)
+    # replicas are matched by index: filter_replicas returns float64 copies of the arrays
+    _, dropped = filter_replicas(trajs, (ala2.BOND_RANGE[0] / 10, ala2.BOND_RANGE[1] / 10), 0.0)
+    bad = {int(d["replica"]) for d in dropped}
+    for r, x in enumerate(trajs.xyz):
+        out.append(ala2.phi_psi(np.asarray(x[n_burn:], dtype=np.float64) * 10.0)
+                   if r not in bad and len(x) > n_burn + 1 else None)
     return out
 
 

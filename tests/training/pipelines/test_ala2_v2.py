@@ -15,7 +15,9 @@ from hessid.training.pipelines.ala2_v2 import (
     label_cost_estimate,
     n_label_configs,
 )
-from hessid.training.pipelines.ala2_v2_eval import correlation_time, delta_g, fe_rmse
+from hessid.training.evaluation.evaluate import Trajectories
+from hessid.training.pipelines import ala2_v2_eval
+from hessid.training.pipelines.ala2_v2_eval import correlation_time, delta_g, fe_rmse, replica_angles
 from hessid.units import KB_KCAL_PER_MOL_K
 
 ALPHA = (math.radians(-70), math.radians(-40))
@@ -80,3 +82,19 @@ def test_aa_cost_accounting_matches_the_pre_registration():
     assert fm_aa_cost(s, 1000, with_term1=True) == 133_000
     assert label_cost_estimate(s) == 2100
     assert [n_label_configs(s, n, 2100) for n in (250, 1000, 4000)] == [14, 59, 238]
+
+
+def test_replica_angles_keep_every_good_float32_replica_and_drop_only_the_broken_one(monkeypatch):
+    """CG MD trajectories load as float32 (nm); the kept replicas must be found by index, not by
+    identity of the float64 copies filter_replicas makes (that bug returned None for all)."""
+    rng = np.random.default_rng(0)
+    chain = np.array([[0.0, 0, 0], [1.5, 0, 0], [2.0, 1.4, 0], [3.4, 1.6, 0.5], [4.0, 2.9, 0.9]]) / 10  # nm
+    good = [(chain + 0.002 * rng.standard_normal((20, 5, 3))).astype(np.float32) for _ in range(3)]
+    broken = good[0].copy()
+    broken[7, 4] += 1.0  # a 1 nm jump: bond far outside ala2.BOND_RANGE
+    trajs = Trajectories(xyz=[good[0], broken, good[1], good[2]], dt=1.0)
+    monkeypatch.setattr(ala2_v2_eval, "load_simulation", lambda _: trajs)
+    out = replica_angles(None, burn_in_ps=5.0, dt_ps=1.0)
+    assert [a is None for a in out] == [False, True, False, False]  # control: the broken replica is dropped
+    np.testing.assert_allclose(out[0], ala2.phi_psi(good[0][5:].astype(np.float64) * 10.0))
+    assert out[0].shape == (15, 2)
