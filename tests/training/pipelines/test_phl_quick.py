@@ -89,6 +89,16 @@ def test_arms_share_the_probe_seed_and_differ_only_in_the_loss():
         arm_loss("ef_hvp", s, 0)
 
 
+def test_unknown_stop_after_is_refused_before_anything_runs(tmp_path):
+    from hessid.training.pipelines.phl import run_study
+
+    with pytest.raises(ValueError, match="--stop-after must be one of"):
+        run_study(tmp_path / "x", {}, tmp_path / "x.md", stop_after="everything")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch):
     """Every stage on tiny settings; then a rerun skips the done stages and a changed setting is refused."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
