@@ -500,6 +500,11 @@ def write_report(out: Path, s: dict, records: dict, costs: dict, results_path: P
     for f, by in an1["verdicts"].items():
         for ds, text in by.items():
             L.append(f"- **{f}, {ds}**: {text}")
+    for m, c in costs.items():
+        by = {c["arm_names"].get(a, a): v["step_s_median"] for a, v in c["arms"].items()}
+        if "ef_h" in by and "hvp_random_k1_fresh" in by:
+            L.append(f"- **F1 cost, {m}**: an E-F-H step costs {by['ef_h'] / by['hvp_random_k1_fresh']:.3g}× an "
+                     f"E-F-HVP (random, k = 1) step (process time, side by side; the accuracy half of F1 is above)")
     L += ["", "## Pre-registered family (geometric-mean Hessian-RMSE ratio arm/base over sizes; Holm)", "",
           "| finding | dataset | arm / base | test set | ratio | 95 % interval | 90 % interval | p | p (Holm) |",
           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -146,6 +146,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch):
 
     # report: verdicts, the Holm family, multipliers, costs, tier 2, plot
     text = (out / "results" / "phl_results.md").read_text()
+    assert "**F1 cost, ethanol**: an E-F-H step costs" in text
     for head in ("## Verdicts (tier 1)", "## Pre-registered family", "data multiplier", "## Cost per step",
                  "## Tier 2", "Direction of each comparison"):
         assert head in text
