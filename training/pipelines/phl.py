@@ -41,8 +41,9 @@ import numpy as np
 
 from hessid.training.pipelines.runner import StageRunner, read_json, write_json
 
-__all__ = ["ARM_LOSSES", "FAMILY_METRIC", "analyse", "arm_loss", "job_list", "log_mean_by_replicate",
-           "run_study", "train_config", "train_job", "write_report"]  # fmt: skip
+__all__ = ["ARM_LOSSES", "FAMILY", "FAMILY_METRIC", "STAGES", "analyse", "arm_loss", "job_list",
+           "log_mean_by_replicate", "multipliers", "plot_learning_curves", "run_jobs", "run_study", "stage_cost",
+           "stage_data", "train_config", "train_job", "write_report"]  # fmt: skip
 
 #: arm name → the loss fields that differ between arms (everything else is shared)
 ARM_LOSSES = {
@@ -166,6 +167,9 @@ def job_list(out: Path, s: dict, tier: str) -> list[dict]:
     Returns:
         list of dicts ``name``, ``tier``, ``dataset``, ``arm``, ``size``, ``rep``, ``split``,
         ``root``, ``run_dir`` (JSON values only).
+
+    Raises:
+        ValueError: unknown tier.
     """
     if tier == "tier1":
         plans = [(m["name"], s["sizes"], s["arms"], s["split"]) for m in s["molecules"]]
@@ -196,6 +200,10 @@ def train_job(job: dict, s: dict) -> dict:
         force MAE/RMSE kcal/mol/Å, Hessian MAE/RMSE kcal/mol/Å²), ``frequencies``
         (``frequency_mae``/``frequency_rmse`` cm⁻¹ at the model's own minimum, convergence;
         None for arms outside ``evaluation.frequency_arms``).
+
+    Raises:
+        ValueError, FileNotFoundError: from the trainer (a checkpoint of another configuration,
+            a missing dataset); the run folder keeps its checkpoint for the next attempt.
     """
     import torch
 
