@@ -125,7 +125,7 @@ class Split:
 
 
 def split_structures(datasets: Sequence, n_train: int, n_val: int, n_test: int, seed: int = 0,
-                     train_subsets: Sequence[int] = (0, 1)) -> Split:
+                     train_subsets: Sequence[int] = (0, 1), subset_seed: int | None = None) -> Split:
     """Held-out, validation and training structures, drawn without overlap.
 
     The test sets (``n_test`` of subset 0 and of subset 1, pooled over datasets) are drawn
@@ -133,6 +133,11 @@ def split_structures(datasets: Sequence, n_train: int, n_val: int, n_test: int, 
     ``n_train`` of one permutation of the rest whose subset is in ``train_subsets``. So
     training sets of increasing ``n_train`` are nested and share their test set
     (learning curves).
+
+    ``subset_seed`` (None: the pool keeps the order of ``seed``'s permutation) reorders the
+    training pool by ``numpy.random.default_rng(subset_seed).permutation`` after the test and
+    validation structures are drawn: replicate training subsets that share one test and
+    validation set (the PHL study's replicates); still nested in ``n_train``.
 
     Raises:
         ValueError: not enough done structures, or negative sizes.
@@ -152,6 +157,8 @@ def split_structures(datasets: Sequence, n_train: int, n_val: int, n_test: int, 
     rest = [i for i in order if not taken[i]]
     val = rest[:n_val]
     pool = [i for i in rest[n_val:] if sub[i] in set(train_subsets)]
+    if subset_seed is not None:
+        pool = [pool[j] for j in np.random.default_rng(subset_seed).permutation(len(pool))]
     if len(pool) < n_train:
         raise ValueError(f"only {len(pool)} done structures of subsets {list(train_subsets)} remain "
                          f"for training after {n_test} test per subset and {n_val} validation; "

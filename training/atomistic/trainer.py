@@ -56,6 +56,8 @@ class DataConfig:
         n_test: held-out structures per subset (near, far), drawn first.
         split_seed: seed of the split (fixed test set for any n_train).
         train_subsets: subsets training may draw from (0 near, 1 far).
+        subset_seed: reorders the training pool after the test and validation draw (None:
+            ``split_seed``'s order): other training subsets, the same test set.
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -65,6 +67,7 @@ class DataConfig:
     n_test: int = 50
     split_seed: int = 0
     train_subsets: list[int] = field(default_factory=lambda: [0, 1])
+    subset_seed: int | None = None
 
 
 @dataclass
@@ -137,6 +140,8 @@ class TrainConfig:
             d["optim"].pop(key)
         for key in ("checkpoint_every", "progress", "validate_every"):
             d.pop(key)
+        if d["data"].get("subset_seed") is None:  # checkpoints written before the field existed
+            d["data"].pop("subset_seed")
         return d
 
 
@@ -164,7 +169,7 @@ def prepare(cfg: TrainConfig, datasets: list) -> tuple[AtomisticPotential, Split
     """The initial model (reference energies and output scale fitted on the training split),
     the split and the target scales."""
     split = split_structures(datasets, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test,
-                             cfg.data.split_seed, cfg.data.train_subsets)
+                             cfg.data.split_seed, cfg.data.train_subsets, cfg.data.subset_seed)
     needs_h = cfg.loss.mode != "ef"
     if needs_h:
         missing = [ds.name for ds in datasets if ds.hessians is None]

@@ -80,3 +80,22 @@ def test_evaluation_metrics_and_frequencies_run_on_a_trained_model(tmp_path):
     assert m["n"] == 2 and m["hessian_rmse"] > 0 and m["force_mae"] <= m["force_rmse"]
     f = frequency_comparison(model, ds[0], gtol=1e-2)
     assert len(f["reference_frequencies"]) == len(f["model_frequencies"]) == 3
+
+
+def test_subset_seed_changes_the_training_subset_not_the_test_and_validation_sets():
+    """Replicate training subsets (the PHL study): other structures, the same test and
+    validation sets, nested in n_train; None keeps the split seed's order (old behaviour)."""
+    from hessid.training.atomistic.frames import split_structures
+
+    ds = _datasets()
+    base = split_structures(ds, 8, 4, 4, seed=5)
+    assert split_structures(ds, 8, 4, 4, seed=5, subset_seed=None) == base
+    a = split_structures(ds, 8, 4, 4, seed=5, subset_seed=0)
+    b = split_structures(ds, 8, 4, 4, seed=5, subset_seed=1)
+    for s in (a, b):
+        assert (s.test_near, s.test_far, s.val) == (base.test_near, base.test_far, base.val)
+        held = set(s.test_near) | set(s.test_far) | set(s.val)
+        assert not held & set(s.train)
+    assert a.train != b.train  # control: the subset seed matters
+    small = split_structures(ds, 4, 4, 4, seed=5, subset_seed=0)
+    assert a.train[:4] == small.train  # nested
