@@ -8,16 +8,20 @@ import math
 import numpy as np
 import pytest
 
-from hessid.training.pipelines import ala2
+from hessid.training.evaluation.evaluate import Trajectories
+from hessid.training.pipelines import ala2, ala2_v2_eval
 from hessid.training.pipelines.ala2_v2 import (
     choose_test_configurations,
     fm_aa_cost,
     label_cost_estimate,
     n_label_configs,
 )
-from hessid.training.evaluation.evaluate import Trajectories
-from hessid.training.pipelines import ala2_v2_eval
-from hessid.training.pipelines.ala2_v2_eval import correlation_time, delta_g, fe_rmse, replica_angles
+from hessid.training.pipelines.ala2_v2_eval import (
+    correlation_time,
+    delta_g,
+    fe_rmse,
+    replica_angles,
+)
 from hessid.units import KB_KCAL_PER_MOL_K
 
 ALPHA = (math.radians(-70), math.radians(-40))
