@@ -37,9 +37,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
+from hessid.training.atomistic.costs import measure_loss_costs
+from hessid.training.atomistic.evaluation import error_metrics, frequency_comparison
+from hessid.training.atomistic.frames import split_structures
+from hessid.training.atomistic.model import load_potential
+from hessid.training.atomistic.trainer import TrainConfig, load_datasets, train
+from hessid.training.data.qm import open_qm_dataset
+from hessid.training.evaluation.statistics import data_multiplier, holm, paired_difference
 from hessid.training.pipelines.runner import StageRunner, read_json, write_json
+from hessid.training.qm.build import build_qm_dataset
 
 __all__ = ["ARM_LOSSES", "FAMILY", "FAMILY_METRIC", "STAGES", "analyse", "arm_loss", "job_list",
            "log_mean_by_replicate", "multipliers", "plot_learning_curves", "run_jobs", "run_study", "stage_cost",
@@ -93,9 +104,6 @@ def stage_data(out: Path, s: dict, jobs: int) -> dict:
         RuntimeError: a dataset has failed structures (they are recorded in the file; the study
             does not train on a dataset with holes it did not pre-register).
     """
-    from hessid.training.data.qm import open_qm_dataset
-    from hessid.training.qm.build import build_qm_dataset
-
     root = out / "data"
     specs = {m["name"]: m for m in s["molecules"]}
     specs[s["tier2"]["name"]] = s["tier2"]
@@ -205,13 +213,6 @@ def train_job(job: dict, s: dict) -> dict:
         ValueError, FileNotFoundError: from the trainer (a checkpoint of another configuration,
             a missing dataset); the run folder keeps its checkpoint for the next attempt.
     """
-    import torch
-
-    from hessid.training.atomistic.evaluation import error_metrics, frequency_comparison
-    from hessid.training.atomistic.frames import split_structures
-    from hessid.training.atomistic.model import load_potential
-    from hessid.training.atomistic.trainer import TrainConfig, load_datasets, train
-
     torch.set_num_threads(1)
     run_dir = Path(job["run_dir"])
     result_path = run_dir / "result.json"
@@ -266,11 +267,6 @@ def stage_cost(out: Path, s: dict) -> dict:
     Returns:
         ``{molecule: measure_loss_costs(...) result}`` (seconds).
     """
-    import torch
-
-    from hessid.training.atomistic.costs import measure_loss_costs
-    from hessid.training.atomistic.trainer import TrainConfig, load_datasets
-
     torch.set_num_threads(1)
     c = s["cost"]
     arms_spec = {arm: _cost_arm(arm) for arm in s["arms"]}
@@ -319,7 +315,6 @@ def log_mean_by_replicate(records: list[dict], dataset: str, arm: str, test_set:
 
 
 def _interval(arm: dict, base: dict, confidence: float) -> dict:
-    from hessid.training.evaluation.statistics import paired_difference
 
     pi = paired_difference(arm, base, confidence)
     return {"mean_log_ratio": pi.mean, "ratio": math.exp(pi.mean) if math.isfinite(pi.mean) else math.nan,
@@ -343,8 +338,6 @@ def analyse(records: list[dict], s: dict, datasets: list[str], sizes: list[int])
         ratio_high, p, p_holm, [ratio_low90, ratio_high90, equivalent]) and ``verdicts``
         ``{finding: {dataset: text}}``.
     """
-    from hessid.training.evaluation.statistics import holm
-
     alpha = float(s["analysis"]["alpha"])
     tests = []
     for finding, arm, base in FAMILY:
@@ -409,7 +402,6 @@ def multipliers(records: list[dict], s: dict, dataset: str, metric: str, test_se
     E-F's size range). Returns a list of dicts ``arm``, ``size``, ``m``, ``low``, ``high``,
     ``censor``, ``low_censor``, ``high_censor``, ``n_prime``, ``n_replicates`` (the
     :class:`~hessid.training.evaluation.statistics.MultiplierEstimate` fields but its curve)."""
-    from hessid.training.evaluation.statistics import data_multiplier
 
     sizes = sorted({r["size"] for r in records if r["dataset"] == dataset and r["arm"] == "ef"})
     reps = sorted({r["rep"] for r in records if r["dataset"] == dataset})
@@ -446,10 +438,8 @@ def _summary_table(records: list[dict], dataset: str, arms: list[str], sizes: li
 def plot_learning_curves(records: list[dict], dataset: str, arms: list[str], path: Path) -> Path:
     """Learning curves (mean ± SD over replicates, log–log) of Hessian and force RMSE, near and
     far, one panel each; written to ``path`` (PNG)."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 8), sharex=True)
     panels = [("test_near", "hessian_rmse", "Hessian RMSE near (kcal/mol/Å²)"),
