@@ -29,6 +29,7 @@ import scipy.optimize
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
+from hessid.training.atomistic.frequencies import rigid_body_basis
 from hessid.training.data.qm import element_symbol
 from hessid.training.qm.methods import MethodSpec, QMError, energy_gradient
 from hessid.units import WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU, kT
@@ -165,25 +166,6 @@ class VibrationalAnalysis:
         return int(self.force_constants.shape[0])
 
 
-def _external_basis(coords: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (3N, 6 or 5) of mass-weighted translations and rotations."""
-    n = coords.shape[0]
-    sq = np.sqrt(masses)
-    com = (masses[:, None] * coords).sum(0) / masses.sum()
-    r = coords - com
-    vecs = []
-    for a in range(3):
-        t = np.zeros((n, 3))
-        t[:, a] = sq
-        vecs.append(t.reshape(-1))
-        e = np.zeros(3)
-        e[a] = 1.0
-        vecs.append((sq[:, None] * np.cross(e, r)).reshape(-1))
-    b = np.stack(vecs, axis=1)  # (3N, 6)
-    u, s, _ = np.linalg.svd(b, full_matrices=False)
-    return u[:, s > 1e-6 * s.max()]  # (3N, 6) or (3N, 5) for a linear molecule
-
-
 def vibrational_analysis(hessian: np.ndarray, coords: np.ndarray, masses: np.ndarray) -> VibrationalAnalysis:
     """Harmonic vibrational analysis: mass-weight, project out translations and rotations,
     diagonalise (Wilson, Decius & Cross, *Molecular Vibrations*, 1955).
@@ -202,7 +184,7 @@ def vibrational_analysis(hessian: np.ndarray, coords: np.ndarray, masses: np.nda
     inv_sq = np.repeat(1.0 / np.sqrt(masses), 3)  # (3N,)
     k = inv_sq[:, None] * np.asarray(hessian, np.float64) * inv_sq[None, :]
     k = 0.5 * (k + k.T)
-    ext = _external_basis(coords, masses)
+    ext = rigid_body_basis(coords, masses, tol=1e-6)  # (3N, 6) or (3N, 5) for a linear molecule
     full, _ = np.linalg.qr(np.concatenate([ext, np.eye(k.shape[0])], axis=1))
     internal = full[:, ext.shape[1] :]  # (3N, F) orthonormal complement
     lam, u = np.linalg.eigh(internal.T @ k @ internal)
