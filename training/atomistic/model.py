@@ -12,8 +12,9 @@ and ``s`` (kcal/mol) are fixed buffers set from the training data
 
 Hessian-vector products ``H_θ v = ∇_R (v · ∇_R E)`` for k probes at once
 (:meth:`AtomisticPotential.energy_forces_hvp`): one forward, one backward with the graph
-kept, then one batched double backward (``torch.autograd.grad(..., is_grads_batched=True)``,
-autograd's vmap over the k cotangents). Chosen over ``torch.func.jvp`` of ``grad`` because it
+kept, then batched double backwards (``torch.autograd.grad(..., is_grads_batched=True)``,
+autograd's vmap over the cotangents, at most :data:`PROBE_CHUNK` probes per pass). Chosen
+over ``torch.func.jvp`` of ``grad`` because it
 keeps the ordinary θ-graph for the loss's backward with no functional re-write of the module
 and measured no slower here (docs/atomistic_learning.md); ``method="loop"`` (one double
 backward per probe) is the slow, obvious reference, and :func:`hessian_autograd` the full
@@ -98,6 +99,10 @@ class ModelConfig:
             static_shapes=False, precision=64 if self.precision == "float64" else 32,
             derivative=False, atom_filter=-1, prior_model=None, output_model="Scalar",
             reduce_op="sum", output_mlp_num_layers=0, aggr="add")
+
+
+#: most probes per batched double backward (measured, docs/atomistic_learning.md "HVPs")
+PROBE_CHUNK = 8
 
 
 @dataclass
@@ -211,22 +216,31 @@ class AtomisticPotential(torch.nn.Module):
     def energy_forces_hvp(self, species: torch.Tensor, positions: torch.Tensor,
                           batch: torch.Tensor | None = None, probes: torch.Tensor | None = None,
                           create_graph: bool = False, method: Literal["batched", "loop"] = "batched",
-                          n_molecules: int | None = None) -> EnergyForcesHVP:
+                          n_molecules: int | None = None, probe_chunk: int = PROBE_CHUNK) -> EnergyForcesHVP:
         """Energy (without the reference), forces and k HVPs in one pass.
 
         ``H_θ v = ∇_R (v · ∇_R E_θ)``: forward, ``g = ∇_R E`` with the graph kept, then
-        ``∇_R (g · v_m)`` for all m by one batched double backward (``method="batched"``) or one
-        per probe (``"loop"``, the reference).
+        ``∇_R (g · v_m)`` for all m by batched double backwards of at most ``probe_chunk`` probes
+        each (``method="batched"``) or one per probe (``"loop"``, the reference).
 
         Args:
             species, positions, batch: as :meth:`forward` (positions are detached first).
             probes: (k, A, 3) directions (zero outside a probe's molecule or not), or None.
             create_graph: keep the θ-graph of energy, forces and HVPs (training).
             method: ``"batched"`` or ``"loop"``.
+            n_molecules: B, when known (saves a host sync).
+            probe_chunk: most probes per batched double backward (``"batched"``). One vmapped
+                pass over all 45 one-hot probes of a toluene batch cost 3× four passes of ≤ 8
+                (docs/atomistic_learning.md, "HVPs"); the result is the same to rounding.
 
         Returns:
             :class:`EnergyForcesHVP`.
+
+        Raises:
+            ValueError: probes not (k, A, 3), an unknown method, or probe_chunk < 1.
         """
+        if probe_chunk < 1:
+            raise ValueError(f"probe_chunk must be >= 1, got {probe_chunk}")
         x = positions.detach().to(self.dtype).requires_grad_(True)
         with torch.enable_grad():
             energy = self(species, x, batch, n_molecules)
@@ -239,8 +253,10 @@ class AtomisticPotential(torch.nn.Module):
                                      f"{tuple(probes.shape)}")
                 v = probes.to(x.dtype)
                 if method == "batched":
-                    (hv,) = torch.autograd.grad(g, x, grad_outputs=v, is_grads_batched=True,
-                                                create_graph=create_graph, retain_graph=True)
+                    hv = torch.cat([torch.autograd.grad(g, x, grad_outputs=v[i:i + probe_chunk],
+                                                        is_grads_batched=True, create_graph=create_graph,
+                                                        retain_graph=True)[0]
+                                    for i in range(0, v.shape[0], probe_chunk)]) if v.shape[0] else torch.zeros_like(v)
                 elif method == "loop":
                     hv = torch.stack([torch.autograd.grad(g, x, grad_outputs=vm, retain_graph=True,
                                                           create_graph=create_graph)[0] for vm in v])
@@ -254,8 +270,8 @@ class AtomisticPotential(torch.nn.Module):
     def hessians(self, species: torch.Tensor, positions: torch.Tensor,
                  batch: torch.Tensor | None = None, create_graph: bool = False
                  ) -> tuple[EnergyForcesHVP, list[torch.Tensor]]:
-        """Every molecule's full Hessian from 3·n_max one-hot probes (one batched pass):
-        probe m puts a 1 at local coordinate m of every molecule at once.
+        """Every molecule's full Hessian from 3·n_max one-hot probes (batched passes of
+        :data:`PROBE_CHUNK`): probe m puts a 1 at local coordinate m of every molecule at once.
 
         Returns:
             (energy/forces output, list of B tensors (3n_b, 3n_b) kcal/mol/Å²).

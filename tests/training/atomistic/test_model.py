@@ -50,16 +50,17 @@ def test_energy_is_invariant_under_rotation_and_translation():
     assert relative_error(moved, e0) < 1e-12
 
 
-@pytest.mark.parametrize("method", ["batched", "loop"])
-def test_hvps_equal_autograd_hessian_times_probes(method):
-    """H_θ v by the one-pass path equals (autograd Hessian) v to 1e-10 in float64 on random
-    molecules of mixed sizes; each molecule's HVP sees only its own block."""
+@pytest.mark.parametrize(("method", "chunk"), [("batched", 8), ("batched", 2), ("loop", 8)])
+def test_hvps_equal_autograd_hessian_times_probes(method, chunk):
+    """H_θ v by the one-pass path (all k = 3 probes in one batched pass, or chunks of 2 and 1)
+    equals (autograd Hessian) v to 1e-10 in float64 on random molecules of mixed sizes; each
+    molecule's HVP sees only its own block."""
     model = small_model()
     sizes = [4, 6, 3]
     z, x, b = _batch(sizes, seed=5)
     k = 3
     v = torch.randn(k, x.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    out = model.energy_forces_hvp(z, x, b, v, method=method)
+    out = model.energy_forces_hvp(z, x, b, v, method=method, probe_chunk=chunk)
     start = 0
     for n in sizes:
         sl = slice(start, start + n)
@@ -71,6 +72,15 @@ def test_hvps_equal_autograd_hessian_times_probes(method):
     xx = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(model(z, xx, b).sum(), xx)
     assert relative_error(out.forces, -g) < 1e-12
+
+
+def test_empty_probe_set_and_bad_chunk():
+    """k = 0 probes give an empty HVP; a probe chunk below 1 is refused."""
+    model = small_model()
+    z, x = random_molecule(4, 1)
+    assert model.energy_forces_hvp(z, x, None, torch.zeros(0, 4, 3, dtype=torch.float64)).hvp.shape == (0, 4, 3)
+    with pytest.raises(ValueError, match="probe_chunk"):
+        model.energy_forces_hvp(z, x, None, torch.zeros(1, 4, 3, dtype=torch.float64), probe_chunk=0)
 
 
 def test_hvp_of_a_different_geometry_is_detected():
