@@ -110,7 +110,7 @@ def stage_data(out: Path, s: dict, jobs: int) -> dict:
     done = {}
     for name, m in specs.items():
         path = root / name / f"{name}.h5"
-        kw = {k: v for k, v in m.items() if k not in ("name", "smiles", "why", "tier1_counterpart")}
+        kw = {k: v for k, v in m.items() if k not in ("name", "smiles", "why", "tier1_counterpart", "arms")}
         log(f"data: {name} ({m['smiles']}, {kw.get('method', 'gfn2-xtb')}, {m['configs']} structures)")
         build_qm_dataset(m["smiles"], name, root=root, resume=path.exists(), workers=jobs if jobs > 1 else 0,
                          progress=False, **kw)  # fmt: skip
@@ -169,6 +169,23 @@ def train_config(job: dict, s: dict) -> dict:
     }  # fmt: skip
 
 
+def molecule_arms(m: dict, s: dict) -> list[str]:
+    """The tier-1 arms trained on molecule ``m``: its own ``arms`` list when the settings give
+    one (a subset of ``s["arms"]``, in that order), else every arm. The cost stage always
+    measures every arm on every molecule.
+
+    Raises:
+        ValueError: ``m["arms"]`` names an arm outside ``s["arms"]``.
+    """
+    arms = m.get("arms")
+    if arms is None:
+        return list(s["arms"])
+    unknown = sorted(set(arms) - set(s["arms"]))
+    if unknown:
+        raise ValueError(f"molecule {m['name']!r}: arms {unknown} are not study arms {s['arms']}")
+    return [a for a in s["arms"] if a in arms]
+
+
 def job_list(out: Path, s: dict, tier: str) -> list[dict]:
     """Every (dataset, arm, size, replicate) job of ``tier`` ("tier1" or "tier2").
 
@@ -180,7 +197,7 @@ def job_list(out: Path, s: dict, tier: str) -> list[dict]:
         ValueError: unknown tier.
     """
     if tier == "tier1":
-        plans = [(m["name"], s["sizes"], s["arms"], s["split"]) for m in s["molecules"]]
+        plans = [(m["name"], s["sizes"], molecule_arms(m, s), s["split"]) for m in s["molecules"]]
     elif tier == "tier2":
         t2 = s["tier2"]
         plans = [(t2["name"], s["tier2_sizes"], s["tier2_arms"], s["tier2_split"])]
@@ -374,7 +391,7 @@ def _verdicts(tests: list[dict], datasets: list[str], alpha: float) -> dict:
     for ds in datasets:
         f1 = [t for t in tests if t["finding"] == "F1" and t["dataset"] == ds]
         if not f1:
-            out["F1"][ds] = "not tested (arms absent)"
+            out["F1"][ds] = "not tested (its arms were not trained on this molecule)"
         elif all(t.get("equivalent") for t in f1):
             out["F1"][ds] = "holds (fresh-probe HVP within ±25 % of E-F-H on Hessian RMSE, near and far)"
         elif any(t["ratio_low"] > 1 and t["p_holm"] <= alpha for t in f1):
@@ -384,7 +401,7 @@ def _verdicts(tests: list[dict], datasets: list[str], alpha: float) -> dict:
         f2 = [t for t in tests if t["finding"] == "F2" and t["dataset"] == ds]
         far = [t for t in tests if t["finding"] == "F2-far" and t["dataset"] == ds]
         if not f2:
-            out["F2"][ds] = "not tested (arms absent)"
+            out["F2"][ds] = "not tested (its arms were not trained on this molecule)"
         elif all(t["ratio_high"] < 1 and t["p_holm"] <= alpha for t in f2):
             extra = (" and the gain is larger far from equilibrium" if far and far[0]["ratio_high"] < 1
                      and far[0]["p_holm"] <= alpha else ", not shown to be larger far from equilibrium")
@@ -411,7 +428,8 @@ def multipliers(records: list[dict], s: dict, dataset: str, metric: str, test_se
            if r["dataset"] == dataset}  # fmt: skip
     ef = np.array([[val.get(("ef", n, rep), math.nan) for n in sizes] for rep in reps])
     out = []
-    for arm in [a for a in s["arms"] if a != "ef"]:
+    trained = {r["arm"] for r in records if r["dataset"] == dataset}
+    for arm in [a for a in s["arms"] if a != "ef" and a in trained]:
         for n in sizes:
             av = np.array([val.get((arm, n, rep), math.nan) for rep in reps])
             est = data_multiplier(sizes, ef, av, n, n_boot=int(s["analysis"]["n_boot"]), seed=0)
@@ -491,7 +509,8 @@ def write_report(out: Path, s: dict, records: dict, costs: dict, results_path: P
     mult = {m: {"force_rmse_near": multipliers(t1, s, m, "force_rmse", "test_near"),
                 "hessian_rmse_near": multipliers(t1, s, m, "hessian_rmse", "test_near"),
                 "hessian_rmse_far": multipliers(t1, s, m, "hessian_rmse", "test_far")} for m in mols}  # fmt: skip
-    plots = {m: plot_learning_curves(t1, m, s["arms"], out / "results" / f"phl_learning_curves_{m}.png") for m in mols}
+    arms_of = {m["name"]: molecule_arms(m, s) for m in s["molecules"]}
+    plots = {m: plot_learning_curves(t1, m, arms_of[m], out / "results" / f"phl_learning_curves_{m}.png") for m in mols}
     L = ["# PHL study: results", "", f"Settings mode: {s['mode']}; replicates: {s['replicates']['n']}; "
          f"sizes: {s['sizes']}; steps per run: {s['train']['steps']}.", ""]  # fmt: skip
     L += ["## Verdicts (tier 1)", ""]
@@ -518,7 +537,7 @@ def write_report(out: Path, s: dict, records: dict, costs: dict, results_path: P
                                  ("test_near", "energy_mae", "kcal/mol"), ("test_far", "energy_mae", "kcal/mol"),
                                  ("frequencies", "frequency_mae", "cm⁻¹")):  # fmt: skip
             L += ["", f"### {m}: {metric} {ts} ({unit}; mean ± SD over replicates)", ""]
-            L += _summary_table(t1, m, s["arms"], list(s["sizes"]), ts, metric)
+            L += _summary_table(t1, m, arms_of[m], list(s["sizes"]), ts, metric)
         L += ["", f"### {m}: data multiplier m = N'/N against E-F (force RMSE near)", "",
               "| arm | N | m | interval | censored |", "|---|---|---|---|---|"]
         for d in mult[m]["force_rmse_near"]:

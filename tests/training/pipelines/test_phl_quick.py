@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tblite")
 pytest.importorskip("torchmdnet")
 
-from hessid.training.pipelines.phl import ARM_LOSSES, analyse, arm_loss  # noqa: E402
+from hessid.training.pipelines.phl import ARM_LOSSES, analyse, arm_loss, job_list, molecule_arms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -87,6 +87,26 @@ def test_arms_share_the_probe_seed_and_differ_only_in_the_loss():
     assert losses["hvp_onehot_k1_fresh"]["probe_kind"] == "one_hot"
     with pytest.raises(KeyError, match="unknown arm"):
         arm_loss("ef_hvp", s, 0)
+
+
+def test_a_molecule_trains_only_its_own_arms_and_its_untrained_findings_are_not_tested(tmp_path):
+    """A molecule's ``arms`` subset sets its jobs (the other molecule keeps every arm); a name
+    outside the study's arms is refused; F1 on a molecule without E-F-H says "not tested"."""
+    arms = list(ARM_LOSSES)
+    s = {"arms": arms, "sizes": [25, 100], "split": {}, "replicates": {"n": 3},
+         "molecules": [{"name": "mol"}, {"name": "big", "arms": ["hvp_random_k1_fixed", "ef"]}]}
+    jobs = job_list(tmp_path, s, "tier1")
+    assert {j["arm"] for j in jobs if j["dataset"] == "mol"} == set(arms)
+    assert [j["arm"] for j in jobs if j["dataset"] == "big"][:2] == ["ef", "hvp_random_k1_fixed"]
+    assert len([j for j in jobs if j["dataset"] == "big"]) == 2 * 2 * 3
+    with pytest.raises(ValueError, match="not study arms"):
+        molecule_arms({"name": "x", "arms": ["ef_hvp"]}, s)
+    one = {"test_near": 1.0, "test_far": 1.0}
+    recs = _records({a: one for a in arms if a != "ef_h"}, noise=0.005)
+    an = analyse(recs, SETTINGS, ["mol"], [25, 100])
+    assert an["verdicts"]["F1"]["mol"].startswith("not tested")
+    assert not any(t["finding"] == "F1" for t in an["tests"])
+    assert an["verdicts"]["F2"]["mol"].startswith("inconclusive")
 
 
 def test_unknown_stop_after_is_refused_before_anything_runs(tmp_path):
