@@ -4,23 +4,27 @@
 Frequencies: the mass-weighted Hessian ``M^{-1/2} H M^{-1/2}`` restricted to the
 orthogonal complement of the rigid-body directions (3 translations ``√m_i e_α`` and 3
 rotations ``√m_i (e_α × (r_i − r_com))``, 2 for a linear molecule), whose eigenvalues λ give
-``ν̃ = sign(λ) √|λ| · 108.591 cm⁻¹`` for H in kcal/mol/Å² and masses in Da
-(:data:`CM1_PER_SQRT_KCAL_MOL_A2_DA`: √(4184 J / N_A / (1 Å² · 1 Da)) / (2π c)). Negative
+``ν̃ = sign(λ) √|λ| · 108.59 cm⁻¹`` for H in kcal/mol/Å² and masses in Da
+(:data:`hessid.units.WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU`, the one constant that
+hessid's QM sampling uses too). Masses: OpenMM's element table, one source for the whole
+atomistic mode (:func:`atomic_masses`). Negative
 values mean imaginary frequencies. Restricting to the complement (rather than dropping the
 six smallest eigenvalues) is exact at any geometry, stationary or not.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
 import torch
+from openmm import unit
+from openmm.app.element import Element
+
+from hessid.units import WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU
 
 __all__ = [
-    "ATOMIC_MASSES",
     "CM1_PER_SQRT_KCAL_MOL_A2_DA",
     "OptimisedGeometry",
     "atomic_masses",
@@ -29,31 +33,26 @@ __all__ = [
     "rigid_body_basis",
 ]
 
-_AVOGADRO = 6.02214076e23
-_DALTON_KG = 1.66053906660e-27
-_C_CM_PER_S = 2.99792458e10
-#: cm⁻¹ per √(kcal/mol/Å²/Da) (≈ 108.591)
-CM1_PER_SQRT_KCAL_MOL_A2_DA = math.sqrt(4184.0 / _AVOGADRO / (1e-20 * _DALTON_KG)) / (2 * math.pi * _C_CM_PER_S)
-
-#: standard atomic weights (Da), IUPAC 2021 abridged, by atomic number
-ATOMIC_MASSES = {
-    1: 1.008, 2: 4.0026, 3: 6.94, 4: 9.0122, 5: 10.81, 6: 12.011, 7: 14.007, 8: 15.999,
-    9: 18.998, 10: 20.180, 11: 22.990, 12: 24.305, 13: 26.982, 14: 28.085, 15: 30.974,
-    16: 32.06, 17: 35.45, 18: 39.95, 35: 79.904, 53: 126.90,
-}
+#: cm⁻¹ per √(kcal/mol/Å²/Da) (≈ 108.59); an alias of the core constant
+CM1_PER_SQRT_KCAL_MOL_A2_DA = WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU
 
 
 def atomic_masses(species) -> np.ndarray:
-    """Masses (n,) in Da of atomic numbers (n,).
+    """Masses (n,) float64 in Da (amu) of atomic numbers (n,), from OpenMM's element table
+    (``openmm.app.element``; every element; the one mass table of hessid's atomistic mode:
+    normal-mode sampling and vibrational frequencies use it alike).
 
     Raises:
-        ValueError: an element without a tabulated mass (names it).
+        ValueError: an atomic number OpenMM does not know (names it).
     """
-    z = np.asarray(species, dtype=np.int64)
-    missing = sorted({int(a) for a in z if int(a) not in ATOMIC_MASSES})
-    if missing:
-        raise ValueError(f"no atomic mass tabulated for atomic numbers {missing}")
-    return np.array([ATOMIC_MASSES[int(a)] for a in z])
+    z = np.asarray(species, dtype=np.int64).reshape(-1)
+    out = np.empty(z.shape[0], dtype=np.float64)
+    for i, a in enumerate(z.tolist()):
+        try:
+            out[i] = Element.getByAtomicNumber(a).mass.value_in_unit(unit.dalton)
+        except KeyError:
+            raise ValueError(f"no atomic mass known for atomic number {a}") from None
+    return out
 
 
 def rigid_body_basis(coordinates: np.ndarray, masses: np.ndarray, tol: float = 1e-8) -> np.ndarray:
@@ -88,7 +87,7 @@ def harmonic_frequencies(hessian, species, coordinates, project: bool = True) ->
 
     Args:
         hessian: (3n, 3n) kcal/mol/Å² (symmetrised here).
-        species: (n,) atomic numbers (masses from :data:`ATOMIC_MASSES`).
+        species: (n,) atomic numbers (masses from :func:`atomic_masses`).
         coordinates: (n, 3) Å (the rigid-body directions are built here).
         project: remove translations/rotations (False: all 3n eigenvalues, the negative control).
 
@@ -96,7 +95,7 @@ def harmonic_frequencies(hessian, species, coordinates, project: bool = True) ->
         (3n − r,) float64 cm⁻¹, ascending; negative = imaginary.
 
     Raises:
-        ValueError: shapes disagree or an untabulated element.
+        ValueError: shapes disagree or an unknown element.
     """
     h = np.asarray(torch.as_tensor(hessian, dtype=torch.float64).detach().cpu())
     m = atomic_masses(species)

@@ -29,7 +29,7 @@ import scipy.optimize
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
-from hessid.training.atomistic.frequencies import rigid_body_basis
+from hessid.training.atomistic.frequencies import atomic_masses, rigid_body_basis
 from hessid.training.data.qm import element_symbol
 from hessid.training.qm.methods import MethodSpec, QMError, energy_gradient
 from hessid.units import WAVENUMBER_PER_SQRT_KCAL_MOL_ANGSTROM2_AMU, kT
@@ -81,12 +81,6 @@ def molecule_from_smiles(smiles: str) -> Molecule:
     charge = int(Chem.GetFormalCharge(mol))
     radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
     return Molecule(str(smiles), species, charge, int(radicals) + 1, mol)
-
-
-def atomic_masses(species: Sequence[int]) -> np.ndarray:
-    """(N,) standard atomic weights, amu (RDKit's periodic table)."""
-    table = Chem.GetPeriodicTable()
-    return np.array([table.GetAtomicWeight(int(z)) for z in species], np.float64)
 
 
 def etkdg_conformers(molecule: Molecule, n: int, seed: int) -> np.ndarray:

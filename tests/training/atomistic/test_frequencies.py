@@ -39,6 +39,20 @@ def test_conversion_constant():
     assert abs(CM1_PER_SQRT_KCAL_MOL_A2_DA - 108.591) < 1e-3
 
 
+def test_one_mass_table_standard_weights_and_unknown_element():
+    """Masses agree with the standard atomic weights to their stated uncertainty (H 1.008, C
+    12.011, O 15.999, Cl 35.45: within 1e-3 relative); QM sampling uses this same function; an
+    atomic number no table knows is refused by name."""
+    from hessid.training.qm import sampling
+
+    m = atomic_masses([1, 6, 8, 17])
+    assert np.allclose(m, [1.008, 12.011, 15.999, 35.45], rtol=1e-3)
+    assert not np.allclose(m, [1.0, 12.0, 16.0, 35.0], rtol=1e-4)  # control: integer masses differ
+    assert sampling.atomic_masses is atomic_masses
+    with pytest.raises(ValueError, match="atomic number 250"):
+        atomic_masses([1, 250])
+
+
 def test_diatomic_frequency_is_sqrt_k_over_mu():
     """H–Cl spring k = 300 kcal/mol/Å² at r0 in a random orientation: one mode, ω = √(k/μ)."""
     z = [1, 17]
@@ -100,8 +114,3 @@ def test_optimiser_finds_the_spring_minimum():
     assert res.converged and res.max_force <= 1e-6
     x = res.coordinates
     assert abs(np.linalg.norm(x[0] - x[1]) - r0) < 1e-4
-
-
-def test_unknown_element_is_refused():
-    with pytest.raises(ValueError, match="no atomic mass"):
-        atomic_masses([1, 92])
