@@ -43,7 +43,8 @@ from hessid.training.md.integrator import (
 from hessid.training.md.reporters import DCDReporter, Reporter, StateDataReporter, ca_topology
 
 __all__ = ["DEFAULT_SEED", "SimulationResult", "deterministic_torch", "failures", "load_checkpoint", "load_cg_reference",
-           "potential_at_temperature", "run", "save_checkpoint", "simulate", "training_temperature"]
+           "potential_at_temperature", "run", "save_checkpoint", "simulate", "start_frame_pool",
+           "training_temperature"]
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,9 @@ def load_cg_reference(path) -> dict:
     Returns:
         dict with ``positions`` (T, n, 3) float64 Å, ``bead_types`` (n,) int64 (zeros when not
         stored), ``time`` (T,) ps (or None), ``temperature`` K (or None: not stored, or the file
-        holds several), ``temperatures`` (the distinct ones, K, ascending), ``residue_names`` (n,)
-        or None, ``name``, ``path``.
+        holds several), ``temperatures`` (the distinct ones, K, ascending),
+        ``frame_temperatures`` (T,) float64 K of each frame (None when the file holds one or
+        none), ``residue_names`` (n,) or None, ``name``, ``path``.
 
     Raises:
         DatasetNotFoundError: no such file (also a ``FileNotFoundError``).
@@ -183,9 +185,34 @@ def load_cg_reference(path) -> dict:
         types = cg.bead_types if cg.has(sc.CG_BEAD_TYPES) else np.zeros(pos.shape[1], np.int64)
         t = np.asarray(ds.time(), dtype=np.float64) if ds.has(sc.TIME) else None
         residue_names = cg.residue_names if cg.has(sc.CG_BEAD_TYPES) else None
+        frame_t = ds.temperatures() if ds.is_multi_temperature else None
         return {"positions": pos, "bead_types": types, "time": t, "temperature": ds.temperature,
-                "temperatures": ds.temperature_values,
+                "temperatures": ds.temperature_values, "frame_temperatures": frame_t,
                 "residue_names": residue_names, "name": ds.name, "path": str(path)}
+
+
+def start_frame_pool(frame_temperatures: np.ndarray | None, n_frames: int, temperature: float) -> np.ndarray:
+    """Frames of a reference that CG MD at ``temperature`` may start from.
+
+    A single-temperature reference (``frame_temperatures`` None): all ``n_frames``. A
+    multi-temperature one: the frames generated at the stored temperature nearest to
+    ``temperature`` (that temperature itself when stored; the lower one on a tie), so replicas
+    start from configurations typical of the thermostat they run at, not from a mixture.
+
+    Args:
+        frame_temperatures: (T,) float64 K per frame, or None.
+        n_frames: T.
+        temperature: the simulation's, K.
+
+    Returns:
+        (m,) int64 frame indices, ascending.
+    """
+    if frame_temperatures is None:
+        return np.arange(n_frames)
+    ft = np.asarray(frame_temperatures, dtype=np.float64)
+    values = np.unique(ft)
+    nearest = values[np.argmin(np.abs(values - float(temperature)))]  # first (lower) on a tie
+    return np.flatnonzero(ft == nearest)
 
 
 #: environment of :func:`deterministic_torch`: cuBLAS's deterministic workspace, and one thread
@@ -387,11 +414,19 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
             if bead_types is None:
                 bead_types = ref["bead_types"]
             residue_names = residue_names or ref["residue_names"]
+            pool = start_frame_pool(ref["frame_temperatures"], len(frames), temperature)
+            if ref["frame_temperatures"] is not None:
+                start_info["start_temperature"] = float(ref["frame_temperatures"][pool[0]])
         else:
             frames = np.asarray(reference, dtype=np.float64)
-        if len(frames) < n_replicas:
-            raise ValueError(f"reference holds {len(frames)} frames, need {n_replicas} start frames")
-        idx = np.sort(np.random.default_rng(seed).choice(len(frames), n_replicas, replace=False))
+            pool = np.arange(len(frames))
+        at = f" at {start_info['start_temperature']:g} K" if "start_temperature" in start_info else ""
+        if len(pool) < n_replicas:
+            raise ValueError(f"reference holds {len(pool)} frames{at}, need {n_replicas} start frames")
+        if at and start_info["start_temperature"] != float(temperature):
+            log.info("start frames drawn from the reference's frames%s (nearest stored temperature to %g K)",
+                     at, temperature)
+        idx = np.sort(pool[np.random.default_rng(seed).choice(len(pool), n_replicas, replace=False)])
         start = torch.as_tensor(frames[idx])  # (R, n, 3)
         start_info["reference_frames"] = idx.tolist()
     else:

@@ -12,7 +12,7 @@ import torch
 from hessid.training.data.synthetic import HarmonicChainPotential
 from hessid.training.md.integrator import STATUS_BOND_OUT_OF_RANGE, STATUS_NONFINITE, LangevinBAOAB
 from hessid.training.md.reporters import DCDFile
-from hessid.training.md.simulation import simulate
+from hessid.training.md.simulation import simulate, start_frame_pool
 from tests.training.md.chains import NaNBeyond, straight_chain
 
 
@@ -29,6 +29,17 @@ def test_trajectory_loads_in_mdtraj_in_nm_with_provenance(tmp_path):
     assert meta["frame_interval_ps"] == pytest.approx(10 * 2.0e-3)
     assert meta["units"]["time"] == "ps" and meta["provenance"] == {"model": "harmonic"}
     assert meta["frames_per_replica"] == [4, 4] and meta["failures"] == []
+
+
+def test_start_frame_pool_takes_the_nearest_stored_temperature():
+    """Multi-temperature reference: the frames at the simulation temperature, else at the
+    nearest stored one (the lower on a tie); single-temperature: every frame."""
+    ft = np.array([300.0, 400.0, 300.0, 450.0, 400.0])
+    np.testing.assert_array_equal(start_frame_pool(ft, 5, 400.0), [1, 4])
+    np.testing.assert_array_equal(start_frame_pool(ft, 5, 440.0), [3])
+    np.testing.assert_array_equal(start_frame_pool(ft, 5, 350.0), [0, 2])  # tie → 300 K
+    np.testing.assert_array_equal(start_frame_pool(ft, 5, 200.0), [0, 2])
+    np.testing.assert_array_equal(start_frame_pool(None, 3, 350.0), [0, 1, 2])
 
 
 def test_start_frames_are_drawn_from_reference_with_the_seed(tmp_path):

@@ -46,3 +46,6 @@ def test_two_temperature_data_trains_a_thermal_model_that_simulates_at_a_third(t
     info = json.loads((tmp_path / "sim" / "simulation.json").read_text())
     assert info["model_temperature"]["temperature_aware"] is True
     assert info["model_temperature"]["temperature"] == 350.0
+    # 350 K is equidistant from 300 and 400 K: starts come from the 300 K frames (0–3) only
+    assert info["start"]["start_temperature"] == 300.0
+    assert all(i < 4 for i in info["start"]["reference_frames"])
