@@ -43,13 +43,17 @@ def _check_gamma(gamma) -> float:
     return g
 
 
-def _per_frame(x, B: int, like: torch.Tensor, name: str, positive: bool) -> torch.Tensor:
-    """A scalar or (B,) quantity as a (B,) tensor in the dtype/device of ``like``."""
+def _per_frame(x, B: int, like: torch.Tensor, name: str, positive: bool, check_values: bool = True) -> torch.Tensor:
+    """A scalar or (B,) quantity as a (B,) tensor in the dtype/device of ``like``; with
+    ``check_values`` its entries are checked finite and positive (non-negative), which reads
+    them on the host (a device sync on GPUs)."""
     t = torch.as_tensor(x, dtype=like.dtype, device=like.device)
     if t.ndim == 0:
         t = t.expand(B)
     if t.shape != (B,):
         raise ValueError(f"{name} must be a scalar or have shape ({B},), got {tuple(t.shape)}")
+    if not check_values:
+        return t
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains non-finite entries")
     bad = (t <= 0) if positive else (t < 0)
@@ -133,6 +137,7 @@ def rao_blackwell_hvp_loss(
     beta,
     gamma: float,
     scale,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Rao–Blackwellised HVP loss of every frame, equation (2) (docs/variance_reduction.md).
 
@@ -153,12 +158,16 @@ def rao_blackwell_hvp_loss(
         beta: mol/kcal, scalar or (B,).
         gamma: γ ∈ [0, 1].
         scale: probe scale c, scalar or (B,).
+        validate: check that β and c are finite and positive (reads their values on the
+            host: a device sync on GPUs). A caller that built them on the host and checked them
+            there (the trainer's batch collation) passes False; shapes are always checked.
 
     Returns:
         (B,) per-frame losses, (kcal/mol/Å²)² (β dFᵀ H dF has these units too).
 
     Raises:
-        ValueError: shapes disagree, γ outside [0, 1], beta or scale not positive.
+        ValueError: shapes disagree, γ outside [0, 1], beta or scale not positive (with
+            ``validate``).
     """
     Hv, T1v = _check_pair(model_hvp, term1_hvp)
     B, k, d = Hv.shape
@@ -170,8 +179,8 @@ def rao_blackwell_hvp_loss(
             f"{tuple(model_hvp_residual.shape)} must hold {B} frames of {d} components"
         )
     g = _check_gamma(gamma)
-    beta_b = _per_frame(beta, B, Hv, "beta", positive=True)
-    c = _per_frame(scale, B, Hv, "scale", positive=True)
+    beta_b = _per_frame(beta, B, Hv, "beta", positive=True, check_values=validate)
+    c = _per_frame(scale, B, Hv, "scale", positive=True, check_values=validate)
     sq = ((Hv - T1v.detach()) ** 2).sum(-1)  # (B, k)
     cross = (dF.to(HdF.dtype) * HdF).sum(-1)  # (B,)  dFᵀ H_θ dF
     return c * sq.mean(-1) + 2.0 * g * beta_b * cross  # (B,)

@@ -383,6 +383,14 @@ def test_invalid_inputs_are_refused():
         rao_blackwell_hvp_loss(Hv, T1v, (H0 @ w)[None], w[None], -1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="scale"):
         rao_blackwell_hvp_loss(Hv, T1v, (H0 @ w)[None], w[None], 1.0, 1.0, torch.zeros(2))
+    # validate=False skips the value checks (the caller checked them on the host), not shapes;
+    # on valid input it returns the same losses
+    out = rao_blackwell_hvp_loss(Hv, T1v, (H0 @ w)[None], w[None], -1.0, 1.0, 1.0, validate=False)
+    assert torch.isfinite(out).all()
+    good = [Hv, T1v, (H0 @ w)[None], w[None], 0.7, 1.0, 2.0]
+    assert torch.equal(rao_blackwell_hvp_loss(*good, validate=False), rao_blackwell_hvp_loss(*good))
+    with pytest.raises(ValueError, match="frames"):
+        rao_blackwell_hvp_loss(Hv, T1v, (H0 @ w)[None, :2], w[None], 1.0, 1.0, 1.0, validate=False)
     with pytest.raises(ValueError, match="differ"):
         rao_blackwell_hvp_loss(Hv, T1v[..., :2], (H0 @ w)[None], w[None], 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="frames"):

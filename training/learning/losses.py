@@ -225,7 +225,8 @@ def rao_blackwell_hvp_loss_graph(model_hvp: torch.Tensor, term1: torch.Tensor,
                                  batch: torch.Tensor, n_graphs: int,
                                  scale: torch.Tensor | float = 1.0,
                                  stabiliser: float = DEFAULT_RB_STABILISER,
-                                 residual_direction: torch.Tensor | None = None) -> torch.Tensor:
+                                 residual_direction: torch.Tensor | None = None,
+                                 validate: bool = True) -> torch.Tensor:
     """Rao–Blackwellised HVP loss of a graph batch (docs/variance_reduction.md eq. (2)), stabilised.
 
     Per frame t (probes v_tj, j ≤ k, ``A = H_θ − T1``, ``w = dF_t`` detached, ``z`` the
@@ -272,6 +273,9 @@ def rao_blackwell_hvp_loss_graph(model_hvp: torch.Tensor, term1: torch.Tensor,
         stabiliser: α ∈ [0, 1).
         residual_direction: z, (A, 3), the vector ``model_hvp_residual`` was taken along;
             None: ``force_residual``.
+        validate: check β and c finite and positive in the core function (host reads; the
+            trainer passes False: :func:`~hessid.training.learning.datasets.collate_frames`
+            checked them as host floats when it built the batch).
 
     Returns:
         scalar, (kcal/mol/Å²)². May be negative (a value, not a squared error;
@@ -304,7 +308,7 @@ def rao_blackwell_hvp_loss_graph(model_hvp: torch.Tensor, term1: torch.Tensor,
         HdF = model_hvp_residual[atoms].reshape(Bg, n * 3)  # (B_g, d)
         w = dF[atoms].reshape(Bg, n * 3)  # (B_g, d)
         c = scale_b[frames]
-        loss = rao_blackwell_hvp_loss(Hv, T1v, HdF, w, beta_b[frames], cov_weight, c)  # (B_g,)
+        loss = rao_blackwell_hvp_loss(Hv, T1v, HdF, w, beta_b[frames], cov_weight, c, validate=validate)  # (B_g,)
         if stabiliser > 0 and cov_weight > 0:
             z = zdir[atoms].reshape(Bg, n * 3)  # (B_g, d)
             norm = z.norm(dim=-1)  # (B_g,)

@@ -86,10 +86,10 @@ def test_training_step_syncs_only_for_the_layout_and_the_pair_list(protein, esti
     """One FM+HVP step (losses and backward) on a new batch object: the batch layout is read
     once (``bincount`` + one ``tolist``: bead counts and bead-type range together), the cutoff
     selection of the pair list is one ``nonzero`` (its shape depends on the data). The
-    Rao–Blackwellised loss adds the four input checks of the core's
-    ``hessid.hvp_loss.rao_blackwell_hvp_loss`` (β and c finite and positive, per size group).
-    A second step on the same batch object re-reads nothing but the pair list (and the core's
-    checks)."""
+    Rao–Blackwellised loss adds none: the trainer calls the core's
+    ``hessid.hvp_loss.rao_blackwell_hvp_loss`` with ``validate=False`` (β and c were checked as
+    host floats when the batch was collated). A second step on the same batch object re-reads
+    nothing but the pair list."""
     cfg = TrainConfig.from_dict({"model": {"embedding_dimension": 8, "num_layers": 1, "num_rbf": 4},
                                  "loss": {"mode": "fm_hvp", "cov_weight": 1.0,
                                           "hvp_estimator": estimator,
@@ -102,9 +102,7 @@ def test_training_step_syncs_only_for_the_layout_and_the_pair_list(protein, esti
     def step():
         module.compute_losses(data, 10**9)["total"].backward()
 
-    core = ["aten._local_scalar_dense.default"] * 4 if estimator == "rao_blackwell" else []
     first = count_host_syncs(step)
-    assert sorted(first) == sorted(["aten.bincount.default", "Tensor.tolist",
-                                    "aten.nonzero.default"] + core), first
+    assert sorted(first) == sorted(["aten.bincount.default", "Tensor.tolist", "aten.nonzero.default"]), first
     again = count_host_syncs(step)
-    assert sorted(again) == sorted(["aten.nonzero.default"] + core), again
+    assert again == ["aten.nonzero.default"], again
