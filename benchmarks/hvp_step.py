@@ -28,6 +28,12 @@ peak allocated bytes; ``kb_per_pair_probe`` = (bytes(FM+HVP(k)) − bytes(FM)) /
 pairs = neighbour pairs inside the cutoffs in the batch. Times on a loaded machine are not
 comparable across runs: the script prints ``os.getloadavg()`` before and after.
 
+``--profile`` replaces the timing rounds by torch.profiler over ``--rounds`` steps of every
+variant (after the warm-up) and prints, per size and HVP variant, the ops that account for the
+step's extra self-CPU time over the FM step (ms per step, share of the extra, calls per step)
+and the op counts of both: which op and what fraction, the question issue 15 asks of a goal not
+met. The profiler adds a few µs per op, so its totals exceed the timed steps'; read shares.
+
 ``--compile`` runs the edge-list kernel under ``torch.compile``
 (:func:`hessid.training.learning.derivatives.set_compile`, the trainer's ``trainer.compile``)
 for the FM and the HVP variants alike; the warm-up of each variant then includes its
@@ -140,6 +146,39 @@ def _summary(times, mem, n, B, pairs, ks, methods):
     return rows
 
 
+def _profile_variants(variants: dict, rounds: int) -> dict:
+    """Per variant, {op: (self CPU ms per step, calls per step)} over ``rounds`` profiled steps."""
+    out = {}
+    for name, fn in variants.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(rounds):
+                fn()
+        out[name] = {e.key: (e.self_cpu_time_total / rounds / 1e3, e.count / rounds) for e in prof.key_averages()}
+    return out
+
+
+def _profile_table(prof: dict, n: int, B: int, top: int = 12) -> str:
+    """Markdown: for each HVP variant, the ops with the largest extra self-CPU time over FM."""
+    fm = prof["fm"]
+    fm_ms, fm_calls = sum(v[0] for v in fm.values()), sum(v[1] for v in fm.values())
+    lines = []
+    for name, ops in prof.items():
+        if name == "fm":
+            continue
+        ms, calls = sum(v[0] for v in ops.values()), sum(v[1] for v in ops.values())
+        extra = {op: ops[op][0] - fm.get(op, (0.0, 0.0))[0] for op in ops}
+        total_extra = ms - fm_ms
+        lines += [f"**{n} × {B}, {name}**: self CPU {ms:.1f} ms/step vs FM {fm_ms:.1f} (extra {total_extra:.1f}); "
+                  f"ops/step {calls:.0f} vs FM {fm_calls:.0f}", "",
+                  "| op | extra ms/step | share of extra | calls/step (FM) |", "|---|---|---|---|"]
+        for op in sorted(extra, key=lambda o: -extra[o])[:top]:
+            share = extra[op] / total_extra if total_extra > 0 else float("nan")
+            lines.append(f"| `{op}` | {extra[op]:.2f} | {100 * share:.0f} % | {ops[op][1]:.0f} "
+                         f"({fm.get(op, (0.0, 0.0))[1]:.0f}) |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _table(rows, ks) -> str:
     head = ("| beads × batch | pairs/structure | method | FM step (ms) | "
             + " | ".join(f"k = {k}: ratio (range)" for k in ks)
@@ -178,6 +217,8 @@ def main(argv=None) -> dict:
                     "(trainer.compile) for every variant; warm-up includes compilation")
     ap.add_argument("--docs", default=None, help="write the table into this markdown file "
                     "between <!-- hvp_step table --> and <!-- /hvp_step table -->")
+    ap.add_argument("--profile", action="store_true", help="profile --rounds steps of every variant "
+                    "(torch.profiler) instead of timing them; prints the ops behind the extra cost")
     args = ap.parse_args(argv)
     set_compile(args.compile)
     if args.threads:
@@ -219,6 +260,19 @@ def main(argv=None) -> dict:
             mem[n, B][name] = memory(fn)
             warm[n, B][name] = clock() - t0
         times[n, B] = {name: [] for name in steps[n, B]}
+    if args.profile:
+        prof = {f"{n}x{B}": _profile_variants(steps[n, B], args.rounds) for n, B in sizes}
+        text = "\n".join(_profile_table(prof[f"{n}x{B}"], n, B) for n, B in sizes)
+        print(text)
+        print(f"torch.profiler, self CPU time, {args.rounds} steps per variant, threads "
+              f"{torch.get_num_threads()}, {args.precision}, load average before {load_before[0]:.1f}, "
+              f"after {os.getloadavg()[0]:.1f}")
+        res = {"profile": prof, "pairs": {f"{n}x{B}": pairs[n, B] for n, B in sizes},
+               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=1)
+        return res
     for _ in range(args.rounds):  # round robin over every (size, variant)
         for key, variants in steps.items():
             for name, fn in variants.items():
