@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 15's quiet-machine measurements in one go (docs/training.md, "HVP cost"): run it with
+# nothing else on the machine (check `uptime` first; the load is written beside every figure).
+#   bash benchmarks/hvp_quiet_runs.sh OUT_DIR        # ≈ 45–60 min on the 2-core machine
+# 1. the reference sweep (beads 5–200 × batch 16, 64 × k 1, 4, 8; 5 rounds; 2 threads), written
+#    into docs/training.md between the hvp_step markers;
+# 2. the crossover: edges and dense side by side at every size (k 1, 4; 5 rounds);
+# 3. profiles of the k = 4 step at 5 × 16, 35 × 16 and 200 × 16 (which op, what fraction).
+set -euo pipefail
+out=${1:?usage: hvp_quiet_runs.sh OUT_DIR}
+mkdir -p "$out"
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python}
+uptime | tee "$out/uptime_before.txt"
+OMP_NUM_THREADS=2 "$py" "$here/benchmarks/hvp_step.py" --rounds 5 --threads 2 \
+    --json "$out/hvp_step.json" --docs "$here/docs/training.md" | tee "$out/hvp_step.txt"
+OMP_NUM_THREADS=2 "$py" "$here/benchmarks/hvp_step.py" --probes 1,4 --methods edges,dense --rounds 5 \
+    --threads 2 --json "$out/hvp_crossover.json" | tee "$out/hvp_crossover.txt"
+for size in "5 16" "35 16" "200 16"; do
+    set -- $size
+    OMP_NUM_THREADS=2 "$py" "$here/benchmarks/hvp_step.py" --beads "$1" --batch "$2" --probes 4 \
+        --methods edges,dense --rounds 3 --threads 2 --profile \
+        --json "$out/hvp_profile_${1}x${2}.json" | tee "$out/hvp_profile_${1}x${2}.txt"
+done
+uptime | tee "$out/uptime_after.txt"
