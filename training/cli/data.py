@@ -28,6 +28,7 @@ from hessid.cli.options import (
     signature_default,
 )
 from hessid.optimal_projector import DEFAULT_RIDGE
+from hessid.training.cli.common import ROOT_HELP, add_dataset_arguments
 from hessid.training.data.aa_md import SOLVENTS, MDConfig, check_md_config, simulate
 from hessid.training.data.cg_map import (
     PROJECTOR_KINDS,
@@ -49,9 +50,6 @@ from hessid.training.data.structures import build_structure
 
 __all__ = ["BuildOptions", "ImportOptions", "MapOptions", "build_parser", "map_projector_arguments",
            "parse_neighbours", "run"]
-
-#: --root: the folder holding NAME/ (same help everywhere)
-ROOT_HELP = "folder holding the dataset folders NAME/ (default: the working directory)"
 
 
 @dataclass
@@ -269,8 +267,7 @@ def _validate_parser(prog: str) -> ArgumentParser:
     parser = new_parser(prog, "Check a dataset file; errors name the file, dataset and frame. "
                               "--deep also checks the values (exit 1 when a check fails).",
                         config=False)
-    parser.add_argument("name", type=str, help="dataset name or path")
-    parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    add_dataset_arguments(parser)
     parser.add_argument("--deep", action=ActionYesNo(no_prefix="no-"), default=False,
                         help="also check cg/coordinates = S·coordinates, cg/forces = Q·forces, "
                              "recompute the forces of a few frames with OpenMM, check bond and "

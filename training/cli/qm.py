@@ -26,14 +26,13 @@ from hessid.cli.options import (
     save_config,
     signature_default,
 )
+from hessid.training.cli.common import add_dataset_arguments
 from hessid.training.cli.qm_train import ACTIONS as QM_TRAIN_ACTIONS
 from hessid.training.data.io import check_dataset_name
 from hessid.training.data.qm import SUBSET_NEAR, import_pyani, qm_dataset_path, validate_qm_dataset
 from hessid.training.qm.build import build_qm_dataset
 
 __all__ = ["BuildOptions", "ImportOptions", "build_parser", "run"]
-
-ROOT_HELP = "folder holding the dataset folders NAME/ (default: the working directory)"
 
 
 def _b(name: str):
@@ -157,8 +156,7 @@ def _validate_parser(prog: str) -> ArgumentParser:
     parser = new_parser(prog, "Check an atomistic QM dataset; errors name the file, key and "
                               "structure. Exit 1 with --strict when structures failed or are pending.",
                         config=False)  # fmt: skip
-    parser.add_argument("name", type=str, help="dataset name or path")
-    parser.add_argument("--root", type=str, default=".", help=ROOT_HELP)
+    add_dataset_arguments(parser)
     parser.add_argument("--strict", action=ActionYesNo(no_prefix="no-"), default=False,
                         help="exit 1 when any structure failed or is not done")
     return parser

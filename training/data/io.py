@@ -20,6 +20,7 @@ import os
 import platform as _platform
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -32,7 +33,7 @@ from hessid.training.data import schema as sc
 from hessid.training.data.schema import DatasetError, DatasetNotFoundError
 
 __all__ = [
-    "APPEND_BACKUP", "DatasetError", "append_frames", "backup_path", "begin_append", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
+    "APPEND_BACKUP", "DatasetError", "append_frames", "atomic_output", "backup_path", "begin_append", "commit", "copy_frames", "count_pdb_atoms", "create_dataset",
     "check_dataset_name", "dataset_path", "open_for_append", "read_topology_text", "software_versions", "topology_from_pdb",
     "crash_point", "end_append", "recover_append", "truncate_frames", "validate_dataset", "write_dataset",
 ]  # fmt: skip
@@ -89,6 +90,33 @@ def remove_new_folder(folder: Path, existed: bool) -> None:
     if not existed:
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Write a file under a temporary name and rename it into place only when the write succeeds.
+
+    Yields ``<path>.tmp`` (same folder, so the final :func:`os.replace` is atomic); the caller
+    writes it (and creates the folder if it does not exist yet). On a normal exit the temporary
+    file is renamed to ``path``; on any exception (``KeyboardInterrupt`` included) it is deleted,
+    the folder is removed if this call found it missing and it is empty
+    (:func:`remove_new_folder`), and the exception propagates unchanged.
+
+    Args:
+        path: the final file.
+
+    Raises:
+        OSError: the rename failed (the temporary file is then left in place).
+    """
+    existed = path.parent.exists()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        remove_new_folder(path.parent, existed)
+        raise
+    os.replace(tmp, path)
 
 
 def software_versions() -> dict:
@@ -443,9 +471,7 @@ def write_dataset(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (use --overwrite to replace)")
-    existed = path.parent.exists()
-    tmp = path.with_name(path.name + ".tmp")  # written and validated, then renamed
-    try:
+    with atomic_output(path) as tmp:  # written and validated, then renamed
         with create_dataset(tmp, topology_pdb, attrs, periodic=box is not None,
                             overwrite=True) as h5:  # fmt: skip
             if sc.ATTR_TEMPERATURE not in attrs:  # no temperature known: no per-frame one either
@@ -460,11 +486,6 @@ def write_dataset(
             validate_dataset(tmp)
         except DatasetError as exc:  # name the final file, not the temporary one
             raise DatasetError(path, exc.dataset, exc.detail, exc.frame) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        remove_new_folder(path.parent, existed)
-        raise
-    os.replace(tmp, path)
     return path
 
 

@@ -40,7 +40,6 @@ key and, where it applies, the structure index as the frame).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hessid.training.data.io import check_dataset_name, commit, dataset_path, remove_new_folder
+from hessid.training.data.io import (
+    atomic_output,
+    check_dataset_name,
+    commit,
+    dataset_path,
+    remove_new_folder,
+)
 from hessid.training.data.schema import DatasetError, DatasetNotFoundError, NotADatasetError
 from hessid.units import BOHR_ANGSTROM, EV_KCAL_PER_MOL, HARTREE_KCAL_PER_MOL, KJ_PER_KCAL
 
@@ -403,10 +408,8 @@ def create_qm_dataset(
         raise ValueError("structure_id values are not unique")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (use --overwrite to replace, or --resume to continue)")
-    existed = path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_output(path) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w", track_order=True) as h5:
             h5.attrs["kind"] = KIND
             h5.attrs["format_version"] = QM_FORMAT_VERSION
@@ -434,11 +437,6 @@ def create_qm_dataset(
                 if minima.hessians is not None:
                     h5.create_dataset(MINIMA_HESSIANS, data=np.asarray(minima.hessians, np.float64))
             commit(h5)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        remove_new_folder(path.parent, existed)
-        raise
-    os.replace(tmp, path)
     return path
 
 

@@ -56,7 +56,7 @@ from hessid.training.learning.edge_hvp import (
     activation_jet,
     edge_energy_forces_hvp,
 )
-from hessid.training.learning.layout import BatchLayout, batch_layout
+from hessid.training.learning.layout import BatchLayout, batch_layout, check_graph_batch
 
 __all__ = [
     "DENSE_MIN_FILL",
@@ -503,15 +503,7 @@ def _check_inputs(potential, positions, bead_types, batch) -> tuple[torch.Tensor
         ValueError: positions not (A, 3); bead_types or batch not (A,); a bead type outside
             the vocabulary.
     """
-    if positions.ndim != 2 or positions.shape[-1] != 3:
-        raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
-    if bead_types.shape != positions.shape[:1]:
-        raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = "
-                         f"({positions.shape[0]},)")
-    if batch is None:
-        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-    if batch.shape != bead_types.shape:
-        raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
+    batch = check_graph_batch(positions, bead_types, batch)
     layout = batch_layout(batch, bead_types)
     n_vocab = len(potential.bead_vocabulary)
     if layout.types_range is not None and not (0 <= layout.types_range[0]

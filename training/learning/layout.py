@@ -23,7 +23,7 @@ import torch
 
 from hessid.training.learning.priors import chain_indices
 
-__all__ = ["BatchLayout", "batch_layout"]
+__all__ = ["BatchLayout", "batch_layout", "check_graph_batch"]
 
 
 @dataclass
@@ -81,6 +81,40 @@ class BatchLayout:
                                torch.tensor(atoms, dtype=torch.long).to(dev), n))
             self._cache["groups"] = groups
         return self._cache["groups"]
+
+
+def check_graph_batch(positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None,
+                      n_types: int | None = None) -> torch.Tensor:
+    """Check the shapes of a graph batch (B structures' beads flattened along one axis).
+
+    Args:
+        positions: (A, 3) bead positions, Å.
+        bead_types: (A,) int64 index into the bead vocabulary.
+        batch: (A,) int64 structure index of each bead, or None (one structure).
+        n_types: vocabulary size; when given, ``bead_types`` must lie in [0, n_types) (one host
+            read of their min and max). None: the range is not checked here (callers that read
+            it through :func:`batch_layout` check it there, without a further sync).
+
+    Returns:
+        ``batch`` (A,) int64 (zeros on the positions' device when None).
+
+    Raises:
+        ValueError: positions not (A, 3); bead_types or batch not (A,); a bead type outside
+            [0, n_types).
+    """
+    if positions.ndim != 2 or positions.shape[-1] != 3:
+        raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
+    if bead_types.shape != positions.shape[:1]:
+        raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = "
+                         f"({positions.shape[0]},)")
+    if batch is None:
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+    if batch.shape != bead_types.shape:
+        raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
+    if n_types is not None and bead_types.numel() and (int(bead_types.min()) < 0
+                                                       or int(bead_types.max()) >= n_types):
+        raise ValueError(f"bead_types must lie in [0, {n_types})")
+    return batch
 
 
 _LAYOUTS: dict = {}

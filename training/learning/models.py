@@ -21,9 +21,11 @@ import torch
 from torchmdnet.models.model import create_model
 
 from hessid import __version__ as HESSID_VERSION
+from hessid.training.learning.checkpoint import checkpoint_prior, load_weights, save_checkpoint
 from hessid.training.learning.configs import ModelConfig, TrainConfig
 from hessid.training.learning.derivatives import energy_forces_hvp
-from hessid.training.learning.priors import PriorModel, PriorParameters
+from hessid.training.learning.layout import check_graph_batch
+from hessid.training.learning.priors import PriorModel, PriorParameters, as_prior_model
 from hessid.training.learning.thermal_models import THERMAL_CHECKPOINT_FORMAT, ThermalPotential
 
 __all__ = [
@@ -61,11 +63,7 @@ class CGPotential(torch.nn.Module):
         self.bead_vocabulary = list(bead_vocabulary)
         dtype = self.config.dtype
         self.net = create_model(self.config.torchmdnet_args(len(self.bead_vocabulary)))
-        if isinstance(prior, PriorModel):
-            prior = prior.params
-        # rebuilt from the float parameters in the model dtype (a cast float32 → float64 buffer
-        # would differ from the checkpoint's float values)
-        self.prior = PriorModel(prior, dtype=dtype) if prior is not None else None
+        self.prior = as_prior_model(prior, dtype)
         self.metadata: dict = {}
 
     @property
@@ -74,19 +72,7 @@ class CGPotential(torch.nn.Module):
         return self.config.dtype
 
     def _check(self, positions: torch.Tensor, bead_types: torch.Tensor, batch: torch.Tensor | None):
-        if positions.ndim != 2 or positions.shape[-1] != 3:
-            raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
-        if bead_types.shape != positions.shape[:1]:
-            raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = "
-                             f"({positions.shape[0]},)")
-        if batch is None:
-            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-        if batch.shape != bead_types.shape:
-            raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
-        if bead_types.numel() and (int(bead_types.min()) < 0
-                                   or int(bead_types.max()) >= len(self.bead_vocabulary)):
-            raise ValueError(f"bead_types must lie in [0, {len(self.bead_vocabulary)})")
-        return batch
+        return check_graph_batch(positions, bead_types, batch, len(self.bead_vocabulary))
 
     def network_energy(self, positions: torch.Tensor, bead_types: torch.Tensor,
                        batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,10 +159,7 @@ class CGPotential(torch.nn.Module):
         Returns:
             the path written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.checkpoint_dict(extra), path)
-        return path
+        return save_checkpoint(self.checkpoint_dict(extra), path)
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict, source: str = "<dict>") -> CGPotential:
@@ -196,15 +179,9 @@ class CGPotential(torch.nn.Module):
         if written_by != HESSID_VERSION:
             warnings.warn(f"{source} was written by hessid {written_by}, loading with "
                           f"{HESSID_VERSION} (checkpoint format {fv})", stacklevel=3)
-        if ckpt.get("units") != UNITS:
-            raise ValueError(f"{source} uses units {ckpt.get('units')}, expected {UNITS}")
-        prior = ckpt.get("prior")
-        prior = None if prior is None else PriorParameters.from_dict(prior)
+        prior = checkpoint_prior(ckpt, UNITS, source)
         model = cls(ckpt["bead_vocabulary"], prior, ModelConfig.from_dict(ckpt["config"]))
-        missing, unexpected = model.net.load_state_dict(ckpt["state_dict"], strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{source}: weights do not match the config (missing {missing}, "
-                             f"unexpected {unexpected})")
+        load_weights(model.net, ckpt["state_dict"], source)
         model.metadata = dict(ckpt.get("metadata") or {})
         return model
 

@@ -45,7 +45,7 @@ import torch
 
 from hessid.units import KB_KCAL_PER_MOL_K
 
-__all__ = ["PRIOR_VERSION", "PriorFit", "PriorModel", "PriorParameters", "chain_indices"]
+__all__ = ["PRIOR_VERSION", "PriorFit", "PriorModel", "PriorParameters", "as_prior_model", "chain_indices"]
 
 #: version of the prior state written by this hessid (see the module docstring)
 PRIOR_VERSION = 2
@@ -563,6 +563,24 @@ class PriorModel(torch.nn.Module):
         """Write the parameters as JSON (the model checkpoint embeds them too)."""
         with open(path, "w") as fh:
             json.dump(self.params.to_dict(), fh, indent=1)
+
+
+def as_prior_model(prior: PriorModel | PriorParameters | None, dtype: torch.dtype) -> PriorModel | None:
+    """The prior a potential holds, built in the potential's dtype.
+
+    A :class:`PriorModel` is rebuilt from its float parameters (a buffer cast float32 → float64
+    would differ from the checkpoint's float values).
+
+    Args:
+        prior: fitted parameters, a prior model (any dtype) or None.
+        dtype: the potential's floating dtype (float32 or float64).
+
+    Returns:
+        a new :class:`PriorModel` in ``dtype``, or None when ``prior`` is None.
+    """
+    if isinstance(prior, PriorModel):
+        prior = prior.params
+    return PriorModel(prior, dtype=dtype) if prior is not None else None
 
 
 # ----------------------------------------------------------------------------- estimator

@@ -45,8 +45,10 @@ import torch
 from torchmdnet.models.model import create_model
 
 from hessid import __version__ as HESSID_VERSION
+from hessid.training.learning.checkpoint import checkpoint_prior, load_weights, save_checkpoint
 from hessid.training.learning.configs import ModelConfig, ThermalConfig
-from hessid.training.learning.priors import PriorModel, PriorParameters
+from hessid.training.learning.layout import check_graph_batch
+from hessid.training.learning.priors import PriorModel, PriorParameters, as_prior_model
 from hessid.units import KB_KCAL_PER_MOL_K
 
 __all__ = [
@@ -161,9 +163,7 @@ class ThermalPotential(torch.nn.Module):
                                              torch.nn.Linear(tc.hidden, tc.rank)).to(dtype)
                          if tc.form == "M3" and not generic_mlp else None)
         self.baseline = torch.nn.Parameter(torch.zeros((), dtype=dtype))  # b0, kcal/mol
-        if isinstance(prior, PriorModel):
-            prior = prior.params
-        self.prior = PriorModel(prior, dtype=dtype) if prior is not None else None
+        self.prior = as_prior_model(prior, dtype)
         self.metadata: dict = {}
 
     @property
@@ -174,16 +174,7 @@ class ThermalPotential(torch.nn.Module):
     # ------------------------------------------------------------------ the free energy
 
     def _check(self, positions, bead_types, batch, beta):
-        if positions.ndim != 2 or positions.shape[-1] != 3:
-            raise ValueError(f"positions must be (A, 3), got {tuple(positions.shape)}")
-        if bead_types.shape != positions.shape[:1]:
-            raise ValueError(f"bead_types {tuple(bead_types.shape)} must be (A,) = ({positions.shape[0]},)")
-        if batch is None:
-            batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
-        if batch.shape != bead_types.shape:
-            raise ValueError(f"batch {tuple(batch.shape)} must be (A,)")
-        if bead_types.numel() and (int(bead_types.min()) < 0 or int(bead_types.max()) >= len(self.bead_vocabulary)):
-            raise ValueError(f"bead_types must lie in [0, {len(self.bead_vocabulary)})")
+        batch = check_graph_batch(positions, bead_types, batch, len(self.bead_vocabulary))
         n_graphs = int(batch.max()) + 1 if batch.numel() else 0
         beta = torch.as_tensor(beta, dtype=positions.dtype, device=positions.device)
         if beta.ndim == 0:
@@ -379,10 +370,7 @@ class ThermalPotential(torch.nn.Module):
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write one checkpoint file (weights, prior, vocabulary, units, configs, version)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.checkpoint_dict(extra), path)
-        return path
+        return save_checkpoint(self.checkpoint_dict(extra), path)
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict, source: str = "<dict>") -> ThermalPotential:
@@ -402,17 +390,10 @@ class ThermalPotential(torch.nn.Module):
         if written_by != HESSID_VERSION:
             warnings.warn(f"{source} was written by hessid {written_by}, loading with {HESSID_VERSION}",
                           stacklevel=3)
-        if ckpt.get("units") != UNITS:
-            raise ValueError(f"{source} uses units {ckpt.get('units')}, expected {UNITS}")
-        prior = ckpt.get("prior")
-        prior = None if prior is None else PriorParameters.from_dict(prior)
+        prior = checkpoint_prior(ckpt, UNITS, source)
         model = cls(ckpt["bead_vocabulary"], prior, ModelConfig.from_dict(ckpt["config"]),
                     ThermalConfig(**ckpt["thermal"]), ckpt.get("n_beads"))
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-        missing = [k for k in missing if not k.startswith("prior.")]
-        if missing or unexpected:
-            raise ValueError(f"{source}: weights do not match the config (missing {missing}, "
-                             f"unexpected {unexpected})")
+        load_weights(model, ckpt["state_dict"], source, ignore_missing="prior.")
         model.metadata = dict(ckpt.get("metadata") or {})
         return model
 

@@ -12,6 +12,7 @@ from hessid.training.data import cg_map, importers, reader
 from hessid.training.data import io as data
 from hessid.training.data.aa_md import MDConfig, SimulationInterrupted, simulate
 from hessid.training.data.structures import build_structure
+from tests.training.data.crash import run_until_sigkill, simulate_until_sigkill
 
 MD = dict(steps=120, stride=10, platform="CPU", threads=1, chunk_frames=3, solvent="gbn2", seed=3)
 
@@ -23,6 +24,14 @@ def simulated(tmp_path_factory):
     build_structure("aaa", sequence="AAA", out_dir=root)
     path = simulate("aaa", MDConfig(**MD), root=root, progress=False)
     return root, path
+
+
+def _assert_same_frames(ref_path, path, fields) -> None:
+    """Assert that the datasets at ``path`` and ``ref_path`` hold the same values (bit for bit) in
+    each of ``fields`` (attributes of :func:`reader.load_dataset`'s result)."""
+    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
+    for field in fields:
+        np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=field)
 
 
 def test_simulation_writes_layout_units_and_attributes(simulated):
@@ -126,12 +135,8 @@ def test_interrupted_simulation_resumes_without_lost_or_duplicated_frames(simula
     with pytest.raises(FileExistsError):
         simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
-    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
-    np.testing.assert_array_equal(b.frame_id, a.frame_id)
-    np.testing.assert_array_equal(b.time, a.time)
     # the OpenMM checkpoint restores the Langevin RNG: the continuation is bit-identical
-    np.testing.assert_array_equal(b.coordinates, a.coordinates)
-    np.testing.assert_array_equal(b.forces, a.forces)
+    _assert_same_frames(ref_path, path, ("frame_id", "time", "coordinates", "forces"))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -382,16 +387,6 @@ def test_hbond_pairs_follow_openmms_rule(small_file):
 # ----------------------------------------------------------------------------- crash safety
 
 
-def _run_until_sigkill(code: str) -> None:
-    """Run ``code`` in a fresh interpreter that SIGKILLs itself; assert it died that way."""
-    import signal
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-
-
 def test_sigkill_between_file_commit_and_checkpoint_resumes_bit_identically(simulated, tmp_path):
     """A real SIGKILL (no ``finally``, file left open) after chunk 3 was committed to the HDF5
     file but before its checkpoint: the file opens, holds 9 frames, the checkpoint stands for
@@ -399,7 +394,7 @@ def test_sigkill_between_file_commit_and_checkpoint_resumes_bit_identically(simu
     root, ref_path = simulated
     (tmp_path / "aaa").mkdir()
     shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
-    _run_until_sigkill(f"""
+    run_until_sigkill(f"""
 import os, signal
 from hessid.training.data import aa_md
 calls, write = [0], aa_md._write_checkpoint
@@ -415,10 +410,7 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
     with h5py.File(path, "r") as h5:
         assert h5["coordinates"].shape[0] == 9 and h5.attrs["checkpoint_frames"] == 9
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
-    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
-    np.testing.assert_array_equal(b.frame_id, a.frame_id)
-    np.testing.assert_array_equal(b.coordinates, a.coordinates)
-    np.testing.assert_array_equal(b.forces, a.forces)
+    _assert_same_frames(ref_path, path, ("frame_id", "coordinates", "forces"))
 
 
 # (point, n): SIGKILL at the n-th call of that crash point = inside the 3rd chunk's append (chunks
@@ -438,18 +430,7 @@ def test_sigkill_inside_an_append_resumes_bit_identically(simulated, tmp_path, p
     root, ref_path = simulated
     (tmp_path / "aaa").mkdir()
     shutil.copy(root / "aaa" / "aaa.pdb", tmp_path / "aaa" / "aaa.pdb")
-    _run_until_sigkill(f"""
-import os, signal
-from hessid.training.data import aa_md, io
-calls = [0]
-def hook(name):
-    if name == {point!r}:
-        calls[0] += 1
-        if calls[0] == {nth}:
-            os.kill(os.getpid(), signal.SIGKILL)
-io.crash_hook = hook
-aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress=False)
-""")
+    simulate_until_sigkill(point, nth, MD, tmp_path)
     path = tmp_path / "aaa" / "aaa.h5"
     # the backup exists from its rename until the append is committed (after_backup_copy: not yet)
     assert data.backup_path(path).exists() == (point != "after_backup_copy")
@@ -460,11 +441,7 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{MD!r}), root={str(tmp_path)!r}, progress
     assert set(n.values()) == {6}, n  # after_flush too: the append is undone until end_append
     assert not data.backup_path(path).exists()
     simulate("aaa", MDConfig(**MD), root=tmp_path, resume=True, progress=False)
-    a, b = reader.load_dataset(ref_path), reader.load_dataset(path)
-    np.testing.assert_array_equal(b.frame_id, a.frame_id)
-    np.testing.assert_array_equal(b.coordinates, a.coordinates)
-    np.testing.assert_array_equal(b.forces, a.forces)
-    np.testing.assert_array_equal(b.potential_energy, a.potential_energy)
+    _assert_same_frames(ref_path, path, ("frame_id", "coordinates", "forces", "potential_energy"))
     assert data.validate_dataset(path)["n_frames"] == 12
 
 
@@ -580,7 +557,7 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
     shutil.copy(src, part)
     kw = dict(n_probes=2, workers=0, chunk_frames=4, platform="CPU", threads=1, progress=False)
     compute_targets(ref, **kw)
-    _run_until_sigkill(f"""
+    run_until_sigkill(f"""
 import os, signal
 from hessid.training.data import targets
 calls, commit = [0], targets.commit

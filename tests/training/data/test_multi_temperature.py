@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -32,6 +29,7 @@ from hessid.training.data.targets import compute_targets
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.datasets import load_protein, split_frames  # the training reader
 from hessid.units import beta
+from tests.training.data.crash import simulate_until_sigkill
 
 #: vacuum AAA, 6 frames per segment in chunks of 3 (about 1 s per segment)
 MD = dict(steps=60, stride=10, platform="CPU", threads=1, chunk_frames=3, solvent="vacuum", seed=3)
@@ -46,6 +44,16 @@ def _copy_pdb(src_root, dst_root, name="aaa"):
 def _arrays(path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as h5:
         return {k: h5[k][()] for k in PER_FRAME if k in h5}
+
+
+def _interrupt_350_segment(src_root, dst_root) -> None:
+    """In ``dst_root``: the 300 K run of ``aaa``, then a 350 K segment interrupted after its first
+    chunk (asserts it was)."""
+    _copy_pdb(src_root, dst_root)
+    simulate("aaa", MDConfig(**MD), root=dst_root, progress=False)
+    with pytest.raises(SimulationInterrupted):
+        simulate("aaa", MDConfig(**{**MD, "temperature": 350.0}), root=dst_root, progress=False,
+                 interrupt_after_chunks=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +114,7 @@ def test_an_interrupted_new_segment_resumes_bit_identically(two_temperatures, tm
     """Kill the 350 K segment after one chunk, leave a frame flushed after its checkpoint (a kill
     between commit and checkpoint), resume: every array equals the uninterrupted file's."""
     root, ref = two_temperatures
-    _copy_pdb(root, tmp_path)
-    simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
-    with pytest.raises(SimulationInterrupted):
-        simulate("aaa", MDConfig(**{**MD, "temperature": 350.0}), root=tmp_path, progress=False,
-                 interrupt_after_chunks=1)  # fmt: skip
+    _interrupt_350_segment(root, tmp_path)
     path = tmp_path / "aaa" / "aaa.h5"
     with h5py.File(path, "r+") as h5:
         assert h5["coordinates"].shape[0] == 9
@@ -125,11 +129,6 @@ def test_an_interrupted_new_segment_resumes_bit_identically(two_temperatures, tm
         np.testing.assert_array_equal(b[key], a[key])
 
 
-def _run_until_sigkill(code: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-
-
 @pytest.mark.parametrize(("point", "nth"), [("after_provenance", 1), ("after_flush", 2)])
 def test_a_sigkill_while_adding_a_segment_leaves_a_file_that_completes_bit_identically(
         two_temperatures, tmp_path, point, nth):
@@ -141,18 +140,7 @@ def test_a_sigkill_while_adding_a_segment_leaves_a_file_that_completes_bit_ident
     _copy_pdb(root, tmp_path)
     simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
     md350 = {**MD, "temperature": 350.0}
-    _run_until_sigkill(f"""
-import os, signal
-from hessid.training.data import aa_md, io
-calls = [0]
-def hook(name):
-    if name == {point!r}:
-        calls[0] += 1
-        if calls[0] == {nth}:
-            os.kill(os.getpid(), signal.SIGKILL)
-io.crash_hook = hook
-aa_md.simulate("aaa", aa_md.MDConfig(**{md350!r}), root={str(tmp_path)!r}, progress=False)
-""")
+    simulate_until_sigkill(point, nth, md350, tmp_path)
     path = tmp_path / "aaa" / "aaa.h5"
     assert data.backup_path(path).exists()  # both points lie inside a guarded write
     simulate("aaa", MDConfig(**md350), root=tmp_path, resume=point == "after_flush", progress=False)
@@ -165,11 +153,7 @@ aa_md.simulate("aaa", aa_md.MDConfig(**{md350!r}), root={str(tmp_path)!r}, progr
 
 def test_resume_without_a_temperature_continues_the_segment_of_the_last_frame(two_temperatures, tmp_path):
     root, ref = two_temperatures
-    _copy_pdb(root, tmp_path)
-    simulate("aaa", MDConfig(**MD), root=tmp_path, progress=False)
-    with pytest.raises(SimulationInterrupted):
-        simulate("aaa", MDConfig(**{**MD, "temperature": 350.0}), root=tmp_path, progress=False,
-                 interrupt_after_chunks=1)  # fmt: skip
+    _interrupt_350_segment(root, tmp_path)
     simulate("aaa", None, root=tmp_path, resume=True, progress=False)  # config=None: the stored settings
     np.testing.assert_array_equal(_arrays(tmp_path / "aaa" / "aaa.h5")["coordinates"], _arrays(ref)["coordinates"])
 

@@ -25,9 +25,7 @@ from hessid.training.learning.datasets import (
 )
 from hessid.training.learning.hessians import full_hessian, hvp_reference
 from hessid.training.learning.losses import hvp_target_norms
-from hessid.training.learning.models import CGPotential, load_potential
-from hessid.training.learning.module import CGTrainingModule
-from hessid.training.learning.priors import PriorFit
+from hessid.training.learning.models import load_potential
 from hessid.training.learning.residuals import (
     fold_assignment,
     model_residuals,
@@ -38,28 +36,12 @@ from hessid.training.learning.residuals import (
 from hessid.training.learning.trainer import train
 from hessid.units import beta as beta_of
 from tests.helpers import assert_close, relative_error
-
-TINY = {"embedding_dimension": 6, "num_layers": 1, "num_rbf": 4, "precision": "float64"}
-N_BEADS = 5
+from tests.training.learning.fixtures import N_BEADS, TINY, synthetic_protein, tiny_module
 
 
 @pytest.fixture(scope="module")
 def protein(tmp_path_factory):
-    path = write_synthetic_dataset(tmp_path_factory.mktemp("xf") / "p.h5", n_beads=N_BEADS,
-                                   n_frames=6, seed=2, full_block=True, name="p")
-    return load_protein(path)
-
-
-def _module(protein, **loss):
-    loss = dict({"mode": "fm_hvp", "cov_weight": 1.0, "normalise": False, "lambda_force": 0.0}, **loss)
-    cfg = TrainConfig.from_dict({"model": TINY, "loss": loss})
-    torch.manual_seed(0)
-    prior = PriorFit().fit([protein.cg_coordinates]).fetch_model()
-    pot = CGPotential(protein.vocabulary, prior, cfg.model)
-    with torch.no_grad():  # curvature of the net comparable to the prior's
-        for prm in pot.net.parameters():
-            prm.mul_(3.0)
-    return CGTrainingModule(pot, cfg, {})
+    return synthetic_protein(tmp_path_factory.mktemp("xf"))
 
 
 def _batch(protein, frames=(0, 1, 2), need_hessian=False):
@@ -87,8 +69,8 @@ def test_crossfit_loss_is_the_formula_with_the_stored_residual(protein, estimato
     tolerance, so an online residual used when crossfit is requested would be detected."""
     data = _batch(protein)
     frames, k = 3, data["probes"].shape[0]
-    xf = _module(protein, **_xfit(hvp_estimator=estimator))
-    on = _module(protein, hvp_estimator=estimator)
+    xf = tiny_module(protein, **_xfit(hvp_estimator=estimator))
+    on = tiny_module(protein, hvp_estimator=estimator)
     pot = xf.potential
     args = (pot, data["positions"], data["bead_types"], data["batch"])
     Hv = hvp_reference(*args, data["probes"]).hvp  # (k, A, 3)
@@ -123,8 +105,8 @@ def test_crossfit_full_hessian_target_uses_the_stored_residual(protein):
     """fm_hessian: L_H = mean ‖H_θ − (T1 − γβ dF dFᵀ)‖_F² with the stored dF (exact); the online
     value differs (negative control)."""
     data = _batch(protein, need_hessian=True)
-    xf = _module(protein, **_xfit(mode="fm_hessian"))
-    on = _module(protein, mode="fm_hessian")
+    xf = tiny_module(protein, **_xfit(mode="fm_hessian"))
+    on = tiny_module(protein, mode="fm_hessian")
     hs = full_hessian(xf.potential, data["positions"], data["bead_types"], data["batch"])
     dF = data["residual"].reshape(3, -1)
     want = torch.stack([((h - (t1 - float(b) * torch.outer(w, w))) ** 2).sum() for h, t1, w, b in

@@ -9,9 +9,9 @@ import torch
 
 from hessid.hvp_loss import hvp_gradient_probe_variance
 from hessid.probes import draw_probes, probe_scale
-from hessid.training.data.synthetic import compact_chain, write_synthetic_dataset
+from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.configs import LossConfig, TrainConfig
-from hessid.training.learning.datasets import collate_frames, load_protein, target_normalisations
+from hessid.training.learning.datasets import collate_frames, target_normalisations
 from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.hessians import hvp_reference
 from hessid.training.learning.losses import (
@@ -26,35 +26,15 @@ from hessid.training.learning.losses import (
     rao_blackwell_hvp_loss_graph,
 )
 from hessid.training.learning.models import CGPotential
-from hessid.training.learning.module import CGTrainingModule
-from hessid.training.learning.priors import PriorFit
 from hessid.training.learning.trainer import train
 from tests.curvature_instances import chignolin_like_instance, hessian_derivatives
 from tests.helpers import assert_close, relative_error
-
-TINY = {"embedding_dimension": 6, "num_layers": 1, "num_rbf": 4, "precision": "float64"}
-N_BEADS = 5
+from tests.training.learning.fixtures import N_BEADS, TINY, synthetic_protein, tiny_module
 
 
 @pytest.fixture(scope="module")
 def protein(tmp_path_factory):
-    path = write_synthetic_dataset(tmp_path_factory.mktemp("rb") / "p.h5", n_beads=N_BEADS,
-                                   n_frames=6, seed=2, full_block=True, name="p")
-    return load_protein(path)
-
-
-def _module(protein, **loss):
-    cfg = TrainConfig.from_dict({
-        "model": TINY,
-        "loss": dict({"mode": "fm_hvp", "cov_weight": 1.0, "normalise": False,
-                      "lambda_force": 0.0}, **loss)})
-    torch.manual_seed(0)
-    prior = PriorFit().fit([protein.cg_coordinates]).fetch_model()
-    pot = CGPotential(protein.vocabulary, prior, cfg.model)
-    with torch.no_grad():  # curvature of the net comparable to the prior's
-        for prm in pot.net.parameters():
-            prm.mul_(3.0)
-    return CGTrainingModule(pot, cfg, {})
+    return synthetic_protein(tmp_path_factory.mktemp("rb"))
 
 
 def _batch(protein, frames=(0, 1, 2)):
@@ -90,7 +70,7 @@ def _grad(module, data):
 def test_residual_tangent_is_the_hvp_along_the_force_residual(protein, method):
     """``residual_target``: the (k+1)-th tangent H_θ dF equals the reference HVP along the
     detached dF = P f − F_θ (prior included), and the k probe HVPs are unchanged."""
-    module = _module(protein)
+    module = tiny_module(protein)
     pot, data = module.potential, _batch(protein)
     args = (pot, data["positions"], data["bead_types"], data["batch"], data["probes"])
     plain = energy_forces_hvp(*args, create_graph=False, method=method)
@@ -127,9 +107,9 @@ def test_rb_gradient_equals_frame_gradient_on_a_complete_one_hot_basis(protein, 
     (docs/variance_reduction.md eq. (3) with Π = I); the stabiliser is exactly zero there."""
     frames = (0, 1, 2)
     data = _with_probes(protein, _batch(protein, frames), frames, range(3 * N_BEADS))
-    g_frame = _grad(_module(protein, hvp_project_bonds=project), data)
-    g_rb = _grad(_module(protein, hvp_estimator="rao_blackwell", rb_stabiliser=stabiliser,
-                         hvp_project_bonds=project), data)
+    g_frame = _grad(tiny_module(protein, hvp_project_bonds=project), data)
+    g_rb = _grad(tiny_module(protein, hvp_estimator="rao_blackwell", rb_stabiliser=stabiliser,
+                             hvp_project_bonds=project), data)
     assert float(g_frame.abs().max()) > 1.0
     assert_close(g_rb, g_frame, rtol=1e-9, what="∇L_RB vs ∇ℓ (complete basis)")
 
@@ -141,8 +121,8 @@ def test_rb_gradient_equals_probe_average_of_frame_gradient(protein, project):
     ``2γβ dFᵀ H_θ dF`` term misses the expectation by far more than round-off."""
     frames = (0, 3)
     base = _batch(protein, frames)
-    frame_mod = _module(protein, hvp_project_bonds=project)
-    rb_mod = _module(protein, hvp_estimator="rao_blackwell", hvp_project_bonds=project)
+    frame_mod = tiny_module(protein, hvp_project_bonds=project)
+    rb_mod = tiny_module(protein, hvp_estimator="rao_blackwell", hvp_project_bonds=project)
     g_frame = g_rb = g_drop = 0.0
     d = 3 * N_BEADS
     for i in range(d):
@@ -233,8 +213,8 @@ def test_stabiliser_has_zero_probe_mean_and_rb_equals_frame_at_gamma_zero(protei
                       - _graph_loss(H, T1, w, eye[:1] * d**0.5, 1.3, 0.0)))
     assert scale > 1.0 and abs(diff) <= 1e-10 * scale
     data = _batch(protein)
-    a = _module(protein, cov_weight=0.0)
-    b = _module(protein, cov_weight=0.0, hvp_estimator="rao_blackwell")
+    a = tiny_module(protein, cov_weight=0.0)
+    b = tiny_module(protein, cov_weight=0.0, hvp_estimator="rao_blackwell")
     ta, tb = a.compute_losses(data, 10**9), b.compute_losses(data, 10**9)
     assert_close(tb["hvp"], ta["hvp"], rtol=1e-12, what="γ = 0 value")
     assert_close(_grad(b, data), _grad(a, data), rtol=1e-10, what="γ = 0 gradient")
@@ -281,7 +261,7 @@ def test_module_trains_with_every_hvp_option(protein):
     data = _batch(protein)
     for est in ("frame", "rao_blackwell"):
         for project in (False, True):
-            terms = _module(protein, hvp_estimator=est, hvp_project_bonds=project).compute_losses(data, 10**9)
+            terms = tiny_module(protein, hvp_estimator=est, hvp_project_bonds=project).compute_losses(data, 10**9)
             assert torch.isfinite(terms["hvp"]) and terms["total"].requires_grad
     with pytest.raises(ValueError, match="hvp_estimator"):
         LossConfig(hvp_estimator="fancy")
@@ -324,8 +304,8 @@ def test_hvp_norm_is_the_loss_of_a_zero_model_including_term2(protein, project):
     legacy = np.mean([c * float((protein.term1[t] ** 2).sum(-1).sum(-1).mean()) for t in range(protein.n_frames)])
     assert old["hvp_norm"] == legacy
     assert norms["hvp_norm"] > 1.5 * old["hvp_norm"] or project  # Term 2 matters here
-    module = _module(protein, hvp_project_bonds=project, normalise=True, lambda_force=0.0,
-                     hvp_norm=norms["hvp_norm"])
+    module = tiny_module(protein, hvp_project_bonds=project, normalise=True, lambda_force=0.0,
+                         hvp_norm=norms["hvp_norm"])
     pot = CGPotential(protein.vocabulary, None, module.cfg.model)
     with torch.no_grad():  # zero outputs: energy constant, forces and Hessian zero
         pot.net.output_model.output_network.layers[2].weight.zero_()
