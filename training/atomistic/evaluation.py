@@ -33,7 +33,7 @@ def error_metrics(model: AtomisticPotential, datasets: Sequence, refs: Sequence[
     hessians = hessians and all(datasets[d].hessians is not None for d, _ in refs)
     sums = dict(e_abs=0.0, e_sq=0.0, f_abs=0.0, f_sq=0.0, nf=0, h_abs=0.0, h_sq=0.0, nh=0)
     for start in range(0, len(refs), batch_size):
-        b = collate(datasets, refs[start:start + batch_size], model.dtype, hessians)
+        b = collate(datasets, refs[start:start + batch_size], model.dtype, hessians).to(model.device)
         if hessians:
             out, hess = model.hessians(b.species, b.positions, b.batch)
             for h, t in zip(hess, b.hessians, strict=True):

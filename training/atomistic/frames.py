@@ -9,7 +9,7 @@ is addressed by ``(dataset index, structure index)``; only ``done`` structures a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -55,6 +55,12 @@ class AtomisticBatch:
     @property
     def n_molecules(self) -> int:
         return int(self.n_atoms.shape[0])
+
+    def to(self, device: torch.device | str) -> AtomisticBatch:
+        """The same batch with every tensor (Hessians included) on ``device``; dtypes kept."""
+        return replace(self, **{f.name: (None if v is None else [h.to(device) for h in v] if isinstance(v, list)
+                                         else v.to(device))
+                                for f in fields(self) for v in [getattr(self, f.name)]})
 
     def hessian_times(self, probes: torch.Tensor) -> torch.Tensor:
         """Reference HVPs ``H_b v`` for probes (k, A, 3) in graph layout → (k, A, 3)."""

@@ -177,7 +177,7 @@ def hvp_mse(model_hvp: torch.Tensor, target_hvp: torch.Tensor, scale: torch.Tens
     sq = ((model_hvp - target_hvp.to(model_hvp.dtype)) ** 2).sum(-1)  # (k, A)
     per_mol = _per_molecule(sq, batch, n_atoms.shape[0]).mean(0)  # (B,)  (1/k) Σ_j ‖Δ v_j‖²
     d = 3 * n_atoms.to(per_mol.dtype)
-    return (scale.to(per_mol.dtype) * per_mol).sum() / (d**2).sum()
+    return (scale.to(device=per_mol.device, dtype=per_mol.dtype) * per_mol).sum() / (d**2).sum()
 
 
 def hvp_rmse_raw(model_hvp: torch.Tensor, target_hvp: torch.Tensor) -> torch.Tensor:

@@ -166,6 +166,11 @@ class AtomisticPotential(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.config.dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (``model.to(device)`` moves them)."""
+        return self.energy_scale.device
+
     def set_reference(self, reference_energy: torch.Tensor, energy_scale: float) -> None:
         """Fix the per-element reference energies (kcal/mol, (max_z,)) and the output scale s
         (kcal/mol) that multiplies the network's atomic energies."""

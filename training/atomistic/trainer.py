@@ -37,7 +37,7 @@ from hessid.training.atomistic.model import AtomisticPotential, ModelConfig
 from hessid.training.atomistic.objective import batch_loss
 from hessid.training.data.qm import open_qm_dataset
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainResult", "load_datasets", "prepare", "train"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainResult", "load_datasets", "prepare", "resolve_device", "train"]
 
 log = logging.getLogger("hessid.training.atomistic")
 
@@ -106,6 +106,10 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (and at every epoch end).
         validate_every: epochs between validation rows (the last epoch always).
         progress: progress bar.
+        device: ``"cpu"`` (default), ``"cuda"``/``"cuda:N"``, or ``"auto"`` (CUDA when
+            available). Not part of the run key: a run may resume on another device (same
+            numbers up to rounding). ``cpu_s`` in metrics.csv is the process time of the steps,
+            meaningful on CPU only.
     """
 
     name: str = "qm"
@@ -118,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     validate_every: int = 1
     progress: bool = True
+    device: str = "cpu"
 
     def __post_init__(self):
         for name, cls in (("model", ModelConfig), ("loss", LossConfig), ("data", DataConfig),
@@ -131,6 +136,7 @@ class TrainConfig:
             raise ValueError("checkpoint_every and validate_every must be >= 1")
         if not self.data.datasets:
             raise ValueError("data.datasets: give at least one QM dataset")
+        resolve_device(self.device)  # refuse a bad or unavailable device before any work
 
     def run_key(self) -> dict:
         """What must not change between a run and its resume (everything but the stopping
@@ -138,11 +144,32 @@ class TrainConfig:
         d = asdict(self)
         for key in ("max_epochs", "max_steps"):
             d["optim"].pop(key)
-        for key in ("checkpoint_every", "progress", "validate_every"):
+        for key in ("checkpoint_every", "progress", "validate_every", "device"):
             d.pop(key)
         if d["data"].get("subset_seed") is None:  # checkpoints written before the field existed
             d["data"].pop("subset_seed")
         return d
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Raises:
+        ValueError: not a device string torch knows, or CUDA asked for where there is none
+            (one line naming the option).
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device "
+                         "(torch.cuda.is_available() is False)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {device!r}: only cpu and cuda are supported")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -222,6 +249,8 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: list | None = None) 
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume")
     datasets = load_datasets(cfg.data) if datasets is None else datasets
     model, split, scales = prepare(cfg, datasets)
+    device = resolve_device(cfg.device)
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step, epoch, pos, rows = 0, 0, 0, []
     sums: dict[str, float] = {}
@@ -258,7 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: list | None = None) 
             while pos < n_batches and step < total:
                 refs = [split.train[i] for i in order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]]
                 t0 = time.process_time()
-                batch = collate(datasets, refs, model.dtype, needs_h)
+                batch = collate(datasets, refs, model.dtype, needs_h).to(device)
                 loss, parts = batch_loss(model, batch, cfg.loss, scales, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

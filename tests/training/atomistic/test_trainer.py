@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hessid.training.atomistic.evaluation import error_metrics, frequency_comparison
+from hessid.training.atomistic.frames import collate
 from hessid.training.atomistic.model import load_potential
-from hessid.training.atomistic.trainer import TrainConfig, train
+from hessid.training.atomistic.trainer import TrainConfig, resolve_device, train
 from tests.training.atomistic.fixtures import SMALL, fake_dataset
 
 
@@ -99,3 +100,34 @@ def test_subset_seed_changes_the_training_subset_not_the_test_and_validation_set
     assert a.train != b.train  # control: the subset seed matters
     small = split_structures(ds, 4, 4, 4, seed=5, subset_seed=0)
     assert a.train[:4] == small.train  # nested
+
+
+def test_batch_moves_every_tensor_to_the_device():
+    """``AtomisticBatch.to`` moves every tensor, the Hessian list included, and keeps dtypes
+    (checked with torch's ``meta`` device, which exists on every machine)."""
+    ds = _datasets()
+    b = collate(ds, [(0, 0), (1, 1)], torch.float64, hessians=True)
+    m = b.to("meta")
+    for name, value in vars(m).items():
+        tensors = value if isinstance(value, list) else [value]
+        assert all(t.device.type == "meta" for t in tensors), name
+        before = getattr(b, name)
+        assert [t.dtype for t in tensors] == [t.dtype for t in (before if isinstance(before, list) else [before])]
+    assert b.positions.device.type == "cpu"  # the original is untouched
+
+
+def test_device_option_is_checked_up_front_and_not_part_of_the_run_key(tmp_path):
+    """A bad device string and CUDA without a GPU are refused when the config is made (one line
+    naming the option); ``device`` may change on --resume (other settings may not)."""
+    with pytest.raises(ValueError, match="is not a device"):
+        TrainConfig(**{**vars(_cfg(tmp_path, "x")), "device": "gpu0"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+        assert resolve_device("auto") == torch.device("cpu")
+    ds = _datasets()
+    train(_cfg(tmp_path, "r", max_steps=1), datasets=ds)
+    moved = _cfg(tmp_path, "r", max_steps=2)
+    moved.device = "auto"
+    assert "device" not in moved.run_key()
+    assert train(moved, resume=True, datasets=ds).global_step == 2
