@@ -112,6 +112,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[typing.Any], bool], str]] 
     ("trainer", "devices"): (lambda v: v >= 1, ">= 1"),
     ("trainer", "num_nodes"): (lambda v: v >= 1, ">= 1"),
     ("trainer", "hvp_probe_chunk"): (lambda v: v is None or v >= 1, ">= 1 (or null: all probes)"),
+    ("trainer", "log_every_n_steps"): (lambda v: v >= 1, ">= 1"),
     ("prior", "n_fourier"): (lambda v: v >= 0, ">= 0"),
     ("prior", "repulsion_scale"): (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
 }
@@ -432,6 +433,9 @@ class TrainerConfig:
             (:func:`hessid.training.learning.derivatives.set_compile`; off by default: ~2 min
             of compilation, repaid after ~100 steps at 35 beads, ~3000 at 5 beads;
             docs/training.md "HVP cost").
+        log_every_n_steps: log the training terms (and write their ``metrics.csv`` row) every
+            this many optimizer steps (1: every step). Each step's logging costs a fixed
+            overhead that matters for tiny systems (docs/training.md "Logging").
     """
 
     max_steps: int = 1000
@@ -448,6 +452,7 @@ class TrainerConfig:
     plateau_rel_delta: float = 0.0
     keep_best: bool = False
     compile: bool = False
+    log_every_n_steps: int = 1
 
     def __post_init__(self):
         validate_fields(self, "trainer")

@@ -188,8 +188,11 @@ class CGTrainingModule(pl.LightningModule):
         return out
 
     def training_step(self, data, batch_idx):
-        """Log every term as ``train/<term>`` and the LR as ``lr``; return ``total``."""
+        """Log every term as ``train/<term>`` and the LR as ``lr`` (on steps whose count after
+        this step is a multiple of ``trainer.log_every_n_steps``); return ``total``."""
         terms = self.compute_losses(data, int(self.global_step))
+        if (int(self.global_step) + 1) % self.cfg.trainer.log_every_n_steps:
+            return terms["total"]
         bs = int(data["frame_id"].shape[0])
         for k, v in terms.items():
             self.log(f"train/{k}", v.detach(), batch_size=bs, prog_bar=k in ("fm", "hvp"))

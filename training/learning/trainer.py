@@ -73,8 +73,9 @@ class _CSVMetrics(pl.Callback):
     writes the same file as an uninterrupted one. Rank 0 writes.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, every: int = 1):
         self.path = Path(path)
+        self.every = int(every)  # a training row every this many optimizer steps
 
     def _write(self, row: dict):
         new = not self.path.exists()
@@ -95,7 +96,7 @@ class _CSVMetrics(pl.Callback):
                 w.writerows(rows)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.global_step % self.every:
             return
         m = trainer.callback_metrics
         row = {"step": trainer.global_step, "split": "train"}
@@ -287,7 +288,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     val_stream = FrameStream(val_items, cfg.data.batch_size, cfg.seed, collate_val, False, module) if val_items else None
 
     tc = cfg.trainer
-    cbs = [_CSVMetrics(run_dir / "metrics.csv"),
+    cbs = [_CSVMetrics(run_dir / "metrics.csv", tc.log_every_n_steps),
            ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=tc.checkpoint_every_steps,
                            save_last=True, save_top_k=1, auto_insert_metric_name=False)]
     if val_stream is not None and tc.early_stopping_patience > 0:
@@ -309,7 +310,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         num_sanity_val_steps=0, gradient_clip_val=cfg.optim.grad_clip or None,
         callbacks=cbs, logger=False, enable_progress_bar=tc.progress_bar,
         enable_model_summary=False, inference_mode=False, deterministic=False,
-        log_every_n_steps=1, default_root_dir=str(run_dir), use_distributed_sampler=False,
+        log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
     previous = set_compile(tc.compile)
     try:

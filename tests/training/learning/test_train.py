@@ -162,6 +162,29 @@ def test_split_by_protein_and_fm_mode(tmp_path, datasets):
     assert model.bead_vocabulary == ["ALA", "GLY", "TRP"]
 
 
+def test_log_every_n_steps_thins_the_training_rows_not_the_training(tmp_path, datasets):
+    """trainer.log_every_n_steps = 3 over 7 steps: training rows at steps 3 and 6 only,
+    validation rows unchanged, and the same final weights as logging every step (logging reads
+    values, it changes nothing); 0 is refused."""
+    every = train(_config(tmp_path / "a", datasets))
+    thin = train(_config(tmp_path / "b", datasets, trainer={"log_every_n_steps": 3}))
+    def rows(res):
+        with open(res.metrics_csv) as fh:
+            return list(csv.DictReader(fh))
+    train_steps = [int(r["step"]) for r in rows(thin) if r["split"] == "train"]
+    assert train_steps == [3, 6]
+    assert [int(r["step"]) for r in rows(every) if r["split"] == "train"] == list(range(1, 8))
+    assert [r for r in rows(thin) if r["split"] == "val"] == [r for r in rows(every) if r["split"] == "val"]
+    thin_rows = {int(r["step"]): r for r in rows(thin) if r["split"] == "train"}
+    every_rows = {int(r["step"]): r for r in rows(every) if r["split"] == "train"}
+    assert thin_rows[6] == every_rows[6]
+    a, b = load_potential(every.model), load_potential(thin.model)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="log_every_n_steps"):
+        _config(tmp_path, datasets, trainer={"log_every_n_steps": 0})
+
+
 def test_full_hessian_mode_trains(tmp_path):
     ds = write_synthetic_dataset(tmp_path / "h.h5", n_beads=4, n_frames=6, full_block=True)
     cfg = _config(tmp_path, [ds], loss={"mode": "fm_hessian", "cov_weight": 1.0},
