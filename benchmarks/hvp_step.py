@@ -20,7 +20,9 @@ per size (beads × batch):
 
 Every (size, variant) runs once as a warm-up (which also records its memory), then ``--rounds``
 rounds each time every (size, variant) once, round robin, so slow load drifts of a shared
-machine hit all alike. Reported per size and k: the median and range over rounds of the
+machine hit all alike; within a round each size starts with one untimed FM step (the first step
+after a different size pays for releasing and re-mapping memory: without it the first size's FM
+step measured 4× slow in every round of the 2026-11-29 quiet sweep). Reported per size and k: the median and range over rounds of the
 per-round ratio ``step(FM+HVP(k)) / step(FM)`` (same round), the cost per added probe in FM
 steps (median over rounds of ``(t_k − t_1)/(k − 1)/t_FM``), and memory: on CPU the bytes of
 tensors saved for backward (autograd ``saved_tensors_hooks``, unique storages), on CUDA the
@@ -275,6 +277,11 @@ def main(argv=None) -> dict:
         return res
     for _ in range(args.rounds):  # round robin over every (size, variant)
         for key, variants in steps.items():
+            # one untimed FM step of this size first: the first step after another size (above
+            # all after the previous round's largest step) pays for freeing and re-mapping its
+            # memory, which made the first size's FM time 4× too slow in every round
+            variants["fm"]()
+            sync()
             for name, fn in variants.items():
                 sync()
                 t0 = clock()
