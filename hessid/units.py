@@ -6,6 +6,8 @@ that boundary goes through the functions here, whose names say both unit systems
 
 from __future__ import annotations
 
+import math
+
 #: Boltzmann constant, kcal/mol/K (CODATA 2018 R / 4184).
 KB_KCAL_PER_MOL_K = 0.0019872041
 #: Boltzmann constant, kJ/mol/K.
@@ -20,10 +22,10 @@ def kT(temperature: float) -> float:
     """Thermal energy k_B T in kcal/mol for ``temperature`` in K.
 
     Raises:
-        ValueError: temperature is not positive.
+        ValueError: temperature is not a finite positive number.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive (K), got {temperature!r}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be positive and finite (K), got {temperature!r}")
     return KB_KCAL_PER_MOL_K * float(temperature)
 
 
@@ -34,7 +36,7 @@ def beta(temperature: float) -> float:
     ``beta(300.0) == 1.677399...`` mol/kcal.
 
     Raises:
-        ValueError: temperature is not positive.
+        ValueError: temperature is not a finite positive number (so β is finite and > 0).
     """
     return 1.0 / kT(temperature)
 

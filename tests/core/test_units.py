@@ -38,3 +38,11 @@ def test_hessian_conversion_is_force_conversion_per_length():
 def test_non_positive_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature"):
         units.beta(0.0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -300.0])
+def test_non_finite_temperature_is_refused(bad):
+    """β must be finite and positive wherever it is used (the trainer's RB loss skips its own
+    value checks on that guarantee): an infinite temperature (β = 0) is refused too."""
+    with pytest.raises(ValueError, match="positive and finite"):
+        units.beta(bad)

@@ -58,9 +58,13 @@ class AtomisticBatch:
 
     def to(self, device: torch.device | str) -> AtomisticBatch:
         """The same batch with every tensor (Hessians included) on ``device``; dtypes kept."""
-        return replace(self, **{f.name: (None if v is None else [h.to(device) for h in v] if isinstance(v, list)
-                                         else v.to(device))
-                                for f in fields(self) for v in [getattr(self, f.name)]})
+
+        def move(v):
+            if isinstance(v, list):
+                return [h.to(device) for h in v]
+            return None if v is None else v.to(device)
+
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     def hessian_times(self, probes: torch.Tensor) -> torch.Tensor:
         """Reference HVPs ``H_b v`` for probes (k, A, 3) in graph layout → (k, A, 3)."""

@@ -465,11 +465,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
         types.append(torch.as_tensor(type_maps[pi][p.bead_types]))
         batch.append(torch.full((n,), b, dtype=torch.long))
         fid.append(int(p.frame_id[t]))
-        b = beta_of_temperature(p.frame_temperature(t))
-        if not (math.isfinite(b) and b > 0):
-            raise ValueError(f"{p.path}: frame id {int(p.frame_id[t])} has temperature "
-                             f"{p.frame_temperature(t)!r} K (β = {b!r})")
-        beta.append(b)
+        beta.append(beta_of_temperature(p.frame_temperature(t)))  # finite, > 0 (or raises)
         if p.potential_energy is not None:
             energy.append(float(p.potential_energy[t]))
         if need_probes:
@@ -479,10 +475,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
             v = spec.draw([int(p.frame_id[t])], 3 * n)  # (1, k, 3n)
             probes.append(v.reshape(k, n, 3))  # (k, n, 3)
             term1.append(torch.as_tensor(p.term1[t]))  # (k, n, 3)
-            c = spec.scale(3 * n)
-            if not (math.isfinite(c) and c > 0):
-                raise ValueError(f"{p.path}: probe scale {c!r} of frame id {int(p.frame_id[t])} is not positive")
-            scale.append(c)
+            scale.append(spec.scale(3 * n))  # 1 or d: finite, > 0 by construction
         if need_hessian:
             if p.hessian_block is None:
                 raise ValueError(f"{p.path}: mode fm_hessian needs cg/hessian_block")

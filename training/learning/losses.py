@@ -275,7 +275,8 @@ def rao_blackwell_hvp_loss_graph(model_hvp: torch.Tensor, term1: torch.Tensor,
             None: ``force_residual``.
         validate: check β and c finite and positive in the core function (host reads; the
             trainer passes False: :func:`~hessid.training.learning.datasets.collate_frames`
-            checked them as host floats when it built the batch).
+            builds β with :func:`hessid.units.beta`, which refuses any temperature that is not
+            finite and positive, and c with :func:`hessid.probes.probe_scale`, 1 or d).
 
     Returns:
         scalar, (kcal/mol/Å²)². May be negative (a value, not a squared error;

@@ -133,7 +133,7 @@ class CGTrainingModule(pl.LightningModule):
                 project(out.hvp), project(data["term1"]), out.hvp_residual, out.force_residual,
                 data["beta"], gamma, batch, n_graphs, data["probe_scale"],
                 stabiliser=lc.rb_stabiliser, residual_direction=project(out.force_residual),
-                validate=False)  # β, c checked as host floats by collate_frames
+                validate=False)  # β, c finite and > 0 by construction (collate_frames)
             total = total + lc.lambda_hvp * terms["hvp"] / lc.norm("hvp")
         elif use_hvp:
             dF = stored if stored is not None else data["forces"] - out.forces

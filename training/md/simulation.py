@@ -414,18 +414,19 @@ def simulate(potential, out_dir, *, n_steps: int, save_interval: int = 100,
             if bead_types is None:
                 bead_types = ref["bead_types"]
             residue_names = residue_names or ref["residue_names"]
-            pool = start_frame_pool(ref["frame_temperatures"], len(frames), temperature)
-            if ref["frame_temperatures"] is not None:
-                start_info["start_temperature"] = float(ref["frame_temperatures"][pool[0]])
+            frame_t = ref["frame_temperatures"]
         else:
-            frames = np.asarray(reference, dtype=np.float64)
-            pool = np.arange(len(frames))
-        at = f" at {start_info['start_temperature']:g} K" if "start_temperature" in start_info else ""
+            frames, frame_t = np.asarray(reference, dtype=np.float64), None
+        pool = start_frame_pool(frame_t, len(frames), temperature)
+        at = ""
+        if frame_t is not None:
+            start_info["start_temperature"] = t_start = float(frame_t[pool[0]])
+            at = f" at {t_start:g} K"
+            if t_start != float(temperature):
+                log.info("start frames drawn from the reference's frames%s (nearest stored temperature to %g K)",
+                         at, temperature)
         if len(pool) < n_replicas:
             raise ValueError(f"reference holds {len(pool)} frames{at}, need {n_replicas} start frames")
-        if at and start_info["start_temperature"] != float(temperature):
-            log.info("start frames drawn from the reference's frames%s (nearest stored temperature to %g K)",
-                     at, temperature)
         idx = np.sort(pool[np.random.default_rng(seed).choice(len(pool), n_replicas, replace=False)])
         start = torch.as_tensor(frames[idx])  # (R, n, 3)
         start_info["reference_frames"] = idx.tolist()

@@ -87,8 +87,8 @@ def test_training_step_syncs_only_for_the_layout_and_the_pair_list(protein, esti
     once (``bincount`` + one ``tolist``: bead counts and bead-type range together), the cutoff
     selection of the pair list is one ``nonzero`` (its shape depends on the data). The
     Rao–Blackwellised loss adds none: the trainer calls the core's
-    ``hessid.hvp_loss.rao_blackwell_hvp_loss`` with ``validate=False`` (β and c were checked as
-    host floats when the batch was collated). A second step on the same batch object re-reads
+    ``hessid.hvp_loss.rao_blackwell_hvp_loss`` with ``validate=False`` (β and c are host floats
+    that are finite and positive by construction when the batch is collated). A second step on the same batch object re-reads
     nothing but the pair list."""
     cfg = TrainConfig.from_dict({"model": {"embedding_dimension": 8, "num_layers": 1, "num_rbf": 4},
                                  "loss": {"mode": "fm_hvp", "cov_weight": 1.0,
