@@ -1,4 +1,5 @@
-"""Shared assertions for hessid's tests (e3nn style: one dtype → tolerance table).
+"""Shared assertions for hessid's tests (e3nn style: one dtype → tolerance table), and the
+loader of the ``benchmarks/`` driver scripts the study tests exercise.
 
 Tolerances are set from explainable error: float64 closed forms carry round-off of a few
 hundred ulps through the linear algebra (≈1e-12 relative); float32 ≈1e-5.
@@ -6,10 +7,16 @@ hundred ulps through the linear algebra (≈1e-12 relative); float32 ≈1e-5.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
+
+#: the repository root (benchmarks/ is not a package: its scripts are loaded by path)
+REPO = Path(__file__).resolve().parents[1]
 
 #: relative tolerance for closed-form comparisons, by dtype
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -51,3 +58,18 @@ def assert_unbiased(samples, mean: float, var: float, z_max: float = 5.0):
     z = (x.mean() - mean) / math.sqrt(var / x.size) if var > 0 else 0.0
     assert abs(z) < z_max, f"biased: mean {x.mean():.6g} vs {mean:.6g}, z = {z:.2f}"
     return z
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Load ``benchmarks/<name>.py`` as a fresh module (not registered in ``sys.modules``).
+
+    Raises:
+        FileNotFoundError: no such script.
+    """
+    path = REPO / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,24 +3,14 @@ recomputing (the miniature's numbers mean nothing)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("thermo_t2_benchmark", REPO / "benchmarks" / "thermo_t2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.helpers import load_benchmark
 
 
 @pytest.mark.slow
 def test_quick_t2_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
-    bench = _load_benchmark()
+    bench = load_benchmark('thermo_t2')
     table = tmp_path / "t2.md"
     first = bench.main(["--quick", "--out", str(tmp_path / "run"), "--results", str(table)])
     text = table.read_text()

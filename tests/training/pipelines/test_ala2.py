@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hessid.training.pipelines import ala2
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +264,7 @@ def test_model_hessians_of_a_harmonic_chain():
 
 
 def _driver():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "ala2.py"
-    spec = importlib.util.spec_from_file_location("ala2_benchmark_driver", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ala2")
 
 
 @pytest.mark.parametrize("mode", ["quick", "small", "full"])

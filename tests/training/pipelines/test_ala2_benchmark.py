@@ -6,30 +6,20 @@ nothing, so this checks the pipeline and the report's contents, not the science.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
 pytest.importorskip("torchmdnet")
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("ala2_benchmark", REPO / "benchmarks" / "ala2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~2 min on 2 idle cores; generous for a loaded CI machine
 def test_quick_benchmark_writes_every_table_and_resumes_without_recomputing(tmp_path):
-    bench = _load_benchmark()
+    bench = load_benchmark('ala2')
     results = tmp_path / "report" / "ala2.md"
     summary = bench.main(["--quick", "--out", str(tmp_path / "run"), "--jobs", "1", "--results", str(results)])
     text = results.read_text()

@@ -7,29 +7,19 @@ verdict sentence, and that a rerun recomputes nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
 pytest.importorskip("torchmdnet")
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("ala2_v2_benchmark", REPO / "benchmarks" / "ala2_v2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_quick_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
-    bench = _load_benchmark()
+    bench = load_benchmark('ala2_v2')
     results = tmp_path / "report" / "ala2_v2_results.md"
     run = tmp_path / "run"
     summary = bench.main(["--quick", "--out", str(run), "--jobs", "1", "--results", str(results)])

@@ -4,27 +4,18 @@ evaluation, cost, report), then a resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("tblite")
 pytest.importorskip("torchmdnet")
 
 from hessid.training.pipelines.phl import ARM_LOSSES, analyse, arm_loss, job_list, molecule_arms  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("phl_benchmark", REPO / "benchmarks" / "phl.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _records(factor: dict, noise: float, seed: int = 0) -> list[dict]:
@@ -122,7 +113,7 @@ def test_unknown_stop_after_is_refused_before_anything_runs(tmp_path):
 def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch):
     """Every stage on tiny settings; then a rerun skips the done stages and a changed setting is refused."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    bench = _benchmark()
+    bench = load_benchmark('phl')
     out = tmp_path / "phlq"
     summary = bench.main(["--quick", "--out", str(out), "--jobs", "1"])
     s = bench.settings("quick")

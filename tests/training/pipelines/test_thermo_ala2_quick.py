@@ -10,13 +10,13 @@ pre-registered family gets a row and every verdict a sentence, and that a rerun 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
 pytest.importorskip("torchmdnet")
@@ -24,19 +24,10 @@ pytest.importorskip("torchmdnet")
 from hessid.training.data.reader import open_dataset  # noqa: E402
 from hessid.training.pipelines.thermo_ala2 import PRIMARY, run_study  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("thermo_ala2_benchmark", REPO / "benchmarks" / "thermo_ala2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.timeout(600)
 def test_quick_transfer_study_runs_every_stage_pairs_the_arms_and_resumes(tmp_path):
-    bench = _load_benchmark()
+    bench = load_benchmark('thermo_ala2')
     s = bench.settings("quick")
     run, results = tmp_path / "run", tmp_path / "report" / "thermo_ala2_results.md"
     summary = bench.main(["--quick", "--out", str(run), "--jobs", "1", "--results", str(results)])
