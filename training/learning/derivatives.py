@@ -59,6 +59,7 @@ from hessid.training.learning.edge_hvp import (
 from hessid.training.learning.layout import BatchLayout, batch_layout, check_graph_batch
 
 __all__ = [
+    "DENSE_MIN_BEADS",
     "DENSE_MIN_FILL",
     "DENSE_MIN_PROBES",
     "HVP_METHODS",
@@ -417,9 +418,12 @@ def _dense_energy_forces_hvp(net, pos, z, batch, n_graphs, i, j, probes, probe_c
 HVP_METHODS = ("auto", "edges", "dense", "double_backward")
 
 
-#: :func:`choose_hvp_method` takes the dense grid from this fill (pairs / grid cells) and k on
+#: :func:`choose_hvp_method` takes the dense grid from this fill (pairs / grid cells), this k
+#: and this mean structure size on (below it the dense path's extra small ops cost more than its
+#: cheaper probes save: quiet crossover of 2026-11-29, docs/training.md "HVP cost")
 DENSE_MIN_FILL = 0.3
 DENSE_MIN_PROBES = 4
+DENSE_MIN_BEADS = 8
 
 
 def choose_hvp_method(n_beads: int, n_pairs: int, n_graphs: int, n_probes: int) -> str:
@@ -428,9 +432,14 @@ def choose_hvp_method(n_beads: int, n_pairs: int, n_graphs: int, n_probes: int) 
     Cost model, in FM steps (docs/training.md, "HVP cost"): ``edges`` ≈ 1 + c₀ + k c₁ with
     c₀, c₁ ∝ pairs, ``dense`` ≈ 1 + d₀ + k d₁ with d₀, d₁ ∝ B n² (the grid); ``dense`` has
     the larger fixed part and the smaller per-probe part while the grid is well filled. Rule
-    (measured crossover, CPU float32, k ∈ {1, 4}, 5–200 beads): ``dense`` when the fill
-    ``2P / (B n̄²)`` (n̄ = A / B, so padding of ragged batches counts as empty cells) is at
-    least :data:`DENSE_MIN_FILL` and ``k ≥`` :data:`DENSE_MIN_PROBES`, ``edges`` otherwise.
+    (measured crossover, CPU float32, 2 threads, k ∈ {1, 4, 8}, 5–200 beads × batch 16–64):
+    ``dense`` when the fill ``2P / (B n̄²)`` (n̄ = A / B, so padding of ragged batches counts as
+    empty cells) is at least :data:`DENSE_MIN_FILL`, ``k ≥`` :data:`DENSE_MIN_PROBES` and
+    ``n̄ ≥`` :data:`DENSE_MIN_BEADS`; ``edges`` otherwise. Below 8 beads every op is dispatch
+    bound and the dense path makes ~20 % more ops (5 beads, k = 4: edges 2.00–2.62× FM, dense
+    2.29–2.92× at batch 16–64); at 10 beads the two tie at batch 16–32 and dense wins at 64;
+    from 20 beads dense wins while the fill is ≥ 0.3 (80 beads: 0.37) and loses below (200
+    beads: 0.18, edges 4.0× against dense 5.8×).
 
     Args:
         n_beads: A, beads in the batch.  n_pairs: P, pairs inside the cutoffs.
@@ -441,7 +450,8 @@ def choose_hvp_method(n_beads: int, n_pairs: int, n_graphs: int, n_probes: int) 
     """
     mean_n = n_beads / max(n_graphs, 1)
     fill = 2 * n_pairs / max(n_graphs * mean_n**2, 1.0)
-    return "dense" if fill >= DENSE_MIN_FILL and n_probes >= DENSE_MIN_PROBES else "edges"
+    dense = fill >= DENSE_MIN_FILL and n_probes >= DENSE_MIN_PROBES and mean_n >= DENSE_MIN_BEADS
+    return "dense" if dense else "edges"
 
 
 def _check_supported(potential) -> None:

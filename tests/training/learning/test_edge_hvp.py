@@ -239,9 +239,17 @@ def test_choose_hvp_method():
     assert choose_hvp_method(16 * 200, 16 * 3669, 16, 4) == "edges"
     assert choose_hvp_method(16 * 35, 16 * 380, 16, 4) == "dense"
     assert choose_hvp_method(16 * 35, 16 * 380, 16, 1) == "edges"
+    # below DENSE_MIN_BEADS (ala2's 5 beads, fill 0.8) the op count decides -> edges
+    assert choose_hvp_method(64 * 5, 64 * 10, 64, 4) == "edges"
+    assert choose_hvp_method(64 * 10, 64 * 43, 64, 4) == "dense"
     assert choose_hvp_method(0, 0, 0, 4) == "edges"
-    model, pos, types, batch = _system(sizes=(7, 5))
-    probes = torch.randn(4, pos.shape[0], 3, dtype=torch.float64)
-    auto = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)
-    edges = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges")
-    assert_close(auto.hvp, edges.hvp, rtol=1e-12, what="auto vs edges")
+    for sizes, expected in (((7, 5), "edges"), ((9, 10), "dense")):
+        model, pos, types, batch = _system(sizes=sizes)
+        pairs = pair_list(pos, batch, model.net.representation_model.cutoff_lower,
+                          model.net.representation_model.cutoff_upper)[0].numel()
+        assert choose_hvp_method(pos.shape[0], pairs, len(sizes), 4) == expected
+        probes = torch.randn(4, pos.shape[0], 3, dtype=torch.float64)
+        auto = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)
+        chosen = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False,
+                                   method=expected)
+        assert_close(auto.hvp, chosen.hvp, rtol=1e-12, what=f"auto vs {expected}")
