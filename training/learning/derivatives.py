@@ -602,9 +602,15 @@ def energy_forces_hvp(potential, positions: torch.Tensor, bead_types: torch.Tens
         (A, 3).
 
     Raises:
-        ValueError: unsupported activation / RBF, unknown method, probe shape not (k, A, 3), or
-            ``residual_target`` without probes or not of shape (A, 3).
+        ValueError: unsupported activation / RBF, unknown method, probe shape not (k, A, 3),
+            ``residual_target`` without probes or not of shape (A, 3), or called inside
+            ``torch.autocast`` (mixed precision: measured in docs/training.md, bfloat16 loses
+            every digit of the network's HVP; the exact paths run in the model's precision).
     """
+    if torch.is_autocast_enabled(positions.device.type):
+        raise ValueError("energy_forces_hvp: mixed precision (torch.autocast) is not supported by "
+                         "the exact HVP paths; use precision float32 or float64 "
+                         "(docs/training.md, 'Mixed precision')")
     _check_supported(potential)
     batch, layout = _check_inputs(potential, positions, bead_types, batch)
     if probes is not None and (probes.ndim != 3 or probes.shape[1:] != positions.shape):

@@ -253,3 +253,15 @@ def test_choose_hvp_method():
         chosen = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False,
                                    method=expected)
         assert_close(auto.hvp, chosen.hvp, rtol=1e-12, what=f"auto vs {expected}")
+
+
+def test_mixed_precision_is_refused_not_silently_wrong():
+    # bfloat16 autocast lost every digit of the network HVP (docs/training.md, "Mixed
+    # precision"); the exact paths refuse it with a one-line error instead
+    model, pos, types, batch = _system(sizes=(6,), dtype=torch.float32)
+    probes = torch.randn(2, pos.shape[0], 3)
+    out = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)  # control
+    assert out.hvp.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="mixed precision"):
+            energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)
