@@ -17,11 +17,7 @@ import pytest
 
 from hessid.cli import main
 from hessid.training.data.synthetic import write_synthetic_dataset
-from tests.training.cli.helpers import strip_cg_group
-
-GOOD_YAML = ("name: ok\ndata:\n  datasets: [toy]\n  batch_size: 4\nmodel:\n"
-             "  embedding_dimension: 8\n  num_layers: 1\n  num_rbf: 4\ntrainer:\n"
-             "  max_steps: 1\n  val_every_steps: 1\n  progress_bar: false\n")
+from tests.training.cli.helpers import GOOD_YAML, strip_cg_group
 
 FILES = {
     "lr.yaml": GOOD_YAML + "optim:\n  lr: fast\n",

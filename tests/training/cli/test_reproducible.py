@@ -12,7 +12,7 @@ from hessid.cli import main
 from hessid.training.cli.demo import build_parser as demo_parser
 from hessid.training.data.synthetic import write_synthetic_dataset
 from hessid.training.md.simulation import DEFAULT_SEED
-from tests.training.cli.test_bad_input import GOOD_YAML
+from tests.training.cli.helpers import GOOD_YAML
 
 
 def _simulate(out, *extra) -> int:

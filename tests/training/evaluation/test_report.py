@@ -18,7 +18,7 @@ from hessid.training.evaluation.evaluate import (
     read_metrics,
 )
 from hessid.training.evaluation.report import build_report, free_energy_2d
-from tests.training.evaluation.test_evaluate import FAST, chain_ensemble, write_dataset
+from tests.training.evaluation.fixtures import FAST, chain_ensemble, write_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from hessid.training.data.synthetic import write_synthetic_dataset
+from hessid.training.data.synthetic import compact_chain, write_synthetic_dataset
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.datasets import load_protein
 from hessid.training.learning.models import CGPotential
@@ -40,3 +40,28 @@ def tiny_module(protein, **loss) -> CGTrainingModule:
         for prm in pot.net.parameters():
             prm.mul_(3.0)
     return CGTrainingModule(pot, cfg, {})
+
+
+#: a small float64 CGSchNet for exact HVP tests
+SMALL = {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 6, "precision": "float64"}
+
+
+def random_cg_system(sizes=(7, 5), seed=0, dtype=torch.float64, config=None, prior=True):
+    """A batch of compact random Cα chains of ``sizes`` beads and a :data:`SMALL` CGPotential
+    (+ a fitted prior unless ``prior=False``) whose weights are scaled ×3 so the network's
+    curvature is comparable to the prior's. Returns (model, positions (A, 3) Å, types (A,),
+    batch (A,))."""
+    torch.manual_seed(seed)
+    xs = [torch.as_tensor(compact_chain(n, 1, seed=seed + i, noise=0.2)[0]) for i, n in enumerate(sizes)]
+    pos = torch.cat(xs).to(dtype)  # (A, 3)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    types = torch.randint(0, 3, (pos.shape[0],))
+    cfg = dict(SMALL, **(config or {}))
+    cfg["precision"] = "float64" if dtype == torch.float64 else "float32"
+    p = PriorFit().fit([compact_chain(8, 40, seed=9, noise=0.3)]).fetch_model() if prior else None
+    model = CGPotential(["ALA", "GLY", "TRP"], p, cfg)
+    # make the network's curvature comparable to the prior's (untrained nets are flat)
+    with torch.no_grad():
+        for prm in model.net.parameters():
+            prm.mul_(3.0)
+    return model, pos, types, batch

@@ -23,7 +23,7 @@ from hessid.training.learning.edge_hvp import (
 )
 from hessid.training.learning.hessians import hessian_autograd, hvp_reference
 from tests.helpers import assert_close, relative_error
-from tests.training.learning.test_hvp import _system
+from tests.training.learning.fixtures import random_cg_system
 
 OPTIONS = [
     {},
@@ -55,7 +55,7 @@ def _hessian_times(model, pos, types, batch, probes):
 @pytest.mark.parametrize("prior", [True, False])
 @pytest.mark.parametrize("config", OPTIONS)
 def test_edges_hvp_equals_autograd_hessian_for_every_option(config, prior):
-    model, pos, types, batch = _system(sizes=(7, 5), config=config, prior=prior)
+    model, pos, types, batch = random_cg_system(sizes=(7, 5), config=config, prior=prior)
     probes = torch.randn(4, pos.shape[0], 3, dtype=torch.float64)
     fast = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method="edges")
     hv = _hessian_times(model, pos, types, batch, probes)
@@ -73,7 +73,7 @@ def test_edges_hvp_equals_autograd_hessian_for_every_option(config, prior):
 def test_dropped_prior_term_is_detected():
     """Negative control: the network-only HVP misses the prior's curvature (the test system's
     network is scaled up, so the prior is ~2e-4 of the Hessian: still 10⁴ × the tolerance)."""
-    model, pos, types, batch = _system(sizes=(6,))
+    model, pos, types, batch = random_cg_system(sizes=(6,))
     probes = torch.randn(2, pos.shape[0], 3, dtype=torch.float64)
     hv = _hessian_times(model, pos, types, batch, probes)
     rep = model.net.representation_model
@@ -85,7 +85,7 @@ def test_dropped_prior_term_is_detected():
 
 @pytest.mark.parametrize("neighbor_embedding", [False, True])
 def test_edges_parameter_gradient_equals_reference(neighbor_embedding):
-    model, pos, types, batch = _system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding,
+    model, pos, types, batch = random_cg_system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding,
                                                              "activation": "tanh"})
     probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
     target = torch.randn_like(probes)
@@ -154,7 +154,7 @@ def test_activation_derivatives_equal_autograd(name):
 def test_unsupported_activation_raises():
     with pytest.raises(ValueError, match="activation"):
         activation_derivatives(act_class_mapping["mish"](), torch.zeros(3))
-    model, pos, types, batch = _system(sizes=(5,), config={"activation": "mish"})
+    model, pos, types, batch = random_cg_system(sizes=(5,), config={"activation": "mish"})
     with pytest.raises(ValueError, match="activations"):
         energy_forces_hvp(model, pos, types, batch, torch.zeros(1, 5, 3, dtype=torch.float64))
 
@@ -164,7 +164,7 @@ def test_custom_and_plain_edge_ops_give_the_same_hvps_and_parameter_gradients(co
     """``edge_ops="plain"`` (autograd ops, small systems) and ``"custom"`` (re-gathering
     functions) are the same formulas: equal HVPs, forces and θ-gradients to float64 rounding,
     both equal to the autograd Hessian · v. Negative control: a perturbed tangent differs."""
-    model, pos, types, batch = _system(sizes=(7, 5), config=config)
+    model, pos, types, batch = random_cg_system(sizes=(7, 5), config=config)
     probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
     rep = model.net.representation_model
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
@@ -203,7 +203,7 @@ def test_saved_memory_per_probe_grows_by_scalars_per_pair_not_edge_features(monk
     monkeypatch.setattr(edge_hvp, "PLAIN_EDGE_OPS_MAX_ELEMENTS", 0)
 
     def per_probe(cutoff):
-        model, pos, types, batch = _system(sizes=(14, 14), dtype=torch.float32, prior=False,
+        model, pos, types, batch = random_cg_system(sizes=(14, 14), dtype=torch.float32, prior=False,
                                            config={"embedding_dimension": 32, "cutoff_upper": cutoff})
         rep = model.net.representation_model
         n_pairs = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)[0].numel()
@@ -244,7 +244,7 @@ def test_choose_hvp_method():
     assert choose_hvp_method(64 * 10, 64 * 43, 64, 4) == "dense"
     assert choose_hvp_method(0, 0, 0, 4) == "edges"
     for sizes, expected in (((7, 5), "edges"), ((9, 10), "dense")):
-        model, pos, types, batch = _system(sizes=sizes)
+        model, pos, types, batch = random_cg_system(sizes=sizes)
         pairs = pair_list(pos, batch, model.net.representation_model.cutoff_lower,
                           model.net.representation_model.cutoff_upper)[0].numel()
         assert choose_hvp_method(pos.shape[0], pairs, len(sizes), 4) == expected
@@ -258,7 +258,7 @@ def test_choose_hvp_method():
 def test_mixed_precision_is_refused_not_silently_wrong():
     # bfloat16 autocast lost every digit of the network HVP (docs/training.md, "Mixed
     # precision"); the exact paths refuse it with a one-line error instead
-    model, pos, types, batch = _system(sizes=(6,), dtype=torch.float32)
+    model, pos, types, batch = random_cg_system(sizes=(6,), dtype=torch.float32)
     probes = torch.randn(2, pos.shape[0], 3)
     out = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False)  # control
     assert out.hvp.dtype == torch.float32

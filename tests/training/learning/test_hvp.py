@@ -5,38 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hessid.training.data.synthetic import compact_chain
 from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.hessians import full_hessian, hessian_autograd, hvp_reference
 from hessid.training.learning.models import CGPotential
-from hessid.training.learning.priors import PriorFit
 from tests.helpers import assert_close, assert_hessian_close
-
-SMALL = {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 6, "precision": "float64"}
-
-
-def _system(sizes=(7, 5), seed=0, dtype=torch.float64, config=None, prior=True):
-    torch.manual_seed(seed)
-    xs = [torch.as_tensor(compact_chain(n, 1, seed=seed + i, noise=0.2)[0]) for i, n in enumerate(sizes)]
-    pos = torch.cat(xs).to(dtype)  # (A, 3)
-    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
-    types = torch.randint(0, 3, (pos.shape[0],))
-    cfg = dict(SMALL, **(config or {}))
-    cfg["precision"] = "float64" if dtype == torch.float64 else "float32"
-    p = PriorFit().fit([compact_chain(8, 40, seed=9, noise=0.3)]).fetch_model() if prior else None
-    model = CGPotential(["ALA", "GLY", "TRP"], p, cfg)
-    # make the network's curvature comparable to the prior's (untrained nets are flat)
-    with torch.no_grad():
-        for prm in model.net.parameters():
-            prm.mul_(3.0)
-    return model, pos, types, batch
+from tests.training.learning.fixtures import random_cg_system
 
 
 @pytest.mark.parametrize("method", ["edges", "dense", "double_backward"])
 @pytest.mark.parametrize("config", [{"neighbor_embedding": False}, {"neighbor_embedding": True},
                                     {"cutoff_upper": 6.0}])  # last: pairs beyond the cutoff
 def test_fast_hvp_equals_reference_and_autograd_hessian(method, config):
-    model, pos, types, batch = _system(config=config)
+    model, pos, types, batch = random_cg_system(config=config)
     probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
     fast = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, method=method)
     ref = hvp_reference(model, pos, types, batch, probes)
@@ -54,7 +34,7 @@ def test_fast_hvp_equals_reference_and_autograd_hessian(method, config):
 
 
 def test_full_hessian_by_one_hot_probes_equals_autograd():
-    model, pos, types, batch = _system(sizes=(6, 4))
+    model, pos, types, batch = random_cg_system(sizes=(6, 4))
     hs = full_hessian(model, pos, types, batch, create_graph=False)
     start = 0
     for h, n in zip(hs, (6, 4), strict=True):
@@ -66,7 +46,7 @@ def test_full_hessian_by_one_hot_probes_equals_autograd():
 @pytest.mark.parametrize("method", ["edges", "dense", "double_backward"])
 @pytest.mark.parametrize("neighbor_embedding", [False, True])
 def test_hvp_parameter_gradient_fast_equals_reference(method, neighbor_embedding):
-    model, pos, types, batch = _system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding})
+    model, pos, types, batch = random_cg_system(sizes=(6, 4), config={"neighbor_embedding": neighbor_embedding})
     probes = torch.randn(2, pos.shape[0], 3, dtype=torch.float64)
     target = torch.randn_like(probes)
 
@@ -82,7 +62,7 @@ def test_hvp_parameter_gradient_fast_equals_reference(method, neighbor_embedding
 
 
 def test_probe_chunks_and_float32_agree():
-    model, pos, types, batch = _system()
+    model, pos, types, batch = random_cg_system()
     probes = torch.randn(5, pos.shape[0], 3, dtype=torch.float64)
     a = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False).hvp
     b = energy_forces_hvp(model, pos, types, batch, probes, create_graph=False, probe_chunk=2).hvp
@@ -102,13 +82,13 @@ def test_probe_chunks_and_float32_agree():
 
 
 def test_bad_probe_shape_raises():
-    model, pos, types, batch = _system(sizes=(5,))
+    model, pos, types, batch = random_cg_system(sizes=(5,))
     with pytest.raises(ValueError, match="probes must be"):
         energy_forces_hvp(model, pos, types, batch, torch.zeros(2, 4, 3, dtype=torch.float64))
 
 
 def test_bad_method_raises():
-    model, pos, types, batch = _system(sizes=(5,))
+    model, pos, types, batch = random_cg_system(sizes=(5,))
     with pytest.raises(ValueError, match="method must be"):
         energy_forces_hvp(model, pos, types, batch, torch.zeros(1, 5, 3, dtype=torch.float64),
                           method="sparse")

@@ -16,7 +16,7 @@ from hessid.training.learning.derivatives import (
 from hessid.training.learning.edge_hvp import edge_energy_forces_hvp
 from hessid.training.learning.hessians import hvp_reference
 from tests.helpers import assert_close, relative_error
-from tests.training.learning.test_hvp import _system
+from tests.training.learning.fixtures import random_cg_system
 
 
 def _grads(model, fn):
@@ -33,7 +33,7 @@ def _grads(model, fn):
 def test_forces_only_edge_reverse_equals_autograd_forces_and_gradient():
     """The forces-only branch of the compiled mode (the edge list's hand-written reverse with
     order-1 jets), run eagerly: autograd forces and θ-gradient to float64 rounding."""
-    model, pos, types, batch = _system(sizes=(6, 4), config={"neighbor_embedding": True})
+    model, pos, types, batch = random_cg_system(sizes=(6, 4), config={"neighbor_embedding": True})
     rep = model.net.representation_model
     i, j = pair_list(pos, batch, rep.cutoff_lower, rep.cutoff_upper)
 
@@ -57,7 +57,7 @@ def test_forces_only_edge_reverse_equals_autograd_forces_and_gradient():
 
 @pytest.mark.slow  # two compilations: ~1–4 min on a 2-core machine
 def test_compiled_kernel_equals_eager_for_forces_and_hvps():
-    model, pos, types, batch = _system(sizes=(6, 4), config={"embedding_dimension": 8,
+    model, pos, types, batch = random_cg_system(sizes=(6, 4), config={"embedding_dimension": 8,
                                                              "num_layers": 1})
     probes = torch.randn(3, pos.shape[0], 3, dtype=torch.float64)
     eager_fm, g_fm = _grads(model, lambda: energy_forces_hvp(model, pos, types, batch, None))
