@@ -75,7 +75,30 @@ def _bath_cumulant(m: int, n: int, beta: float) -> float:
         raise ValueError(f"n must be ≥ 2 (κ_1 is mean_energy), got {n}")
     return math.factorial(n - 1) * m / (2 * _check_beta(beta) ** n)
 
-class GaussianThermoSystem:
+
+class _HarmonicBath:
+    """Conditional energy cumulants of a toy whose ``m`` hidden DOFs are a harmonic bath at fixed
+    CG coordinate (T1, T2, T3): independent of the CG point and of λ."""
+
+    m: int
+
+    def energy_cumulant(self, n: int, beta: float) -> float:
+        """κ_n(U|R) = (n−1)! m/(2βⁿ) for n ≥ 2, (kcal/mol)^n, at every R (and λ).
+
+        Raises:
+            ValueError: n < 2, or β not a plausible inverse temperature.
+        """
+        return _bath_cumulant(self.m, n, beta)
+
+    def energy_variance(self, beta: float) -> float:
+        """Var_R(U) = m/(2β²), (kcal/mol)²."""
+        return self.energy_cumulant(2, beta)
+
+    def conditional_heat_capacity(self) -> float:
+        """C_R = k_B β² Var_R(U) = m k_B/2, kcal/mol/K (every R, every T)."""
+        return self.m * KB_KCAL_PER_MOL_K / 2
+
+class GaussianThermoSystem(_HarmonicBath):
     """T1: ``U = U0 + ½(r − r0)ᵀK(r − r0)``, ``R = M r`` (docs/thermo.md §6, T1).
 
     With ``ΔR = R − M r0``, ``C = M K⁻¹ Mᵀ`` and ``m = D − d`` hidden DOFs:
@@ -130,17 +153,6 @@ class GaussianThermoSystem:
         """⟨U⟩_R = U0 + ½ΔRᵀC⁻¹ΔR + m/(2β), (..., d) → (...) kcal/mol."""
         return self.U0 + self._quad(R) + self.m / (2 * _check_beta(beta))
 
-    def energy_cumulant(self, n: int, beta: float) -> float:
-        """κ_n(U|R) = (n−1)! m/(2βⁿ) for n ≥ 2 (independent of R), (kcal/mol)^n."""
-        return _bath_cumulant(self.m, n, beta)
-
-    def energy_variance(self, beta: float) -> float:
-        """Var_R(U) = m/(2β²), (kcal/mol)²."""
-        return self.energy_cumulant(2, beta)
-
-    def conditional_heat_capacity(self) -> float:
-        """C_R = k_B β² Var_R(U) = m k_B/2, kcal/mol/K (every R, every T)."""
-        return self.m * KB_KCAL_PER_MOL_K / 2
 
     def mean_force(self, R) -> torch.Tensor:
         """F = −C⁻¹(R − M r0), (..., d) → (..., d) kcal/mol/Å (β-independent: ∂_βF = 0)."""
@@ -181,7 +193,7 @@ class GaussianThermoSystem:
 
 
 # ======================================================================== T2 / T3 double well
-class EntropicDoubleWell:
+class EntropicDoubleWell(_HarmonicBath):
     """T2 entropic double well; T3 (parameter response) when ``lam ≠ 0`` (docs/thermo.md §6).
 
     ``U(x, y; λ) = V(x) + ½k(x)Σ_{i≤m} y_i² − λΣy_i``, ``V = a(x² − 1)² + hx``,
@@ -258,17 +270,6 @@ class EntropicDoubleWell:
         """⟨U⟩_x = V − mλ²/(2k) + m/(2β), kcal/mol."""
         return self.V(x) - self.m * self.lam**2 / (2 * self.k(x)) + self.m / (2 * _check_beta(beta))
 
-    def energy_cumulant(self, n: int, beta: float) -> float:
-        """κ_n(U|x) = (n−1)! m/(2βⁿ) for n ≥ 2 (independent of x and λ), (kcal/mol)^n."""
-        return _bath_cumulant(self.m, n, beta)
-
-    def energy_variance(self, beta: float) -> float:
-        """Var_x(U) = m/(2β²), (kcal/mol)²."""
-        return self.energy_cumulant(2, beta)
-
-    def conditional_heat_capacity(self) -> float:
-        """C_x = k_B β² Var_x(U) = m k_B/2, kcal/mol/K."""
-        return self.m * KB_KCAL_PER_MOL_K / 2
 
     def mean_force(self, x, beta: float):
         """F(x, β) = −V' − mγ/(2β) − mγλ²/(2k), kcal/mol/Å."""

@@ -140,16 +140,20 @@ _ENERGY_UNITS = {"hartree": HARTREE_KCAL_PER_MOL, "kcal/mol": 1.0, "ev": EV_KCAL
 _LENGTH_UNITS = {"angstrom": 1.0, "bohr": BOHR_ANGSTROM, "nm": 10.0}
 
 
+def _unit_factor(table: dict, kind: str, unit: str) -> float:
+    key = str(unit).strip().lower()
+    if key not in table:
+        raise ValueError(f"unknown {kind} unit {unit!r}; known: {', '.join(table)}")
+    return table[key]
+
+
 def energy_factor(unit: str) -> float:
     """kcal/mol per ``unit`` (hartree, kcal/mol, ev, kj/mol; case-insensitive).
 
     Raises:
         ValueError: unknown unit (one line listing the known ones).
     """
-    key = str(unit).strip().lower()
-    if key not in _ENERGY_UNITS:
-        raise ValueError(f"unknown energy unit {unit!r}; known: {', '.join(_ENERGY_UNITS)}")
-    return _ENERGY_UNITS[key]
+    return _unit_factor(_ENERGY_UNITS, "energy", unit)
 
 
 def length_factor(unit: str) -> float:
@@ -158,10 +162,7 @@ def length_factor(unit: str) -> float:
     Raises:
         ValueError: unknown unit (one line listing the known ones).
     """
-    key = str(unit).strip().lower()
-    if key not in _LENGTH_UNITS:
-        raise ValueError(f"unknown length unit {unit!r}; known: {', '.join(_LENGTH_UNITS)}")
-    return _LENGTH_UNITS[key]
+    return _unit_factor(_LENGTH_UNITS, "length", unit)
 
 
 def unit_factor(unit: str, length_power: int) -> float:
