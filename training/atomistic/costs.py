@@ -64,6 +64,9 @@ def measure_loss_costs(cfg: TrainConfig, datasets: list, arms: list[str], n_step
         ``epoch_s`` (median × steps per epoch), ``relative_to_first``}}, ``steps_per_epoch``,
         ``batch_size``, ``n_train``, ``clock`` ("process"), ``load_average`` (before, after),
         ``threads``.
+
+    Raises:
+        ValueError: n_steps < 1 or warmup < 0.
     """
     if n_steps < 1 or warmup < 0:
         raise ValueError(f"need n_steps >= 1 and warmup >= 0, got {n_steps}, {warmup}")

@@ -123,7 +123,11 @@ def _per_molecule(values: torch.Tensor, batch: torch.Tensor, n_molecules: int) -
 
 
 def energy_mse(model_energy: torch.Tensor, target_energy: torch.Tensor) -> torch.Tensor:
-    """``L_E = (1/B) Σ_b (E_θ − E)²``; (B,) kcal/mol each → scalar (kcal/mol)²."""
+    """``L_E = (1/B) Σ_b (E_θ − E)²``; (B,) kcal/mol each → scalar (kcal/mol)².
+
+    Raises:
+        ValueError: the two energy tensors differ in shape.
+    """
     if model_energy.shape != target_energy.shape:
         raise ValueError(f"energies {tuple(model_energy.shape)} vs {tuple(target_energy.shape)}")
     return ((model_energy - target_energy.to(model_energy.dtype)) ** 2).mean()
@@ -137,6 +141,9 @@ def force_mse(model_forces: torch.Tensor, target_forces: torch.Tensor) -> torch.
 
     Returns:
         scalar, (kcal/mol/Å)².
+
+    Raises:
+        ValueError: the two force tensors differ in shape.
     """
     if model_forces.shape != target_forces.shape:
         raise ValueError(f"forces {tuple(model_forces.shape)} vs {tuple(target_forces.shape)}")
@@ -151,6 +158,9 @@ def hessian_mse(model_hessians: list[torch.Tensor], target_hessians: list[torch.
 
     Returns:
         scalar, (kcal/mol/Å²)².
+
+    Raises:
+        ValueError: the lists differ in length or are empty.
     """
     if len(model_hessians) != len(target_hessians) or not model_hessians:
         raise ValueError("need one target Hessian per model Hessian (and at least one)")
@@ -171,6 +181,9 @@ def hvp_mse(model_hvp: torch.Tensor, target_hvp: torch.Tensor, scale: torch.Tens
 
     Returns:
         scalar, (kcal/mol/Å²)².
+
+    Raises:
+        ValueError: model HVPs and targets differ in shape.
     """
     if model_hvp.shape != target_hvp.shape:
         raise ValueError(f"HVPs {tuple(model_hvp.shape)} vs targets {tuple(target_hvp.shape)}")

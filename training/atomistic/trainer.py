@@ -194,7 +194,11 @@ def load_datasets(data: DataConfig) -> list:
 
 def prepare(cfg: TrainConfig, datasets: list) -> tuple[AtomisticPotential, Split, TargetScales]:
     """The initial model (reference energies and output scale fitted on the training split),
-    the split and the target scales."""
+    the split and the target scales.
+
+    Raises:
+        ValueError: a Hessian loss mode on datasets without Hessians (names them).
+    """
     split = split_structures(datasets, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test,
                              cfg.data.split_seed, cfg.data.train_subsets, cfg.data.subset_seed)
     needs_h = cfg.loss.mode != "ef"

@@ -124,7 +124,12 @@ def load_model(spec: str):
 
 def read_start(path: str) -> np.ndarray:
     """Start positions, Å: a ``.npy`` array as stored ((R, n, 3) or (n, 3)), else the Cα atoms
-    of every frame of a structure/trajectory mdtraj reads ((F, n, 3); a single frame → (n, 3))."""
+    of every frame of a structure/trajectory mdtraj reads ((F, n, 3); a single frame → (n, 3)).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: mdtraj cannot read start positions from it (one line naming the file).
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"--start {path}: no such file")
     try:

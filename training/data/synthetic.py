@@ -35,6 +35,9 @@ def compact_chain(n_beads: int, n_frames: int = 1, seed: int = 0, noise: float =
 
     Returns:
         (T, n, 3) float64, Å.
+
+    Raises:
+        RuntimeError: no self-avoiding compact chain of ``n_beads`` beads was found.
     """
     rng = np.random.default_rng(seed)
     radius = 2.8 * n_beads ** (1 / 3) + 2.0

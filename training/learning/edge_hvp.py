@@ -259,6 +259,9 @@ def edge_energy_forces_hvp(net: torch.nn.Module, pos: torch.Tensor, z: torch.Ten
         energy (B,) kcal/mol, grad (A, 3) kcal/mol/Å = ``∇_R U_net``, hvp (k, A, 3)
         kcal/mol/Å² (k + 1 rows with ``residual_fn``; None without probes); differentiable
         w.r.t. θ when grad mode is on.
+
+    Raises:
+        ValueError: probes given with filter jets of order < 2.
     """
     rep, out = net.representation_model, net.output_model
     A, P = pos.shape[0], i.shape[0]

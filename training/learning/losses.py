@@ -144,6 +144,9 @@ def hvp_loss(model_hvp: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor
 
     Returns:
         scalar, (kcal/mol/Å²)².
+
+    Raises:
+        ValueError: model HVPs and targets differ in shape.
     """
     if model_hvp.shape != targets.shape:
         raise ValueError(f"model HVPs {tuple(model_hvp.shape)} vs targets {tuple(targets.shape)}")
@@ -183,6 +186,9 @@ def hessian_loss(model_hessians: list[torch.Tensor], targets: list[torch.Tensor]
 
     Returns:
         scalar, (kcal/mol/Å²)².
+
+    Raises:
+        ValueError: the lists differ in length or are empty.
     """
     if len(model_hessians) != len(targets) or not targets:
         raise ValueError("need one target per model Hessian (and at least one)")

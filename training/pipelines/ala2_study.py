@@ -181,7 +181,11 @@ def _draw_rank(path: Path) -> np.ndarray:
 
 
 def stage_pool(out: Path, s: dict, ref: dict) -> dict:
-    """Training pool: the first max(sizes) frames of one seeded permutation of all frames."""
+    """Training pool: the first max(sizes) frames of one seeded permutation of all frames.
+
+    Raises:
+        ValueError: the pool is larger than the reference.
+    """
     n_pool = max(s["sizes"])
     files = [out / f for f in ref["files"]]
     counts = [n_frames(f) for f in files]

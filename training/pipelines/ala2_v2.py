@@ -88,7 +88,11 @@ def rep_tag(rep: tuple[int, int]) -> str:
 
 def stage_reference_v2(out: Path, s: dict, jobs: int) -> dict:
     """The AA reference under ``<out>/reference`` (a link to ``s["reference_dir"]`` when given),
-    completed if needed (first study's driver) and mapped; basin populations per run."""
+    completed if needed (first study's driver) and mapped; basin populations per run.
+
+    Raises:
+        FileNotFoundError: the first study's reference run is missing (names the file).
+    """
     ref_dir = out / "reference"
     if s.get("reference_dir"):
         src = Path(s["reference_dir"]).resolve()
@@ -154,6 +158,9 @@ def stage_split(out: Path, s: dict, ref: dict) -> dict:
     Files: ``split/val/val.h5``, ``split/test/test.h5`` (AA frames of the test configurations),
     ``split/qfit/qfit.h5`` (Q* fit frames), ``data/s<k>/pool/pool.h5`` and
     ``data/s<k>/n<N>/n<N>.h5`` (frames with draw rank < N, in time order per run).
+
+    Raises:
+        ValueError: the largest training size exceeds the training runs' frames.
     """
     sp = s["split"]
     files = [out / f for f in ref["files"]]
