@@ -26,18 +26,18 @@ import os
 import sys
 import time
 
+import openmm
+import openmm.app as app
+import openmm.unit as u
 from _common import finish, machine_info
+
+from hessid.training.data.aa_md import create_system, forcefield_files, ns_per_day
+from hessid.training.data.structures import build_from_sequence
 
 
 def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: float,
                   padding_nm: float = 1.0, min_iterations: int = 300) -> dict:  # fmt: skip
     """Time LangevinMiddle MD of ``structure`` in ``solvent``; returns a result row (ns/day)."""
-    import openmm
-    import openmm.app as app
-    import openmm.unit as u
-
-    from hessid.training.data.aa_md import create_system, forcefield_files, ns_per_day
-
     top, pos = structure.topology, structure.positions_nm() * u.nanometer
     if solvent == "explicit":
         modeller = app.Modeller(top, pos)
@@ -74,10 +74,6 @@ def bench_solvent(solvent: str, structure, threads: int, stride: int, seconds: f
 
 def main(argv=None) -> dict:
     """Run the benchmark; prints and returns the JSON object."""
-    import openmm
-
-    from hessid.training.data.structures import build_from_sequence
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--solvents", default="gbn2,obc2,vacuum,explicit")
     ap.add_argument("--sequence", default="GYDPETGTWG", help="default chignolin")

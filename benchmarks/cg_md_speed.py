@@ -46,6 +46,8 @@ import torch
 from _common import finish, machine_info
 
 from hessid.training.data.synthetic import HarmonicChainPotential
+from hessid.training.learning.models import CGPotential, load_potential
+from hessid.training.learning.priors import PriorParameters
 from hessid.training.md.integrator import LangevinBAOAB, energy_and_forces
 
 TIMESTEP_FS, TEMPERATURE_K, FRICTION_PER_PS, MASS_AMU = 2.0, 300.0, 1.0, 12.0
@@ -67,9 +69,9 @@ def sync(device):
 
 def torchmd_status() -> dict:
     try:
-        import torchmd.forces  # noqa: F401
-        import torchmd.integrator  # noqa: F401
-        import torchmd.systems  # noqa: F401
+        import torchmd.forces  # noqa: F401, PLC0415 # optional: TorchMD is not a hessid dependency
+        import torchmd.integrator  # noqa: F401, PLC0415 # optional: TorchMD is not a hessid dependency
+        import torchmd.systems  # noqa: F401, PLC0415 # optional: TorchMD is not a hessid dependency
     except Exception as exc:  # not installed here: hessid does not depend on it
         return {"available": False, "reason": f"torchmd not importable: {type(exc).__name__}: {exc}"}
     return {"available": True, "version": _version("torchmd")}
@@ -132,9 +134,9 @@ class BareForces:
 
 
 def torchmd_runner(potential, n_beads, n_replicas, device, dtype, bare: bool, seed=0):
-    from torchmd.forces import Forces
-    from torchmd.integrator import Integrator, kinetic_energy, kinetic_to_temp, maxwell_boltzmann
-    from torchmd.systems import System
+    from torchmd.forces import Forces  # noqa: PLC0415 # optional: TorchMD is not a hessid dependency
+    from torchmd.integrator import Integrator, kinetic_energy, kinetic_to_temp, maxwell_boltzmann  # noqa: PLC0415 # optional: TorchMD is not a hessid dependency
+    from torchmd.systems import System  # noqa: PLC0415 # optional: TorchMD is not a hessid dependency
 
     external = ExternalModel(potential, torch.zeros(n_beads, dtype=torch.long, device=device))
     if bare:
@@ -220,8 +222,6 @@ def time_config(potential, n_beads, n_replicas, device, dtype, tmd_ok, seconds, 
 def build_models(names: list[str], path: str | None, device) -> dict:
     models: dict = {}
     if path:
-        from hessid.training.learning.models import load_potential
-
         models[path] = load_potential(path, map_location=device)
         return models
     for name in names:
@@ -229,9 +229,6 @@ def build_models(names: list[str], path: str | None, device) -> dict:
             models["HarmonicChainPotential"] = HarmonicChainPotential().to(device)
         elif name == "cgschnet":
             try:
-                from hessid.training.learning.models import CGPotential
-                from hessid.training.learning.priors import PriorParameters
-
                 torch.manual_seed(0)
                 models["CGPotential (CGSchNet 64×4, cutoff 3–12 Å, + priors; random weights)"] = (
                     CGPotential(["ALA"], PriorParameters()).to(device).eval())

@@ -31,7 +31,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openmm
+import torch
 from _common import finish, machine_info
+from tqdm.auto import tqdm
+
+from hessid.maps import constraint_aware_projector
+from hessid.training.data import cg_map as cgm
+from hessid.training.data.aa_md import choose_platform, create_system
+from hessid.training.data.cg_map import ca_map
+from hessid.training.data.io import copy_frames
+from hessid.training.data.reader import open_dataset
+from hessid.training.data.targets import DEFAULT_EPSILON_NM, term1_fd
+from hessid.training.learning.hessians import hessian_autograd
+from hessid.training.learning.models import load_potential
+from hessid.training.pipelines.ala2 import backbone_map, dataset_topology
+from hessid.units import beta as beta_of
 
 ALA2 = Path("/work/runs/ala2/reference")
 CHIGNOLIN = Path("/work/runs/demo_final/data/chignolin/chignolin.h5")
@@ -39,8 +54,6 @@ FM_MODEL = Path("/work/runs/demo_final/runs/FM/model.pt")
 
 
 def _copy_ala2(scratch: Path, quick: bool) -> tuple[Path, Path]:
-    from hessid.training.data.io import copy_frames
-
     step_fit, step_eval = (50, 250) if quick else (5, 25)
     fit = scratch / "ala2_fit" / "ala2_fit.h5"
     ev = scratch / "ala2_eval" / "ala2_eval.h5"
@@ -63,11 +76,6 @@ def _copy_chignolin(scratch: Path) -> Path:
 
 
 def _context(path: Path):
-    import openmm
-
-    from hessid.training.data.aa_md import choose_platform, create_system
-    from hessid.training.data.reader import open_dataset
-
     with open_dataset(path) as ds:
         top = ds.topology()
         ff, solv, cons = (str(ds.attr(k)) for k in ("forcefield", "solvent", "constraints"))
@@ -78,11 +86,6 @@ def _context(path: Path):
 
 def _term1_traces(path: Path, projectors: dict, rows: np.ndarray, cache: Path, label: str) -> dict:
     """tr Term 1 per frame (rows) for each projector, full one-hot block by FD; cached per projector."""
-    from tqdm.auto import tqdm
-
-    from hessid.training.data.reader import open_dataset
-    from hessid.training.data.targets import DEFAULT_EPSILON_NM, term1_fd
-
     store = dict(np.load(cache)) if cache.exists() else {}
     todo = [k for k in projectors if f"{label}/{k}" not in store]
     if todo:
@@ -115,10 +118,6 @@ def _sq_norms(q: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 def _evaluate(name, fit_path, fit_frames, eval_path, eval_rows, fd_rows, cg_map, variants, beta, scratch,
               model=None) -> dict:
-    from hessid.maps import constraint_aware_projector
-    from hessid.training.data import cg_map as cgm
-    from hessid.training.data.reader import open_dataset
-
     Q = {"constraint-aware": None}
     fits = {}
     for key, nb, ridge in variants:
@@ -166,11 +165,6 @@ def _evaluate(name, fit_path, fit_frames, eval_path, eval_rows, fd_rows, cg_map,
 
 def _model_terms(model_path, cg_coords: np.ndarray, bead_types) -> dict:
     """Model forces (T, n, 3) and Hessian Frobenius norms (T,) of the FM model at CG frames."""
-    import torch
-
-    from hessid.training.learning.hessians import hessian_autograd
-    from hessid.training.learning.models import load_potential
-
     pot = load_potential(model_path)
     types = torch.as_tensor(bead_types, dtype=torch.long)
     forces, fro = [], []
@@ -192,12 +186,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--fd-frames", type=int, default=None, help="frames with tr Term 1 (default 200 ala2, 24 chignolin)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
     torch.set_num_threads(1)
-    from hessid.training.data.reader import open_dataset
-    from hessid.training.pipelines.ala2 import backbone_map, dataset_topology
-    from hessid.units import beta as beta_of
 
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -223,7 +212,6 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- chignolin (demo data)
     chig = _copy_chignolin(scratch)
-    from hessid.training.data.cg_map import ca_map
 
     with open_dataset(chig) as ds:
         top, temp = ds.topology(), float(ds.temperature)

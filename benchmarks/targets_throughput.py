@@ -23,7 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import openmm
 from _common import finish, machine_info
+
+from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.reader import open_dataset
+from hessid.training.data.structures import build_structure
+from hessid.training.data.targets import compute_targets
 
 SYSTEMS = {
     "chignolin": "GYDPETGTWG",  # 10 residues
@@ -33,13 +39,6 @@ SYSTEMS = {
 
 
 def main(argv=None) -> dict:
-    import openmm
-
-    from hessid.training.data.aa_md import MDConfig, simulate
-    from hessid.training.data.reader import open_dataset
-    from hessid.training.data.structures import build_structure
-    from hessid.training.data.targets import compute_targets
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="chignolin,hp35")
     ap.add_argument("--frames", default="chignolin:48,hp35:12,p80:6")

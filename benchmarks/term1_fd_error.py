@@ -16,28 +16,23 @@ import argparse
 import datetime
 
 import numpy as np
+import openmm
+import openmm.unit as u
 from _common import finish, machine_info
+
+from hessid.probes import draw_probes
+from hessid.training.data.aa_md import choose_platform, create_system
+from hessid.training.data.cg_map import ca_map
+from hessid.training.data.structures import build_from_sequence
+from hessid.training.data.targets import term1_fd
 
 
 def _context(system, name, threads=1, precision=None):
-    import openmm
-
-    from hessid.training.data.aa_md import choose_platform
-
     plat, props = choose_platform(name, threads if name == "CPU" else None, precision)
     return openmm.Context(system, openmm.VerletIntegrator(0.001), plat, props)
 
 
 def main(argv=None) -> dict:
-    import openmm
-    import openmm.unit as u
-
-    from hessid.probes import draw_probes
-    from hessid.training.data.aa_md import create_system
-    from hessid.training.data.cg_map import ca_map
-    from hessid.training.data.structures import build_from_sequence
-    from hessid.training.data.targets import term1_fd
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sequence", default="GYDPETGTWG")
     ap.add_argument("--probes", type=int, default=4)

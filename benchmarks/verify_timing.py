@@ -16,7 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from _common import finish, machine_info
+
+from hessid.quadrature import builtin_systems
+from hessid.verification.checks import check_gaussian_closed_form, check_quadrature_system
+from hessid.verification.elastic import check_structure_file
 
 
 def _cli_time(json_path: Path) -> tuple[float, int]:
@@ -29,12 +34,6 @@ def _cli_time(json_path: Path) -> tuple[float, int]:
 
 
 def _group_times() -> dict:
-    import torch
-
-    from hessid.quadrature import builtin_systems
-    from hessid.verification.checks import check_gaussian_closed_form, check_quadrature_system
-    from hessid.verification.elastic import check_structure_file
-
     out = {"torch_threads": torch.get_num_threads()}
     groups = {}
     for system in builtin_systems():

@@ -9,6 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.special import ive
 
 from hessid.identities import cg_hessian_linear, mean_force_linear
 from hessid.maps import LinearMap, NonlinearMap, check_projector, constraint_aware_projector
@@ -241,9 +244,6 @@ def test_local_mean_force_of_radius_in_3d_has_the_entropic_two_kT_over_r():
 # ====================================================================== constrained projector
 def _components(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
     """Component label of every atom, by scipy (independent of the union-find in hessid.maps)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     a = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_atoms, n_atoms))
     return connected_components(a, directed=False)[1]
 
@@ -405,8 +405,6 @@ def _rigid_xh_toy(n_theta: int = 256):
 
 
 def _rigid_xh_exact():
-    from scipy.special import ive
-
     k_a, k, d = _TOY["k_a"], _TOY["k"], _TOY["d"]
     c_a, c, R = (np.asarray(_TOY[key]) for key in ("c_a", "c", "R"))
     beta = beta_of(300.0)

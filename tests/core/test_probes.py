@@ -2,6 +2,8 @@
 (docs/identities.md §5)."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,9 +141,6 @@ def test_float32_probes_are_the_rounding_of_the_float64_draw(kind, seed):
 
 def test_probes_are_bit_identical_across_processes():
     """A probe drawn in another process (as a worker or DDP rank would) equals ours."""
-    import subprocess
-    import sys
-
     code = (
         "from hessid.probes import draw_probes;"
         "import sys;"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hessid.training.atomistic.evaluation import error_metrics
 from hessid.training.atomistic.frames import (
@@ -223,8 +224,6 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm  # optional: progress bars only
-
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 

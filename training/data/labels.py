@@ -95,7 +95,7 @@ def pymbar_timeseries():
     timeseries caveat) silenced: they go through ``logging`` at WARNING level."""
     for name in ("pymbar", "pymbar.timeseries", "pymbar.mbar_solvers"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from pymbar import timeseries  # optional: late, so its import banners are silenced first
+    from pymbar import timeseries  # noqa: PLC0415 # optional: late, so its import banners are silenced first
 
     return timeseries
 

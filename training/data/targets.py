@@ -374,7 +374,7 @@ def make_executor(workers: int, spec: WorkerSpec | None = None, scheduler: str |
     """
     if scheduler:
         try:
-            from dask.distributed import Client  # optional: distributed (dask extra)
+            from dask.distributed import Client  # noqa: PLC0415 # optional: distributed (dask extra)
         except ImportError as exc:
             raise ImportError(
                 "--scheduler needs dask.distributed, which is not installed; "

@@ -168,7 +168,7 @@ def check_elements(species: Sequence[int], spec: MethodSpec) -> None:
             raise UnsupportedElementError(f"element {_symbol(bad[0])} (Z={bad[0]}) is not supported by GFN2-xTB "
                                           f"(Z <= {GFN2_MAX_Z})")  # fmt: skip
         return
-    from pyscf import gto  # optional: PySCF only for --method dft (tier 2)
+    from pyscf import gto  # noqa: PLC0415 # optional: PySCF only for --method dft (tier 2)
 
     for z in zs:
         sym = element_symbol(z)
@@ -257,7 +257,7 @@ def _xtb_compute(species, coords, spec: MethodSpec, hessian: bool) -> QMResult:
 
 
 def _pyscf_mean_field(species, coords, spec: MethodSpec):
-    from pyscf import dft, gto, lib, scf  # optional: PySCF only for --method dft (tier 2)
+    from pyscf import dft, gto, lib, scf  # noqa: PLC0415 # optional: PySCF only for --method dft (tier 2)
 
     if spec.threads:
         lib.num_threads(int(spec.threads))

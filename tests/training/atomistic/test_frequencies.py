@@ -15,6 +15,7 @@ from hessid.training.atomistic.frequencies import (
     harmonic_frequencies,
     optimise_geometry,
 )
+from hessid.training.qm import sampling
 
 
 def _springs(x, bonds, k, r0):
@@ -43,8 +44,6 @@ def test_one_mass_table_standard_weights_and_unknown_element():
     """Masses agree with the standard atomic weights to their stated uncertainty (H 1.008, C
     12.011, O 15.999, Cl 35.45: within 1e-3 relative); QM sampling uses this same function; an
     atomic number no table knows is refused by name."""
-    from hessid.training.qm import sampling
-
     m = atomic_masses([1, 6, 8, 17])
     assert np.allclose(m, [1.008, 12.011, 15.999, 35.45], rtol=1e-3)
     assert not np.allclose(m, [1.0, 12.0, 16.0, 35.0], rtol=1e-4)  # control: integer masses differ

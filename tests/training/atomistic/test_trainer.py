@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hessid.training.atomistic.evaluation import error_metrics, frequency_comparison
-from hessid.training.atomistic.frames import collate
+from hessid.training.atomistic.frames import collate, split_structures
 from hessid.training.atomistic.model import load_potential
 from hessid.training.atomistic.trainer import TrainConfig, resolve_device, train
 from tests.training.atomistic.fixtures import SMALL, fake_dataset
@@ -86,8 +86,6 @@ def test_evaluation_metrics_and_frequencies_run_on_a_trained_model(tmp_path):
 def test_subset_seed_changes_the_training_subset_not_the_test_and_validation_sets():
     """Replicate training subsets (the PHL study): other structures, the same test and
     validation sets, nested in n_train; None keeps the split seed's order (old behaviour)."""
-    from hessid.training.atomistic.frames import split_structures
-
     ds = _datasets()
     base = split_structures(ds, 8, 4, 4, seed=5)
     assert split_structures(ds, 8, 4, 4, seed=5, subset_seed=None) == base

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from hessid.cli import main
+from hessid.training.cli.evaluate import _models
+from hessid.training.cli.evaluate import build_parser as evaluate_parser
 from hessid.training.cli.train import build_parser as train_parser
 from hessid.training.cli.train import train_config
 from hessid.training.data.aa_md import MDConfig
@@ -148,9 +150,7 @@ def test_simulate_accepts_a_dataset_name_and_saves_its_config(tmp_path, monkeypa
 
 
 def test_a_repeated_model_flag_collects_labels_and_seeds():
-    from hessid.training.cli.evaluate import _models, build_parser
-
-    cfg = build_parser().parse_args(["--reference", "ref.h5", "--out", "ev", "--model", "FM=a",
+    cfg = evaluate_parser().parse_args(["--reference", "ref.h5", "--out", "ev", "--model", "FM=a",
                                      "FM=b", "--model", "Cov=c"])
     assert _models(cfg.model) == {"FM": ["a", "b"], "Cov": ["c"]}
     with pytest.raises(ValueError, match="LABEL=SIMDIR"):

@@ -8,13 +8,18 @@ Tolerances are derived where they are set.
 from __future__ import annotations
 
 import math
+import time
 
 import h5py
 import numpy as np
+import openmm.unit as u
 import pytest
 
 from hessid.training.data import conditional as rh
 from hessid.training.data import io as data
+from hessid.training.data.aa_md import create_system
+from hessid.training.data.targets import compute_targets
+from hessid.training.pipelines import ala2
 from hessid.units import beta as beta_of
 
 TEMPERATURE = 300.0
@@ -165,12 +170,6 @@ FROZEN_RUN = dict(n_frames=20, stride=10, solvent="gbn2", equilibration_steps=20
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory):
     """Alanine dipeptide, GBn2, 5 backbone atoms frozen, 20 frames × 10 steps (+ targets)."""
-    pytest.importorskip("openmm")
-    import time
-
-    from hessid.training.data.targets import compute_targets
-    from hessid.training.pipelines import ala2
-
     s = ala2.build_structure()
     frozen = ala2.backbone_indices(s.topology)
     path = tmp_path_factory.mktemp("frozen") / "ala2_r0.h5"
@@ -210,10 +209,6 @@ def test_frozen_atoms_stay_at_r0_and_the_file_validates(frozen_run):
 
 def test_constrained_hydrogen_bond_lengths_are_preserved(frozen_run):
     s, frozen, path, _, _ = frozen_run
-    import openmm.unit as u
-
-    from hessid.training.data.aa_md import create_system
-
     system = create_system(s.topology, "amber14-all.xml", "gbn2", "HBonds")
     cons = [system.getConstraintParameters(i) for i in range(system.getNumConstraints())]
     pairs = np.array([[i, j] for i, j, _ in cons])
@@ -239,9 +234,6 @@ def test_reference_hessian_of_the_real_run_is_finite_and_symmetric(frozen_run):
 
 def test_light_frozen_atoms_are_caught_by_the_drift_check(tmp_path):
     """Negative control: with a normal mass the 'frozen' atoms move and the run stops."""
-    pytest.importorskip("openmm")
-    from hessid.training.pipelines import ala2
-
     s = ala2.build_structure()
     frozen = ala2.backbone_indices(s.topology)
     path = tmp_path / "light.h5"

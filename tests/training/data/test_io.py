@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import h5py
+import mdtraj
 import numpy as np
+import openmm
+import openmm.unit as u
 import pytest
 
+from hessid.maps import check_projector
 from hessid.training.data import cg_map, importers, reader
 from hessid.training.data import io as data
-from hessid.training.data.aa_md import MDConfig, SimulationInterrupted, simulate
-from hessid.training.data.structures import build_structure
+from hessid.training.data.aa_md import (
+    MDConfig,
+    SimulationInterrupted,
+    create_system,
+    simulate,
+    system_hash,
+)
+from hessid.training.data.structures import build_from_sequence, build_structure
+from hessid.training.data.targets import compute_targets
 from tests.training.data.crash import run_until_sigkill, simulate_until_sigkill
 
 MD = dict(steps=120, stride=10, platform="CPU", threads=1, chunk_frames=3, solvent="gbn2", seed=3)
@@ -51,11 +64,6 @@ def test_simulation_writes_layout_units_and_attributes(simulated):
 def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces(simulated):
     """HMR (``hydrogen_mass``) changes masses only: H at the given mass, total mass and the
     forces (hence Term 1 and the mapped data) unchanged; a non-positive mass is refused."""
-    import openmm
-    import openmm.unit as u
-
-    from hessid.training.data.aa_md import create_system
-
     _, path = simulated
     ds = reader.load_dataset(path)
     plain = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
@@ -80,8 +88,6 @@ def test_hydrogen_mass_repartitioning_moves_mass_but_keeps_total_mass_and_forces
 def test_hmr_run_stores_the_hash_of_the_potential_not_of_its_masses(simulated, tmp_path):
     """forcefield_hash ties targets to the potential: an HMR run stores the hash of the System
     without repartitioned masses (what ``compute_targets`` rebuilds), not of the sampled one."""
-    from hessid.training.data.aa_md import create_system, system_hash
-
     _, path = simulated
     build_structure("aaa", sequence="AAA", out_dir=tmp_path)
     hmr = simulate("aaa", MDConfig(**{**MD, "steps": 20, "stride": 10, "timestep": 4.0, "hydrogen_mass": 3.0}),
@@ -97,11 +103,6 @@ def test_hmr_run_stores_the_hash_of_the_potential_not_of_its_masses(simulated, t
 def test_saved_forces_are_forces_of_saved_positions(simulated):
     """Recompute f(r_t) at the stored positions: equal up to single-precision force rounding
     (CPU platform), while the forces of a neighbouring MD step differ by O(1) relative."""
-    import openmm
-    import openmm.unit as u
-
-    from hessid.training.data.aa_md import create_system
-
     _, path = simulated
     ds = reader.load_dataset(path)
     system = create_system(ds.topology, "amber14-all.xml", "gbn2", "HBonds")
@@ -276,8 +277,6 @@ def test_import_without_units_is_an_error_never_a_guess(simulated, tmp_path):
 
 
 def test_trajectory_import_reads_mdtraj_lengths(simulated, tmp_path):
-    import mdtraj
-
     _, path = simulated
     ds = reader.load_dataset(path)
     top = mdtraj.load(str(path.with_suffix(".pdb"))).topology
@@ -316,8 +315,6 @@ def test_hbond_data_gets_the_constraint_aware_projector_summing_each_ca_with_its
     """Simulated with constraints=HBonds: each Cα's projector row has weight 1 on the Cα and on
     its rigidly bonded HA (Krämer et al. 2023 force aggregation), Q' Sᵀ = I, and cg/forces =
     Q' f. Opting out, or a file without a ``constraints`` attribute (an import), keeps Q = S."""
-    from hessid.maps import check_projector
-
     with h5py.File(small_file) as h5:
         assert h5.attrs["constraints"] == "HBonds"
     cg = cg_map.write_cg(small_file)
@@ -512,9 +509,6 @@ def test_sigkill_inside_hdf5_flush_is_rolled_back_and_torn_without_backup(simula
     file-object driver). With the backup (``begin_append``), every kill is rolled back by
     ``recover_append`` to the committed file (every dataset's bytes). Negative control without it: some
     kill leaves a torn file (datasets of different lengths; never unreadable here)."""
-    import subprocess
-    import sys
-
     _, src = simulated
     committed = tmp_path / "committed.h5"
     with h5py.File(src, "r") as a:  # 6 frames of the simulation, appendable layout
@@ -549,8 +543,6 @@ def test_sigkill_between_target_values_and_done_flags_recomputes_only_unflagged(
     """Targets commit a chunk's values, then its done flags. SIGKILL in between: the frames are
     not marked done, ``--resume`` recomputes that chunk only, and the bytes equal an
     uninterrupted run (early-allocated datasets: the killed file still opens)."""
-    from hessid.training.data.targets import compute_targets
-
     _, src = simulated
     ref, part = tmp_path / "ref.h5", tmp_path / "part.h5"
     shutil.copy(src, ref)
@@ -602,8 +594,6 @@ EXPLICIT = dict(steps=20, stride=10, platform="CPU", threads=1, chunk_frames=2, 
 def explicit(tmp_path_factory):
     """AG dipeptide + one crystal water kept (``--keep-water``), solvated (TIP3P-FB, 1 nm
     padding, PME) and run for 2 frames. Also returns the source PDB for the stripped build."""
-    from hessid.training.data.structures import build_from_sequence
-
     root = tmp_path_factory.mktemp("explicit")
     src = root / "ag_water.pdb"
     src.write_text(_peptide_with_crystal_water(build_from_sequence("AG").to_pdb()))
@@ -612,8 +602,6 @@ def explicit(tmp_path_factory):
 
 
 def test_explicit_solvent_stores_constant_box_and_all_atom_forces(explicit):
-    import openmm.unit as u
-
     _, path = explicit
     summary = data.validate_dataset(path)
     ds = reader.load_dataset(path)
@@ -648,8 +636,6 @@ def test_explicit_targets_rebuild_the_same_periodic_potential_and_map_only_the_p
 ):
     """The potential rebuilt from the stored topology + box (PME) hashes equal to the MD's
     (constraint order, which the PDB round trip changes for waters, is not part of the hash)."""
-    from hessid.training.data.targets import compute_targets
-
     _, src = explicit
     path = tmp_path / "ag.h5"
     shutil.copy(src, path)

@@ -9,16 +9,26 @@ public trainer, CLI errors.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import warnings
 
 import h5py
 import numpy as np
+import openmm
 import pytest
 from scipy import signal, stats
 
+from hessid.cli import main
 from hessid.training.data import labels as lb
 from hessid.training.data import schema as sc
+from hessid.training.data.aa_md import MDConfig, simulate
+from hessid.training.data.cg_map import write_cg
+from hessid.training.data.io import validate_dataset
+from hessid.training.data.reader import open_dataset
+from hessid.training.learning.configs import TrainConfig
+from hessid.training.learning.trainer import train
+from hessid.training.pipelines import ala2
 
 RHO = 0.6  # AR(1) coefficient: g = (1 + ρ)/(1 − ρ) = 4
 
@@ -100,10 +110,6 @@ FRAMES = [2, 0]  # given unsorted: stored ascending
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """Alanine dipeptide, GBn2, 3 AA frames (every 100 steps), 5-bead map with the constraint-aware Q."""
-    pytest.importorskip("openmm")
-    from hessid.training.data.aa_md import MDConfig, simulate
-    from hessid.training.pipelines import ala2
-
     root = tmp_path_factory.mktemp("labels_src")
     ala2.write_structure("ala2", root)
     path = simulate("ala2", MDConfig(steps=300, stride=100, platform="CPU", threads=1, seed=3), root=root,
@@ -115,8 +121,6 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(source, tmp_path_factory):
     """An uninterrupted run with every MD step and every OpenMM force call counted."""
-    import openmm
-
     counts = {"steps": 0, "force_calls": 0}
     step, get_state = openmm.LangevinMiddleIntegrator.step, openmm.Context.getState
 
@@ -138,9 +142,6 @@ def full_run(source, tmp_path_factory):
 
 
 def test_layout_provenance_and_estimates(source, full_run):
-    from hessid.training.data.io import validate_dataset
-    from hessid.training.data.reader import open_dataset
-
     out, res, _, _ = full_run
     assert (res.n_configs, res.configs_computed, res.configs_skipped) == (2, 2, 0)
     L = lb.read_labels(out)
@@ -213,8 +214,6 @@ def _arrays(path) -> dict:
 
 
 def test_resume_skips_done_configurations_and_gives_identical_bytes(source, full_run, tmp_path):
-    from hessid.training.data.reader import open_dataset
-
     out_full = full_run[0]
     out = tmp_path / "lab.h5"
     with pytest.raises(lb.LabelsInterrupted), warnings.catch_warnings():
@@ -245,11 +244,6 @@ def test_resume_skips_done_configurations_and_gives_identical_bytes(source, full
 
 @pytest.mark.parametrize("mode", ["fm", "fm_hessian"])
 def test_the_labels_file_trains_with_fm_and_fm_hessian(full_run, tmp_path, mode):
-    import csv
-
-    from hessid.training.learning.configs import TrainConfig
-    from hessid.training.learning.trainer import train
-
     cfg = TrainConfig.from_dict({
         "name": mode, "output_dir": str(tmp_path / "runs"), "seed": 0,
         "data": {"datasets": [str(full_run[0])], "batch_size": 2, "val_fraction": 0.0},
@@ -266,8 +260,6 @@ def test_the_labels_file_trains_with_fm_and_fm_hessian(full_run, tmp_path, mode)
 
 
 def test_source_checks_name_the_file(source, full_run, tmp_path):
-    from hessid.training.data.cg_map import write_cg
-
     labels_file = tmp_path / "l.h5"
     bad = tmp_path / "com.h5"
     shutil.copy(source, bad)
@@ -293,8 +285,6 @@ def test_source_checks_name_the_file(source, full_run, tmp_path):
 
 
 def test_cli_runs_and_refuses_bad_input_with_one_line_and_exit_2(source, tmp_path, capsys):
-    from hessid.cli import main
-
     base = ["targets", str(source), "--conditional", "--no-progress"]
     run = ["--samples", "20", "--stride", "5", "--equilibration-ps", "0.01", "--blocks", "2", "--workers", "0"]
     bad = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import openmm.unit as u
 import pytest
+from openmm.app import PDBxFile
 
 from hessid.training.data.structures import (
     build_from_sequence,
@@ -79,9 +81,6 @@ def test_build_structure_writes_name_folder_and_needs_one_source(tmp_path):
 def test_mmcif_file_is_read_like_pdb_with_waters_stripped_or_kept(tripeptide, tmp_path):
     """``load_pdb`` reads PDBx/mmCIF (by suffix) with OpenMM's PDBxFile: same atoms and
     positions as the PDB route, same water/ion flags."""
-    import openmm.unit as u
-    from openmm.app import PDBxFile
-
     solvated = structure_from_pdb_text(_with_water_and_ion(tripeptide.to_pdb()))
     path = tmp_path / "solvated.cif"
     with open(path, "w") as fh:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 
 import h5py
 import numpy as np
+import openmm
+import openmm.unit as u
 import pytest
 import torch
 
+from hessid.cli import main
 from hessid.maps import LinearMap
 from hessid.probes import draw_probes
 from hessid.training.data import cg_map, reader
@@ -36,9 +40,6 @@ CPU1 = dict(platform="CPU", threads=1)
 def _bond_angle_subset(topology):
     """System holding only amber14's HarmonicBondForce and HarmonicAngleForce (no constraints),
     and their parameters (OpenMM units: nm, rad, kJ/mol/nm², kJ/mol/rad²)."""
-    import openmm
-    import openmm.unit as u
-
     full = create_system(topology, "amber14-all.xml", "vacuum", constraints="none")
     sub = openmm.System()
     for i in range(full.getNumParticles()):
@@ -86,8 +87,6 @@ def _exact_hessian_nm(x_nm: np.ndarray, bonds, angles) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def subset():
-    import openmm
-
     # OpenMM places hydrogens with Python's and numpy's global RNGs: without a seed the test
     # geometry (and so the FD truncation error the tolerance below was set from) changes from
     # run to run (two unseeded builds differ by up to 1.9 Å).
@@ -292,8 +291,6 @@ def test_dask_cluster_gives_the_same_bytes_as_in_process_with_one_context_per_wo
 
 
 def test_scheduler_without_dask_fails_clearly(monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if not installed
     with pytest.raises(ImportError, match=r"hessid\[dask\]"):
         make_executor(1, scheduler="tcp://127.0.0.1:8786")
@@ -303,8 +300,6 @@ def test_scheduler_without_dask_fails_clearly(monkeypatch):
 
 
 def test_cli_build_simulate_targets_in_an_empty_folder(tmp_path, monkeypatch):
-    from hessid.cli import main
-
     monkeypatch.chdir(tmp_path)
     assert main(["data", "build", "--sequence", "AG", "--name", "ag"]) == 0
     assert main(["data", "simulate", "ag", "--steps", "40", "--stride", "10", "--platform",

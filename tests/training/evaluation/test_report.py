@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from hessid.cli import main
 from hessid.training.evaluation.evaluate import (
     METRIC_NAMES,
     Trajectories,
@@ -109,8 +110,6 @@ def test_free_energy_is_minus_kt_log_density():
 
 
 def test_simulate_evaluate_report_commands_run_end_to_end(tmp_path, capsys):
-    from hessid.cli import main
-
     write_dataset(tmp_path / "toy.h5", chain_ensemble(1200, seed=5))
     sim = tmp_path / "sim"
     argv = ["simulate", "--model", "harmonic", "--reference", str(tmp_path / "toy.h5"), "--out", str(sim),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
+import mdtraj
 import numpy as np
 import pytest
 import torch
 
+from hessid.training.learning.models import CGPotential, load_potential
 from hessid.training.learning.priors import PriorFit, PriorModel, PriorParameters, chain_indices
+from hessid.training.md.simulation import simulate
+from hessid.training.pipelines import ala2
 from hessid.units import kT
 
 
@@ -160,8 +164,6 @@ def test_class_energy_uses_the_class_parameters_and_needs_types():
 
 
 def test_prior_state_versions_round_trip_and_v1_still_loads(tmp_path):
-    from hessid.training.learning.models import CGPotential, load_potential
-
     x = _ala2_like(frames=500)
     prior = PriorFit().fit(x, bead_types=np.arange(5)).fetch_model()
     d = prior.params.to_dict()
@@ -190,10 +192,6 @@ def test_prior_state_versions_round_trip_and_v1_still_loads(tmp_path):
 @pytest.mark.parametrize("per_class", [True, False])
 def test_prior_only_cg_md_of_ala2_keeps_bonds_in_range(tmp_path, per_class):
     """Per-class prior: every replica survives; pooled single-term prior (negative control): breaks."""
-    from hessid.training.learning.models import CGPotential
-    from hessid.training.md.simulation import simulate
-    from hessid.training.pipelines import ala2
-
     x = _ala2_like(frames=2000, seed=3)
     prior = PriorFit().fit(x, bead_types=np.arange(5) if per_class else None).fetch_model()
     pot = CGPotential(ala2.BEAD_VOCABULARY, prior, {"embedding_dimension": 8, "num_layers": 1,
@@ -204,7 +202,6 @@ def test_prior_only_cg_md_of_ala2_keeps_bonds_in_range(tmp_path, per_class):
     res = simulate(pot, tmp_path / "md", n_steps=600, save_interval=20, start_positions=x[:4],
                    bead_types=np.arange(5), masses=list(ala2.BEAD_MASSES), seed=0, progress=False,
                    bond_range=ala2.BOND_RANGE, threads=1)
-    import mdtraj
 
     xyz = np.concatenate([mdtraj.load(str(f), top=str(res.topology)).xyz for f in res.trajectories]) * 10
     dev = np.abs(np.linalg.norm(np.diff(xyz, axis=1), axis=-1) - np.array(ALA2_BONDS))  # (F, 4) Å

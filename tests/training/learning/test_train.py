@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 
+import h5py
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
+from hessid.training.cli.train import build_parser
+from hessid.training.data.schema import DatasetError
 from hessid.training.data.synthetic import spring_network, write_synthetic_dataset
 from hessid.training.learning.configs import PriorConfig, TrainConfig, load_config
 from hessid.training.learning.datasets import FrameStream, collate_frames, load_protein
@@ -49,8 +53,6 @@ def _config(tmp_path, datasets, **over):
 
 def test_online_probes_are_the_probes_of_the_stored_term1(datasets):
     """Term 1 in the file (exact Q∇²H Qᵀ v) == Q∇²H Qᵀ applied to the online-drawn probes."""
-    import h5py
-
     proteins = [load_protein(p) for p in datasets]
     items = [(0, 3), (1, 0), (0, 7), (1, 5)]
     data = collate_frames(proteins, items, [np.arange(3)] * 2, torch.float64, need_probes=True)
@@ -117,8 +119,6 @@ class _Kill(Exception):
 
 
 def _killer(at_step):
-    import lightning.pytorch as pl
-
     class Kill(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.global_step == at_step:
@@ -208,8 +208,6 @@ def test_yaml_config_and_overrides(tmp_path, datasets):
 
 
 def test_cli_registers_train(tmp_path, datasets):
-    from hessid.training.cli.train import build_parser
-
     (tmp_path / "x.yaml").write_text("name: x\n")
     args = build_parser().parse_args(["--config", str(tmp_path / "x.yaml"), "--devices", "2",
                                       "--num-nodes", "1", "--skip-verification",
@@ -244,10 +242,6 @@ def test_training_module_is_public_and_computes_every_term(datasets):
 
 def test_a_dataset_without_temperature_is_refused_not_defaulted(tmp_path):
     """β enters Term 2 and the prior: a file without ``temperature`` is an error (no silent 300 K)."""
-    import h5py
-
-    from hessid.training.data.schema import DatasetError
-
     path = write_synthetic_dataset(tmp_path / "t" / "t.h5", n_beads=4, n_frames=3, seed=0, name="noT")
     assert load_protein(path).temperature == 300.0  # control: the attribute is read when present
     with h5py.File(path, "a") as h5:

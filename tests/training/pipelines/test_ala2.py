@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
+import mdtraj as md
 import numpy as np
+import openmm.app as app
 import pytest
 
-from hessid.training.pipelines import ala2
+from hessid.training.data.synthetic import HarmonicChainPotential
+from hessid.training.learning.configs import TrainConfig
+from hessid.training.pipelines import ala2, ala2_study
 from tests.helpers import load_benchmark
 
 
@@ -50,8 +55,6 @@ def test_map_selects_exactly_the_five_backbone_atoms(structure):
 
 
 def test_map_rejects_a_topology_without_the_beads():
-    import openmm.app as app
-
     top = app.Topology()
     res = top.addResidue("ALA", top.addChain())
     top.addAtom("CA", app.element.carbon, res)
@@ -75,8 +78,6 @@ def _perturbed_frames(structure, n=16, seed=0):
 
 
 def test_phi_psi_match_mdtraj_on_the_aa_structure(structure):
-    import mdtraj as md
-
     xyz = _perturbed_frames(structure)  # random distortions: all dihedral quadrants
     traj = md.Trajectory(xyz / 10.0, md.Topology.from_openmm(structure.topology))
     _, phi = md.compute_phi(traj)
@@ -246,10 +247,6 @@ def test_hessian_relative_error():
 
 
 def test_model_hessians_of_a_harmonic_chain():
-    import torch
-
-    from hessid.training.data.synthetic import HarmonicChainPotential
-
     pot = HarmonicChainPotential(bond_k=100.0, bond_length=1.4, angle_k=0.0).double()
     x = np.cumsum(np.tile([[1.4, 0.0, 0.0]], (5, 1)), axis=0)[None]  # straight chain at rest
     h = ala2.model_hessians(pot, x)
@@ -257,7 +254,6 @@ def test_model_hessians_of_a_harmonic_chain():
     # at rest, the x-x block of bond (0,1) is k; transverse blocks vanish
     assert h[0, 0, 0] == pytest.approx(100.0) and h[0, 1, 1] == pytest.approx(0.0, abs=1e-9)
     assert np.allclose(h[0], h[0].T)
-    del torch
 
 
 # ----------------------------------------------------------------------------- benchmark driver
@@ -270,11 +266,6 @@ def _driver():
 @pytest.mark.parametrize("mode", ["quick", "small", "full"])
 def test_driver_trainer_config_is_valid_and_differs_only_in_the_loss(mode, tmp_path, monkeypatch):
     """``_call_trainer`` builds a config the trainer accepts; variants differ only in the loss."""
-    from types import SimpleNamespace
-
-    from hessid.training.learning.configs import TrainConfig
-    from hessid.training.pipelines import ala2_study
-
     drv = _driver()
     s = drv.settings(mode)
     assert s["model"]["cutoff_lower"] == 0.0  # bonds of this map are < 3 Å

@@ -9,6 +9,7 @@ of each stage's outputs, not claims about the science (the miniature is far from
 import json
 import math
 import re
+from dataclasses import asdict
 
 import h5py
 import numpy as np
@@ -86,8 +87,6 @@ def test_a_folder_of_another_scale_is_refused(demo_dir):
 def test_a_folder_of_the_first_demo_version_resumes_from_its_state(tmp_path):
     """An old ``demo_state.json`` (stage results beside done/seconds, absolute paths) is read:
     every stage it marks done is skipped and its report path returned."""
-    from dataclasses import asdict
-
     out = tmp_path / "old"
     out.mkdir()
     settings = {"scale": "ci", "name": "chignolin", "sequence": "GYDPETGTWG", "pdb": None, "seed": 0,

@@ -15,7 +15,14 @@ from tests.helpers import load_benchmark
 pytest.importorskip("tblite")
 pytest.importorskip("torchmdnet")
 
-from hessid.training.pipelines.phl import ARM_LOSSES, analyse, arm_loss, job_list, molecule_arms  # noqa: E402
+from hessid.training.pipelines.phl import (  # noqa: E402
+    ARM_LOSSES,
+    analyse,
+    arm_loss,
+    job_list,
+    molecule_arms,
+    run_study,
+)
 
 
 def _records(factor: dict, noise: float, seed: int = 0) -> list[dict]:
@@ -101,8 +108,6 @@ def test_a_molecule_trains_only_its_own_arms_and_its_untrained_findings_are_not_
 
 
 def test_unknown_stop_after_is_refused_before_anything_runs(tmp_path):
-    from hessid.training.pipelines.phl import run_study
-
     with pytest.raises(ValueError, match="--stop-after must be one of"):
         run_study(tmp_path / "x", {}, tmp_path / "x.md", stop_after="everything")
     assert not (tmp_path / "x").exists()
@@ -181,8 +186,6 @@ def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert again["verdicts"] == summary["verdicts"]
     assert json.loads((out / "results" / "phl_summary.json").read_text())["analysis"] == json.loads(before)["analysis"]
     # a changed setting in the same folder is refused
-    from hessid.training.pipelines.phl import run_study
-
     s2 = {**s, "sizes": [4, 6]}
     with pytest.raises(ValueError, match="other settings"):
         run_study(out, s2, out / "x.md", jobs=1)
