@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from hessid.cli.options import read_yaml_mapping
+from hessid.training.learning.derivatives import HVP_METHODS
 
 __all__ = [
     "HVP_ESTIMATORS",
@@ -113,6 +114,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[typing.Any], bool], str]] 
     ("trainer", "num_nodes"): (lambda v: v >= 1, ">= 1"),
     ("trainer", "hvp_probe_chunk"): (lambda v: v is None or v >= 1, ">= 1 (or null: all probes)"),
     ("trainer", "log_every_n_steps"): (lambda v: v >= 1, ">= 1"),
+    ("trainer", "hvp_method"): (lambda v: v in HVP_METHODS, f"one of {', '.join(HVP_METHODS)}"),
     ("prior", "n_fourier"): (lambda v: v >= 0, ">= 0"),
     ("prior", "repulsion_scale"): (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
 }
@@ -436,6 +438,12 @@ class TrainerConfig:
         log_every_n_steps: log the training terms (and write their ``metrics.csv`` row) every
             this many optimizer steps (1: every step). Each step's logging costs a fixed
             overhead that matters for tiny systems (docs/training.md "Logging").
+        hvp_method: how the HVPs go through the network (all exact, they differ in cost):
+            ``"auto"`` picks ``"edges"`` or ``"dense"`` by size with the crossover measured on
+            CPUs (:func:`~hessid.training.learning.derivatives.choose_hvp_method`); set
+            ``"edges"`` or ``"dense"`` where your hardware's crossover differs (GPUs: measure
+            with ``benchmarks/hvp_step.py --methods edges,dense``); ``"double_backward"`` is
+            the slow independent reference.
     """
 
     max_steps: int = 1000
@@ -453,6 +461,7 @@ class TrainerConfig:
     keep_best: bool = False
     compile: bool = False
     log_every_n_steps: int = 1
+    hvp_method: str = "auto"
 
     def __post_init__(self):
         validate_fields(self, "trainer")

@@ -121,6 +121,7 @@ class CGTrainingModule(pl.LightningModule):
                                 batch, probes,
                                 create_graph=True,
                                 probe_chunk=self.cfg.trainer.hvp_probe_chunk,
+                                method=self.cfg.trainer.hvp_method,
                                 residual_target=data["forces"] if use_rb and stored is None else None,
                                 residual_transform=project if lc.hvp_project_bonds else None)
         if use_rb and stored is not None:
