@@ -98,6 +98,7 @@ class _HarmonicBath:
         """C_R = k_B β² Var_R(U) = m k_B/2, kcal/mol/K (every R, every T)."""
         return self.m * KB_KCAL_PER_MOL_K / 2
 
+
 class GaussianThermoSystem(_HarmonicBath):
     """T1: ``U = U0 + ½(r − r0)ᵀK(r − r0)``, ``R = M r`` (docs/thermo.md §6, T1).
 
@@ -152,7 +153,6 @@ class GaussianThermoSystem(_HarmonicBath):
     def mean_energy(self, R, beta: float) -> torch.Tensor:
         """⟨U⟩_R = U0 + ½ΔRᵀC⁻¹ΔR + m/(2β), (..., d) → (...) kcal/mol."""
         return self.U0 + self._quad(R) + self.m / (2 * _check_beta(beta))
-
 
     def mean_force(self, R) -> torch.Tensor:
         """F = −C⁻¹(R − M r0), (..., d) → (..., d) kcal/mol/Å (β-independent: ∂_βF = 0)."""
@@ -269,7 +269,6 @@ class EntropicDoubleWell(_HarmonicBath):
     def mean_energy(self, x, beta: float):
         """⟨U⟩_x = V − mλ²/(2k) + m/(2β), kcal/mol."""
         return self.V(x) - self.m * self.lam**2 / (2 * self.k(x)) + self.m / (2 * _check_beta(beta))
-
 
     def mean_force(self, x, beta: float):
         """F(x, β) = −V' − mγ/(2β) − mγλ²/(2k), kcal/mol/Å."""

@@ -19,7 +19,7 @@ import torch
 
 from hessid.probes import ProbeSpec
 from hessid.training.data.reader import open_dataset
-from hessid.training.data.schema import DatasetError
+from hessid.training.data.schema import FRAME_TEMPERATURE, DatasetError
 from hessid.training.learning.configs import TrainConfig
 from hessid.training.learning.losses import hessian_target_norms, hvp_target_norms
 from hessid.training.learning.thermal_losses import NoiseFloors, estimate_noise_floors
@@ -134,9 +134,10 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
         DatasetNotFoundError: no file (a ``FileNotFoundError``).
         NotMappedError: no ``cg/`` group (a ``ValueError``, as every
             :class:`~hessid.training.data.schema.DatasetError`).
-        DatasetError: a dataset training needs is missing (names the file and dataset), or the
+        DatasetError: a dataset training needs is missing (names the file and dataset), the
             file has neither a ``temperature`` attribute nor per-frame temperatures (β enters
-            Term 2 and the prior: no default).
+            Term 2 and the prior: no default), or a frame's temperature is not a finite positive
+            number (names the file and frame).
         ValueError: shapes inconsistent (names the file and dataset).
     """
     sl = slice(None, max_frames)
@@ -159,6 +160,10 @@ def load_protein(path: str | Path, max_frames: int | None = None) -> ProteinData
         )  # fmt: skip
         if p.temperatures is None:
             p.temperatures = np.full(p.n_frames, float(temperature))
+        bad = np.flatnonzero(~(np.isfinite(p.temperatures) & (p.temperatures > 0)))
+        if bad.size:  # β = 1/(k_B T) must be finite and > 0 for every frame (Term 2, the prior)
+            raise DatasetError(ds.path, FRAME_TEMPERATURE, f"temperature {p.temperatures[bad[0]]!r} K is "
+                               "not a finite positive number", frame=int(bad[0]))
         if ds.has_term1:
             p.term1, p.term1_attrs, p.term1_done = ds.term1.values(sl), ds.term1.attrs, ds.term1.done(sl)
         if ds.has_hessian_block:
@@ -465,7 +470,7 @@ def collate_frames(proteins: list[ProteinData], items: list[tuple[int, int]],
         types.append(torch.as_tensor(type_maps[pi][p.bead_types]))
         batch.append(torch.full((n,), b, dtype=torch.long))
         fid.append(int(p.frame_id[t]))
-        beta.append(beta_of_temperature(p.frame_temperature(t)))  # finite, > 0 (or raises)
+        beta.append(beta_of_temperature(p.frame_temperature(t)))  # finite, > 0: checked by load_protein
         if p.potential_energy is not None:
             energy.append(float(p.potential_energy[t]))
         if need_probes:

@@ -186,6 +186,23 @@ def test_log_every_n_steps_thins_the_training_rows_not_the_training(tmp_path, da
         _config(tmp_path, datasets, trainer={"log_every_n_steps": 0})
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_a_frame_without_a_finite_positive_temperature_is_named_at_load(tmp_path, bad):
+    """β = 1/(k_B T) enters Term 2 and the prior: load_protein refuses a frame whose stored
+    temperature is not finite and positive, naming the file, the dataset and the frame
+    (control: the same file with every temperature valid loads)."""
+    path = write_synthetic_dataset(tmp_path / "t.h5", n_beads=4, n_frames=5)
+    temps = np.full(5, 300.0)
+    with h5py.File(path, "a") as f:
+        f["temperature"] = temps
+    assert load_protein(path).temperatures.tolist() == temps.tolist()
+    temps[3] = bad
+    with h5py.File(path, "a") as f:
+        f["temperature"][...] = temps
+    with pytest.raises(DatasetError, match=r"t\.h5: dataset 'temperature', frame 3: temperature"):
+        load_protein(path)
+
+
 def test_hvp_method_is_used_and_every_exact_path_trains_alike(tmp_path, datasets, monkeypatch):
     """trainer.hvp_method reaches energy_forces_hvp (spy), and edges / dense give the same
     training losses to float64 round-off (all paths are exact); an unknown path is refused."""
