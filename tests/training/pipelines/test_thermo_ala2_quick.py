@@ -23,6 +23,7 @@ pytest.importorskip("torchmdnet")
 
 from hessid.training.data.reader import open_dataset  # noqa: E402
 from hessid.training.pipelines.thermo_ala2 import PRIMARY, run_study  # noqa: E402
+from hessid.training.pipelines.thermo_ala2_figures import main as figures_main  # noqa: E402
 
 
 @pytest.mark.timeout(600)
@@ -100,6 +101,13 @@ def test_quick_transfer_study_runs_every_stage_pairs_the_arms_and_resumes(tmp_pa
                    "extrapolation: train 300, 350, 400 K, predict 450 K", "ns/day", *s["arms"]):
         assert needle in text, needle
 
+    # the figures: one transfer plot and one φ/ψ plot per task, as PNG files
+    assert figures_main([str(run), str(tmp_path / "fig")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
+    assert pngs == sorted(["thermo_ala2_transfer.png", *[f"thermo_ala2_phi_psi_{t}.png" for t in s["tasks"]]])
+    for name in pngs:
+        assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # every stage resumes from its outputs: a second call rewrites no product
     products = sorted([*run.glob("aa/*/*.h5"), *run.glob("data/*/*/*.h5"), *run.glob("train/*/model.pt"),
                        *run.glob("cgmd/*/*.dcd")])
@@ -114,3 +122,11 @@ def test_quick_transfer_study_runs_every_stage_pairs_the_arms_and_resumes(tmp_pa
         run_study(run, other, results, jobs=1)
     with pytest.raises(ValueError, match="unknown stage"):
         run_study(run, bench.settings("quick"), results, jobs=1, stop_after="nope")
+    # figures of a folder that is not a run, or whose evaluation has not finished: exit 2, one line
+    assert figures_main([str(tmp_path / "nothing"), str(tmp_path / "fig2")]) == 2
+    state = json.loads((run / "state.json").read_text())
+    state["stages"]["evaluate"]["done"] = False
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "state.json").write_text(json.dumps(state))
+    assert figures_main([str(tmp_path / "half"), str(tmp_path / "fig2")]) == 2
+    assert not (tmp_path / "fig2").exists()
