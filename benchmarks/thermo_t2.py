@@ -4,9 +4,12 @@ against the exact quadrature.
 
 Resumable: each (arm, seed) writes ``OUT/runs/<arm>_s<seed>.json`` and is skipped when present.
 ``--quick`` is a seconds-long miniature for CI (meaningless numbers). Prints one JSON object;
-``--results FILE`` also writes the markdown table.
+``--results FILE`` also writes the markdown table, ``--figure PNG`` the figure (exact curves against
+T, every arm's mean ± SD at the evaluation temperatures); ``--from-json FILE --figure PNG`` redraws
+the figure of a finished run's JSON without training.
 
     python benchmarks/thermo_t2.py --out runs/thermo_t2 --jobs 3 --results /tmp/t2.md
+    python benchmarks/thermo_t2.py --from-json docs/results/thermo/t2_result.json --figure docs/results/thermo/t2.png
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import finish, machine_info  # noqa: E402
 
 from hessid.thermo_toys import t2_double_well  # noqa: E402
+from hessid.training.evaluation.report import MODEL_COLORS, pyplot  # noqa: E402
 from hessid.training.learning.thermal_losses import estimate_noise_floors, thermal_loss  # noqa: E402
 from hessid.training.learning.thermal_models import ThermalPotential  # noqa: E402
 from hessid.training.learning.thermal_toy import (  # noqa: E402
@@ -186,6 +190,58 @@ def markdown(summary: dict, exact: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: panels of the figure: key, axis label, scale of the plotted value
+FIGURE_PANELS = (("population", "P(x < 0)", 1.0), ("mean_energy", "⟨U⟩ (kcal/mol)", 1.0),
+                 ("heat_capacity", "C_tot (10⁻³ kcal/mol/K)", 1e3),
+                 ("free_energy_difference", "A(1) − A(−1) (kcal/mol)", 1.0))
+
+
+def plot_t2(result: dict, path: str | Path, t_range: tuple[float, float] = (150.0, 450.0)) -> Path:
+    """The T2 figure: exact P(x<0), ⟨U⟩, C_tot and A(1) − A(−1) against T (quadrature, black),
+    the training temperatures of the T-aware arms shaded, and every arm's mean ± SD over seeds at
+    the evaluation temperatures (points, side by side).
+
+    Args:
+        result: the JSON object of :func:`main` (``settings``, ``summary``).  path: PNG file.
+        t_range: temperatures (K) of the exact curves.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    temps = np.linspace(*t_range, 61)
+    exact = exact_table(tuple(float(t) for t in temps))
+    arms = list(result["settings"]["arms"])
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.6 * len(FIGURE_PANELS), 4.2), constrained_layout=True)
+    width = 6.0
+    for ax, (key, label, scale) in zip(axes, FIGURE_PANELS, strict=True):
+        for t in ARMS["M2"][1]:
+            ax.axvspan(t - 4, t + 4, color="0.9", zorder=0)
+        ax.plot(temps, [scale * exact[float(t)][key] for t in temps], color="black", lw=1.8, label="exact")
+        for i, arm in enumerate(arms):
+            cells = result["summary"][arm]["temperatures"]
+            xs = [float(t) + (i - (len(arms) - 1) / 2) * width for t in EVAL_TEMPERATURES]
+            ys = [scale * cells[_tkey(cells, t)][key]["mean"] for t in EVAL_TEMPERATURES]
+            es = [scale * (cells[_tkey(cells, t)][key]["sd"] or 0.0) for t in EVAL_TEMPERATURES]
+            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, color=MODEL_COLORS[i % len(MODEL_COLORS)], label=arm)
+        ax.set_xlabel("temperature (K)")
+        ax.set_title(label, fontsize=12)
+    # M0-300's ⟨U⟩ is its A_θ with an arbitrary constant (thermo.md): keep the axis on the exact range
+    lo, hi = min(exact[float(t)]["mean_energy"] for t in temps), max(exact[float(t)]["mean_energy"] for t in temps)
+    axes[1].set_ylim(lo - 0.5, hi + 0.5)
+    axes[0].legend(fontsize=9)
+    fig.suptitle("T2 entropic double well: trained at 250/300/350 K (grey), evaluated at 200/300/400 K; "
+                 "mean ± SD over seeds", fontsize=12)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _tkey(cells: dict, t: float):
+    """The key of temperature ``t`` in a summary read back from JSON (str) or made here (float)."""
+    return t if t in cells else str(t)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/thermo_t2", help="folder of per-run results (resumable)")
@@ -193,7 +249,19 @@ def main(argv=None) -> dict:
     p.add_argument("--jobs", type=int, default=1, help="parallel processes")
     p.add_argument("--results", default=None, help="also write the markdown table here")
     p.add_argument("--json", default=None, help="also write the JSON here")
+    p.add_argument("--figure", default=None, help="also draw the figure (PNG) here")
+    p.add_argument("--from-json", default=None, help="with --figure: redraw from this result JSON, train nothing")
     args = p.parse_args(argv)
+    if args.from_json:
+        if not args.figure:
+            p.error("--from-json needs --figure")
+        try:
+            result = json.loads(Path(args.from_json).read_text())
+            plot_t2(result, args.figure)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: {args.from_json}: not a thermo_t2 result ({err!r})", file=sys.stderr)
+            raise SystemExit(2) from None
+        return result
     st = settings("quick" if args.quick else "full")
     out = Path(args.out)
     result = {"benchmark": "thermo_t2", "machine": machine_info(), "settings": st}
@@ -218,6 +286,8 @@ def main(argv=None) -> dict:
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(table)
+    if args.figure:
+        plot_t2(result, args.figure)
     return finish(result, packages=("hessid", "numpy", "torch"), out=args.json)
 
 

@@ -3,6 +3,8 @@ recomputing (the miniature's numbers mean nothing)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import load_benchmark
@@ -11,8 +13,9 @@ from tests.helpers import load_benchmark
 @pytest.mark.slow
 def test_quick_t2_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
     bench = load_benchmark('thermo_t2')
-    table = tmp_path / "t2.md"
-    first = bench.main(["--quick", "--out", str(tmp_path / "run"), "--results", str(table)])
+    table, figure = tmp_path / "t2.md", tmp_path / "t2.png"
+    first = bench.main(["--quick", "--out", str(tmp_path / "run"), "--results", str(table), "--figure", str(figure)])
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = table.read_text()
     for arm in bench.settings("quick")["arms"]:
         assert f"| {arm} |" in text
@@ -21,3 +24,19 @@ def test_quick_t2_study_runs_every_arm_and_resumes_without_recomputing(tmp_path)
     assert first["summary"]["M0-300"]["recovers_parameters"] is False
     again = bench.main(["--quick", "--out", str(tmp_path / "run")])
     assert again["computed"] == [] and again["table"] == first["table"]
+
+
+def test_t2_figure_redraws_from_a_result_json_and_refuses_another_file(tmp_path):
+    bench = load_benchmark('thermo_t2')
+    result = bench.main(["--quick", "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
+    out = tmp_path / "again.png"
+    again = bench.main(["--from-json", str(tmp_path / "r.json"), "--figure", str(out)])
+    assert again["summary"] == json.loads(json.dumps(result["summary"]))  # read back, nothing trained
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # negative controls: a JSON that is not a T2 result, and a missing file: exit 2, no figure
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "something else"}))
+    for bad in ("other.json", "missing.json"):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--from-json", str(tmp_path / bad), "--figure", str(tmp_path / "bad.png")])
+        assert exc.value.code == 2
+    assert not (tmp_path / "bad.png").exists()
