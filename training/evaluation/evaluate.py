@@ -228,7 +228,7 @@ def filter_replicas(trajs: Trajectories, bond_range_nm: tuple[float, float] = (0
         elif not np.all(np.isfinite(xyz)):
             reason = "non-finite coordinates"
         elif len(xyz) and not _bonds_in_range(xyz, bond_range_nm):
-            reason = f"Cα–Cα bond outside [{bond_range_nm[0]}, {bond_range_nm[1]}] nm"
+            reason = f"CG bond outside [{bond_range_nm[0]}, {bond_range_nm[1]}] nm"
         else:
             cut = int(math.floor(burn_in * len(xyz)))
             if len(xyz) - cut < 1:

@@ -57,7 +57,7 @@ STATUS_RUNNING = 0
 STATUS_NONFINITE = 1
 STATUS_BOND_OUT_OF_RANGE = 2
 STATUS_NAMES = {0: "running", 1: "non-finite positions/velocities/forces/energy",
-                2: "Cα–Cα bond outside the allowed range"}
+                2: "CG bond outside the allowed range"}
 
 #: BAOAB, like velocity Verlet, is unstable for a harmonic mode of angular frequency ω when
 #: ω·h ≥ 2 (h the timestep): :func:`check_timestep` refuses a timestep beyond it.

@@ -155,7 +155,7 @@ def test_simulate_whose_replicas_all_fail_exits_1_with_a_summary(workdir, capsys
     argv = [*SIM, "--model", "harmonic:100,10", "--out", os.fspath(out), "-q"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "all 2 replicas stopped (at step" in err and "Cα–Cα bond outside" in err
+    assert "all 2 replicas stopped (at step" in err and "CG bond outside" in err
     assert (out / "simulation.json").exists()  # the failed run's record stays
     assert main([*SIM, "--out", os.fspath(tmp_path / "fine"), "-q"]) == 0  # negative control
 
