@@ -46,7 +46,8 @@ class EvaluateOptions:
             longest reference trajectory spans ten times that, else a tenth of it; a lag not
             shorter than the reference is refused).
         burn_in: fraction dropped from the start of each replica.
-        bond_range: allowed Cα–Cα bond range (min max), Å.
+        bond_range: allowed consecutive-bead (CG bond) distance range (min max), Å (default set
+            for Cα maps).
         n_bootstrap: replica bootstrap resamples for single-run standard errors.
         max_kde_points: KDEs built on at most this many points (seeded subsample).
         max_eval_points: KL Monte-Carlo mean over at most this many reference points.

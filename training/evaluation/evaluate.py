@@ -358,7 +358,8 @@ class BenchmarkEvaluator:
             trajectory is refused (ValueError with the lengths).
         n_tics: TICs kept (≥ 4; the metrics use TIC0–3 and (TIC0, TIC1)).
         burn_in: fraction dropped from the start of each model replica (0.1).
-        bond_range: allowed Cα–Cα bond range, Å ([2.0, 6.0]).
+        bond_range: allowed consecutive-bead (CG bond) distance range, Å ([2.0, 6.0], set for
+            Cα maps; other maps pass their own, e.g. 1.0–2.2 Å for the 5-bead alanine-dipeptide map).
         floor: KL density floor (1e-6).
         n_grid_1d: 1-D W1 grid (100). n_grid_2d: 2-D grid per axis (25). padding: 2-D grid
             padding (0.1).
