@@ -131,7 +131,7 @@ def summarise(rows: list[dict], exact: dict) -> dict:
         for t in EVAL_TEMPERATURES:
             cell = {}
             for k in TARGETS + ("heat_capacity_channel", "entropy_gradient"):
-                v = np.array([r["eval"][str(t)][k] if str(t) in r["eval"] else r["eval"][t][k] for r in rs])
+                v = np.array([r["eval"][_tkey(r["eval"], t)][k] for r in rs])
                 cell[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
                 if k in exact[t]:
                     cell[k]["error"] = float(v.mean() - exact[t][k])

@@ -23,7 +23,7 @@ import numpy as np
 
 from hessid.training.evaluation.report import MODEL_COLORS, REFERENCE_COLOR, pyplot
 from hessid.training.pipelines import ala2
-from hessid.training.pipelines.runner import read_json
+from hessid.training.pipelines.runner import StageRunner
 from hessid.training.pipelines.thermo_ala2 import STATE_FILE, replica_angles, tkey
 
 #: free-energy colour scale top, kcal/mol (the study's F RMSE uses bins below 3 kcal/mol)
@@ -31,35 +31,35 @@ F_MAX = 5.0
 
 
 def load_run(run: str | Path) -> dict:
-    """Settings and stage results of a finished transfer-study run.
+    """Settings and stage results of a finished transfer-study run, read once (through the
+    study's :class:`~hessid.training.pipelines.runner.StageRunner` state).
 
     Args:
         run: the study's run folder (``--out`` of ``benchmarks/thermo_ala2.py``).
 
     Returns:
-        ``{"settings", "reference", "train", "evaluate"}`` — the settings dict and the results of
-        the stages of those names (``reference``: per ``"<T>K"`` populations, ``delta_g``,
-        ``delta_g_se`` kcal/mol; ``evaluate``: ``{task: {arm: {seed: metrics}}}``).
+        ``{"folder", "settings", "reference", "train", "evaluate"}`` — the folder (Path), the
+        settings dict and the results of the stages of those names (``reference``: per ``"<T>K"``
+        populations, ``delta_g``, ``delta_g_se`` kcal/mol; ``evaluate``: ``{task: {arm: {seed:
+        metrics}}}``).
 
     Raises:
         FileNotFoundError: no ``state.json`` in ``run``.
-        ValueError: ``state.json`` is not a complete JSON object, or a stage the figures need
+        ValueError: ``state.json`` is not a stage state, or a stage the figures need
             (reference, train, evaluate) has not finished.
     """
     path = Path(run) / STATE_FILE
-    if not path.is_file():
+    if not path.is_file():  # checked first: the runner would create the folder
         raise FileNotFoundError(f"{path}: no study state (not a thermo_ala2 run folder)")
-    state = read_json(path)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a complete study state (JSON object)")
-    stages = state.get("stages", {})
-    missing = [n for n in ("reference", "train", "evaluate") if not stages.get(n, {}).get("done")]
+    runner = StageRunner(run, STATE_FILE, label="thermo_ala2")
+    needed = ("reference", "train", "evaluate")
+    missing = [n for n in needed if not runner.done(n)]
     if missing:
         raise ValueError(f"{path}: stage(s) {', '.join(missing)} not finished; run the study first")
-    return {"settings": state["settings"], **{n: stages[n]["result"] for n in ("reference", "train", "evaluate")}}
+    return {"folder": runner.run_dir, "settings": runner.data["settings"], **{n: runner.result(n) for n in needed}}
 
 
-def plot_transfer(run: str | Path, path: str | Path) -> Path:
+def plot_transfer(r: dict, path: str | Path) -> Path:
     """ΔG(αR−β) (top) and p(αR) (bottom) against T, one column per task.
 
     The AA reference is the black line with ±SE bars (4 independent runs); grey bands mark the
@@ -67,15 +67,11 @@ def plot_transfer(run: str | Path, path: str | Path) -> Path:
     (side by side) and a bar marks their mean.
 
     Args:
-        run: run folder.  path: PNG file.
+        r: :func:`load_run` of the run folder.  path: PNG file.
 
     Returns:
         ``path`` as a Path.
-
-    Raises:
-        as :func:`load_run`.
     """
-    r = load_run(run)
     s, refs, ev = r["settings"], r["reference"], r["evaluate"]
     temps = [float(t) for t in s["temperatures"]]
     plt = pyplot()
@@ -115,7 +111,7 @@ def plot_transfer(run: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_phi_psi(run: str | Path, task: str, path: str | Path) -> Path:
+def plot_phi_psi(r: dict, task: str, path: str | Path) -> Path:
     """φ/ψ free energies at the task's target temperature: AA reference, then every arm.
 
     F = −k_BT ln P on the study's smoothed 36 × 36 periodic grid (:func:`ala2.phi_psi_density`,
@@ -124,27 +120,26 @@ def plot_phi_psi(run: str | Path, task: str, path: str | Path) -> Path:
     drawn on every arm's panel.
 
     Args:
-        run: run folder.  task: a task of the settings.  path: PNG file.
+        r: :func:`load_run` of the run folder.  task: a task of the settings.  path: PNG file.
 
     Returns:
         ``path`` as a Path.
 
     Raises:
-        KeyError: unknown ``task``.  as :func:`load_run`.
+        KeyError: unknown ``task``.
     """
-    r = load_run(run)
-    s = r["settings"]
+    s, run = r["settings"], r["folder"]
     if task not in s["tasks"]:
         raise KeyError(f"unknown task {task!r}; tasks: {', '.join(s['tasks'])}")
     target = float(s["tasks"][task]["target"])
     c = s["cgmd"]
     dt_ps = c["save_interval"] * c["timestep"] * 1e-3
-    reference = np.load(Path(run) / "reference" / f"phi_psi_{tkey(target)}.npy")  # (F, 2) rad
+    reference = np.load(run / "reference" / f"phi_psi_{tkey(target)}.npy")  # (F, 2) rad
     panels = [("AA reference", reference)]
     for arm in s["arms"]:
         per = []
         for rec in r["train"][task][arm].values():
-            per += [a for a in replica_angles(Path(run) / "cgmd" / rec["name"], c["burn_in_ps"], dt_ps)
+            per += [a for a in replica_angles(run / "cgmd" / rec["name"], c["burn_in_ps"], dt_ps)
                     if a is not None and len(a)]  # fmt: skip
         panels.append((arm, np.concatenate(per) if per else None))
     plt = pyplot()
@@ -185,11 +180,11 @@ def write_figures(run: str | Path, dest: str | Path) -> list[Path]:
     Raises:
         as :func:`load_run`.
     """
-    tasks = list(load_run(run)["settings"]["tasks"])  # refuses an unfinished run before writing
+    r = load_run(run)  # refuses an unfinished run before writing
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return [plot_transfer(run, dest / "thermo_ala2_transfer.png"),
-            *[plot_phi_psi(run, t, dest / f"thermo_ala2_phi_psi_{t}.png") for t in tasks]]
+    return [plot_transfer(r, dest / "thermo_ala2_transfer.png"),
+            *[plot_phi_psi(r, t, dest / f"thermo_ala2_phi_psi_{t}.png") for t in r["settings"]["tasks"]]]
 
 
 def main(argv: list[str] | None = None) -> int:
