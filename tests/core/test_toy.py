@@ -19,25 +19,14 @@ from hessid.toy import (
     shear_system,
 )
 from tests.helpers import assert_close, assert_symmetric, assert_unbiased
-from tests.strategies import full_rank_maps, seeds, spd_matrices
+from tests.strategies import gaussian_systems
 
 F64 = torch.float64
 FAST = settings(max_examples=12, deadline=None)
 
 
-@st.composite
-def gaussians(draw):
-    D = draw(st.integers(3, 6))
-    d = draw(st.integers(1, D - 1))
-    K = torch.as_tensor(draw(spd_matrices(dim=D)))
-    M = torch.as_tensor(draw(full_rank_maps(n_out=d, n_in=D)))
-    rng = np.random.default_rng(draw(seeds))
-    g = GaussianSystem(K, torch.as_tensor(rng.standard_normal(D)), M, draw(st.floats(0.3, 3.0)))
-    return g, torch.as_tensor(rng.standard_normal(d))
-
-
 @FAST
-@given(case=gaussians())
+@given(case=gaussian_systems())
 def test_gaussian_conditional_law_matches_the_closed_forms(case):
     g, R = case
     K, M, r0, beta = g.K, g.M, g.r0, g.beta
@@ -53,7 +42,7 @@ def test_gaussian_conditional_law_matches_the_closed_forms(case):
 
 
 @FAST
-@given(case=gaussians())
+@given(case=gaussian_systems())
 def test_gaussian_free_energy_gradient_is_minus_the_exact_mean_force(case):
     g, R = case
     RR = R.clone().requires_grad_(True)
@@ -62,7 +51,7 @@ def test_gaussian_free_energy_gradient_is_minus_the_exact_mean_force(case):
 
 
 @FAST
-@given(case=gaussians())
+@given(case=gaussian_systems())
 def test_moment_matched_samples_have_the_exact_conditional_moments(case):
     g, R = case
     x, w = g.moment_matched_samples(R)
