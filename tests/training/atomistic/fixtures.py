@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hessid.training.atomistic.model import AtomisticPotential
+from hessid.training.data.qm import QMDataset
 
 SMALL = dict(embedding_dimension=16, num_layers=1, num_rbf=8, cutoff_upper=4.0, max_z=10)
 
@@ -27,35 +27,12 @@ def random_molecule(n: int, seed: int, spacing: float = 1.1) -> tuple[torch.Tens
     return z, base + 0.2 * torch.randn(n, 3, generator=g, dtype=torch.float64)
 
 
-@dataclass(frozen=True)
-class FakeQM:
-    """QMDataset-like arrays: a quadratic 'QM' energy around a random geometry, so energies,
-    forces and Hessians are consistent (E = ½ xᵀKx, F = −Kx, H = K)."""
-
-    name: str
-    species: np.ndarray
-    coordinates: np.ndarray
-    energies: np.ndarray
-    forces: np.ndarray
-    hessians: np.ndarray | None
-    structure_id: np.ndarray
-    subset: np.ndarray
-    done: np.ndarray
-    path: Path = Path("fake.h5")
-    attrs: dict = field(default_factory=dict)
-    minima: object = None
-
-    @property
-    def n_atoms(self):
-        return int(self.species.shape[0])
-
-    @property
-    def has_hessians(self):
-        return self.hessians is not None
-
-
 def fake_dataset(name: str, n_atoms: int, n_structures: int, seed: int, id_offset: int = 0,
-                 hessians: bool = True) -> FakeQM:
+                 hessians: bool = True) -> QMDataset:
+    """An in-memory :class:`~hessid.training.data.qm.QMDataset` (path ``fake.h5``, no file) of
+    a quadratic 'QM' energy around a random geometry, so energies, forces and Hessians are
+    consistent (E = ½ xᵀKx, F = −Kx, H = K); the second half of the structures is the far
+    subset (3× the displacement); every structure done, none failed."""
     z, x0 = random_molecule(n_atoms, seed)
     rng = np.random.default_rng(seed)
     d = 3 * n_atoms
@@ -67,7 +44,8 @@ def fake_dataset(name: str, n_atoms: int, n_structures: int, seed: int, id_offse
     energies = -1000.0 * n_atoms + 0.5 * np.einsum("ti,ij,tj->t", disp, K, disp)
     forces = -(disp @ K).reshape(n_structures, n_atoms, 3)
     subset = (np.arange(n_structures) >= n_structures // 2).astype(np.int8)
-    return FakeQM(name, z.numpy().astype(np.int64), coords, energies, forces,
-                  np.repeat(K[None], n_structures, 0) if hessians else None,
-                  np.arange(n_structures, dtype=np.int64) + id_offset, subset,
-                  np.ones(n_structures, bool))
+    return QMDataset(name, Path("fake.h5"), {}, z.numpy().astype(np.int64), coords, energies, forces,
+                     np.repeat(K[None], n_structures, 0) if hessians else None,
+                     np.arange(n_structures, dtype=np.int64) + id_offset, subset,
+                     np.ones(n_structures, bool), np.zeros(n_structures, bool),
+                     error=("",) * n_structures)
