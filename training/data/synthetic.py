@@ -86,6 +86,39 @@ def spring_network(reference: np.ndarray, cutoff: float = 8.0, k: float = 5.0):
     return energy
 
 
+def _ca_selection(n_beads: int) -> np.ndarray:
+    """Selection weights S (n, 2n) float64 of the Cα + side-bead chains: bead i is atom 2i."""
+    S = np.zeros((n_beads, 2 * n_beads))
+    S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
+    return S
+
+
+def _write_chain_file(h5: h5py.File, *, forcefield: str, temperature: float, seed: int, name: str,
+                      coordinates: np.ndarray, forces: np.ndarray, potential_energy: np.ndarray,
+                      frame_id: np.ndarray, weights: np.ndarray, projector: np.ndarray,
+                      cg_coordinates: np.ndarray, cg_forces: np.ndarray, bead_types: np.ndarray,
+                      vocabulary: list[str]) -> h5py.Group:
+    """Write what both synthetic files share: root attributes, the AA arrays, and ``cg/`` with
+    the map, mapped arrays, bead types and consecutive-bead bonds; returns the ``cg`` group."""
+    n_frames, n_beads = cg_coordinates.shape[:2]
+    h5.attrs.update(dict(length_unit="angstrom", energy_unit="kcal/mol",
+                         temperature=float(temperature), forcefield=forcefield,
+                         solvent="none", platform="synthetic", seed=int(seed),
+                         versions=json.dumps({}), name=name))
+    h5.create_dataset("topology", data="synthetic")
+    h5["coordinates"], h5["forces"] = coordinates, forces
+    h5["potential_energy"] = potential_energy
+    h5["time"] = np.arange(n_frames, dtype=np.float64)
+    h5["frame_id"] = frame_id
+    g = h5.create_group("cg")
+    g["weights"], g["projector"] = weights, projector
+    g["coordinates"], g["forces"] = cg_coordinates, cg_forces
+    bt = g.create_dataset("bead_types", data=bead_types)
+    bt.attrs["bead_vocabulary"] = json.dumps(vocabulary)
+    g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
+    return g
+
+
 def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 12,
                             seed: int = 0, probe_kind: str = "gaussian", n_probes: int = 2,
                             probe_seed: int = 7, temperature: float = 300.0,
@@ -128,8 +161,7 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
     e = energy_fn(r)
     (g,) = torch.autograd.grad(e.sum(), r)
     forces = -g.numpy()
-    S = np.zeros((n_beads, N))
-    S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
+    S = _ca_selection(n_beads)
     Q = 1.1 * S if broken_projector else S.copy()
     frame_id = np.arange(n_frames, dtype=np.int64) + frame_id_offset
     spec = ProbeSpec(kind=probe_kind, seed=int(probe_seed), n_probes=int(n_probes))
@@ -146,23 +178,12 @@ def write_synthetic_dataset(path: str | Path, n_beads: int = 8, n_frames: int = 
             term1[t, m] = torch.einsum("nN,Nc->nc", Qt, hu[0]).numpy()
     types = np.arange(n_beads, dtype=np.int64) % 3
     with h5py.File(path, "w") as h5:
-        h5.attrs.update(dict(length_unit="angstrom", energy_unit="kcal/mol",
-                             temperature=float(temperature), forcefield="spring-network",
-                             solvent="none", platform="synthetic", seed=int(seed),
-                             versions=json.dumps({}), name=name or path.stem))
-        h5.create_dataset("topology", data="synthetic")
-        h5["coordinates"] = coords
-        h5["forces"] = forces
-        h5["potential_energy"] = e.detach().numpy()
-        h5["time"] = np.arange(n_frames, dtype=np.float64)
-        h5["frame_id"] = frame_id
-        g = h5.create_group("cg")
-        g["weights"], g["projector"] = S, Q
-        g["coordinates"] = np.einsum("nN,TNc->Tnc", S, coords)
-        g["forces"] = np.einsum("nN,TNc->Tnc", Q, forces)
-        bt = g.create_dataset("bead_types", data=types)
-        bt.attrs["bead_vocabulary"] = json.dumps(["ALA", "GLY", "TRP"])
-        g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
+        g = _write_chain_file(
+            h5, forcefield="spring-network", temperature=temperature, seed=seed, name=name or path.stem,
+            coordinates=coords, forces=forces, potential_energy=e.detach().numpy(), frame_id=frame_id,
+            weights=S, projector=Q, cg_coordinates=np.einsum("nN,TNc->Tnc", S, coords),
+            cg_forces=np.einsum("nN,TNc->Tnc", Q, forces), bead_types=types,
+            vocabulary=["ALA", "GLY", "TRP"])
         ds = g.create_dataset("hvp_term1", data=term1)
         ds.attrs.update(spec.to_attrs(dim=3 * n_beads))
         ds.attrs.update(dict(epsilon_nm=0.0, platform="exact", precision="double",
@@ -267,24 +288,13 @@ def write_noisy_chain_dataset(path: str | Path, n_beads: int = 5, n_frames: int 
     side = R + 1.5 * (side / np.linalg.norm(side, axis=1, keepdims=True))[None]  # (T, n, 3)
     coords = np.stack([R, side], 2).reshape(n_frames, 2 * n_beads, 3)  # atom 2i = Cα of bead i
     forces = np.stack([f, np.zeros_like(f)], 2).reshape(n_frames, 2 * n_beads, 3)
-    S = np.zeros((n_beads, 2 * n_beads))
-    S[np.arange(n_beads), 2 * np.arange(n_beads)] = 1.0
-    types = np.zeros(n_beads, dtype=np.int64)
+    S = _ca_selection(n_beads)
     with h5py.File(path, "w") as h5:
-        h5.attrs.update(dict(length_unit="angstrom", energy_unit="kcal/mol",
-                             temperature=float(temperature), forcefield="noisy-chain",
-                             solvent="none", platform="synthetic", seed=int(seed),
-                             versions=json.dumps({}), name=name or path.stem))
-        h5.create_dataset("topology", data="synthetic")
-        h5["coordinates"], h5["forces"] = coords, forces
-        h5["potential_energy"] = energy.detach().numpy()
-        h5["time"] = np.arange(n_frames, dtype=np.float64)
-        h5["frame_id"] = np.arange(n_frames, dtype=np.int64)
-        g = h5.create_group("cg")
-        g["weights"], g["projector"] = S, S.copy()
-        g["coordinates"], g["forces"] = R, f
-        bt = g.create_dataset("bead_types", data=types)
-        bt.attrs["bead_vocabulary"] = json.dumps(["ALA"])
-        g["bonds"] = np.stack([np.arange(n_beads - 1), np.arange(1, n_beads)], 1).astype(np.int64)
+        _write_chain_file(
+            h5, forcefield="noisy-chain", temperature=temperature, seed=seed, name=name or path.stem,
+            coordinates=coords, forces=forces, potential_energy=energy.detach().numpy(),
+            frame_id=np.arange(n_frames, dtype=np.int64), weights=S, projector=S.copy(),
+            cg_coordinates=R, cg_forces=f, bead_types=np.zeros(n_beads, dtype=np.int64),
+            vocabulary=["ALA"])
         h5["synthetic/mean_force"] = mean_force  # (T, n, 3) kcal/mol/Å: E[P f | R]
     return path
