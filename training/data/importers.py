@@ -164,6 +164,17 @@ def _check_import_shapes(src, coords, forces, n_top):
             raise DatasetError(src, key, "contains NaN or inf", int(np.argmax(bad)))
 
 
+def _write_imported(out, topology_text: str, coords: np.ndarray, forces: np.ndarray, time, *,
+                    source, length_unit: str, force_unit: str, physics: dict, attrs: dict | None,
+                    overwrite: bool) -> Path:
+    """Write an imported dataset with its provenance: root attributes ``source`` and the
+    source's length and force units, then ``physics`` (:func:`source_physics`), then ``attrs``."""
+    meta = {"source": str(source), "source_length_unit": length_unit, "source_force_unit": force_unit}
+    meta.update(physics)
+    meta.update(attrs or {})
+    return write_dataset(out, topology_text, coords, forces, time=time, attrs=meta, overwrite=overwrite)
+
+
 def import_hdf5(
     source: str | Path,
     out: str | Path,
@@ -231,10 +242,8 @@ def import_hdf5(
     _check_import_shapes(src, coords, forces, count_pdb_atoms(top))
     if time is None and timestep_ps is not None:
         time = np.arange(1, coords.shape[0] + 1) * float(timestep_ps)
-    meta = {"source": str(src), "source_length_unit": lu, "source_force_unit": fu}
-    meta.update(physics)
-    meta.update(attrs or {})
-    return write_dataset(out, top, coords, forces, time=time, attrs=meta, overwrite=overwrite)
+    return _write_imported(out, top, coords, forces, time, source=src, length_unit=lu, force_unit=fu,
+                           physics=physics, attrs=attrs, overwrite=overwrite)
 
 
 def import_arrays(
@@ -286,10 +295,8 @@ def import_arrays(
     top = _topology_text(topology, csrc)
     _check_import_shapes(csrc, c, f, count_pdb_atoms(top))
     time = None if timestep_ps is None else np.arange(1, c.shape[0] + 1) * float(timestep_ps)
-    meta = {"source": str(csrc), "source_length_unit": lu, "source_force_unit": fu}
-    meta.update(physics)
-    meta.update(attrs or {})
-    return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
+    return _write_imported(out, top, c, f, time, source=csrc, length_unit=lu, force_unit=fu,
+                           physics=physics, attrs=attrs, overwrite=overwrite)
 
 
 def import_trajectory(
@@ -331,9 +338,7 @@ def import_trajectory(
     time = np.asarray(traj.time, dtype=np.float64)
     if time.size > 1 and not (np.diff(time) > 0).all():
         time = None
-    meta = {"source": str(trajectory), "source_length_unit": "nm", "source_force_unit": fu}
-    meta.update(physics)
-    meta.update(attrs or {})
-    return write_dataset(out, top, c, f, time=time, attrs=meta, overwrite=overwrite)
+    return _write_imported(out, top, c, f, time, source=trajectory, length_unit="nm", force_unit=fu,
+                           physics=physics, attrs=attrs, overwrite=overwrite)
 
 
