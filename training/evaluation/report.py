@@ -147,8 +147,8 @@ def plot_phi_psi_panels(panels: Mapping[str, np.ndarray | None] | Sequence[tuple
 
     Args:
         panels: ``{label: F}`` or ``[(label, F)]`` in panel order; F is (n_bins, n_bins) float
-            kcal/mol indexed ``[φ bin, ψ bin]`` (as :func:`hessid.training.pipelines.ala2.
-            free_energy_grid` returns it), NaN for empty bins; or None.
+            (float64 as ``ala2.free_energy_grid`` returns it), kcal/mol, indexed
+            ``[φ bin, ψ bin]``, NaN for empty bins; or None (no data for that panel).
         grid_deg: (n_bins,) φ/ψ bin centres, **degrees** (e.g. ``np.degrees(ala2.grid_centers())``).
         path: PNG file written.
         f_max: colour-scale top and cap, kcal/mol.
