@@ -207,6 +207,20 @@ def plot_t2(result: dict, path: str | Path, t_range: tuple[float, float] = (150.
 
     Returns:
         ``path`` as a Path.
+
+    Raises:
+        KeyError: ``result`` lacks ``settings`` or ``settings["arms"]``, or (with at least one
+            arm) ``summary``; ``summary`` lacks an arm, an arm its ``temperatures``, those an
+            evaluation temperature (200, 300, 400 K, keyed by float or as JSON writes it,
+            ``"200.0"``; ``"200"`` is not found), or a cell a quantity of :data:`FIGURE_PANELS`
+            or its ``mean``/``sd``. Nothing is written.
+        TypeError: ``result`` or ``summary`` is not a dict (e.g. a JSON list), or a ``mean`` is
+            None (an ``sd`` of None draws no error bar). Nothing is written.
+        OSError: ``path`` cannot be written (its folder is not created).
+
+    With ``--from-json`` (:func:`main`), a KeyError or OSError here (like an unreadable file or
+    invalid JSON) becomes one line on stderr, ``error: FILE: not a thermo_t2 result (...)``, and
+    exit code 2; a TypeError is not caught there (traceback, exit code 1).
     """
     temps = np.linspace(*t_range, 61)
     exact = exact_table(tuple(float(t) for t in temps))

@@ -15,7 +15,7 @@ import html
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -109,14 +109,104 @@ def plot_free_energy(reference: np.ndarray, models: Mapping[str, np.ndarray], pa
     filled = None
     for ax, (label, tics) in zip(axes[0], panels, strict=True):
         f = f_ref if label == "reference" else free_energy_2d(tics[:, 0], tics[:, 1], gx, gy, temperature)
-        filled = ax.contourf(gx, gy, np.where(f <= f_max, f, np.nan).T, levels=levels, cmap="viridis")
-        if label != "reference":
-            ax.contour(gx, gy, np.nan_to_num(f_ref, nan=10 * f_max).T, levels=kT * np.arange(1, 5),
-                       colors="0.55", linewidths=0.9)
+        filled = _free_energy_panel(ax, gx, gy, f, f_max, levels, None if label == "reference" else f_ref,
+                                    kT * np.arange(1, 5), linewidths=0.9)
         ax.set_title(label)
         ax.set_xlabel("TIC0")
     axes[0][0].set_ylabel("TIC1")
     fig.colorbar(filled, ax=axes[0].tolist(), label=f"free energy ({unit})", shrink=0.9, ticks=MaxNLocator(6))
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _free_energy_panel(ax, x, y, f, f_max, levels, reference=None, reference_levels=(), linewidths=0.8):
+    """Filled contours of ``f`` (n_x, n_y) on ``ax``, white above ``f_max``; the grey contours of
+    ``reference`` (same shape, NaN counted as high) at ``reference_levels`` on top. Returns the
+    filled QuadContourSet (for the colour bar)."""
+    filled = ax.contourf(x, y, np.where(f <= f_max, f, np.nan).T, levels=levels, cmap="viridis")
+    if reference is not None:
+        ax.contour(x, y, np.nan_to_num(reference, nan=10 * f_max).T, levels=reference_levels, colors="0.55",
+                   linewidths=linewidths)  # fmt: skip
+    return filled
+
+
+def plot_phi_psi_panels(panels: Mapping[str, np.ndarray | None] | Sequence[tuple[str, np.ndarray | None]],
+                        grid_deg: np.ndarray, path, *, f_max: float = 5.0,
+                        reference_levels: Sequence[float] = (), missing_text: str = "no data",
+                        suptitle: str | None = None, title_fontsize: float = 10, height: float = 3.6,
+                        sharey: bool = False) -> Path:
+    """φ/ψ free-energy maps side by side, one panel per surface, one shared colour bar.
+
+    Each panel: filled contours of F at 11 levels from 0 to ``f_max`` (viridis), white where F is
+    above ``f_max`` or NaN (a surface with nothing at or below the cap draws an empty panel; no
+    error); the panel's label as its title; φ (deg) on every x axis, ψ (deg) on the first panel's
+    y axis, both limited to [−180°, 180°]. A ``None`` surface draws ``missing_text`` in its
+    panel instead. The colour bar ("free energy (kcal/mol)") is drawn when at least one surface
+    is given, and left out when every surface is ``None``.
+
+    Args:
+        panels: ``{label: F}`` or ``[(label, F)]`` in panel order; F is (n_bins, n_bins) float
+            (float64 as ``ala2.free_energy_grid`` returns it), kcal/mol, indexed
+            ``[φ bin, ψ bin]``, NaN for empty bins; or None (no data for that panel).
+        grid_deg: (n_bins,) φ/ψ bin centres, **degrees** (e.g. ``np.degrees(ala2.grid_centers())``).
+        path: PNG file written.
+        f_max: colour-scale top and cap, kcal/mol.
+        reference_levels: when given, the first panel is the reference: its contours at these
+            free energies (kcal/mol; NaN counted as above every level) are drawn in grey on every
+            other panel that has a surface.
+        missing_text: text in the centre of a panel whose surface is None.
+        suptitle: figure title, or None.
+        title_fontsize: font size of the panel titles.
+        height: figure height, inches (width: 3.6 per panel + 1).
+        sharey: share the ψ axis between the panels (tick labels on the first panel only).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: ``panels`` is empty; ``grid_deg`` is not 1-D; a surface is not
+            (n_bins, n_bins) with n_bins = ``len(grid_deg)`` (the message names the panel, e.g.
+            ``panels['FM']``); ``reference_levels`` given but the first surface is None.
+    """
+    items = list(panels.items() if isinstance(panels, Mapping) else panels)
+    grid = np.asarray(grid_deg)
+    if not items:
+        raise ValueError("panels: no surface to draw")
+    if grid.ndim != 1:
+        raise ValueError(f"grid_deg: shape {grid.shape}, expected (n_bins,) bin centres in degrees")
+    n = len(grid)
+    surfaces = []
+    for label, f in items:
+        if f is not None:
+            f = np.asarray(f)
+            if f.shape != (n, n):
+                raise ValueError(f"panels[{label!r}]: shape {f.shape}, expected ({n}, {n}) = "
+                                 "(len(grid_deg), len(grid_deg))")  # fmt: skip
+        surfaces.append(f)
+    reference = surfaces[0] if len(reference_levels) else None
+    if len(reference_levels) and reference is None:
+        raise ValueError(f"reference_levels: the first panel ({items[0][0]!r}) is the reference but has no surface")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items) + 1, height), sharey=sharey, squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    levels = np.linspace(0, f_max, 11)
+    filled = None
+    for i, (ax, (label, _), f) in enumerate(zip(axes[0], items, surfaces, strict=True)):
+        if f is None:
+            ax.text(0, 0, missing_text, ha="center", va="center")
+        else:
+            filled = _free_energy_panel(ax, grid, grid, f, f_max, levels, None if i == 0 else reference,
+                                        list(reference_levels))
+        ax.set_title(label, fontsize=title_fontsize)
+        ax.set_xlabel("φ (deg)")
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-180, 180)
+    axes[0][0].set_ylabel("ψ (deg)")
+    if filled is not None:
+        fig.colorbar(filled, ax=axes[0].tolist(), label="free energy (kcal/mol)", shrink=0.9)
+    if suptitle is not None:
+        fig.suptitle(suptitle, fontsize=12)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -378,5 +468,5 @@ def build_report(eval_dir, out_dir=None, training_curves: Mapping[str, str | Pat
 
 
 __all__ = ["MODEL_COLORS", "REFERENCE_COLOR", "STRUCTURE_PANELS", "build_report", "free_energy_2d",
-           "metrics_table_html", "plot_densities", "plot_free_energy", "plot_training_curves", "pyplot",
-           "read_training_csv"]
+           "metrics_table_html", "plot_densities", "plot_free_energy", "plot_phi_psi_panels", "plot_training_curves",
+           "pyplot", "read_training_csv"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessid.training.evaluation.report import pyplot
+from hessid.training.evaluation.report import plot_phi_psi_panels, pyplot
 
 #: benchmark metrics (from ``evaluate``'s metrics.json) shown beside the φ/ψ ones
 METRIC_KEYS = ("tic0_kl", "tica_2d_w1")
@@ -126,22 +126,7 @@ def write_ala2_report(settings: dict, reference: dict, mapped: dict, rows: list[
     plt.close(fig)
 
     # φ/ψ free-energy maps side by side (largest size, seeds pooled)
-    panels = list(free_energy_panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.6), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
-    c = np.asarray(grid_deg)
-    levels = np.linspace(0, 5, 11)
-    filled = None
-    for ax, (lab, fe) in zip(axes[0], panels, strict=True):
-        filled = ax.contourf(c, c, np.where(fe <= 5, fe, np.nan).T, levels=levels, cmap="viridis")
-        ax.set_title(lab, fontsize=10)
-        ax.set_xlabel("φ (deg)")
-        ax.set_xlim(-180, 180)
-        ax.set_ylim(-180, 180)
-    axes[0][0].set_ylabel("ψ (deg)")
-    fig.colorbar(filled, ax=axes[0].tolist(), label="free energy (kcal/mol)", shrink=0.9)
-    fig.savefig(report_dir / "phi_psi_free_energy.png")
-    plt.close(fig)
+    plot_phi_psi_panels(free_energy_panels, grid_deg, report_dir / "phi_psi_free_energy.png", f_max=5.0)
 
     # tables: data efficiency (variants trained at every size), then the ablation at one size
     head = ["model", "frames", "TIC0 KL", "TICA 2D W1", "φ/ψ KL", "φ/ψ W1 (rad)", "p(αR)", "p(β/PII)",

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hessid.training.evaluation.report import MODEL_COLORS, REFERENCE_COLOR, pyplot
+from hessid.training.evaluation.report import (
+    MODEL_COLORS,
+    REFERENCE_COLOR,
+    plot_phi_psi_panels,
+    pyplot,
+)
 from hessid.training.pipelines import ala2
 from hessid.training.pipelines.runner import StageRunner
 from hessid.training.pipelines.thermo_ala2 import STATE_FILE, replica_angles, tkey
@@ -142,33 +147,12 @@ def plot_phi_psi(r: dict, task: str, path: str | Path) -> Path:
             per += [a for a in replica_angles(run / "cgmd" / rec["name"], c["burn_in_ps"], dt_ps)
                     if a is not None and len(a)]  # fmt: skip
         panels.append((arm, np.concatenate(per) if per else None))
-    plt = pyplot()
-    grid = np.degrees(ala2.grid_centers())
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.8), sharey=True, squeeze=False,
-                             constrained_layout=True)  # fmt: skip
-    levels = np.linspace(0, F_MAX, 11)
-    f_ref = ala2.free_energy_grid(ala2.phi_psi_density(reference), target)
-    filled = None
-    for ax, (label, angles) in zip(axes[0], panels, strict=True):
-        if angles is None:
-            ax.text(0, 0, "no replica\nsurvived", ha="center", va="center")
-        else:
-            f = f_ref if label == "AA reference" else ala2.free_energy_grid(ala2.phi_psi_density(angles), target)
-            filled = ax.contourf(grid, grid, np.where(f <= F_MAX, f, np.nan).T, levels=levels, cmap="viridis")
-            if label != "AA reference":
-                ax.contour(grid, grid, np.nan_to_num(f_ref, nan=10 * F_MAX).T, levels=[1, 2, 3, 4],
-                           colors="0.55", linewidths=0.8)
-        ax.set_title(label, fontsize=11)
-        ax.set_xlabel("φ (deg)")
-        ax.set_xlim(-180, 180)
-        ax.set_ylim(-180, 180)
-    axes[0][0].set_ylabel("ψ (deg)")
-    if filled is not None:
-        fig.colorbar(filled, ax=axes[0].tolist(), label="free energy (kcal/mol)", shrink=0.9)
-    fig.suptitle(f"{task}: φ/ψ free energy at {target:g} K", fontsize=12)
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    surfaces = [(label, None if angles is None else ala2.free_energy_grid(ala2.phi_psi_density(angles), target))
+                for label, angles in panels]  # fmt: skip
+    return plot_phi_psi_panels(surfaces, np.degrees(ala2.grid_centers()), path, f_max=F_MAX,
+                               reference_levels=(1, 2, 3, 4), missing_text="no replica\nsurvived",
+                               suptitle=f"{task}: φ/ψ free energy at {target:g} K", title_fontsize=11,
+                               height=3.8, sharey=True)  # fmt: skip
 
 
 def write_figures(run: str | Path, dest: str | Path) -> list[Path]:

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from hessid.cli import main
 from hessid.training.evaluation.evaluate import (
@@ -18,7 +19,7 @@ from hessid.training.evaluation.evaluate import (
     format_value,
     read_metrics,
 )
-from hessid.training.evaluation.report import build_report, free_energy_2d
+from hessid.training.evaluation.report import build_report, free_energy_2d, plot_phi_psi_panels
 from tests.training.evaluation.fixtures import FAST, chain_ensemble, write_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,6 +108,59 @@ def test_free_energy_is_minus_kt_log_density():
     # a standard 2-D Gaussian: F(r) − F(0) = r²/2 in k_BT (KDE smoothing widens it by ≈ 1 + f²)
     assert f[4, 4] == pytest.approx(0.0, abs=0.1)
     assert f[8, 4] == pytest.approx(2.0 / (1 + 4000 ** (-1 / 3)), abs=0.3)
+
+
+GRID_DEG = np.linspace(-165.0, 165.0, 12)  # (12,) φ/ψ bin centres, degrees
+
+
+def _bowl(centre_deg=(0.0, 0.0)) -> np.ndarray:
+    """(12, 12) F kcal/mol indexed [φ, ψ]: 0 at the centre, above 5 kcal/mol in the corners."""
+    phi, psi = np.meshgrid(GRID_DEG - centre_deg[0], GRID_DEG - centre_deg[1], indexing="ij")
+    return (phi / 60.0) ** 2 + (psi / 60.0) ** 2
+
+
+def _pixels(tmp_path, name, panels, **kw) -> np.ndarray:
+    path = plot_phi_psi_panels(panels, GRID_DEG, tmp_path / f"{name}.png", **kw)
+    assert path == tmp_path / f"{name}.png" and path.read_bytes()[:8] == PNG_MAGIC
+    return imread(path)
+
+
+def test_phi_psi_panels_mask_above_the_cap_like_empty_bins(tmp_path):
+    f = _bowl()
+    assert (f > 5).any() and (f <= 5).any()
+    raw = _pixels(tmp_path, "raw", {"AA reference": f, "FM": _bowl((40.0, -30.0))})
+    # values above f_max are drawn exactly as NaN (empty) bins: white
+    masked = _pixels(tmp_path, "masked", {"AA reference": np.where(f > 5, np.nan, f), "FM": _bowl((40.0, -30.0))})
+    np.testing.assert_array_equal(raw, masked)
+    # negative control: the same values clipped to the cap are drawn (yellow), so the figure changes
+    clipped = _pixels(tmp_path, "clipped", {"AA reference": np.minimum(f, 5.0), "FM": _bowl((40.0, -30.0))})
+    assert not np.array_equal(raw, clipped)
+
+
+def test_phi_psi_panel_above_the_cap_everywhere_draws_nothing(tmp_path):
+    high = _pixels(tmp_path, "high", [("ref", _bowl()), ("FM", np.full((12, 12), 9.0))])
+    empty = _pixels(tmp_path, "empty", [("ref", _bowl()), ("FM", np.full((12, 12), np.nan))])
+    np.testing.assert_array_equal(high, empty)  # no error, an empty panel
+    drawn = _pixels(tmp_path, "drawn", [("ref", _bowl()), ("FM", np.full((12, 12), 2.0))])
+    assert not np.array_equal(high, drawn)
+    # the reference's contours are drawn on the other panels only when asked for
+    with_ref = _pixels(tmp_path, "with_ref", [("ref", _bowl()), ("FM", np.full((12, 12), 9.0))],
+                       reference_levels=(1, 2, 3, 4))  # fmt: skip
+    assert not np.array_equal(high, with_ref)
+
+
+def test_phi_psi_panels_refuse_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"panels\['FM'\]: shape \(12, 11\), expected \(12, 12\)"):
+        plot_phi_psi_panels({"ref": _bowl(), "FM": np.zeros((12, 11))}, GRID_DEG, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="grid_deg"):
+        plot_phi_psi_panels({"ref": _bowl()}, np.zeros((12, 2)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="panels: no surface"):
+        plot_phi_psi_panels({}, GRID_DEG, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="reference_levels"):
+        plot_phi_psi_panels([("ref", None), ("FM", _bowl())], GRID_DEG, tmp_path / "x.png", reference_levels=(1,))
+    assert not (tmp_path / "x.png").exists()
+    # a missing (None) surface is allowed: its panel says so
+    assert _pixels(tmp_path, "none", [("ref", _bowl()), ("FM", None)], missing_text="nothing").ndim == 3
 
 
 def test_simulate_evaluate_report_commands_run_end_to_end(tmp_path, capsys):
