@@ -98,7 +98,7 @@ def run_one(arm: str, seed: int, st: dict) -> dict:
            "force_excess": float(final["force_excess"]), "force_excess_exact_floor": float(final_exact["force_excess"]),
            "per_temperature": final["per_temperature"], "eval": {}}
     if "energy_excess" in final:
-        row["energy_excess"] = float(final["energy_excess"])
+        row["energy_excess"] = float(final["energy_excess"].detach())
         row["energy_excess_exact_floor"] = float(final_exact["energy_excess"])
     for t in EVAL_TEMPERATURES:
         row["eval"][t] = model_thermodynamics(model, t)
@@ -218,9 +218,10 @@ def plot_t2(result: dict, path: str | Path, t_range: tuple[float, float] = (150.
             None (an ``sd`` of None draws no error bar). Nothing is written.
         OSError: ``path`` cannot be written (its folder is not created).
 
-    With ``--from-json`` (:func:`main`), a KeyError or OSError here (like an unreadable file or
-    invalid JSON) becomes one line on stderr, ``error: FILE: not a thermo_t2 result (...)``, and
-    exit code 2; a TypeError is not caught there (traceback, exit code 1).
+    With ``--from-json`` (:func:`main`), each of these becomes one line on stderr and exit code
+    2: a KeyError or TypeError names the JSON file (``incomplete thermo_t2 result``), an OSError
+    names the ``--figure`` path; a JSON file that is not an object with ``"benchmark":
+    "thermo_t2"`` is refused before drawing.
     """
     temps = np.linspace(*t_range, 61)
     exact = exact_table(tuple(float(t) for t in temps))
@@ -271,9 +272,19 @@ def main(argv=None) -> dict:
             p.error("--from-json needs --figure")
         try:
             result = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as err:
+            print(f"error: {args.from_json}: cannot read ({err!r})", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not isinstance(result, dict) or result.get("benchmark") != "thermo_t2":
+            print(f"error: {args.from_json}: not a thermo_t2 result (no 'benchmark': 'thermo_t2')", file=sys.stderr)
+            raise SystemExit(2)
+        try:
             plot_t2(result, args.figure)
-        except (OSError, ValueError, KeyError) as err:
-            print(f"error: {args.from_json}: not a thermo_t2 result ({err!r})", file=sys.stderr)
+        except (KeyError, TypeError) as err:
+            print(f"error: {args.from_json}: incomplete thermo_t2 result ({err!r})", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as err:
+            print(f"error: --figure {args.figure}: cannot write ({err.strerror or err!r})", file=sys.stderr)
             raise SystemExit(2) from None
         return result
     st = settings("quick" if args.quick else "full")
