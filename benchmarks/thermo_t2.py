@@ -99,7 +99,7 @@ def run_one(arm: str, seed: int, st: dict) -> dict:
            "per_temperature": final["per_temperature"], "eval": {}}
     if "energy_excess" in final:
         row["energy_excess"] = float(final["energy_excess"].detach())
-        row["energy_excess_exact_floor"] = float(final_exact["energy_excess"])
+        row["energy_excess_exact_floor"] = float(final_exact["energy_excess"].detach())
     for t in EVAL_TEMPERATURES:
         row["eval"][t] = model_thermodynamics(model, t)
     return row
