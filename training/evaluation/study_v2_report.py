@@ -176,20 +176,7 @@ def write_ala2_v2_results(rows: Sequence[Mapping], settings: Mapping, out_md_fra
     fm_sizes = sorted(fm_cells)
     family_arms, family_sizes = tuple(s["family_arms"]), tuple(int(n) for n in s["family_sizes"])
 
-    # ---- gate
-    n_dg = int(s["gate_dg_size"])
-    n_lo, n_hi = (int(n) for n in s["gate_force_sizes"])
-    if n_dg in fm_cells and n_lo in fm_cells and n_hi in fm_cells:
-        common = sorted(set(fm_cells[n_lo]) & set(fm_cells[n_hi]))
-        g = gate([float(r.get("dg_error", math.nan)) for r in fm_cells[n_dg].values()],
-                 {k: _value(fm_cells[n_lo][k], METRIC_FORCE) for k in common},
-                 {k: _value(fm_cells[n_hi][k], METRIC_FORCE) for k in common},
-                 tolerance=float(s["gate_dg_tolerance"]), confidence=conf)
-    else:
-        missing = [n for n in (n_dg, n_lo, n_hi) if n not in fm_cells]
-        nan = math.nan
-        g = GateResult(False, nan, False, PairedInterval(nan, nan, nan, nan, nan, 0, nan, conf), False,
-                       f"gate not evaluable: no FM rows at {', '.join(map(str, missing))} frames.")
+    g = _evaluate_gate(fm_cells, s, conf)
 
     # ---- paired comparisons, Holm over the fixed family
     comps: dict[tuple[str, int, str], PairedInterval] = {}
@@ -238,47 +225,7 @@ def write_ala2_v2_results(rows: Sequence[Mapping], settings: Mapping, out_md_fra
     plots = Path(plots_dir)
     plots.mkdir(parents=True, exist_ok=True)
     rel = Path(os.path.relpath(plots.resolve(), out_md.parent.resolve()))
-    md: list[str] = []
-    if s["mode"] != "full":
-        md += [f"**{str(s['mode']).upper()} MODE — a miniature run of the pipeline; these numbers are not the "
-               "study's result.**", ""]
-    fm_sd = {n: float(np.nanstd([_value(r, METRIC_FORCE) for r in fm_cells[n].values()], ddof=1))
-             if len(fm_cells[n]) > 1 else math.nan for n in fm_sizes}
-    sde_rows = []
-    for n in family_sizes:
-        sd, k = fm_sd.get(n, math.nan), len(fm_cells.get(n, {}))
-        sde = smallest_detectable_effect(math.sqrt(2) * sd, k, conf) if k >= 2 and math.isfinite(sd) else math.nan
-        sde_rows.append(f"{n}: {_g(sde)}")
-    md += ["### Gate", ""]
-    md += _table(["criterion", "value", "threshold", "holds"], [
-        [f"1. FM ΔG(αR−β) error at {n_dg} frames, mean of replicates (kcal/mol)", _g(g.dg_mean, sign=True),
-         f"within ±{_g(float(s['gate_dg_tolerance']))}", "yes" if g.dg_ok else "**no**"],
-        [f"2. FM metric 1 at {n_hi} − at {n_lo} frames, paired (kcal/mol/Å)", _interval(g.force_diff),
-         f"{int(100 * conf)} % interval below 0", "yes" if g.force_ok else "**no**"],
-    ])
-    md += ["", f"**Gate {'passed' if g.passed else 'failed'}.** {g.reason.split(': ', 1)[-1]}", "",
-           "Smallest detectable effect on metric 1 (t half width of a paired mean, σ_d = √2 × FM's replicate "
-           f"SD, n = FM's replicates) per size: {'; '.join(sde_rows)} kcal/mol/Å.", ""]
-    le = s.get("label_errors") or {}
-    if le:
-        md += ["Test labels' own errors: " + ", ".join(f"{k} = {_g(float(v))}" for k, v in le.items()) + ".", ""]
-
-    md += ["### FM learning curve", ""]
-    body = []
-    for n in fm_sizes:
-        c = fm_cells[n]
-        vals = {key: np.array([_value(r, key) for r in c.values()]) for key, _, _ in METRICS}
-        signed = np.array([float(r.get("dg_error", math.nan)) for r in c.values()])
-
-        def ms(x):
-            x = x[np.isfinite(x)]
-            return "—" if not x.size else (_g(x.mean()) if x.size < 2 else f"{_g(x.mean())} ± {_g(x.std(ddof=1), 2)}")
-        body.append([str(n), str(len(c)), *(ms(vals[key]) for key, _, _ in METRICS),
-                     "—" if not np.isfinite(signed).any() else _g(float(np.nanmean(signed)), sign=True)])
-    md += _table(["frames", "replicates", *(f"{t} ({u})" if u else t for _, t, u in METRICS), "ΔG error, signed"],
-                 body)
-    md += ["", "Mean ± replicate SD.", ""]
-
+    md = _gate_and_fm_md(g, fm_cells, s, conf)
     for key, title, unit in METRICS:
         primary = key in FAMILY_METRICS
         md += [f"### Metric {title}{' (' + unit + ')' if unit else ''}: arm − FM"
@@ -345,6 +292,111 @@ def write_ala2_v2_results(rows: Sequence[Mapping], settings: Mapping, out_md_fra
             _plot_forest(plots / "paired_differences.png", comps, p_holm, others, alpha)]
     return {"fragment": out_md, "plots": figs, "gate": g, "verdicts": verdicts,
             "comparisons": {k: (d, p_holm.get(k, math.nan)) for k, d in comps.items()}, "multipliers": mults}
+
+
+def _evaluate_gate(fm_cells: Mapping[int, Mapping[tuple, Mapping]], s: Mapping, conf: float) -> GateResult:
+    """The gate (:func:`statistics.gate`) on FM's rows, or a failed "not evaluable" result when a
+    size it needs has no FM row."""
+    n_dg = int(s["gate_dg_size"])
+    n_lo, n_hi = (int(n) for n in s["gate_force_sizes"])
+    if n_dg in fm_cells and n_lo in fm_cells and n_hi in fm_cells:
+        common = sorted(set(fm_cells[n_lo]) & set(fm_cells[n_hi]))
+        return gate([float(r.get("dg_error", math.nan)) for r in fm_cells[n_dg].values()],
+                    {k: _value(fm_cells[n_lo][k], METRIC_FORCE) for k in common},
+                    {k: _value(fm_cells[n_hi][k], METRIC_FORCE) for k in common},
+                    tolerance=float(s["gate_dg_tolerance"]), confidence=conf)
+    missing = [n for n in (n_dg, n_lo, n_hi) if n not in fm_cells]
+    nan = math.nan
+    return GateResult(False, nan, False, PairedInterval(nan, nan, nan, nan, nan, 0, nan, conf), False,
+                      f"gate not evaluable: no FM rows at {', '.join(map(str, missing))} frames.")
+
+
+def _gate_and_fm_md(g: GateResult, fm_cells: Mapping[int, Mapping[tuple, Mapping]], s: Mapping,
+                    conf: float) -> list[str]:
+    """Markdown lines: the mode banner, the gate table with the detectable effect on metric 1 and
+    the test labels' errors, and FM's learning-curve table."""
+    n_dg = int(s["gate_dg_size"])
+    n_lo, n_hi = (int(n) for n in s["gate_force_sizes"])
+    fm_sizes = sorted(fm_cells)
+    md: list[str] = []
+    if s["mode"] != "full":
+        md += [f"**{str(s['mode']).upper()} MODE — a miniature run of the pipeline; these numbers are not the "
+               "study's result.**", ""]
+    fm_sd = {n: float(np.nanstd([_value(r, METRIC_FORCE) for r in fm_cells[n].values()], ddof=1))
+             if len(fm_cells[n]) > 1 else math.nan for n in fm_sizes}
+    sde_rows = []
+    for n in (int(n) for n in s["family_sizes"]):
+        sd, k = fm_sd.get(n, math.nan), len(fm_cells.get(n, {}))
+        sde = smallest_detectable_effect(math.sqrt(2) * sd, k, conf) if k >= 2 and math.isfinite(sd) else math.nan
+        sde_rows.append(f"{n}: {_g(sde)}")
+    md += ["### Gate", ""]
+    md += _table(["criterion", "value", "threshold", "holds"], [
+        [f"1. FM ΔG(αR−β) error at {n_dg} frames, mean of replicates (kcal/mol)", _g(g.dg_mean, sign=True),
+         f"within ±{_g(float(s['gate_dg_tolerance']))}", "yes" if g.dg_ok else "**no**"],
+        [f"2. FM metric 1 at {n_hi} − at {n_lo} frames, paired (kcal/mol/Å)", _interval(g.force_diff),
+         f"{int(100 * conf)} % interval below 0", "yes" if g.force_ok else "**no**"],
+    ])
+    md += ["", f"**Gate {'passed' if g.passed else 'failed'}.** {g.reason.split(': ', 1)[-1]}", "",
+           "Smallest detectable effect on metric 1 (t half width of a paired mean, σ_d = √2 × FM's replicate "
+           f"SD, n = FM's replicates) per size: {'; '.join(sde_rows)} kcal/mol/Å.", ""]
+    le = s.get("label_errors") or {}
+    if le:
+        md += ["Test labels' own errors: " + ", ".join(f"{k} = {_g(float(v))}" for k, v in le.items()) + ".", ""]
+
+    md += ["### FM learning curve", ""]
+    body = []
+    for n in fm_sizes:
+        c = fm_cells[n]
+        vals = {key: np.array([_value(r, key) for r in c.values()]) for key, _, _ in METRICS}
+        signed = np.array([float(r.get("dg_error", math.nan)) for r in c.values()])
+
+        def ms(x):
+            x = x[np.isfinite(x)]
+            return "—" if not x.size else (_g(x.mean()) if x.size < 2 else f"{_g(x.mean())} ± {_g(x.std(ddof=1), 2)}")
+        body.append([str(n), str(len(c)), *(ms(vals[key]) for key, _, _ in METRICS),
+                     "—" if not np.isfinite(signed).any() else _g(float(np.nanmean(signed)), sign=True)])
+    md += _table(["frames", "replicates", *(f"{t} ({u})" if u else t for _, t, u in METRICS), "ΔG error, signed"],
+                 body)
+    md += ["", "Mean ± replicate SD.", ""]
+    return md
+
+
+def write_ala2_v2_gate(rows: Sequence[Mapping], settings: Mapping, out_md_fragment: str | Path,
+                       plots_dir: str | Path) -> dict:
+    """Write the gate part of the results — what :func:`write_ala2_v2_results` writes first (the
+    gate table with the detectable effect on metric 1, and FM's learning curve) — from FM's rows
+    alone, with the learning-curve figure. For the page's "Gate attempts", before any arm runs.
+
+    Args:
+        rows: one dict per trained model (keys as in the module docstring); rows of arms other
+            than FM are ignored.
+        settings: as for :func:`write_ala2_v2_results`.
+        out_md_fragment: markdown file written (parent created).
+        plots_dir: folder of ``learning_curves.png`` (created); linked relative to the fragment.
+
+    Returns:
+        ``{"fragment": Path, "plots": [Path], "gate": GateResult}``.
+
+    Raises:
+        ValueError: a row lacks ``arm``/``size``/``replicate``, a replicate repeats within a size,
+            or no FM row exists.
+    """
+    s = {**DEFAULTS, **dict(settings)}
+    conf = float(s["confidence"])
+    cells = _index([r for r in rows if str(r.get("arm")) == BASELINE])
+    fm_cells = {n: c for (_, n), c in cells.items()}
+    if not fm_cells:
+        raise ValueError("no FM rows: the gate is a property of FM")
+    g = _evaluate_gate(fm_cells, s, conf)
+    out_md, plots = Path(out_md_fragment), Path(plots_dir)
+    plots.mkdir(parents=True, exist_ok=True)
+    rel = Path(os.path.relpath(plots.resolve(), out_md.parent.resolve()))
+    md = _gate_and_fm_md(g, fm_cells, s, conf)
+    md += [f"![learning curves]({(rel / 'learning_curves.png').as_posix()})", ""]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(md))
+    fig = _plot_learning_curves(plots / "learning_curves.png", cells, fm_cells, [], conf)
+    return {"fragment": out_md, "plots": [fig], "gate": g}
 
 
 def _mean_ci(x: np.ndarray, conf: float) -> tuple[float, float]:
@@ -415,4 +467,4 @@ def _plot_forest(path: Path, comps, p_holm, others, alpha) -> Path:
 
 
 __all__ = ["BASELINE", "DEFAULTS", "FAMILY_ARMS", "FAMILY_METRICS", "FAMILY_SIZES", "METRICS",
-           "write_ala2_v2_results"]
+           "write_ala2_v2_gate", "write_ala2_v2_results"]

@@ -252,12 +252,19 @@ def report_settings(s: dict, label_errors: dict | None = None) -> dict:
     return out
 
 
+def labels_own_errors(path: Path) -> dict:
+    """The test labels' own errors, printed beside the metrics: ``force_noise_rms`` (RMS over
+    configurations of the per-bead standard error of the mean force) and ``force_rms`` (RMS
+    per-bead mean force), both kcal/mol/Å, from the labels file at ``path`` (5 beads)."""
+    lab = read_labels(path)
+    return {"force_noise_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force_sem**2, axis=(1, 2))) / 5)),
+            "force_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force**2, axis=(1, 2))) / 5))}
+
+
 def stage_report(out: Path, s: dict, rows: list[dict], tlab: dict, ref_md: dict, results_md: Path) -> dict:
     """The results fragment and figures (rewritten on every call), with the test labels' own errors."""
-    lab = read_labels(out / tlab["path"])
-    errors = {"force_noise_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force_sem**2, axis=(1, 2))) / 5)),
-              "force_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force**2, axis=(1, 2))) / 5))}
-    res = write_ala2_v2_results(rows, report_settings(s, errors), results_md, results_md.parent / "ala2_v2")
+    res = write_ala2_v2_results(rows, report_settings(s, labels_own_errors(out / tlab["path"])), results_md,
+                                results_md.parent / "ala2_v2")
     return {"fragment": res["fragment"], "plots": res["plots"],
             "gate": {"passed": res["gate"].passed, "reason": res["gate"].reason},
             "verdicts": {a: {"label": v.label, "reason": v.reason} for a, v in res["verdicts"].items()}}
@@ -344,5 +351,5 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
     return finish()
 
 
-__all__ = ["STATE_FILE", "model_row", "reference_md", "run_study", "stage_arms_train", "stage_gate",
-           "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels"]  # fmt: skip
+__all__ = ["STATE_FILE", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
+           "stage_gate", "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels", "labels_own_errors"]  # fmt: skip

@@ -29,7 +29,11 @@ from hessid.training.evaluation.statistics import (
     soft_mode_hessian_error,
     verdict,
 )
-from hessid.training.evaluation.study_v2_report import FAMILY_ARMS, write_ala2_v2_results
+from hessid.training.evaluation.study_v2_report import (
+    FAMILY_ARMS,
+    write_ala2_v2_gate,
+    write_ala2_v2_results,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIZES = np.array([250.0, 1000.0, 4000.0, 16000.0, 64000.0])
@@ -416,3 +420,29 @@ def test_report_fragment_has_every_table_a_verdict_per_arm_and_both_figures(tmp_
         write_ala2_v2_results(rows + rows[:1], {}, tmp_path / "x.md", tmp_path / "p")
     with pytest.raises(ValueError, match="no FM rows"):
         write_ala2_v2_results([r for r in rows if r["arm"] != "FM"], {}, tmp_path / "x.md", tmp_path / "p")
+
+
+def test_gate_fragment_is_the_opening_of_the_full_fragment_and_needs_fm_rows(tmp_path):
+    rows = _synthetic_rows(np.random.default_rng(2))
+    settings = {"n_boot": 200, "mode": "quick", "label_errors": {"force_noise_rms": 0.4}}
+    full = write_ala2_v2_results(rows, settings, tmp_path / "full" / "results.md", tmp_path / "full" / "plots")
+    gate_only = write_ala2_v2_gate(rows, settings, tmp_path / "gate" / "gate.md", tmp_path / "gate" / "plots")
+    head = full["fragment"].read_text().split("### Metric 1")[0]
+    text = gate_only["fragment"].read_text()
+    assert text.startswith(head) and "### Metric" not in text and "### Verdicts" not in text
+    assert "](plots/learning_curves.png)" in text
+    assert gate_only["gate"] == full["gate"]
+    assert [p.name for p in gate_only["plots"]] == ["learning_curves.png"]
+    assert gate_only["plots"][0].read_bytes()[:8] == PNG_MAGIC
+    # arms' rows are ignored: FM's rows alone give the same fragment
+    again = write_ala2_v2_gate([r for r in rows if r["arm"] == "FM"], settings, tmp_path / "fm" / "gate.md",
+                               tmp_path / "fm" / "plots")
+    assert again["fragment"].read_text() == text
+    # negative controls: no FM rows; a failing gate says so
+    with pytest.raises(ValueError, match="no FM rows"):
+        write_ala2_v2_gate([r for r in rows if r["arm"] != "FM"], {}, tmp_path / "x.md", tmp_path / "p")
+    worse = [dict(r, force_error=r["force_error"] + (1.0 if r["size"] == 4000 else 0.0)) if r["arm"] == "FM" else r
+             for r in rows]
+    failed = write_ala2_v2_gate(worse, settings, tmp_path / "bad" / "gate.md", tmp_path / "bad" / "plots")
+    assert not failed["gate"].passed and "**Gate failed.**" in failed["fragment"].read_text()
+

@@ -7,10 +7,13 @@ verdict sentence, and that a rerun recomputes nothing.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 
+from hessid.training.pipelines import ala2_v2_gate
 from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
@@ -43,3 +46,21 @@ def test_quick_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
     again = bench.main(["--quick", "--out", str(run), "--jobs", "1", "--results", str(results)])
     assert {p: p.stat().st_mtime_ns for p in products} == stamps
     assert again["gate"] == summary["gate"]
+    # the gate report (post-processing) reads the same run and agrees with the gate stage
+    dest = tmp_path / "gate_report"
+    assert ala2_v2_gate.main([str(run), str(dest)]) == 0
+    gate_md = (dest / "ala2_v2_gate.md").read_text()
+    assert f"**Gate {'passed' if summary['gate']['passed'] else 'failed'}.**" in gate_md
+    assert gate_md == results.read_text().split("### Metric 1")[0].replace("](ala2_v2/", "](ala2_v2_gate/") + \
+        "![learning curves](ala2_v2_gate/learning_curves.png)\n"
+    assert (dest / "ala2_v2_gate" / "learning_curves.png").stat().st_size > 1000
+    # negative controls: a run that has not reached the gate, and a folder that is no run: exit 2, nothing written
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    state = json.loads((run / "state.json").read_text())
+    del state["stages"]["gate"]
+    (partial / "state.json").write_text(json.dumps(state))
+    shutil.copy(run / "settings.json", partial / "settings.json")
+    for bad in (partial, tmp_path / "nothing"):
+        assert ala2_v2_gate.main([str(bad), str(tmp_path / "bad_dest")]) == 2
+    assert not (tmp_path / "bad_dest").exists() and not (tmp_path / "nothing").exists()
