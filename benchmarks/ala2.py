@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hessid.training.pipelines.ala2_study import run_study
+from hessid.training.pipelines.ala2_study import STOP_POINTS, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (AA runs, training, CG MD)")
     ap.add_argument("--results", default=None, help="results markdown (default docs/results/ala2.md; "
                     "quick/small: OUT/results/ala2.md)")
-    ap.add_argument("--stop-after", default=None, help="stop after this stage")
+    ap.add_argument("--stop-after", default=None, choices=STOP_POINTS, help="stop after this group of stages")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     s = settings("quick" if args.quick else "small" if args.small else "full")

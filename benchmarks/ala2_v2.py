@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hessid.training.pipelines.ala2_v2_study import run_study
+from hessid.training.pipelines.ala2_v2_study import STOP_POINTS, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="miniature of every stage (minutes)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes")
     ap.add_argument("--results", default=None, help="results fragment (default OUT/results/ala2_v2_results.md)")
-    ap.add_argument("--stop-after", default=None, help="stop after this stage")
+    ap.add_argument("--stop-after", default=None, choices=STOP_POINTS, help="stop after this stage")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     s = settings("quick" if args.quick else "full")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hessid.training.pipelines.phl import run_study
+from hessid.training.pipelines.phl import STAGES, run_study
 
 #: tier-1 molecules (GFN2-xTB, Hessians by central differences of analytic gradients).
 #: Ethanol (9 atoms) is PHL's and hessid's smoke molecule; toluene (C7H8, 15 atoms, d = 45) is
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="miniature of every stage (about a minute)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (build workers, training runs)")
     ap.add_argument("--results", default=None, help="results fragment (default OUT/results/phl_results.md)")
-    ap.add_argument("--stop-after", default=None, help="stop after this stage (data, cost, train, tier2, report)")
+    ap.add_argument("--stop-after", default=None, choices=STAGES, help="stop after this stage")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     s = settings("quick" if args.quick else "full")

@@ -65,6 +65,8 @@ from hessid.training.pipelines.runner import StageRunner, read_json, write_json
 
 #: the study's state file inside its run folder
 STATE_FILE = "state.json"
+#: values of ``run_study(stop_after=…)``: stop after that group of stages
+STOP_POINTS = ("reference", "map", "pool", "targets")
 #: per-frame dataset of the pool (and the files cut from it): the frame's position in the
 #: pool's seeded permutation, so the training set of size s is ``draw_rank < s``
 DRAW_RANK = "draw_rank"
@@ -588,8 +590,11 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2,
         and W1), ``results_md``, ``report``, ``timings_s`` (this call, per stage) and ``wall_s``.
 
     Raises:
-        ValueError: a pool larger than the reference; a state file this version cannot read.
+        ValueError: ``stop_after`` not in :data:`STOP_POINTS` (before anything is written); a
+            pool larger than the reference; a state file this version cannot read.
     """
+    if stop_after is not None and stop_after not in STOP_POINTS:
+        raise ValueError(f"stop_after must be one of {', '.join(STOP_POINTS)}; got {stop_after!r}")
     t_all = time.perf_counter()
     out = Path(out).resolve()
     results_md = Path(results_md).resolve()
@@ -641,6 +646,6 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2,
     return finish()
 
 
-__all__ = ["STATE_FILE", "done_mask_complete", "frame_times", "log", "n_frames", "run_study", "stage_cost", "stage_evaluate", "stage_hessian_reference",
+__all__ = ["STATE_FILE", "STOP_POINTS", "done_mask_complete", "frame_times", "log", "n_frames", "run_study", "stage_cost", "stage_evaluate", "stage_hessian_reference",
            "stage_map", "stage_pool", "stage_reference", "stage_report", "stage_simulate", "stage_targets",
            "stage_train", "target_sizes", "variant_sizes"]

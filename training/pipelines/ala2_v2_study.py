@@ -56,6 +56,8 @@ from hessid.training.pipelines.ala2_v2_qstar import qstar_applier
 from hessid.training.pipelines.runner import StageRunner, read_json, write_json
 
 STATE_FILE = "state.json"
+#: values of ``run_study(stop_after=…)``, in the order the stages run
+STOP_POINTS = ("reference", "split", "gate_train", "test_labels", "pilot", "gate", "arms_train")
 
 
 # ----------------------------------------------------------------------------- labels
@@ -281,11 +283,16 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
         s: settings (``benchmarks/ala2_v2.py``); written to ``settings.json``.
         results_md: the markdown fragment of the results (figures next to it).
         jobs: parallel processes.
-        stop_after: a stage name; stop after it.
+        stop_after: a stage name of :data:`STOP_POINTS`; stop after it.
 
     Returns:
         JSON-able summary (gate outcome, per-stage wall time, results path).
+
+    Raises:
+        ValueError: ``stop_after`` not in :data:`STOP_POINTS` (before anything is written).
     """
+    if stop_after is not None and stop_after not in STOP_POINTS:
+        raise ValueError(f"stop_after must be one of {', '.join(STOP_POINTS)}; got {stop_after!r}")
     t0 = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -351,5 +358,5 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
     return finish()
 
 
-__all__ = ["STATE_FILE", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
+__all__ = ["STATE_FILE", "STOP_POINTS", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
            "stage_gate", "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels", "labels_own_errors"]  # fmt: skip

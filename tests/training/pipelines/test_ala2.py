@@ -312,3 +312,14 @@ def test_soft_hessian_error_ignores_stiff_modes_and_sees_soft_ones():
                                ala2.hessian_relative_error(soft[None], h[None]), rtol=1e-12)
     with pytest.raises(ValueError, match="n_stiff"):
         ala2.hessian_soft_relative_error(h[None], h[None], n_stiff=15)
+
+
+def test_an_unknown_stop_after_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="stop_after must be one of reference, map, pool, targets"):
+        ala2_study.run_study(tmp_path / "x", {}, tmp_path / "x.md", stop_after="maps")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exc:
+        load_benchmark("ala2").main(["--quick", "--out", str(tmp_path / "y"), "--stop-after", "maps"])
+    assert exc.value.code == 2 and "invalid choice: 'maps'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+

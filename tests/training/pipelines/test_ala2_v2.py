@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hessid.training.evaluation.evaluate import Trajectories
-from hessid.training.pipelines import ala2, ala2_v2_eval
+from hessid.training.pipelines import ala2, ala2_v2_eval, ala2_v2_study
 from hessid.training.pipelines.ala2_v2 import (
     choose_test_configurations,
     fm_aa_cost,
@@ -23,6 +23,7 @@ from hessid.training.pipelines.ala2_v2_eval import (
     replica_angles,
 )
 from hessid.units import KB_KCAL_PER_MOL_K
+from tests.helpers import load_benchmark
 
 ALPHA = (math.radians(-70), math.radians(-40))
 BETA = (math.radians(-120), math.radians(140))
@@ -102,3 +103,17 @@ def test_replica_angles_keep_every_good_float32_replica_and_drop_only_the_broken
     assert [a is None for a in out] == [False, True, False, False]  # control: the broken replica is dropped
     np.testing.assert_allclose(out[0], ala2.phi_psi(good[0][5:].astype(np.float64) * 10.0))
     assert out[0].shape == (15, 2)
+
+
+def test_an_unknown_stop_after_is_refused_before_anything_runs(tmp_path, capsys):
+    # a typo must not run the whole study (≈ 20 h): run_study refuses it, the driver exits 2
+    with pytest.raises(ValueError, match="stop_after must be one of reference, split, gate_train"):
+        ala2_v2_study.run_study(tmp_path / "x", {}, tmp_path / "x.md", stop_after="gat")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exc:
+        load_benchmark("ala2_v2").main(["--quick", "--out", str(tmp_path / "y"), "--stop-after", "gat"])
+    assert exc.value.code == 2 and "invalid choice: 'gat'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+    assert ala2_v2_study.STOP_POINTS == ("reference", "split", "gate_train", "test_labels", "pilot", "gate",
+                                         "arms_train")
+

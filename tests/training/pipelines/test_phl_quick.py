@@ -111,6 +111,9 @@ def test_unknown_stop_after_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="--stop-after must be one of"):
         run_study(tmp_path / "x", {}, tmp_path / "x.md", stop_after="everything")
     assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exc:  # the driver refuses it at parse time
+        load_benchmark("phl").main(["--quick", "--out", str(tmp_path / "y"), "--stop-after", "everything"])
+    assert exc.value.code == 2 and not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow
