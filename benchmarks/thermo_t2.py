@@ -228,27 +228,29 @@ def plot_t2(result: dict, path: str | Path, t_range: tuple[float, float] = (150.
     arms = list(result["settings"]["arms"])
     plt = pyplot()
     fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.6 * len(FIGURE_PANELS), 4.2), constrained_layout=True)
-    width = 6.0
-    for ax, (key, label, scale) in zip(axes, FIGURE_PANELS, strict=True):
-        for t in ARMS["M2"][1]:
-            ax.axvspan(t - 4, t + 4, color="0.9", zorder=0)
-        ax.plot(temps, [scale * exact[float(t)][key] for t in temps], color="black", lw=1.8, label="exact")
-        for i, arm in enumerate(arms):
-            cells = result["summary"][arm]["temperatures"]
-            xs = [float(t) + (i - (len(arms) - 1) / 2) * width for t in EVAL_TEMPERATURES]
-            ys = [scale * cells[_tkey(cells, t)][key]["mean"] for t in EVAL_TEMPERATURES]
-            es = [scale * (cells[_tkey(cells, t)][key]["sd"] or 0.0) for t in EVAL_TEMPERATURES]
-            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, color=MODEL_COLORS[i % len(MODEL_COLORS)], label=arm)
-        ax.set_xlabel("temperature (K)")
-        ax.set_title(label, fontsize=12)
-    # M0-300's ⟨U⟩ is its A_θ with an arbitrary constant (thermo.md): keep the axis on the exact range
-    lo, hi = min(exact[float(t)]["mean_energy"] for t in temps), max(exact[float(t)]["mean_energy"] for t in temps)
-    axes[1].set_ylim(lo - 0.5, hi + 0.5)
-    axes[0].legend(fontsize=9)
-    fig.suptitle("T2 entropic double well: trained at 250/300/350 K (grey), evaluated at 200/300/400 K; "
-                 "mean ± SD over seeds", fontsize=12)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        width = 6.0
+        for ax, (key, label, scale) in zip(axes, FIGURE_PANELS, strict=True):
+            for t in ARMS["M2"][1]:
+                ax.axvspan(t - 4, t + 4, color="0.9", zorder=0)
+            ax.plot(temps, [scale * exact[float(t)][key] for t in temps], color="black", lw=1.8, label="exact")
+            for i, arm in enumerate(arms):
+                cells = result["summary"][arm]["temperatures"]
+                xs = [float(t) + (i - (len(arms) - 1) / 2) * width for t in EVAL_TEMPERATURES]
+                ys = [scale * cells[_tkey(cells, t)][key]["mean"] for t in EVAL_TEMPERATURES]
+                es = [scale * (cells[_tkey(cells, t)][key]["sd"] or 0.0) for t in EVAL_TEMPERATURES]
+                ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, color=MODEL_COLORS[i % len(MODEL_COLORS)], label=arm)
+            ax.set_xlabel("temperature (K)")
+            ax.set_title(label, fontsize=12)
+        # M0-300's ⟨U⟩ is its A_θ with an arbitrary constant (thermo.md): keep the axis on the exact range
+        lo, hi = min(exact[float(t)]["mean_energy"] for t in temps), max(exact[float(t)]["mean_energy"] for t in temps)
+        axes[1].set_ylim(lo - 0.5, hi + 0.5)
+        axes[0].legend(fontsize=9)
+        fig.suptitle("T2 entropic double well: trained at 250/300/350 K (grey), evaluated at 200/300/400 K; "
+                     "mean ± SD over seeds", fontsize=12)
+        fig.savefig(path)
+    finally:  # also when a malformed result raises part-way
+        plt.close(fig)
     return Path(path)
 
 
@@ -258,6 +260,9 @@ def _tkey(cells: dict, t: float):
 
 
 def main(argv=None) -> dict:
+    """Run (or resume) the T2 study and return its result (also as ``--json``/``--results``/
+    ``--figure``), or with ``--from-json F --figure P`` redraw the figure from a stored result
+    and train nothing. Bad input to ``--from-json``: one line on stderr, exit code 2."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/thermo_t2", help="folder of per-run results (resumable)")
     p.add_argument("--quick", action="store_true", help="CI miniature (meaningless numbers)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 
 from tests.helpers import load_benchmark
@@ -49,6 +50,7 @@ def test_t2_figure_redraws_from_a_result_json_and_refuses_another_file(tmp_path,
         assert sum(ln.startswith("error:") for ln in err.splitlines()) == 1, err
         assert f"error: {tmp_path / bad}: {says}" in err and "Traceback" not in err, err
     assert not (tmp_path / "bad.png").exists()
+    assert plt.get_fignums() == []  # the broken result's half-drawn figure was closed
     # an unwritable figure path is blamed on --figure, not on the (good) JSON file
     with pytest.raises(SystemExit) as exc:
         bench.main(["--from-json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "no" / "dir.png")])
