@@ -28,7 +28,7 @@ from hessid.cli.options import (
 )
 from hessid.training.data.io import dataset_path
 from hessid.training.data.synthetic import HarmonicChainPotential
-from hessid.training.learning.models import load_potential
+from hessid.training.learning.models import PriorOnlyPotential, load_potential
 from hessid.training.md.simulation import load_cg_reference, simulate
 
 __all__ = ["SimulateOptions", "build_parser", "load_model", "read_start", "run"]
@@ -64,6 +64,9 @@ class SimulateOptions:
         precision: ``float32`` or ``float64``.
         threads: torch CPU threads (1 is fastest for small CG systems).
         checkpoint_interval: steps between checkpoints (default: 10 × stride).
+        prior_only: simulate the model's prior alone, the network left out
+            (:class:`~hessid.training.learning.models.PriorOnlyPotential`): what the prior by
+            itself samples, the first check when a model's free energy is off.
         deterministic: bit-identical trajectories for a fixed seed on this machine and these
             library versions: one CPU thread and torch's deterministic algorithms (costs: no
             multi-threading, slower deterministic GPU kernels). Without it, CPU runs with
@@ -88,6 +91,7 @@ class SimulateOptions:
     threads: int | None = _default("threads")
     checkpoint_interval: int | None = _default("checkpoint_interval")
     deterministic: bool = _default("deterministic")
+    prior_only: bool = False
 
 
 def load_model(spec: str):
@@ -160,8 +164,9 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
     :func:`hessid.cli.options.run_command`).
 
     Raises:
-        ValueError: neither or both of --reference/--start, a file that is not a model, an
-            unmapped reference, a count < 1, a timestep beyond the stability limit (exit 2).
+        ValueError: neither or both of --reference/--start, a file that is not a model (or,
+            with --prior-only, a model without a prior), an unmapped reference, a count < 1,
+            a timestep beyond the stability limit (exit 2).
         FileNotFoundError: a missing model, dataset or start file (exit 2).
         FileExistsError: OUT holds a run, neither --resume nor --overwrite (exit 2).
         JobFailed: every replica stopped (blew up) before the end (exit 1; the files stay,
@@ -185,14 +190,22 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
             raise ValueError(f"--temperature is required: the reference {reference} holds frames at "
                              f"{', '.join(f'{t:g}' for t in ref['temperatures'])} K")
     start = None if opts.start is None else read_start(opts.start)
+    model = load_model(opts.model)
+    if opts.prior_only:
+        if not hasattr(model, "bead_vocabulary"):
+            raise ValueError(f"--prior-only: --model {opts.model} is not a trained model with a prior")
+        try:
+            model = PriorOnlyPotential(model)
+        except ValueError as exc:
+            raise ValueError(f"--prior-only: --model {opts.model}: {exc}") from None
     result = simulate(
-        load_model(opts.model), opts.out, n_steps=opts.steps, save_interval=opts.stride,
+        model, opts.out, n_steps=opts.steps, save_interval=opts.stride,
         reference=reference, start_positions=start, n_replicas=opts.replicas,
         timestep=opts.timestep, temperature=temperature or _default("temperature"),
         friction=opts.friction, masses=opts.mass, seed=opts.seed, device=opts.device,
         dtype=getattr(torch, opts.precision), checkpoint_interval=opts.checkpoint_interval,
         resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress,
-        provenance={"model": str(opts.model), "command": "hessid simulate"},
+        provenance={"model": str(opts.model), "command": "hessid simulate", "prior_only": opts.prior_only},
         threads=opts.threads, deterministic=opts.deterministic)
     save_config(parser, cfg, result.directory, "simulate")
     print(f"wrote {len(result.trajectories)} trajectories "

@@ -32,6 +32,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CGPotential",
+    "PriorOnlyPotential",
     "build_potential",
     "load_potential",
 ]
@@ -184,6 +185,47 @@ class CGPotential(torch.nn.Module):
         load_weights(model.net, ckpt["state_dict"], source)
         model.metadata = dict(ckpt.get("metadata") or {})
         return model
+
+
+class PriorOnlyPotential(torch.nn.Module):
+    """The prior of a CG potential alone, ``U_prior(R)`` kcal/mol, the network left out — the
+    standard diagnostic of what the prior by itself samples (e.g. alanine dipeptide's φ/ψ)
+    before a discrepancy of the full model is blamed on the network. Same call interface as
+    :class:`CGPotential` (``(A, 3) Å, (A,), (A,) → (B,) kcal/mol``), so :func:`simulate
+    <hessid.training.md.simulation.simulate>` runs it unchanged.
+
+    Args:
+        potential: a :class:`CGPotential` or a temperature-aware
+            :class:`~hessid.training.learning.thermal_models.ThermalPotential` (its prior is
+            temperature-independent, so the prior-only model is temperature-unaware).
+
+    Attributes:
+        prior: the potential's :class:`~hessid.training.learning.priors.PriorModel` (shared).
+        bead_vocabulary: the potential's bead vocabulary.
+        metadata: the potential's metadata plus ``{"prior_only": True}``.
+
+    Raises:
+        ValueError: the potential has no prior (a prior-only run would be free diffusion).
+    """
+
+    def __init__(self, potential: CGPotential | ThermalPotential):
+        super().__init__()
+        if getattr(potential, "prior", None) is None:
+            raise ValueError("the model has no prior: a prior-only simulation would be free diffusion")
+        self.prior = potential.prior
+        self.bead_vocabulary = list(potential.bead_vocabulary)
+        self.metadata = {**dict(getattr(potential, "metadata", None) or {}), "prior_only": True}
+
+    def forward(self, positions: torch.Tensor, bead_types: torch.Tensor,
+                batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Prior energy of each structure, (B,) kcal/mol (positions (A, 3) Å, bead_types (A,)
+        int64, batch (A,) int64 or None = one structure).
+
+        Raises:
+            ValueError: shapes disagree or a type is outside the vocabulary.
+        """
+        batch = check_graph_batch(positions, bead_types, batch, len(self.bead_vocabulary))
+        return self.prior(positions, batch, bead_types)
 
 
 def build_potential(vocabulary: list[str], prior: PriorModel | None, cfg: TrainConfig,

@@ -3,8 +3,10 @@ the stage dataclasses, dataset names or paths, fs timesteps, exit codes."""
 
 from __future__ import annotations
 
+import json
 import re
 
+import mdtraj as md
 import numpy as np
 import pytest
 
@@ -15,7 +17,9 @@ from hessid.training.cli.train import build_parser as train_parser
 from hessid.training.cli.train import train_config
 from hessid.training.data.aa_md import MDConfig
 from hessid.training.data.reader import load_dataset
-from hessid.training.data.synthetic import write_synthetic_dataset
+from hessid.training.data.synthetic import compact_chain, write_synthetic_dataset
+from hessid.training.learning.models import CGPotential
+from hessid.training.learning.priors import PriorFit
 from hessid.training.learning.trainer import TrainConfig
 
 LOGGING = {"-v", "--verbose", "-q", "--quiet", "--log-file"}
@@ -147,6 +151,32 @@ def test_simulate_accepts_a_dataset_name_and_saves_its_config(tmp_path, monkeypa
     assert saved.exists() and "reference: toy" in saved.read_text()
     assert main(argv) == 2  # the folder holds a run: neither --resume nor --overwrite
     assert main(["simulate", "--config", str(saved), "--resume"]) == 0
+
+
+def test_simulate_prior_only_runs_the_prior_alone_and_records_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    prior = PriorFit().fit(compact_chain(8, 30, seed=2)).fetch_model()
+    CGPotential(["ALA", "GLY"], prior, {"embedding_dimension": 16, "num_layers": 2, "num_rbf": 6}).save("model.pt")
+    np.save("start.npy", compact_chain(8, 1, seed=3)[0])  # (8, 3) Å
+    common = ["--start", "start.npy", "--steps", "40", "--stride", "20", "--replicas", "2", "--timestep", "1",
+              "--no-progress", "-q"]
+    assert main(["simulate", "--model", "model.pt", "--out", "prior", "--prior-only", *common]) == 0
+    assert main(["simulate", "--model", "model.pt", "--out", "full", *common]) == 0
+    assert json.loads((tmp_path / "prior" / "simulation.json").read_text())["provenance"]["prior_only"] is True
+    assert json.loads((tmp_path / "full" / "simulation.json").read_text())["provenance"]["prior_only"] is False
+    # same seed, start and noise: the trajectories differ only through the network's forces
+    ends = [load_trajectory_end(tmp_path / name) for name in ("prior", "full")]
+    assert not np.allclose(*ends)
+    # a model without a prior (the harmonic stand-in) is refused: one line, exit 2, nothing written
+    capsys.readouterr()
+    assert main(["simulate", "--model", "harmonic", "--out", "h", "--prior-only", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--prior-only" in err and "\n" not in err and not (tmp_path / "h").exists()
+
+
+def load_trajectory_end(folder):
+    """Last saved frame of replica 0 of a ``hessid simulate`` folder, (n, 3) Å."""
+    return md.load(str(folder / "replica_000.dcd"), top=str(folder / "topology.pdb")).xyz[-1] * 10.0
 
 
 def test_a_repeated_model_flag_collects_labels_and_seeds():

@@ -12,6 +12,7 @@ from hessid.training.learning.derivatives import energy_forces_hvp
 from hessid.training.learning.models import (
     CHECKPOINT_FORMAT_VERSION,
     CGPotential,
+    PriorOnlyPotential,
     load_potential,
 )
 from hessid.training.learning.priors import PriorFit
@@ -70,6 +71,22 @@ def test_forward_includes_prior_and_forces_are_minus_gradient():
     x = pos.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(model(x, types, batch).sum(), x)
     assert_close(f, -g, rtol=1e-14)
+
+
+def test_prior_only_potential_is_the_prior_alone_and_differs_from_the_full_model():
+    model = _model()
+    pos, types, batch = _inputs(torch.float64)
+    prior_only = PriorOnlyPotential(model)
+    e = prior_only(pos, types, batch).detach()
+    assert_close(e, model.prior(pos, batch, types).detach(), rtol=1e-14)
+    assert_close(e, (model(pos, types, batch) - model.network_energy(pos, types, batch)).detach(), rtol=1e-12)
+    # negative control: the network's part is not negligible here, so the full model is told apart
+    assert (model(pos, types, batch).detach() - e).abs().min() > 1e-3
+    assert prior_only.metadata["prior_only"] is True and prior_only.bead_vocabulary == ["ALA", "GLY"]
+    with pytest.raises(ValueError, match="vocabulary|type"):
+        prior_only(pos, torch.full_like(types, 5), batch)
+    with pytest.raises(ValueError, match="has no prior"):
+        PriorOnlyPotential(CGPotential(["ALA"], None, SMALL))
 
 
 def test_newer_checkpoint_format_is_refused_with_reason(tmp_path):
