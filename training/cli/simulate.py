@@ -192,8 +192,6 @@ def run(cfg: Namespace, parser: ArgumentParser) -> int:
     start = None if opts.start is None else read_start(opts.start)
     model = load_model(opts.model)
     if opts.prior_only:
-        if not hasattr(model, "bead_vocabulary"):
-            raise ValueError(f"--prior-only: --model {opts.model} is not a trained model with a prior")
         try:
             model = PriorOnlyPotential(model)
         except ValueError as exc:

@@ -257,10 +257,11 @@ def report_settings(s: dict, label_errors: dict | None = None) -> dict:
 def labels_own_errors(path: Path) -> dict:
     """The test labels' own errors, printed beside the metrics: ``force_noise_rms`` (RMS over
     configurations of the per-bead standard error of the mean force) and ``force_rms`` (RMS
-    per-bead mean force), both kcal/mol/Å, from the labels file at ``path`` (5 beads)."""
+    per-bead mean force), both kcal/mol/Å, from the labels file at ``path``."""
     lab = read_labels(path)
-    return {"force_noise_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force_sem**2, axis=(1, 2))) / 5)),
-            "force_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force**2, axis=(1, 2))) / 5))}
+    n_beads = lab.mean_force.shape[1]  # (C, n, 3)
+    return {"force_noise_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force_sem**2, axis=(1, 2))) / n_beads)),
+            "force_rms": float(np.sqrt(np.mean(np.sum(lab.mean_force**2, axis=(1, 2))) / n_beads))}
 
 
 def stage_report(out: Path, s: dict, rows: list[dict], tlab: dict, ref_md: dict, results_md: Path) -> dict:
