@@ -23,9 +23,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +215,15 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
     if resume and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint {last}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _add_file_log(run_dir / "train.log")
+    with _file_log(run_dir / "train.log"):
+        return _fit(cfg, run_dir, resume, callbacks, frames)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: list | None,
+         frames: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None) -> TrainResult:
+    """The body of :func:`train` once the run folder exists and its ``train.log`` is attached."""
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
 
     proteins = [load_protein(p, cfg.data.max_frames) for p in cfg.data.datasets]
     n_train_files = len(proteins)
@@ -350,11 +360,23 @@ def _check_frames(proteins, frames) -> tuple[list[tuple[int, int]], list[tuple[i
     return sorted(train_items), sorted(val_items)
 
 
-def _add_file_log(path: Path) -> None:
+@contextlib.contextmanager
+def _file_log(path: Path) -> Iterator[None]:
+    """Copy the ``hessid`` log to ``path`` while the block runs. The handler is removed and closed
+    on exit, so a later training in the same process (a study's worker, a test) does not append
+    its lines to this run's ``train.log``; a handler for ``path`` that already exists is kept."""
     root = logging.getLogger("hessid")
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
-               for h in root.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)

@@ -29,7 +29,7 @@ import torch
 from hessid.training.data.labels import pymbar_timeseries
 from hessid.training.evaluation.evaluate import filter_replicas, load_simulation
 from hessid.training.learning.derivatives import energy_forces_hvp
-from hessid.training.learning.models import load_potential
+from hessid.training.learning.models import PriorOnlyPotential, load_potential
 from hessid.training.md.simulation import simulate
 from hessid.training.pipelines import ala2
 from hessid.training.pipelines.runner import read_json, write_json
@@ -71,7 +71,8 @@ def start_frames(angles: np.ndarray, n_per_basin: int, seed: int, allow_fill: bo
 
 
 def simulate_job(job: dict) -> dict:
-    """CG MD of one model (resumable; skipped when ``md_done.json`` exists)."""
+    """CG MD of one model (resumable; skipped when ``md_done.json`` exists); with a true
+    ``job["prior_only"]`` the model's prior alone (:class:`PriorOnlyPotential`)."""
     out = Path(job["out"])
     done = out / "md_done.json"
     if done.exists():
@@ -79,14 +80,18 @@ def simulate_job(job: dict) -> dict:
     c = job["cgmd"]
     torch.set_num_threads(1)
     pot = load_potential(job["model"])
+    dtype = pot.dtype
+    prior_only = bool(job.get("prior_only", False))
+    if prior_only:
+        pot = PriorOnlyPotential(pot)
     res = simulate(pot, out, n_steps=int(c["n_steps"]), save_interval=int(c["save_interval"]),
                    start_positions=np.asarray(job["starts"], dtype=np.float64), bead_types=torch.arange(5),
                    timestep=c["timestep"], temperature=c["temperature"], friction=c["friction"],
-                   masses=list(ala2.BEAD_MASSES), seed=int(job["seed"]), dtype=pot.dtype, resume=True,
+                   masses=list(ala2.BEAD_MASSES), seed=int(job["seed"]), dtype=dtype, resume=True,
                    progress=False, bond_range=ala2.BOND_RANGE, threads=1,
-                   provenance={"model": str(job["model"])})  # fmt: skip
+                   provenance={"model": str(job["model"]), **({"prior_only": True} if prior_only else {})})  # fmt: skip
     rec = {"dir": out, "steps_per_second": res.steps_per_second, "failures": res.failures,
-           "n_steps": int(c["n_steps"])}
+           "n_steps": int(c["n_steps"]), **({"prior_only": True} if prior_only else {})}
     write_json(done, rec, Path(job["root"]))
     return read_json(done)
 

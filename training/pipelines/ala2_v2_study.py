@@ -137,7 +137,10 @@ def stage_arms_train(out: Path, s: dict, split: dict, tgt: dict, labels: dict, j
 # ----------------------------------------------------------------------------- CG MD
 
 
-def _md_work(out: Path, s: dict, split: dict, runs: list[dict], cgmd: dict) -> list[dict]:
+def md_work(out: Path, s: dict, split: dict, runs: list[dict], cgmd: dict) -> list[dict]:
+    """CG MD jobs of ``runs`` (:func:`~.ala2_v2_eval.simulate_job` specs) under ``out/cgmd/<name>``: the
+    replicate's start frames (half αR, half β/PII of the held-out run) and noise seed
+    1000 · subset seed + init seed, the same for every arm (pairing)."""
     with open_dataset(out / split["held_out"]) as ds:
         cg = ds.cg.coordinates()
     angles = ala2.phi_psi(cg)
@@ -159,7 +162,7 @@ def stage_pilot(out: Path, s: dict, split: dict, gate: dict) -> dict:
     size = s["gate"]["md_size"]
     run = next(r for r in gate["runs"] if r["size"] == size and tuple(r["rep"]) == replicates(s)[0])
     c["n_steps"] = int(round(c["pilot_ps"] / (c["timestep"] * 1e-3)))
-    job = _md_work(out, s, split, [run], c)[0]
+    job = md_work(out, s, split, [run], c)[0]
     job["out"] = str(out / "cgmd_pilot" / run["name"])
     simulate_job(job)
     dt_ps = c["save_interval"] * c["timestep"] * 1e-3
@@ -176,7 +179,7 @@ def stage_pilot(out: Path, s: dict, split: dict, gate: dict) -> dict:
 def stage_md(out: Path, s: dict, split: dict, runs: list[dict], n_steps: int, jobs: int, what: str) -> dict:
     """CG MD of every model in ``runs`` under ``cgmd/<name>/``."""
     c = dict(s["cgmd"], n_steps=int(n_steps))
-    work = _md_work(out, s, split, runs, c)
+    work = md_work(out, s, split, runs, c)
     log(f"{what}: {len(work)} models × {c['n_replicas']} replicas × {n_steps} steps")
     with executor(jobs) as ex:
         res = [f.result() for f in [ex.submit(simulate_job, j) for j in work]]
@@ -359,5 +362,5 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
     return finish()
 
 
-__all__ = ["STATE_FILE", "STOP_POINTS", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
+__all__ = ["STATE_FILE", "STOP_POINTS", "md_work", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
            "stage_gate", "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels", "labels_own_errors"]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import h5py
 import lightning.pytorch as pl
@@ -161,6 +162,19 @@ def test_split_by_protein_and_fm_mode(tmp_path, datasets):
     assert model.metadata["n_val_frames"] == 8 and model.metadata["n_train_frames"] == 10
     assert res.best_val_fm is not None and np.isfinite(res.best_val_fm)
     assert model.bead_vocabulary == ["ALA", "GLY", "TRP"]
+
+
+def test_train_log_holds_its_own_run_only(tmp_path, datasets):
+    """Two trainings in one process (a study's worker, jobs = 1): each ``train.log`` records its own
+    run and none of the other's, and no file handler is left on the ``hessid`` logger (the old
+    trainer appended every later run's lines to every earlier run's log)."""
+    first = train(_config(tmp_path / "a", datasets, trainer={"max_steps": 2}))
+    second = train(_config(tmp_path / "b", datasets, trainer={"max_steps": 2}))
+    logs = [(r.run_dir / "train.log").read_text() for r in (first, second)]
+    for mine, other, text in ((first, second, logs[0]), (second, first, logs[1])):
+        assert f"wrote {mine.model}" in text
+        assert str(other.run_dir) not in text
+    assert not [h for h in logging.getLogger("hessid").handlers if isinstance(h, logging.FileHandler)]
 
 
 def test_log_every_n_steps_thins_the_training_rows_not_the_training(tmp_path, datasets):

@@ -11,9 +11,11 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 
-from hessid.training.pipelines import ala2_v2_gate
+from hessid.training.learning.models import load_potential
+from hessid.training.pipelines import ala2_v2_diagnosis, ala2_v2_gate
 from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
@@ -64,3 +66,37 @@ def test_quick_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
     for bad in (partial, tmp_path / "nothing"):
         assert ala2_v2_gate.main([str(bad), str(tmp_path / "bad_dest")]) == 2
     assert not (tmp_path / "bad_dest").exists() and not (tmp_path / "nothing").exists()
+    # the gate cause-finding (docs/results/ala2_v2.md, "Cause-finding plan") on the same run: every
+    # variant paired with the gate's models; the run folder is only read
+    run_files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    diag = tmp_path / "diag"
+    assert ala2_v2_diagnosis.main([str(run), str(diag), "--jobs", "1"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == run_files
+    res = json.loads((diag / "ala2_v2_diagnosis.json").read_text())
+    assert res["gate"]["passed"] == summary["gate"]["passed"]
+    assert res["gate"]["dg_error_mean"] == pytest.approx(summary["gate"]["mean_delta_g_error"], rel=1e-12, nan_ok=True)
+    assert set(res["variants"]) == set(ala2_v2_diagnosis.VARIANTS)
+    name = f"FM_n{s['gate']['md_size']}_s0i0"
+    base_sim = json.loads((run / "cgmd" / name / "simulation.json").read_text())
+    prior_sim = json.loads((diag / "prior_only" / "cgmd" / name / "simulation.json").read_text())
+    assert prior_sim["provenance"]["prior_only"] is True and prior_sim["seed"] == base_sim["seed"]
+    assert prior_sim["config"] == base_sim["config"]  # same replicas, steps, masses, noise seed
+    base_x = np.fromfile(run / "cgmd" / name / "replica_000.dcd", dtype=np.uint8)
+    assert not np.array_equal(np.fromfile(diag / "prior_only" / "cgmd" / name / "replica_000.dcd", dtype=np.uint8),
+                              base_x)  # the network is left out: another trajectory
+    ts_sim = json.loads((diag / "timestep" / "cgmd" / name / "simulation.json").read_text())
+    assert ts_sim["config"]["timestep_fs"] == base_sim["config"]["timestep_fs"] / 2
+    assert ts_sim["config"]["n_steps"] == 2 * base_sim["config"]["n_steps"]
+    assert ts_sim["frame_interval_ps"] == pytest.approx(base_sim["frame_interval_ps"], rel=1e-12)
+    wide = load_potential(diag / "width" / "train" / name / "model.pt")
+    narrow = load_potential(run / "train" / name / "model.pt")
+    n_par = [sum(p.numel() for p in m.parameters()) for m in (narrow, wide)]
+    assert n_par[1] > 2 * n_par[0]  # width × 2: the dense layers grow ≈ × 4
+    assert (diag / "ala2_v2_diagnosis" / "delta_g.png").stat().st_size > 1000
+    assert "**Reading.**" in (diag / "ala2_v2_diagnosis.md").read_text()
+    # a rerun recomputes no trajectory and no model; a folder started on another run is refused
+    diag_files = {p: p.stat().st_mtime_ns for p in diag.rglob("*") if p.suffix in (".dcd", ".pt")}
+    assert ala2_v2_diagnosis.main([str(run), str(diag), "--jobs", "1"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in diag.rglob("*") if p.suffix in (".dcd", ".pt")} == diag_files
+    with pytest.raises(ValueError, match="other settings"):
+        ala2_v2_diagnosis.run_diagnosis(run, diag, width_factor=3)
