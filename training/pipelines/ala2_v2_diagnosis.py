@@ -58,8 +58,8 @@ from hessid.training.pipelines.ala2_v2 import (
     run_jobs,
 )
 from hessid.training.pipelines.ala2_v2_eval import md_metrics, model_forces_hessians, simulate_job
-from hessid.training.pipelines.ala2_v2_study import STATE_FILE, md_work
-from hessid.training.pipelines.runner import StageRunner, read_json, write_json
+from hessid.training.pipelines.ala2_v2_study import md_work, open_run
+from hessid.training.pipelines.runner import StageRunner, write_json
 
 #: the diagnosis's own settings, fixed on the page before the gate outcome was known
 DEFAULTS = {"timestep_factor": 0.5, "width_factor": 2}
@@ -98,16 +98,7 @@ def load_run(run: str | Path) -> dict:
         ValueError: a needed stage (split … gate_md) has not finished.
     """
     run = Path(run).resolve()
-    if not (run / STATE_FILE).is_file():  # checked first: the runner would create the folder
-        raise FileNotFoundError(f"{run / STATE_FILE}: no study state (not an ala2_v2 run folder)")
-    s = read_json(run / "settings.json")
-    if s is None:
-        raise FileNotFoundError(f"{run / 'settings.json'}: missing (not an ala2_v2 run folder)")
-    runner = StageRunner(run, STATE_FILE, label="ala2_v2")
-    missing = [n for n in NEEDED if not runner.done(n)]
-    if missing:
-        raise ValueError(f"{run / STATE_FILE}: stage(s) {', '.join(missing)} not finished; "
-                         f"run the study up to the gate MD first")
+    s, runner = open_run(run, NEEDED, "the gate MD")
     split = copy.deepcopy(runner.result("split"))
     split["val"] = str(run / split["val"])
     split["held_out"] = str(run / split["held_out"])

@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 from hessid.training.evaluation.study_v2_report import write_ala2_v2_gate
-from hessid.training.pipelines.ala2_v2_study import STATE_FILE, labels_own_errors, report_settings
-from hessid.training.pipelines.runner import StageRunner, read_json
+from hessid.training.pipelines.ala2_v2_study import labels_own_errors, open_run, report_settings
 
 #: the stages the gate report reads
 NEEDED = ("test_labels", "gate")
@@ -41,16 +40,7 @@ def load_gate(run: str | Path) -> dict:
         ValueError: a stage the report needs (test_labels, gate) has not finished.
     """
     run = Path(run)
-    state = run / STATE_FILE
-    if not state.is_file():  # checked first: the runner would create the folder
-        raise FileNotFoundError(f"{state}: no study state (not an ala2_v2 run folder)")
-    settings = read_json(run / "settings.json")
-    if settings is None:
-        raise FileNotFoundError(f"{run / 'settings.json'}: missing (not an ala2_v2 run folder)")
-    runner = StageRunner(run, STATE_FILE, label="ala2_v2")
-    missing = [n for n in NEEDED if not runner.done(n)]
-    if missing:
-        raise ValueError(f"{state}: stage(s) {', '.join(missing)} not finished; run the study up to the gate first")
+    settings, runner = open_run(run, NEEDED, "the gate")
     gate = runner.result("gate")
     return {"settings": settings, "label_errors": labels_own_errors(run / runner.result("test_labels")["path"]),
             "rows": gate["rows"], "gate": gate}

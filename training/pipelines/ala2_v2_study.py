@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,36 @@ def stage_report(out: Path, s: dict, rows: list[dict], tlab: dict, ref_md: dict,
 # ----------------------------------------------------------------------------- driver
 
 
+def open_run(run: str | Path, needed: Sequence[str], until: str) -> tuple[dict, StageRunner]:
+    """The settings and stage runner of an existing study run whose stages ``needed`` finished
+    (for post-processing: the gate report, the gate's cause-finding).
+
+    Args:
+        run: the study's run folder (``--out`` of ``benchmarks/ala2_v2.py``).
+        needed: stage names that must have finished.
+        until: what to run first, for the message (e.g. "the gate").
+
+    Returns:
+        (``settings.json`` as a dict, a :class:`StageRunner` on the run's state).
+
+    Raises:
+        FileNotFoundError: no ``state.json`` or ``settings.json`` in ``run`` (nothing is created).
+        ValueError: a stage of ``needed`` has not finished (names them).
+    """
+    run = Path(run)
+    state = run / STATE_FILE
+    if not state.is_file():  # checked first: the runner would create the folder
+        raise FileNotFoundError(f"{state}: no study state (not an ala2_v2 run folder)")
+    settings = read_json(run / "settings.json")
+    if settings is None:
+        raise FileNotFoundError(f"{run / 'settings.json'}: missing (not an ala2_v2 run folder)")
+    runner = StageRunner(run, STATE_FILE, label="ala2_v2")
+    missing = [n for n in needed if not runner.done(n)]
+    if missing:
+        raise ValueError(f"{state}: stage(s) {', '.join(missing)} not finished; run the study up to {until} first")
+    return settings, runner
+
+
 def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, stop_after: str | None = None) -> dict:
     """Run (or resume) the study with settings ``s`` in the run folder ``out``.
 
@@ -362,5 +393,5 @@ def run_study(out: str | Path, s: dict, results_md: str | Path, jobs: int = 2, s
     return finish()
 
 
-__all__ = ["STATE_FILE", "STOP_POINTS", "md_work", "model_row", "reference_md", "report_settings", "run_study", "stage_arms_train",
+__all__ = ["STATE_FILE", "STOP_POINTS", "md_work", "model_row", "open_run", "reference_md", "report_settings", "run_study", "stage_arms_train",
            "stage_gate", "stage_md", "stage_pilot", "stage_test_labels", "stage_train_labels", "labels_own_errors"]  # fmt: skip

@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hessid.training.pipelines import ala2_v2_diagnosis as dg
+from hessid.training.pipelines import ala2_v2_gate
+from hessid.training.pipelines.ala2_v2_study import open_run
 from hessid.training.pipelines.runner import STATE_FORMAT, STATE_VERSION
 from tests.helpers import load_benchmark
 
@@ -94,15 +96,20 @@ def _partial_run(path, stages):
     return path
 
 
-def test_run_before_the_gate_md_or_no_run_exits_2_and_writes_nothing(tmp_path, capsys):
-    partial = _partial_run(tmp_path / "partial", [n for n in dg.NEEDED if n != "gate_md"])
+@pytest.mark.parametrize("tool", [dg, ala2_v2_gate], ids=["diagnosis", "gate_report"])
+def test_post_processing_refuses_an_unfinished_run_or_no_run_with_one_line_and_writes_nothing(tmp_path, capsys, tool):
+    last = tool.NEEDED[-1]
+    partial = _partial_run(tmp_path / "partial", [n for n in tool.NEEDED if n != last])
     for bad in (partial, tmp_path / "nothing"):
-        assert dg.main([str(bad), str(tmp_path / "diag")]) == 2
+        assert tool.main([str(bad), str(tmp_path / "dest")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("error: ") and str(bad) in err
-    with pytest.raises(ValueError, match="gate_md not finished"):
-        dg.load_run(partial)
-    assert not (tmp_path / "diag").exists() and not (tmp_path / "nothing").exists()
+    with pytest.raises(ValueError, match=f"{last} not finished"):
+        open_run(partial, tool.NEEDED, "x")
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "nothing").exists()
+    _partial_run(tmp_path / "complete", tool.NEEDED)
+    settings, runner = open_run(tmp_path / "complete", tool.NEEDED, "x")  # positive control
+    assert settings["mode"] == "quick" and all(runner.done(n) for n in tool.NEEDED)
 
 
 def test_unknown_stop_point_is_refused_before_anything_is_written(tmp_path):
