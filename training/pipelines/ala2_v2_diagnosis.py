@@ -402,7 +402,8 @@ def _plot(path: Path, rows_by: Mapping, cols: Sequence[str], reps: Sequence[tupl
             y = [rows_by[c][str(k)]["delta_g_error"] for k in reps]
             x = i + np.linspace(-0.15, 0.15, len(y))
             ax.plot(x, y, "o", color="C0")
-            ax.plot([i - 0.25, i + 0.25], [np.nanmean(y)] * 2, color="k", lw=2)
+            if np.isfinite(y).any():  # every replicate NaN (a basin never visited): no mean bar
+                ax.plot([i - 0.25, i + 0.25], [np.nanmean(y)] * 2, color="k", lw=2)
         ax.set_xticks(range(len(cols)), cols)
         ax.set_ylabel("ΔG(αR−β) error, kcal/mol")
         ax.set_title("gate-size FM models: replicates (dots), mean (bar)", fontsize=9)
