@@ -8,8 +8,8 @@ start frames and noise seed):
 
 ``prior_only``  the gate-size models' priors alone (:class:`~hessid.training.learning.models.
                 PriorOnlyPotential`), CG MD exactly as in the gate: what the prior (bonds, angles
-                and the two Fourier dihedrals φ, ψ fitted on the training frames) samples without
-                the network, and how much of the prior's ΔG error the network removes.
+                and the two Fourier dihedrals φ, ψ fitted on the training frames, and the set
+                ε(σ/r)⁶ repulsion of beads ≥ 3 apart) samples without the network, and how much of the prior's ΔG error the network removes.
 ``timestep``    the same models, CG time step × ``timestep_factor`` (½: 2 → 1 fs), the same
                 length in ps and frame spacing in ps. The gate's criterion 1 uses only the
                 gate-size models, so this *is* the gate's criterion 1 at the smaller step.
@@ -21,7 +21,9 @@ Reading (fixed on the page before the gate outcome was known): a variant *fixes*
 the gate's criteria pass with it (time step: criterion 1 at the smaller step, criterion 2 as
 measured; width: both criteria on the wider models); the first fixing variant in the order
 time step → width is adopted for a second gate attempt; prior-only MD is a diagnostic (no fix
-of its own). The paired differences variant − gate carry t-based 95 % intervals.
+of its own). The paired differences variant − gate carry t-based 95 % intervals. "As
+measured" is the study's gate stage (its stored verdict and criteria decide); the gate
+recomputed here from the trajectories and models is a cross-check, reported when it disagrees.
 
 The study's run folder is only read; every output goes to the diagnosis folder, stage by stage
 through a :class:`~hessid.training.pipelines.runner.StageRunner` (``diagnosis_state.json``), so
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import math
 import sys
 import time
@@ -155,15 +158,26 @@ def width_settings(s: Mapping, factor: int) -> dict:
 # ----------------------------------------------------------------------------- stages
 
 
-def _md(out: Path, r: dict, runs: list[dict], c: dict, jobs: int, what: str, prior_only: bool = False) -> dict:
-    """CG MD of ``runs`` under ``out/cgmd/<name>`` with the gate's start frames and noise seeds."""
+def starts_digest(starts) -> str:
+    """SHA-256 of CG MD start frames (R, n, 3) Å as float64 bytes: a record that two runs started
+    from the same frames."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(starts, dtype=np.float64)).tobytes()).hexdigest()
+
+
+def _md(out: Path, root: Path, r: dict, runs: list[dict], c: dict, jobs: int, what: str,
+        prior_only: bool = False) -> dict:
+    """CG MD of ``runs`` under ``out/cgmd/<name>`` with the gate's start frames and noise seeds
+    (:func:`~hessid.training.pipelines.ala2_v2_study.md_work`); stored paths relative to ``root``,
+    the diagnosis folder; the result records each model's seed and start-frame digest."""
     work = md_work(out, r["settings"], r["split"], runs, c)
     for j in work:
         j["prior_only"] = prior_only
+        j["root"] = str(root)
     log(f"{what}: {len(work)} models × {c['n_replicas']} replicas × {c['n_steps']} steps of {c['timestep']:g} fs")
     with executor(jobs) as ex:
         res = [f.result() for f in [ex.submit(simulate_job, j) for j in work]]
-    return {"runs": res, "cgmd": c}
+    return {"runs": res, "cgmd": c,
+            "jobs": [{"name": j["name"], "seed": j["seed"], "starts_sha256": starts_digest(j["starts"])} for j in work]}
 
 
 def md_size_runs(r: dict) -> list[dict]:
@@ -173,13 +187,15 @@ def md_size_runs(r: dict) -> list[dict]:
 
 
 def stage_width_train(out: Path, r: dict, factor: int, jobs: int) -> dict:
-    """FM at the gate's sizes and every replicate with the wider network, under ``out/width``."""
+    """FM at the gate's sizes and every replicate with the wider network, under ``out/width/train``
+    (stored paths relative to ``out``)."""
     s = r["settings"]
     sw = width_settings(s, factor)
-    root = out / "width"
-    work = [job_spec(root, sw, r["split"], "FM", n, rep, Path(r["split"]["subsets"][str(rep[0])][str(n)]), n,
-                     fm_aa_cost(s, n, with_term1=False))
+    work = [job_spec(out / "width", sw, r["split"], "FM", n, rep, Path(r["split"]["subsets"][str(rep[0])][str(n)]),
+                     n, fm_aa_cost(s, n, with_term1=False))
             for n in gate_sizes(s) for rep in replicates(s)]  # fmt: skip
+    for j in work:
+        j["root"] = str(out)  # stored paths relative to the diagnosis folder
     return {"runs": run_jobs(work, jobs, f"width ×{factor} train"), "model": sw["model"]}
 
 
@@ -235,11 +251,19 @@ def summarise(r: dict, out: Path, results: Mapping[str, dict], tolerance: float 
     reps = [tuple(x) for x in replicates(s)]
     gate_res = gate_verdict([gate_md[k]["delta_g_error"] for k in reps], {k: fe_by[(small, k)] for k in reps},
                             {k: fe_by[(large, k)] for k in reps}, tolerance=tol)
-    if r["gate"] is not None and bool(r["gate"]["passed"]) != gate_res.passed:
-        raise ValueError(f"{r['run']}: the gate recomputed from the trajectories and models ({gate_res.passed}) "
-                         f"disagrees with the study's gate stage ({r['gate']['passed']})")
+    gate_json = _gate_json(gate_res, gate_md, reps)
+    study = r["gate"]
+    if study is not None:  # the study's own verdict decides; the recomputation is a cross-check
+        recomputed = {k: gate_json[k] for k in ("passed", "criterion_1", "criterion_2")}
+        stored = {"passed": bool(study["passed"]), "criterion_1": bool(study["delta_g_ok"]),
+                  "criterion_2": bool(study["improvement_ok"])}
+        gate_json.update(stored, recomputed=recomputed, recomputed_agrees=recomputed == stored)
+        if recomputed != stored:
+            log(f"warning: the gate recomputed here ({recomputed}) differs from the study's gate stage ({stored}); "
+                f"the study's verdict is used (main's force code rounds differently from the frozen study code)")
+    force_ok = bool(gate_json["criterion_2"])
     summary: dict = {"reference_dg": r["reference_dg"], "tolerance": tol, "replicates": [list(k) for k in reps],
-                     "gate": _gate_json(gate_res, gate_md, reps), "variants": {}}
+                     "gate": gate_json, "variants": {}}
 
     def dg_block(rows: Mapping[tuple, dict]) -> dict:
         d = paired_difference({str(k): rows[k]["delta_g_error"] for k in reps},
@@ -251,25 +275,22 @@ def summarise(r: dict, out: Path, results: Mapping[str, dict], tolerance: float 
     if "prior_only" in results:
         rows = md_rows({_rep(x): out / "prior_only" / "cgmd" / x["name"] for x in md_runs}, base_c)
         blk = dg_block(rows)
-        share = {}
-        for k in reps:
-            gap = r["reference_dg"] - rows[k]["delta_g"]
-            share[str(k)] = (gate_md[k]["delta_g"] - rows[k]["delta_g"]) / gap if abs(gap) > 1e-12 else math.nan
-        blk["network_share"] = share
+        blk.update(network_share(r["reference_dg"], [gate_md[k]["delta_g"] for k in reps],
+                                 [rows[k]["delta_g"] for k in reps]))
         summary["variants"]["prior_only"] = blk
     if "timestep" in results:
         c = results["timestep"]["cgmd"]
         rows = md_rows({_rep(x): out / "timestep" / "cgmd" / x["name"] for x in md_runs}, c)
         blk = dg_block(rows)
         blk["timestep_fs"] = float(c["timestep"])
-        blk["gate_passes"] = bool(blk["criterion_1"] and gate_res.force_ok)
+        blk["gate_passes"] = bool(blk["criterion_1"] and force_ok)
         summary["variants"]["timestep"] = blk
     if "width_train" in results and "width_md" in results:
         wr = results["width_train"]["runs"]
-        root = out / "width"
-        rows = md_rows({_rep(x): root / "cgmd" / x["name"] for x in wr if int(x["size"]) == int(g["md_size"])}, base_c)
+        rows = md_rows({_rep(x): out / "width" / "cgmd" / x["name"] for x in wr
+                        if int(x["size"]) == int(g["md_size"])}, base_c)  # fmt: skip
         blk = dg_block(rows)
-        fe_w = force_errors({x["name"]: root / x["model"] for x in wr if int(x["size"]) in (small, large)}, r["labels"])
+        fe_w = force_errors({x["name"]: out / x["model"] for x in wr if int(x["size"]) in (small, large)}, r["labels"])
         by = {(int(x["size"]), _rep(x)): fe_w[x["name"]] for x in wr if x["name"] in fe_w}
         gw = gate_verdict([rows[k]["delta_g_error"] for k in reps], {k: by[(small, k)] for k in reps},
                           {k: by[(large, k)] for k in reps}, tolerance=tol)
@@ -279,9 +300,31 @@ def summarise(r: dict, out: Path, results: Mapping[str, dict], tolerance: float 
         blk["embedding_dimension"] = int(results["width_train"]["model"]["embedding_dimension"])
         blk["gate_passes"] = bool(gw.passed)
         summary["variants"]["width"] = blk
-    summary["fixes"], summary["adopted"] = adopted_fix(gate_res.passed, summary["variants"])
+    summary["fixes"], summary["adopted"] = adopted_fix(bool(gate_json["passed"]), summary["variants"])
     summary["reading"] = reading(summary)
     return summary
+
+
+def network_share(reference_dg: float, full_dg: Sequence[float], prior_dg: Sequence[float]) -> dict:
+    """Share of the prior's ΔG gap that the network removes, from replicate means:
+    (⟨ΔG_full⟩ − ⟨ΔG_prior⟩) / (ΔG_ref − ⟨ΔG_prior⟩) over the replicates where both are finite
+    (1: all of it, 0: none, < 0: the network widens it; NaN when no replicate is usable or the
+    prior's gap is below 0.01 kcal/mol, where the ratio means nothing).
+
+    Args:
+        reference_dg: ΔG(αR−β) of the reference, kcal/mol.
+        full_dg, prior_dg: (R,) ΔG of the full models and of their priors alone, kcal/mol, paired.
+
+    Returns:
+        ``{"network_share": float, "network_share_n": int}`` (replicates used).
+    """
+    f, p = np.asarray(full_dg, dtype=np.float64), np.asarray(prior_dg, dtype=np.float64)
+    ok = np.isfinite(f) & np.isfinite(p)
+    if not ok.any():
+        return {"network_share": math.nan, "network_share_n": 0}
+    gap = reference_dg - p[ok].mean()
+    share = float((f[ok].mean() - p[ok].mean()) / gap) if abs(gap) >= 0.01 else math.nan
+    return {"network_share": share, "network_share_n": int(ok.sum())}
 
 
 def adopted_fix(gate_passed: bool, variants: Mapping[str, Mapping]) -> tuple[list[str], str | None]:
@@ -320,10 +363,10 @@ def reading(summary: Mapping) -> list[str]:
            f"{'holds' if gate['criterion_2'] else 'does not hold'})."]
     if "prior_only" in v:
         p = v["prior_only"]
-        shares = [x for x in p["network_share"].values() if math.isfinite(x)]
-        share = f"{np.mean(shares):.2f}" if shares else "undefined"
-        out.append(f"Prior alone: mean ΔG error {p['dg_error_mean']:+.2f} kcal/mol; the network removes a mean "
-                   f"share {share} of the prior's ΔG gap (1 = all of it, 0 = none, < 0 = it widens it).")
+        share = f"{p['network_share']:.2f}" if math.isfinite(p["network_share"]) else "undefined"
+        out.append(f"Prior alone: mean ΔG error {p['dg_error_mean']:+.2f} kcal/mol; the network removes a share "
+                   f"{share} of the prior's ΔG gap (replicate means, {p['network_share_n']} replicates; 1 = all of "
+                   f"it, 0 = none, < 0 = it widens it).")
     if "timestep" in v:
         t = v["timestep"]
         d = t["dg_diff"]
@@ -402,8 +445,8 @@ def _plot(path: Path, rows_by: Mapping, cols: Sequence[str], reps: Sequence[tupl
             y = [rows_by[c][str(k)]["delta_g_error"] for k in reps]
             x = i + np.linspace(-0.15, 0.15, len(y))
             ax.plot(x, y, "o", color="C0")
-            if np.isfinite(y).any():  # every replicate NaN (a basin never visited): no mean bar
-                ax.plot([i - 0.25, i + 0.25], [np.nanmean(y)] * 2, color="k", lw=2)
+            if np.isfinite(y).all():  # as the table: a NaN replicate (a basin never visited) leaves no mean
+                ax.plot([i - 0.25, i + 0.25], [np.mean(y)] * 2, color="k", lw=2)
         ax.set_xticks(range(len(cols)), cols)
         ax.set_ylabel("ΔG(αR−β) error, kcal/mol")
         ax.set_title("gate-size FM models: replicates (dots), mean (bar)", fontsize=9)
@@ -453,8 +496,8 @@ def run_diagnosis(run: str | Path, out: str | Path, jobs: int = 2, timestep_fact
     base_c = dict(s["cgmd"], n_steps=r["n_steps"])
     md_runs = md_size_runs(r)
     plan = {
-        "prior_only": lambda: _md(out / "prior_only", r, md_runs, base_c, jobs, "prior-only MD", prior_only=True),
-        "timestep": lambda: _md(out / "timestep", r, md_runs, c_small, jobs, f"time step {c_small['timestep']:g} fs"),
+        "prior_only": lambda: _md(out / "prior_only", out, r, md_runs, base_c, jobs, "prior-only MD", prior_only=True),
+        "timestep": lambda: _md(out / "timestep", out, r, md_runs, c_small, jobs, f"time step {c_small['timestep']:g} fs"),
         "width_train": lambda: stage_width_train(out, r, width_factor, jobs),
     }
     results: dict = {}
@@ -462,9 +505,9 @@ def run_diagnosis(run: str | Path, out: str | Path, jobs: int = 2, timestep_fact
         results[name] = runner.run(name, plan[name])
         if stop_after == name:
             return {"stopped_after": name}
-    wr = [dict(x, model=str(out / "width" / x["model"])) for x in results["width_train"]["runs"]
+    wr = [dict(x, model=str(out / x["model"])) for x in results["width_train"]["runs"]
           if int(x["size"]) == int(s["gate"]["md_size"])]  # fmt: skip
-    results["width_md"] = runner.run("width_md", lambda: _md(out / "width", r, wr, base_c, jobs, "width MD"))
+    results["width_md"] = runner.run("width_md", lambda: _md(out / "width", out, r, wr, base_c, jobs, "width MD"))
     if stop_after == "width_md":
         return {"stopped_after": "width_md"}
     summary = runner.run("summary", lambda: summarise(r, out, results), rerun=True)
@@ -491,8 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULTS", "FIX_ORDER", "adopted_fix", "NEEDED", "STAGES", "VARIANTS", "force_errors", "gate_sizes", "load_run", "main",
-           "md_size_runs", "reading", "run_diagnosis", "scaled_cgmd", "summarise", "width_settings", "write_report"]
+__all__ = ["DEFAULTS", "FIX_ORDER", "NEEDED", "STAGES", "VARIANTS", "adopted_fix", "force_errors", "gate_sizes",
+           "load_run", "main", "md_size_runs", "network_share", "reading", "run_diagnosis", "scaled_cgmd",
+           "starts_digest", "summarise", "width_settings", "write_report"]
 
 
 if __name__ == "__main__":

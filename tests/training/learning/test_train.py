@@ -168,6 +168,7 @@ def test_train_log_holds_its_own_run_only(tmp_path, datasets):
     """Two trainings in one process (a study's worker, jobs = 1): each ``train.log`` records its own
     run and none of the other's, and no file handler is left on the ``hessid`` logger (the old
     trainer appended every later run's lines to every earlier run's log)."""
+    level = logging.getLogger("hessid").level
     first = train(_config(tmp_path / "a", datasets, trainer={"max_steps": 2}))
     second = train(_config(tmp_path / "b", datasets, trainer={"max_steps": 2}))
     logs = [(r.run_dir / "train.log").read_text() for r in (first, second)]
@@ -175,6 +176,7 @@ def test_train_log_holds_its_own_run_only(tmp_path, datasets):
         assert f"wrote {mine.model}" in text
         assert str(other.run_dir) not in text
     assert not [h for h in logging.getLogger("hessid").handlers if isinstance(h, logging.FileHandler)]
+    assert logging.getLogger("hessid").level == level  # the logger's level is restored
 
 
 def test_log_every_n_steps_thins_the_training_rows_not_the_training(tmp_path, datasets):

@@ -16,6 +16,8 @@ import pytest
 
 from hessid.training.learning.models import load_potential
 from hessid.training.pipelines import ala2_v2_diagnosis, ala2_v2_gate
+from hessid.training.pipelines.ala2_v2_study import md_work
+from hessid.training.pipelines.runner import StageRunner
 from tests.helpers import load_benchmark
 
 pytest.importorskip("openmm")
@@ -84,6 +86,16 @@ def test_quick_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
     base_x = np.fromfile(run / "cgmd" / name / "replica_000.dcd", dtype=np.uint8)
     assert not np.array_equal(np.fromfile(diag / "prior_only" / "cgmd" / name / "replica_000.dcd", dtype=np.uint8),
                               base_x)  # the network is left out: another trajectory
+    # every variant started from the gate's start frames with its noise seeds (md_work of the study)
+    r = ala2_v2_diagnosis.load_run(run)
+    gate_runs = ala2_v2_diagnosis.md_size_runs(r)
+    want = [{"name": j["name"], "seed": j["seed"], "starts_sha256": ala2_v2_diagnosis.starts_digest(j["starts"])}
+            for j in md_work(run, r["settings"], r["split"], gate_runs, s["cgmd"])]
+    diag_state = StageRunner(diag, ala2_v2_diagnosis.DIAG_STATE)
+    for stage in ("prior_only", "timestep"):
+        assert diag_state.result(stage)["jobs"] == want
+    width_jobs = diag_state.result("width_md")["jobs"]
+    assert [(j["seed"], j["starts_sha256"]) for j in width_jobs] == [(j["seed"], j["starts_sha256"]) for j in want]
     ts_sim = json.loads((diag / "timestep" / "cgmd" / name / "simulation.json").read_text())
     assert ts_sim["config"]["timestep_fs"] == base_sim["config"]["timestep_fs"] / 2
     assert ts_sim["config"]["n_steps"] == 2 * base_sim["config"]["n_steps"]
@@ -98,5 +110,15 @@ def test_quick_study_runs_every_arm_and_resumes_without_recomputing(tmp_path):
     diag_files = {p: p.stat().st_mtime_ns for p in diag.rglob("*") if p.suffix in (".dcd", ".pt")}
     assert ala2_v2_diagnosis.main([str(run), str(diag), "--jobs", "1"]) == 0
     assert {p: p.stat().st_mtime_ns for p in diag.rglob("*") if p.suffix in (".dcd", ".pt")} == diag_files
+    # a kill inside a stage: the stage is not done and one model has no md_done.json; the rerun
+    # resumes it from its checkpoint and gives the same summary
+    before = json.loads((diag / "ala2_v2_diagnosis.json").read_text())
+    state = json.loads((diag / ala2_v2_diagnosis.DIAG_STATE).read_text())
+    del state["stages"]["timestep"]
+    (diag / ala2_v2_diagnosis.DIAG_STATE).write_text(json.dumps(state))
+    (diag / "timestep" / "cgmd" / name / "md_done.json").unlink()
+    assert ala2_v2_diagnosis.main([str(run), str(diag), "--jobs", "1"]) == 0
+    after = json.loads((diag / "ala2_v2_diagnosis.json").read_text())
+    assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     with pytest.raises(ValueError, match="other settings"):
         ala2_v2_diagnosis.run_diagnosis(run, diag, width_factor=3)
