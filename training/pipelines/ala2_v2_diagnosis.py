@@ -3,13 +3,15 @@
 
 The page fixes the order in which a failed gate's cause is looked for — prior-only MD, the CG
 time step, the network width — and this module runs all three on the gate's FM models, paired
-with the gate itself (same training subsets, initial weights and data order, the same CG MD
-start frames and noise seed):
+with the gate itself (same training subsets and data order, the same CG MD start frames and
+noise seeds; prior-only and time step reuse the gate's trained models, the wider network has
+its own initial weights):
 
 ``prior_only``  the gate-size models' priors alone (:class:`~hessid.training.learning.models.
                 PriorOnlyPotential`), CG MD exactly as in the gate: what the prior (bonds, angles
                 and the two Fourier dihedrals φ, ψ fitted on the training frames, and the set
-                ε(σ/r)⁶ repulsion of beads ≥ 3 apart) samples without the network, and how much of the prior's ΔG error the network removes.
+                ε(σ/r)⁶ repulsion of beads ≥ 3 apart) samples without the network, and how
+                much of the prior's ΔG error the network removes.
 ``timestep``    the same models, CG time step × ``timestep_factor`` (½: 2 → 1 fs), the same
                 length in ps and frame spacing in ps. The gate's criterion 1 uses only the
                 gate-size models, so this *is* the gate's criterion 1 at the smaller step.
@@ -60,7 +62,7 @@ from hessid.training.pipelines.ala2_v2 import (
     replicates,
     run_jobs,
 )
-from hessid.training.pipelines.ala2_v2_eval import md_metrics, model_forces_hessians, simulate_job
+from hessid.training.pipelines.ala2_v2_eval import md_metrics, model_forces, simulate_job
 from hessid.training.pipelines.ala2_v2_study import md_work, open_run
 from hessid.training.pipelines.runner import StageRunner, write_json
 
@@ -207,7 +209,7 @@ def force_errors(models: Mapping[str, Path], labels_path: Path) -> dict[str, flo
     lab = read_labels(labels_path)
     out = {}
     for name, path in models.items():
-        f, _ = model_forces_hessians(path, lab.coordinates)
+        f = model_forces(path, lab.coordinates)
         out[name] = float(noise_corrected_force_error(f, lab.mean_force, lab.mean_force_sem).rms)
     return out
 
@@ -249,8 +251,12 @@ def summarise(r: dict, out: Path, results: Mapping[str, dict], tolerance: float 
                             if int(x["size"]) in (small, large)}, r["labels"])  # fmt: skip
     fe_by = {(int(x["size"]), _rep(x)): fe_gate[x["name"]] for x in r["gate_runs"] if x["name"] in fe_gate}
     reps = [tuple(x) for x in replicates(s)]
-    gate_res = gate_verdict([gate_md[k]["delta_g_error"] for k in reps], {k: fe_by[(small, k)] for k in reps},
-                            {k: fe_by[(large, k)] for k in reps}, tolerance=tol)
+
+    def criteria(md: Mapping[tuple, dict], fe: Mapping[tuple, float]):
+        return gate_verdict([md[k]["delta_g_error"] for k in reps], {k: fe[(small, k)] for k in reps},
+                            {k: fe[(large, k)] for k in reps}, tolerance=tol)
+
+    gate_res = criteria(gate_md, fe_by)
     gate_json = _gate_json(gate_res, gate_md, reps)
     study = r["gate"]
     if study is not None:  # the study's own verdict decides; the recomputation is a cross-check
@@ -292,8 +298,7 @@ def summarise(r: dict, out: Path, results: Mapping[str, dict], tolerance: float 
         blk = dg_block(rows)
         fe_w = force_errors({x["name"]: out / x["model"] for x in wr if int(x["size"]) in (small, large)}, r["labels"])
         by = {(int(x["size"]), _rep(x)): fe_w[x["name"]] for x in wr if x["name"] in fe_w}
-        gw = gate_verdict([rows[k]["delta_g_error"] for k in reps], {k: by[(small, k)] for k in reps},
-                          {k: by[(large, k)] for k in reps}, tolerance=tol)
+        gw = criteria(rows, by)
         blk["gate"] = _gate_json(gw, rows, reps)
         blk["force_error"] = {f"{n}/{rep_tag(k)}": by[(n, k)] for n in (small, large) for k in reps}
         blk["force_error_gate"] = {f"{n}/{rep_tag(k)}": fe_by[(n, k)] for n in (small, large) for k in reps}

@@ -36,19 +36,30 @@ from hessid.training.pipelines.runner import read_json, write_json
 from hessid.units import KB_KCAL_PER_MOL_K
 
 
+def _forces(pot, x: np.ndarray) -> np.ndarray:
+    """Forces (C, n, 3) kcal/mol/Å, float64, of ``pot`` at configurations ``x`` (C, n, 3) Å (one batched call)."""
+    n = x.shape[1]
+    pos = torch.as_tensor(x.reshape(-1, 3), dtype=pot.dtype)
+    types = torch.arange(n, dtype=torch.long).repeat(x.shape[0])
+    batch = torch.arange(x.shape[0], dtype=torch.long).repeat_interleave(n)
+    out = energy_forces_hvp(pot, pos, types, batch, None, create_graph=False)
+    return out.forces.detach().double().numpy().reshape(x.shape)
+
+
+def model_forces(model_path: str | Path, cg: np.ndarray) -> np.ndarray:
+    """Forces (C, 5, 3) kcal/mol/Å of a saved model at CG configurations ``cg`` (C, 5, 3) Å (the
+    model's dtype; no Hessians: metric 1 alone)."""
+    torch.set_num_threads(1)
+    return _forces(load_potential(model_path), np.asarray(cg, dtype=np.float64))
+
+
 def model_forces_hessians(model_path: str | Path, cg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Forces (C, 5, 3) kcal/mol/Å and Hessians (C, 15, 15) kcal/mol/Å² of a saved model at
     CG configurations ``cg`` (C, 5, 3) Å (float64 arithmetic is not forced: the model's dtype)."""
     torch.set_num_threads(1)
     pot = load_potential(model_path)
     x = np.asarray(cg, dtype=np.float64)
-    n = x.shape[1]
-    pos = torch.as_tensor(x.reshape(-1, 3), dtype=pot.dtype)
-    types = torch.arange(n, dtype=torch.long).repeat(x.shape[0])
-    batch = torch.arange(x.shape[0], dtype=torch.long).repeat_interleave(n)
-    out = energy_forces_hvp(pot, pos, types, batch, None, create_graph=False)
-    forces = out.forces.detach().double().numpy().reshape(x.shape)
-    return forces, ala2.model_hessians(pot, x)
+    return _forces(pot, x), ala2.model_hessians(pot, x)
 
 
 def start_frames(angles: np.ndarray, n_per_basin: int, seed: int, allow_fill: bool = False) -> np.ndarray:
@@ -176,5 +187,5 @@ def md_metrics(sim_dir: Path, reference_angles: np.ndarray, reference_dg: float,
             "replicas_alive": len(alive)}  # fmt: skip
 
 
-__all__ = ["correlation_time", "delta_g", "fe_rmse", "md_metrics", "model_forces_hessians", "replica_angles",
+__all__ = ["correlation_time", "delta_g", "fe_rmse", "md_metrics", "model_forces", "model_forces_hessians", "replica_angles",
            "simulate_job", "start_frames"]  # fmt: skip
